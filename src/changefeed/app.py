@@ -1,0 +1,181 @@
+"""The application object: which log, where our state lives, document stores, pillows.
+
+Users build one `App` in their own code and point the CLI at it (``--app module:attr`` or
+``CHANGEFEED_APP``). Everything the CLI, the runner and the dashboard need is reached from
+here, so there is no global configuration.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
+from changefeed.change import ChangeMeta
+from changefeed.checkpoints import CheckpointStore
+from changefeed.errors import ErrorQueue, RetryPolicy
+from changefeed.identifiers import object_name
+from changefeed.pillow import Pillow
+from changefeed.processors.base import Processor
+from changefeed.stores.registry import DocumentStoreRegistry
+from changefeed.topics import TopicRouter
+
+DEFAULT_LOG_URL = "sqlite:///.changefeed/log.db"
+DEFAULT_STATE_URL = "sqlite:///.changefeed/state.db"
+
+PillowFactory = Callable[["App"], Pillow]
+
+
+class ConfigError(ValueError):
+    """Bad configuration: an app that cannot be found or a setting that makes no sense."""
+
+
+class App:
+    """Holds the log backend, the state database and the registered pillows."""
+
+    def __init__(
+        self,
+        log_url: str | None = None,
+        state_url: str | None = None,
+        *,
+        router: TopicRouter | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        self.log_url = log_url or os.environ.get("CHANGEFEED_LOG", DEFAULT_LOG_URL)
+        self.state_url = state_url or os.environ.get("CHANGEFEED_STATE", DEFAULT_STATE_URL)
+        self.router = router or TopicRouter()
+        self.retry_policy = retry_policy or RetryPolicy()
+        self.document_stores = DocumentStoreRegistry()
+        self._pillows: dict[str, PillowFactory] = {}
+        self._backend: Backend | None = None
+        self._checkpoints: CheckpointStore | None = None
+        self._errors: ErrorQueue | None = None
+        self._publisher: Publisher | None = None
+
+    # -- shared resources, made on first use ------------------------------------------
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = open_backend(self.log_url)
+        return self._backend
+
+    @property
+    def checkpoints(self) -> CheckpointStore:
+        if self._checkpoints is None:
+            self._checkpoints = CheckpointStore(self.state_url)
+        return self._checkpoints
+
+    @property
+    def error_queue(self) -> ErrorQueue:
+        if self._errors is None:
+            self._errors = ErrorQueue(self.checkpoints.engine, self.retry_policy)
+        return self._errors
+
+    def publisher(self) -> Publisher:
+        """The app's shared publisher (made once)."""
+        if self._publisher is None:
+            self._publisher = self.backend.publisher()
+        return self._publisher
+
+    def publish(self, meta: ChangeMeta, topic: str | None = None) -> None:
+        """Publish one stub to its topic (routed by document type unless given)."""
+        self.publisher().publish(topic or self.router.topic_for(meta), meta)
+
+    def publish_many(self, metas: Iterable[ChangeMeta]) -> None:
+        topic_for = self.router.topic_for
+        self.publisher().publish_many((topic_for(m), m) for m in metas)
+
+    def change_feed(self, topics: Sequence[str], **options: Any) -> ChangeFeed:
+        return self.backend.change_feed(topics, **options)
+
+    # -- pillows -----------------------------------------------------------------------
+
+    def add_pillow(self, name: str, factory: PillowFactory) -> None:
+        object_name(name, "pillow name")
+        if name in self._pillows:
+            raise ConfigError(f"pillow {name!r} is registered twice")
+        self._pillows[name] = factory
+
+    def pillow(self, name: str | None = None) -> Callable[[PillowFactory], PillowFactory]:
+        """Decorator registering a pillow factory ``f(app) -> Pillow``."""
+
+        def register(factory: PillowFactory) -> PillowFactory:
+            self.add_pillow(name or factory.__name__, factory)
+            return factory
+
+        return register
+
+    def constructed_pillow(
+        self,
+        name: str,
+        topics: Sequence[str],
+        processors: Processor | Sequence[Processor],
+        *,
+        feed_options: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Pillow:
+        """A pillow on this app's log, checkpoints, error queue and document stores."""
+        options.setdefault("retry_policy", self.retry_policy)
+        feed_options = dict(feed_options or {})
+        feed_options.setdefault("client_id", name)
+        feed_options.setdefault("idle_timeout", min(1.0, options.get("max_wait", 1.0)))
+        return Pillow(
+            name,
+            self.change_feed(topics, **feed_options),
+            processors,
+            checkpoints=self.checkpoints,
+            error_queue=self.error_queue,
+            document_stores=self.document_stores,
+            **options,
+        )
+
+    @property
+    def pillow_names(self) -> list[str]:
+        return sorted(self._pillows)
+
+    def get_pillow(self, name: str) -> Pillow:
+        try:
+            factory = self._pillows[name]
+        except KeyError:
+            known = ", ".join(self.pillow_names) or "none"
+            raise ConfigError(f"unknown pillow {name!r} (known: {known})") from None
+        pillow = factory(self)
+        if pillow.name != name:
+            raise ConfigError(f"pillow factory {name!r} built a pillow named {pillow.name!r}")
+        return pillow
+
+    def close(self) -> None:
+        if self._publisher is not None:
+            self._publisher.close()
+            self._publisher = None
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+        self.document_stores.close()
+
+
+def load_app(spec: str | None) -> App:
+    """Find the user's App from ``module:attr`` (or ``CHANGEFEED_APP``); a default App
+    (log and state from the environment) when neither is given."""
+    spec = spec or os.environ.get("CHANGEFEED_APP")
+    if not spec:
+        return App()
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"app must be given as module:attribute, got {spec!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import app module {module_name!r}: {exc}") from None
+    try:
+        app = getattr(module, attr)
+    except AttributeError:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if callable(app) and not isinstance(app, App):
+        app = app()
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec} is not a changefeed.App (got {type(app).__name__})")
+    return app

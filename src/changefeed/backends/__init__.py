@@ -1,0 +1,55 @@
+"""Log backends behind one interface, chosen by URL: ``sqlite:///path`` or ``kafka://hosts``."""
+
+from __future__ import annotations
+
+import importlib
+
+from changefeed.backends.base import (
+    Backend,
+    ChangeFeed,
+    OffsetOutOfRangeError,
+    Publisher,
+    PublishError,
+    TopicAdmin,
+    TopicInfo,
+    UnknownTopicError,
+)
+
+_SCHEMES = {
+    "sqlite": "changefeed.backends.local:SQLiteLog",
+    "kafka": "changefeed.backends.kafka:KafkaBackend",
+}
+
+
+class BackendURLError(ValueError):
+    """A log URL with an unknown scheme or bad options."""
+
+
+def open_backend(url: str) -> Backend:
+    """The backend for a log URL (``sqlite:///changefeed.db``, ``kafka://host:9092``)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in _SCHEMES:
+        raise BackendURLError(
+            f"unsupported log URL {url!r}: use sqlite:///path or kafka://host:port[,host:port]"
+        )
+    module, _, attr = _SCHEMES[scheme].partition(":")
+    cls = getattr(importlib.import_module(module), attr)
+    try:
+        backend: Backend = cls.from_url(url)
+    except ValueError as exc:
+        raise BackendURLError(str(exc)) from None
+    return backend
+
+
+__all__ = [
+    "Backend",
+    "BackendURLError",
+    "ChangeFeed",
+    "OffsetOutOfRangeError",
+    "PublishError",
+    "Publisher",
+    "TopicAdmin",
+    "TopicInfo",
+    "UnknownTopicError",
+    "open_backend",
+]

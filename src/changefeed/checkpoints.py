@@ -1,0 +1,229 @@
+"""Checkpoints: per (pillow, topic, partition), the next offset to read.
+
+Progress writes are plain upserts (one per batch). Operator changes and automatic jumps (an
+offset removed by retention) also go to a history table with who, when and the old value,
+so a bad reset can be undone.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from changefeed.change import TopicPartition
+from changefeed.db import make_engine, upsert
+
+metadata = sa.MetaData()
+
+checkpoints_table = sa.Table(
+    "changefeed_checkpoints",
+    metadata,
+    sa.Column("pillow", sa.String(128), primary_key=True),
+    sa.Column("topic", sa.String(249), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+history_table = sa.Table(
+    "changefeed_checkpoint_history",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pillow", sa.String(128), nullable=False, index=True),
+    sa.Column("topic", sa.String(249), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("old_offset", sa.BigInteger, nullable=True),
+    sa.Column("new_offset", sa.BigInteger, nullable=True),
+    sa.Column("changed_at", sa.Float, nullable=False),
+    sa.Column("changed_by", sa.String(255), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+)
+
+
+def current_actor() -> str:
+    """Who is making a change, for the history: user@host:pid."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    tp: TopicPartition
+    offset: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: int
+    pillow: str
+    tp: TopicPartition
+    old_offset: int | None
+    new_offset: int | None
+    changed_at: float
+    changed_by: str
+    reason: str
+
+
+class CheckpointStore:
+    def __init__(self, engine: sa.Engine | str, clock: Callable[[], float] = time.time) -> None:
+        self.engine = make_engine(engine)
+        self.clock = clock
+        self._created = False
+
+    def create(self) -> None:
+        if not self._created:
+            metadata.create_all(self.engine, checkfirst=True)
+            self._created = True
+
+    def get(self, pillow: str) -> dict[TopicPartition, int]:
+        return {tp: cp.offset for tp, cp in self.get_detailed(pillow).items()}
+
+    def get_detailed(self, pillow: str) -> dict[TopicPartition, Checkpoint]:
+        self.create()
+        t = checkpoints_table
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.c.topic, t.c.partition, t.c.offset, t.c.updated_at).where(
+                    t.c.pillow == pillow
+                )
+            ).all()
+        return {
+            TopicPartition(topic, part): Checkpoint(TopicPartition(topic, part), off, ts)
+            for topic, part, off, ts in rows
+        }
+
+    def commit(self, pillow: str, offsets: Mapping[TopicPartition, int]) -> None:
+        """Record progress (no history: this happens after every batch)."""
+        if not offsets:
+            return
+        self.create()
+        now = self.clock()
+        with self.engine.begin() as conn:
+            upsert(
+                conn,
+                checkpoints_table,
+                [
+                    {
+                        "pillow": pillow,
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "offset": off,
+                        "updated_at": now,
+                    }
+                    for tp, off in offsets.items()
+                ],
+                ["pillow", "topic", "partition"],
+            )
+
+    def set(
+        self,
+        pillow: str,
+        offsets: Mapping[TopicPartition, int],
+        *,
+        reason: str,
+        changed_by: str | None = None,
+    ) -> list[HistoryEntry]:
+        """Move checkpoints on purpose, recording the old values in the history."""
+        self.create()
+        actor = changed_by or current_actor()
+        now = self.clock()
+        t, h = checkpoints_table, history_table
+        entries = []
+        with self.engine.begin() as conn:
+            old = {
+                TopicPartition(topic, part): off
+                for topic, part, off in conn.execute(
+                    sa.select(t.c.topic, t.c.partition, t.c.offset).where(t.c.pillow == pillow)
+                )
+            }
+            for tp, new in sorted(offsets.items()):
+                if new < 0:
+                    raise ValueError(f"offset must be >= 0, got {new} for {tp}")
+                res = conn.execute(
+                    h.insert().values(
+                        pillow=pillow,
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        old_offset=old.get(tp),
+                        new_offset=new,
+                        changed_at=now,
+                        changed_by=actor,
+                        reason=reason,
+                    )
+                )
+                pk = res.inserted_primary_key
+                entries.append(
+                    HistoryEntry(int(pk[0]) if pk else 0, pillow, tp, old.get(tp), new, now, actor, reason)
+                )
+            upsert(
+                conn,
+                t,
+                [
+                    {"pillow": pillow, "topic": tp.topic, "partition": tp.partition,
+                     "offset": off, "updated_at": now}
+                    for tp, off in offsets.items()
+                ],
+                ["pillow", "topic", "partition"],
+            )
+        return entries
+
+    def history(self, pillow: str | None = None, limit: int = 100) -> list[HistoryEntry]:
+        self.create()
+        h = history_table
+        query = sa.select(h).order_by(h.c.id.desc()).limit(limit)
+        if pillow is not None:
+            query = query.where(h.c.pillow == pillow)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            HistoryEntry(r.id, r.pillow, TopicPartition(r.topic, r.partition), r.old_offset,
+                         r.new_offset, r.changed_at, r.changed_by, r.reason)
+            for r in rows
+        ]
+
+    def undo(self, entry_id: int, changed_by: str | None = None) -> HistoryEntry:
+        """Restore the offset a history entry replaced (itself recorded in the history)."""
+        self.create()
+        h = history_table
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(h).where(h.c.id == entry_id)).first()
+        if row is None:
+            raise LookupError(f"no checkpoint history entry {entry_id}")
+        tp = TopicPartition(row.topic, row.partition)
+        if row.old_offset is None:
+            with self.engine.begin() as conn:
+                t = checkpoints_table
+                conn.execute(
+                    t.delete().where(
+                        (t.c.pillow == row.pillow) & (t.c.topic == tp.topic)
+                        & (t.c.partition == tp.partition)
+                    )
+                )
+                res = conn.execute(
+                    h.insert().values(
+                        pillow=row.pillow, topic=tp.topic, partition=tp.partition,
+                        old_offset=row.new_offset, new_offset=None, changed_at=self.clock(),
+                        changed_by=changed_by or current_actor(), reason=f"undo #{entry_id}",
+                    )
+                )
+            pk = res.inserted_primary_key
+            return HistoryEntry(int(pk[0]) if pk else 0, row.pillow, tp, row.new_offset, None,
+                                self.clock(), changed_by or current_actor(), f"undo #{entry_id}")
+        return self.set(row.pillow, {tp: row.old_offset}, reason=f"undo #{entry_id}",
+                        changed_by=changed_by)[0]
+
+    def pillows(self) -> list[str]:
+        self.create()
+        t = checkpoints_table
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(t.c.pillow).distinct().order_by(t.c.pillow))]

@@ -1,0 +1,83 @@
+"""The root command group and what every command shares: the app, user errors, output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from changefeed.app import App, ConfigError, load_app
+from changefeed.backends import BackendURLError
+from changefeed.identifiers import InvalidIdentifierError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UserError(Exception):
+    """Bad input or configuration: reported on one line with exit code 2."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    BackendURLError,
+    InvalidIdentifierError,
+)
+
+
+@contextmanager
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Turn the errors a user can cause into `UserError`."""
+    try:
+        yield
+    except (*USER_ERRORS, *extra) as exc:
+        raise UserError(str(exc)) from None
+
+
+class State:
+    """Lazily loaded app, so ``--help`` works without importing user code."""
+
+    def __init__(self, app_spec: str | None, log_url: str | None, state_url: str | None) -> None:
+        self.app_spec = app_spec
+        self.log_url = log_url
+        self.state_url = state_url
+        self._app: App | None = None
+
+    @property
+    def app(self) -> App:
+        if self._app is None:
+            with user_errors():
+                app = load_app(self.app_spec)
+                if self.log_url:
+                    app.log_url = self.log_url
+                if self.state_url:
+                    app.state_url = self.state_url
+                app.backend  # noqa: B018 - validate the log URL now, as a user error
+            self._app = app
+        return self._app
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--app",
+    "app_spec",
+    metavar="MODULE:ATTR",
+    help="Your changefeed.App (default: $CHANGEFEED_APP).",
+)
+@click.option("--log", "log_url", metavar="URL", help="Log URL (sqlite:///path or kafka://host:port).")
+@click.option("--state", "state_url", metavar="URL", help="SQLAlchemy URL of checkpoints and errors.")
+@click.version_option(package_name="changefeed")
+@click.pass_context
+def cli(ctx: click.Context, app_spec: str | None, log_url: str | None, state_url: str | None) -> None:
+    """changefeed: publish document changes to a log and keep derived data in sync."""
+    ctx.obj = State(app_spec, log_url, state_url)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def get_app(ctx: click.Context) -> App:
+    state = ctx.find_object(State)
+    assert state is not None
+    return state.app

@@ -1,0 +1,51 @@
+"""SQLAlchemy engines for our own state (checkpoints, error queue) on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+
+
+def make_engine(url: str | sa.Engine) -> sa.Engine:
+    """An engine; SQLite files get WAL and a busy timeout so several processes can share them."""
+    if isinstance(url, sa.Engine):
+        return url
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    return engine
+
+
+def upsert(conn: sa.Connection, table: sa.Table, values: list[dict[str, Any]], keys: list[str]) -> None:
+    """Insert or update rows by their key columns, on SQLite and PostgreSQL."""
+    if not values:
+        return
+    dialect = conn.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        stmt = insert(table)
+        update = {c: stmt.excluded[c] for c in values[0] if c not in keys}
+        conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), values)
+        return
+    for row in values:  # pragma: no cover - other dialects
+        where = sa.and_(*(table.c[k] == row[k] for k in keys))
+        if conn.execute(table.update().where(where).values(**row)).rowcount == 0:
+            conn.execute(table.insert().values(**row))

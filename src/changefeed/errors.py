@@ -1,0 +1,294 @@
+"""The error queue: changes whose processing failed, with what is needed to retry them.
+
+A failed change never stops a pillow and is never lost: it is stored with its stub, the
+processor that failed, the exception and traceback, and is retried with exponential backoff
+until `RetryPolicy.max_attempts`, then parked for an operator (``changefeed errors retry``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback as tb
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from changefeed.change import Change
+from changefeed.db import make_engine
+
+PENDING = "pending"
+PARKED = "parked"
+
+INVALID_STUB = "(invalid stub)"
+FETCH = "(fetch)"
+"""Pseudo processor names for failures before any processor ran."""
+
+metadata = sa.MetaData()
+
+errors_table = sa.Table(
+    "changefeed_errors",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("pillow", sa.String(128), nullable=False),
+    sa.Column("processor", sa.String(128), nullable=False),
+    sa.Column("document_id", sa.String(255), nullable=False),
+    sa.Column("topic", sa.String(249), nullable=False),
+    sa.Column("partition", sa.Integer, nullable=False),
+    sa.Column("offset", sa.BigInteger, nullable=False),
+    sa.Column("stub", sa.LargeBinary, nullable=False),
+    sa.Column("error_type", sa.String(255), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("traceback", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_attempt_at", sa.Float, nullable=False),
+    sa.Column("next_attempt_at", sa.Float, nullable=True),
+    sa.Index("ix_changefeed_errors_due", "pillow", "status", "next_attempt_at"),
+    sa.Index("ix_changefeed_errors_doc", "pillow", "processor", "document_id"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff: ``base * factor**(attempts-1)``, capped, parked after max."""
+
+    base_delay: float = 10.0
+    factor: float = 2.0
+    max_delay: float = 3600.0
+    max_attempts: int = 8
+
+    def delay(self, attempts: int) -> float:
+        return min(self.max_delay, self.base_delay * self.factor ** max(0, attempts - 1))
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    id: int
+    pillow: str
+    processor: str
+    document_id: str
+    topic: str
+    partition: int
+    offset: int
+    stub: bytes
+    error_type: str
+    message: str
+    traceback: str
+    attempts: int
+    status: str
+    created_at: float
+    last_attempt_at: float
+    next_attempt_at: float | None
+
+
+def _stub_bytes(change: Change) -> bytes:
+    if change.metadata is not None:
+        return change.metadata.encode()
+    return change.raw or b""
+
+
+class ErrorQueue:
+    def __init__(
+        self,
+        engine: sa.Engine | str,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = make_engine(engine)
+        self.policy = policy or RetryPolicy()
+        self.clock = clock
+        self._created = False
+
+    def create(self) -> None:
+        if not self._created:
+            metadata.create_all(self.engine, checkfirst=True)
+            self._created = True
+
+    def add(
+        self,
+        pillow: str,
+        change: Change,
+        processor: str,
+        exc: BaseException,
+        *,
+        retryable: bool = True,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        """Store a failure; an open entry for the same document and processor is updated
+        (newer stub, one more attempt) rather than duplicated."""
+        self.add_many(pillow, [(change, processor, exc)], retryable=retryable, policy=policy)
+
+    def add_many(
+        self,
+        pillow: str,
+        failures: list[tuple[Change, str, BaseException]],
+        *,
+        retryable: bool = True,
+        policy: RetryPolicy | None = None,
+    ) -> None:
+        if not failures:
+            return
+        self.create()
+        policy = policy or self.policy
+        now = self.clock()
+        t = errors_table
+        with self.engine.begin() as conn:
+            for change, processor, exc in failures:
+                trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+                existing = conn.execute(
+                    sa.select(t.c.id, t.c.attempts).where(
+                        (t.c.pillow == pillow)
+                        & (t.c.processor == processor)
+                        & (t.c.document_id == change.id)
+                    )
+                ).first()
+                attempts = (existing.attempts if existing else 0) + 1
+                parked = not retryable or attempts >= policy.max_attempts
+                values = {
+                    "topic": change.topic,
+                    "partition": change.partition,
+                    "offset": change.offset,
+                    "stub": _stub_bytes(change),
+                    "error_type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    "message": str(exc)[:4000],
+                    "traceback": trace[-16000:],
+                    "attempts": attempts,
+                    "status": PARKED if parked else PENDING,
+                    "last_attempt_at": now,
+                    "next_attempt_at": None if parked else now + policy.delay(attempts),
+                }
+                if existing:
+                    conn.execute(t.update().where(t.c.id == existing.id).values(**values))
+                else:
+                    conn.execute(
+                        t.insert().values(
+                            pillow=pillow,
+                            processor=processor,
+                            document_id=change.id,
+                            created_at=now,
+                            **values,
+                        )
+                    )
+
+    def resolve(self, error_id: int) -> None:
+        """Remove an entry whose change was processed successfully."""
+        self.create()
+        with self.engine.begin() as conn:
+            conn.execute(errors_table.delete().where(errors_table.c.id == error_id))
+
+    def record_failure(
+        self, record: ErrorRecord, exc: BaseException, policy: RetryPolicy | None = None
+    ) -> None:
+        """One more failed attempt for an entry: back off further, or park it at the max."""
+        policy = policy or self.policy
+        now = self.clock()
+        attempts = record.attempts + 1
+        parked = attempts >= policy.max_attempts
+        trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        with self.engine.begin() as conn:
+            conn.execute(
+                errors_table.update()
+                .where(errors_table.c.id == record.id)
+                .values(
+                    attempts=attempts,
+                    status=PARKED if parked else PENDING,
+                    error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+                    message=str(exc)[:4000],
+                    traceback=trace[-16000:],
+                    last_attempt_at=now,
+                    next_attempt_at=None if parked else now + policy.delay(attempts),
+                )
+            )
+
+    def due(self, pillow: str, limit: int = 500, now: float | None = None) -> list[ErrorRecord]:
+        self.create()
+        t = errors_table
+        when = self.clock() if now is None else now
+        query = (
+            sa.select(t)
+            .where((t.c.pillow == pillow) & (t.c.status == PENDING) & (t.c.next_attempt_at <= when))
+            .order_by(t.c.next_attempt_at, t.c.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [ErrorRecord(*row) for row in conn.execute(query)]
+
+    def list(
+        self,
+        pillow: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after_id: int = 0,
+    ) -> list[ErrorRecord]:
+        self.create()
+        t = errors_table
+        query = sa.select(t).where(t.c.id > after_id).order_by(t.c.id).limit(limit)
+        if pillow is not None:
+            query = query.where(t.c.pillow == pillow)
+        if status is not None:
+            query = query.where(t.c.status == status)
+        with self.engine.connect() as conn:
+            return [ErrorRecord(*row) for row in conn.execute(query)]
+
+    def get(self, error_id: int) -> ErrorRecord | None:
+        self.create()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(errors_table).where(errors_table.c.id == error_id)).first()
+        return ErrorRecord(*row) if row else None
+
+    def counts(self, pillow: str | None = None) -> dict[str, int]:
+        """Entries per status."""
+        self.create()
+        t = errors_table
+        query = sa.select(t.c.status, sa.func.count()).group_by(t.c.status)
+        if pillow is not None:
+            query = query.where(t.c.pillow == pillow)
+        with self.engine.connect() as conn:
+            out = {PENDING: 0, PARKED: 0}
+            out.update({status: int(n) for status, n in conn.execute(query)})
+            return out
+
+    def make_due(
+        self, pillow: str | None = None, ids: list[int] | None = None, parked_only: bool = False
+    ) -> int:
+        """Operator retry: mark entries (parked ones too) due now."""
+        self.create()
+        t = errors_table
+        stmt = t.update().values(status=PENDING, next_attempt_at=self.clock(), attempts=0)
+        if pillow is not None:
+            stmt = stmt.where(t.c.pillow == pillow)
+        if ids is not None:
+            stmt = stmt.where(t.c.id.in_(ids))
+        if parked_only:
+            stmt = stmt.where(t.c.status == PARKED)
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def purge(
+        self,
+        pillow: str | None = None,
+        ids: list[int] | None = None,
+        status: str | None = None,
+        older_than: float | None = None,
+    ) -> int:
+        self.create()
+        t = errors_table
+        stmt = t.delete()
+        if pillow is not None:
+            stmt = stmt.where(t.c.pillow == pillow)
+        if ids is not None:
+            stmt = stmt.where(t.c.id.in_(ids))
+        if status is not None:
+            stmt = stmt.where(t.c.status == status)
+        if older_than is not None:
+            stmt = stmt.where(t.c.created_at < self.clock() - older_than)
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+
+def next_delay(attempts: int, base: float = 1.0, cap: float = 60.0) -> float:
+    """Backoff for whole-batch retries when a dependency is down."""
+    return min(cap, base * math.pow(2, max(0, attempts - 1)))

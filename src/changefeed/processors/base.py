@@ -1,0 +1,85 @@
+"""Processors: the work a pillow does for changes.
+
+A processor works either one change at a time (`Processor.process_change`) or on a whole
+batch (`BulkProcessor.process_changes`, which reports per-change failures so one bad
+document does not fail its neighbours). Processors must be idempotent: delivery is at least
+once, and a replay must not regress data (upsert by id, use external versions).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+from changefeed.change import Change
+
+
+class ChangeFailure(NamedTuple):
+    """A change a bulk processor could not handle; ``retryable=False`` parks it at once."""
+
+    change: Change
+    exception: BaseException
+    retryable: bool = True
+
+
+class Processor(ABC):
+    """Handles one change at a time."""
+
+    needs_documents: bool = True
+    """False when the processor only needs stubs (no document fetch for its sake)."""
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    @abstractmethod
+    def process_change(self, change: Change) -> None:
+        """Do the work for one change; raise to send it to the error queue."""
+
+    def bootstrap(self) -> None:  # noqa: B027 - optional hook
+        """One-time setup before the pillow runs (create an index or table). Idempotent."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class BulkProcessor(Processor):
+    """Handles a batch in one go (one bulk request, one multi-row upsert)."""
+
+    @abstractmethod
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        """Do the work for a batch; return the changes that failed. Raise only when the whole
+        batch failed (the pillow then retries change by change)."""
+
+    def process_change(self, change: Change) -> None:
+        failures = self.process_changes([change])
+        if failures:
+            raise failures[0].exception
+
+
+class FunctionProcessor(Processor):
+    """Wraps a plain function ``f(change)`` as a processor."""
+
+    def __init__(
+        self, func: Callable[[Change], object], name: str | None = None, needs_documents: bool = True
+    ) -> None:
+        self.func = func
+        self._name = name or getattr(func, "__name__", "function")
+        self.needs_documents = needs_documents
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def process_change(self, change: Change) -> None:
+        self.func(change)
+
+
+class NoopProcessor(BulkProcessor):
+    """Does nothing; for benchmarks and for pillows that only move checkpoints."""
+
+    needs_documents = False
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        return []

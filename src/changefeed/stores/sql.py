@@ -1,0 +1,128 @@
+"""A document store on SQLAlchemy Core: one table of (id, JSON document, version, deleted).
+
+Works on SQLite and PostgreSQL. Every save bumps ``version``, which stubs carry so pillows
+can tell a stale read (document older than its stub) from a current one. Deletions leave a
+tombstone row so "deleted" stays distinct from "never existed".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from changefeed.identifiers import sql_identifier
+from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
+
+_CHUNK = 500
+
+
+def _json_type() -> sa.types.TypeEngine[Any]:
+    return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class SQLDocumentStore(DocumentStore):
+    def __init__(
+        self,
+        engine: sa.Engine | str,
+        table: str,
+        *,
+        data_source_name: str | None = None,
+        data_source_type: str = "sql",
+        schema: str | None = None,
+    ) -> None:
+        self.engine = sa.create_engine(engine) if isinstance(engine, str) else engine
+        self.data_source_type = data_source_type
+        self.data_source_name = data_source_name or table
+        self.table = sa.Table(
+            sql_identifier(table, "table name"),
+            sa.MetaData(schema=sql_identifier(schema, "schema") if schema else None),
+            sa.Column("id", sa.String(255), primary_key=True),
+            sa.Column("document", _json_type(), nullable=True),
+            sa.Column("version", sa.BigInteger, nullable=False, default=1),
+            sa.Column("deleted", sa.Boolean, nullable=False, default=False),
+        )
+
+    def create(self) -> None:
+        """Create the table if it is missing."""
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+
+    def _upsert(self, doc_id: str, document: dict[str, Any] | None, deleted: bool) -> int:
+        t = self.table
+        values = {"id": doc_id, "document": document, "version": 1, "deleted": deleted}
+        dialect = self.engine.dialect.name
+        ins: Any
+        if dialect == "postgresql":
+            ins = postgresql.insert(t)
+        elif dialect == "sqlite":
+            ins = sqlite.insert(t)
+        else:  # pragma: no cover - other dialects: read-modify-write
+            with self.engine.begin() as conn:
+                row = conn.execute(
+                    sa.select(t.c.version).where(t.c.id == doc_id).with_for_update()
+                ).first()
+                version = 1 if row is None else row[0] + 1
+                values["version"] = version
+                if row is None:
+                    conn.execute(t.insert().values(**values))
+                else:
+                    conn.execute(t.update().where(t.c.id == doc_id).values(**values))
+                return version
+        stmt = (
+            ins.values(**values)
+            .on_conflict_do_update(
+                index_elements=[t.c.id],
+                set_={"document": document, "deleted": deleted, "version": t.c.version + 1},
+            )
+            .returning(t.c.version)
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def save(self, doc_id: str, document: dict[str, Any]) -> int:
+        """Insert or replace a document; returns its new version."""
+        return self._upsert(doc_id, document, False)
+
+    def delete(self, doc_id: str) -> int:
+        """Mark a document deleted; returns its new version."""
+        return self._upsert(doc_id, None, True)
+
+    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
+        ids = list(dict.fromkeys(doc_ids))
+        out: dict[str, Fetched] = {}
+        t = self.table
+        query = sa.select(t.c.id, t.c.document, t.c.version, t.c.deleted)
+        with self.engine.connect() as conn:
+            for start in range(0, len(ids), _CHUNK):
+                chunk = ids[start : start + _CHUNK]
+                for doc_id, document, version, deleted in conn.execute(
+                    query.where(t.c.id.in_(chunk))
+                ):
+                    if deleted:
+                        out[doc_id] = DocumentDeleted
+                    else:
+                        doc = dict(document or {})
+                        doc.setdefault("_id", doc_id)
+                        doc["_version"] = version
+                        out[doc_id] = doc
+        return out
+
+    def iter_document_ids(self) -> Iterator[str]:
+        """Live ids in id order, paged by key so a long reindex holds no big result set."""
+        t = self.table
+        last: str | None = None
+        while True:
+            query = sa.select(t.c.id).where(t.c.deleted.is_(False)).order_by(t.c.id).limit(5000)
+            if last is not None:
+                query = query.where(t.c.id > last)
+            with self.engine.connect() as conn:
+                ids = [row[0] for row in conn.execute(query)]
+            if not ids:
+                return
+            yield from ids
+            last = ids[-1]
+
+    def close(self) -> None:
+        self.engine.dispose()
