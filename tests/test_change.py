@@ -1,0 +1,204 @@
+"""The wire contract: ChangeMeta encoding, strictness, forward compatibility; Change's lazy fetch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import orjson
+import pytest
+
+from changefeed.change import SCHEMA_VERSION, Change, ChangeMeta, InvalidChangeError
+from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
+
+
+def full_meta() -> ChangeMeta:
+    return ChangeMeta(
+        document_id="doc-1",
+        data_source_type="sql",
+        data_source_name="forms",
+        document_type="form",
+        document_subtype="visit",
+        domain="acme",
+        is_deletion=True,
+        document_rev="3-abc",
+        version=7,
+        publish_timestamp=1700000000.5,
+        original_publication_timestamp=1690000000.0,
+        attempts=2,
+    )
+
+
+def test_round_trip_keeps_every_field() -> None:
+    meta = full_meta()
+    decoded = ChangeMeta.decode(meta.encode())
+    assert decoded == meta
+
+
+def test_minimal_stub_round_trip_and_defaults() -> None:
+    meta = ChangeMeta("d", "memory", "store")
+    data = orjson.loads(meta.encode())
+    assert data == {
+        "v": SCHEMA_VERSION,
+        "document_id": "d",
+        "data_source_type": "memory",
+        "data_source_name": "store",
+    }
+    decoded = ChangeMeta.decode(meta.encode())
+    assert decoded == meta
+    assert decoded.is_deletion is False
+    assert decoded.attempts == 0
+    assert decoded.version is None
+
+
+def test_schema_version_is_written() -> None:
+    assert orjson.loads(full_meta().encode())["v"] == SCHEMA_VERSION
+
+
+def test_unknown_fields_are_kept_and_re_encoded() -> None:
+    raw = orjson.dumps(
+        {
+            "v": SCHEMA_VERSION + 1,
+            "document_id": "d",
+            "data_source_type": "sql",
+            "data_source_name": "s",
+            "new_field": {"x": [1, 2]},
+            "flag": True,
+        }
+    )
+    meta = ChangeMeta.decode(raw)
+    assert meta.extra == {"new_field": {"x": [1, 2]}, "flag": True}
+    again = orjson.loads(meta.encode())
+    assert again["new_field"] == {"x": [1, 2]} and again["flag"] is True
+
+
+def test_decode_accepts_str() -> None:
+    assert ChangeMeta.decode(full_meta().encode().decode()).document_id == "doc-1"
+
+
+@pytest.mark.parametrize(
+    "raw, reason",
+    [
+        (b"not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'"a string"', "JSON object"),
+        (b'{"data_source_type": "sql", "data_source_name": "s"}', "document_id"),
+        (b'{"document_id": "", "data_source_type": "sql", "data_source_name": "s"}', "document_id"),
+        (b'{"document_id": 5, "data_source_type": "sql", "data_source_name": "s"}', "document_id"),
+        (b'{"document_id": "d", "data_source_name": "s"}', "data_source_type"),
+        (b'{"document_id": "d", "data_source_type": "sql"}', "data_source_name"),
+    ],
+)
+def test_invalid_stubs_raise(raw: bytes, reason: str) -> None:
+    with pytest.raises(InvalidChangeError, match=reason):
+        ChangeMeta.decode(raw)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("document_type", 3),
+        ("document_subtype", ["x"]),
+        ("domain", {}),
+        ("document_rev", 1),
+        ("is_deletion", "yes"),
+        ("is_deletion", 1),
+        ("version", "7"),
+        ("version", 1.5),
+        ("version", True),
+        ("publish_timestamp", "now"),
+        ("publish_timestamp", False),
+        ("original_publication_timestamp", [1]),
+        ("attempts", -1),
+        ("attempts", "2"),
+        ("attempts", True),
+    ],
+)
+def test_wrong_types_raise(field: str, value: Any) -> None:
+    data = {"document_id": "d", "data_source_type": "sql", "data_source_name": "s", field: value}
+    with pytest.raises(InvalidChangeError, match=field):
+        ChangeMeta.decode(orjson.dumps(data))
+
+
+def test_constructor_rejects_missing_required() -> None:
+    with pytest.raises(InvalidChangeError):
+        ChangeMeta("", "sql", "s")
+
+
+def test_stamped_keeps_original_publication() -> None:
+    meta = ChangeMeta("d", "sql", "s").stamped(100.0)
+    assert (meta.publish_timestamp, meta.original_publication_timestamp) == (100.0, 100.0)
+    meta.stamped(200.0)
+    assert (meta.publish_timestamp, meta.original_publication_timestamp) == (200.0, 100.0)
+
+
+class CountingStore(DocumentStore):
+    """A fake store counting calls: the lazy fetch must hit it at most once."""
+
+    data_source_type = "memory"
+    data_source_name = "count"
+
+    def __init__(self, docs: dict[str, Fetched]) -> None:
+        self.docs = docs
+        self.calls = 0
+
+    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
+        self.calls += 1
+        return {i: self.docs[i] for i in doc_ids if i in self.docs}
+
+    def iter_document_ids(self) -> Iterator[str]:
+        return iter(sorted(self.docs))
+
+
+def test_change_fetches_document_lazily_once() -> None:
+    store = CountingStore({"doc-1": {"_id": "doc-1", "n": 1}})
+    change = Change("form", 0, 5, ChangeMeta("doc-1", "memory", "count"), store=store)
+    assert store.calls == 0 and not change.has_document
+    assert change.document == {"_id": "doc-1", "n": 1}
+    assert change.get_document() == {"_id": "doc-1", "n": 1}
+    assert store.calls == 1
+    assert change.has_document
+    assert (change.topic, change.partition, change.offset, change.id) == ("form", 0, 5, "doc-1")
+    assert change.topic_partition == ("form", 0)
+
+
+def test_set_document_prevents_fetch() -> None:
+    store = CountingStore({"doc-1": {"n": 1}})
+    change = Change("form", 0, 0, ChangeMeta("doc-1", "memory", "count"), store=store)
+    change.set_document({"n": 2})
+    assert change.document == {"n": 2}
+    assert store.calls == 0
+
+
+def test_deletion_stub_never_fetches() -> None:
+    store = CountingStore({"doc-1": {"n": 1}})
+    change = Change(
+        "form", 0, 0, ChangeMeta("doc-1", "memory", "count", is_deletion=True), store=store
+    )
+    assert change.deleted
+    assert change.document is None
+    assert store.calls == 0
+
+
+def test_store_reporting_deleted_sets_flag() -> None:
+    store = CountingStore({"doc-1": DocumentDeleted})
+    change = Change("form", 0, 0, ChangeMeta("doc-1", "memory", "count"), store=store)
+    assert not change.deleted
+    assert change.document is None
+    assert change.deleted
+    assert store.calls == 1
+
+
+def test_from_raw_invalid_stub_carries_error() -> None:
+    change = Change.from_raw("meta", 1, 9, b"{broken", key="k1")
+    assert not change.is_valid
+    assert change.metadata is None
+    assert change.raw == b"{broken"
+    assert change.id == "k1"
+    assert change.error is not None and "JSON" in change.error
+
+
+def test_from_raw_valid_stub() -> None:
+    change = Change.from_raw("meta", 1, 9, full_meta().encode(), key="doc-1")
+    assert change.is_valid and change.id == "doc-1" and change.deleted
+    assert change.error is None
