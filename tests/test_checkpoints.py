@@ -1,0 +1,115 @@
+"""The checkpoint store on SQLite and PostgreSQL: progress, operator changes with history, undo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from changefeed.change import TopicPartition
+from changefeed.checkpoints import CheckpointStore, current_actor
+
+TP0 = TopicPartition("form", 0)
+TP1 = TopicPartition("form", 1)
+TP2 = TopicPartition("case", 0)
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/state.db"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(state_url: str, clock: Clock) -> CheckpointStore:
+    return CheckpointStore(state_url, clock=clock)
+
+
+def test_commit_and_get(store: CheckpointStore, clock: Clock) -> None:
+    assert store.get("p") == {}
+    store.commit("p", {TP0: 10, TP1: 3})
+    clock.now = 1005.0
+    store.commit("p", {TP0: 12})
+    store.commit("other", {TP2: 1})
+    assert store.get("p") == {TP0: 12, TP1: 3}
+    detailed = store.get_detailed("p")
+    assert detailed[TP0].updated_at == 1005.0
+    assert detailed[TP1].updated_at == 1000.0
+    assert store.pillows() == ["other", "p"]
+    # Progress commits write no history.
+    assert store.history("p") == []
+
+
+def test_set_records_who_when_and_old_value(store: CheckpointStore, clock: Clock) -> None:
+    store.commit("p", {TP0: 10})
+    clock.now = 2000.0
+    entries = store.set("p", {TP0: 0, TP1: 5}, reason="replay everything", changed_by="alice")
+    assert store.get("p") == {TP0: 0, TP1: 5}
+    by_tp = {e.tp: e for e in entries}
+    assert (by_tp[TP0].old_offset, by_tp[TP0].new_offset) == (10, 0)
+    assert (by_tp[TP1].old_offset, by_tp[TP1].new_offset) == (None, 5)
+    history = store.history("p")
+    assert {(h.tp, h.old_offset, h.new_offset) for h in history} == {(TP0, 10, 0), (TP1, None, 5)}
+    assert all(h.changed_by == "alice" and h.changed_at == 2000.0 for h in history)
+    assert all(h.reason == "replay everything" for h in history)
+    assert store.history("nobody") == []
+
+
+def test_set_defaults_actor(store: CheckpointStore) -> None:
+    (entry,) = store.set("p", {TP0: 1}, reason="r")
+    assert entry.changed_by == current_actor()
+    assert "@" in entry.changed_by
+
+
+def test_set_rejects_negative_offsets_atomically(store: CheckpointStore) -> None:
+    store.commit("p", {TP0: 4})
+    with pytest.raises(ValueError, match=">= 0"):
+        store.set("p", {TP0: 1, TP1: -1}, reason="bad")
+    assert store.get("p") == {TP0: 4}
+    assert store.history("p") == []
+
+
+def test_undo_restores_old_value(store: CheckpointStore) -> None:
+    store.commit("p", {TP0: 100})
+    (bad,) = store.set("p", {TP0: 0}, reason="oops", changed_by="bob")
+    store.commit("p", {TP0: 7})  # the pillow replayed a little meanwhile
+    undo = store.undo(bad.id, changed_by="carol")
+    assert store.get("p") == {TP0: 100}
+    assert (undo.old_offset, undo.new_offset, undo.changed_by) == (7, 100, "carol")
+    assert undo.reason == f"undo #{bad.id}"
+    assert store.history("p")[0].id == undo.id  # newest first
+
+
+def test_undo_of_first_set_removes_checkpoint(store: CheckpointStore) -> None:
+    (entry,) = store.set("p", {TP1: 50}, reason="skip ahead")
+    undo = store.undo(entry.id)
+    assert TP1 not in store.get("p")
+    assert (undo.old_offset, undo.new_offset) == (50, None)
+    assert len(store.history("p")) == 2
+
+
+def test_undo_unknown_entry(store: CheckpointStore) -> None:
+    with pytest.raises(LookupError, match="no checkpoint history entry 999"):
+        store.undo(999)
+
+
+def test_history_limit(store: CheckpointStore) -> None:
+    for i in range(5):
+        store.set("p", {TP0: i}, reason=f"step {i}")
+    history = store.history("p", limit=3)
+    assert [h.new_offset for h in history] == [4, 3, 2]
