@@ -85,7 +85,13 @@ class TempPostgresCluster(PostgresServer):
     When we run as root the server runs as the ``postgres`` user, as PostgreSQL requires.
     """
 
-    def __init__(self, *, wal_level: str = "logical", max_connections: int = 200) -> None:
+    def __init__(
+        self,
+        *,
+        wal_level: str = "logical",
+        max_connections: int = 200,
+        output_plugins: tuple[str, ...] = ("wal2json",),
+    ) -> None:
         bindir = pg_bindir()
         if bindir is None:
             raise PostgresUnavailableError("PostgreSQL server binaries (initdb) not installed")
@@ -93,6 +99,7 @@ class TempPostgresCluster(PostgresServer):
         self.bindir = bindir
         self.wal_level = wal_level
         self.max_connections = max_connections
+        self.output_plugins = output_plugins
         self.base: Path | None = None
 
     def _run(self, *args: str, check: bool = True) -> None:
@@ -126,10 +133,44 @@ class TempPostgresCluster(PostgresServer):
                 "-o", opts, "-w", "start",
             )  # fmt: skip
             _wait_for_port(self.port, timeout)
+            self._allow_output_plugins()
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _allow_output_plugins(self) -> None:
+        """Allow our output plugins on servers that restrict them.
+
+        Some builds (recent Debian security releases) only let plugins listed in
+        ``output_plugin_libraries`` decode; stock PostgreSQL has no such setting.
+        """
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT setting FROM pg_settings WHERE name = 'output_plugin_libraries'"
+            ).fetchone()
+            if row is None:
+                return
+            allowed = [p.strip() for p in str(row[0]).split(",") if p.strip()]
+            wanted = allowed + [p for p in self.output_plugins if p not in allowed]
+            if wanted == allowed:
+                return
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET output_plugin_libraries = {}").format(
+                    sql.SQL(", ").join(sql.Literal(p) for p in wanted)
+                )
+            )
+            conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # the reload is asynchronous
+                with psycopg.connect(self.dsn(), autocommit=True) as check:
+                    now = check.execute("SHOW output_plugin_libraries").fetchone()
+                if now is not None and all(p in str(now[0]) for p in wanted):
+                    return
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.base is None:
