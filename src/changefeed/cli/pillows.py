@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import click
@@ -30,27 +31,61 @@ def pillows_cmd(ctx: click.Context) -> None:
 
 @cli.command("run")
 @click.argument("pillow_names", nargs=-1, metavar="PILLOW...")
+@click.option("--all", "all_pillows", is_flag=True, help="Run every pillow under the supervisor.")
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--process-number", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--once", is_flag=True, help="Stop when caught up instead of running forever.")
 @click.option("--no-bootstrap", is_flag=True, help="Skip the processors' bootstrap.")
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port."
+)
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
     pillow_names: tuple[str, ...],
+    all_pillows: bool,
     num_processes: int,
     process_number: int,
     once: bool,
     no_bootstrap: bool,
+    metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
-    """Run one pillow in this process (SIGTERM/SIGINT stop it after the current batch)."""
+    """Run one pillow in this process (SIGTERM/SIGINT stop it after the current batch).
+
+    With --all or several names, run each as a child process of the supervisor."""
     if process_number >= num_processes:
         raise UserError(f"--process-number must be below --num-processes ({num_processes})")
+    if all_pillows or len(pillow_names) > 1:
+        if once or num_processes != 1:
+            raise UserError("--once and --num-processes apply to one pillow, not to --all")
+        from changefeed.cli.supervise import run_supervised
+
+        code = run_supervised(
+            ctx,
+            pillow_names,
+            all_pillows=all_pillows,
+            metrics_port=metrics_port,
+            metrics_host=metrics_host,
+            run_args=("--no-bootstrap",) if no_bootstrap else (),
+        )
+        ctx.exit(code)
     if len(pillow_names) != 1:
-        raise UserError("run takes exactly one pillow name (use --all with the supervisor)")
+        raise UserError("run takes a pillow name (or several, or --all for every pillow)")
     app = get_app(ctx)
     with user_errors():
         pillow = app.get_pillow(pillow_names[0])
+    if metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from changefeed.metrics import PillowMetrics, StatusCollector, serve
+
+        metrics = PillowMetrics().attach(pillow)
+        if metrics_port is not None:
+            metrics.registry.register(StatusCollector(app, [pillow.name]))
+            try:
+                serve(metrics.registry, metrics_port, metrics_host)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
     if not no_bootstrap:
         pillow.bootstrap()
     pillow.install_signal_handlers()
@@ -82,17 +117,42 @@ def _render(statuses: list[PillowStatus]) -> None:
 @cli.command("status")
 @click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--watch",
+    type=click.FloatRange(min=0.1),
+    metavar="SECONDS",
+    help="Refresh every SECONDS until interrupted (with --json: one JSON document per line).",
+)
 @click.pass_context
-def status_cmd(ctx: click.Context, pillow_names: tuple[str, ...], as_json: bool) -> None:
+def status_cmd(
+    ctx: click.Context, pillow_names: tuple[str, ...], as_json: bool, watch: float | None
+) -> None:
     """Per partition: checkpoint, head, lag and checkpoint age."""
     app = get_app(ctx)
     names = list(pillow_names) or app.pillow_names
-    statuses = []
+    pillows = []
     for name in names:
         with user_errors():
-            pillow = app.get_pillow(name)
-        statuses.append(pillow_status(app, pillow))
-    if as_json:
-        click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
-    else:
-        _render(statuses)
+            pillows.append(app.get_pillow(name))
+    if watch is None:
+        statuses = [pillow_status(app, pillow) for pillow in pillows]
+        if as_json:
+            click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
+        else:
+            _render(statuses)
+        return
+    console = Console()
+    try:
+        while True:
+            statuses = [pillow_status(app, pillow) for pillow in pillows]
+            if as_json:
+                click.echo(json.dumps([s.to_dict() for s in statuses]))
+            else:
+                console.clear()
+                console.print(
+                    f"every {watch:g}s: {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)"
+                )
+                _render(statuses)
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return

@@ -1,0 +1,190 @@
+"""``changefeed supervise`` (also ``run --all``) and ``changefeed retry-runner``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+import click
+
+from changefeed.cli.common import State, UserError, cli, get_app, user_errors
+
+
+def global_args(ctx: click.Context) -> list[str]:
+    """The root options this command was given, to hand on to child processes."""
+    state = ctx.find_object(State)
+    args: list[str] = []
+    if state is not None:
+        if state.app_spec:
+            args += ["--app", state.app_spec]
+        if state.log_url:
+            args += ["--log", state.log_url]
+        if state.state_url:
+            args += ["--state", state.state_url]
+    return args
+
+
+def run_supervised(
+    ctx: click.Context,
+    pillow_names: Sequence[str],
+    *,
+    all_pillows: bool,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
+    retry_runner: bool = True,
+    retry_interval: float = 5.0,
+    stuck_after: float = 300.0,
+    restart_stuck: bool = False,
+    stop_timeout: float = 30.0,
+    backoff_base: float = 1.0,
+    backoff_max: float = 60.0,
+    run_args: Sequence[str] = (),
+) -> int:
+    """Run pillows (and the retry runner) under a `Supervisor` until SIGTERM/SIGINT."""
+    from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
+    from changefeed.supervisor import Backoff, Supervisor, pillow_children, serve_health
+
+    app = get_app(ctx)
+    if all_pillows and pillow_names:
+        raise UserError("give pillow names or --all, not both")
+    names = app.pillow_names if all_pillows else list(dict.fromkeys(pillow_names))
+    if not names:
+        raise UserError("no pillows to run (name some, or use --all with an app that defines some)")
+    with user_errors():
+        for name in names:
+            app.get_pillow(name)  # unknown names fail here, before any child starts
+    children = pillow_children(
+        names,
+        global_args=global_args(ctx),
+        run_args=run_args,
+        retry_runner=retry_runner,
+        retry_interval=retry_interval,
+    )
+    env = dict(os.environ)
+    metrics_dir = None
+    if metrics_port is not None:
+        metrics_dir = tempfile.mkdtemp(prefix="changefeed-metrics-")
+        env[MULTIPROC_ENV] = metrics_dir
+    supervisor = Supervisor(
+        children,
+        app=app,
+        backoff=Backoff(base=backoff_base, cap=backoff_max),
+        stuck_after=stuck_after,
+        restart_stuck=restart_stuck,
+        stop_timeout=stop_timeout,
+        env=env,
+        on_exit=_mark_dead if metrics_dir else None,
+    )
+    server = None
+    try:
+        if metrics_port is not None:
+            assert metrics_dir is not None
+            registry = multiprocess_registry(metrics_dir)
+            registry.register(StatusCollector(app, names))
+            try:
+                server = serve_health(supervisor, metrics_port, metrics_host, registry)
+            except OSError as exc:
+                raise UserError(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
+            click.echo(
+                f"metrics and health on http://{metrics_host}:{server.server_port}/metrics "
+                f"and /healthz",
+                err=True,
+            )
+        supervisor.install_signal_handlers()
+        code = supervisor.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+            server.server_close()
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    click.echo(f"supervisor: stopped {len(children)} children", err=True)
+    return code
+
+
+def _mark_dead(child: object) -> None:
+    from prometheus_client import multiprocess
+
+    pid = getattr(getattr(child, "proc", None), "pid", None)
+    if pid is not None:
+        multiprocess.mark_process_dead(pid)
+
+
+@cli.command("supervise")
+@click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
+@click.option("--all", "all_pillows", is_flag=True, help="Run every pillow the app defines.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz.")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--no-retry-runner", is_flag=True, help="Do not run the error retry runner.")
+@click.option("--retry-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=1),
+    default=300.0,
+    show_default=True,
+    help="Seconds without checkpoint progress (while lag grows) before a pillow counts as stuck.",
+)
+@click.option("--restart-stuck", is_flag=True, help="Restart a pillow found stuck.")
+@click.option("--stop-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True)
+@click.option("--backoff-base", type=click.FloatRange(min=0), default=1.0, show_default=True)
+@click.option("--backoff-max", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.pass_context
+def supervise_cmd(
+    ctx: click.Context,
+    pillow_names: tuple[str, ...],
+    all_pillows: bool,
+    metrics_port: int | None,
+    metrics_host: str,
+    no_retry_runner: bool,
+    retry_interval: float,
+    stuck_after: float,
+    restart_stuck: bool,
+    stop_timeout: float,
+    backoff_base: float,
+    backoff_max: float,
+) -> None:
+    """Run pillows and the error retry runner as child processes, restarting crashed ones.
+
+    SIGTERM/SIGINT stop every child after its current batch."""
+    code = run_supervised(
+        ctx,
+        pillow_names,
+        all_pillows=all_pillows,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        retry_runner=not no_retry_runner,
+        retry_interval=retry_interval,
+        stuck_after=stuck_after,
+        restart_stuck=restart_stuck,
+        stop_timeout=stop_timeout,
+        backoff_base=backoff_base,
+        backoff_max=backoff_max,
+    )
+    ctx.exit(code)
+
+
+@cli.command("retry-runner")
+@click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--once", is_flag=True, help="One pass, then exit.")
+@click.pass_context
+def retry_runner_cmd(
+    ctx: click.Context, pillow_names: tuple[str, ...], interval: float, limit: int, once: bool
+) -> None:
+    """Retry due error-queue entries of pillows (all by default) every INTERVAL seconds."""
+    from changefeed.retry_runner import RetryRunner
+
+    app = get_app(ctx)
+    with user_errors():
+        for name in pillow_names:
+            app.get_pillow(name)
+        runner = RetryRunner(app, pillow_names, interval=interval, limit=limit)
+    if once:
+        for name, (ok, failed) in runner.run_once().items():
+            click.echo(f"{name}: {ok} resolved, {failed} failed again")
+        return
+    runner.install_signal_handlers()
+    runner.run()

@@ -1,0 +1,212 @@
+"""Prometheus metrics for pillows: what a batch did, and where each pillow stands.
+
+Two halves, because they are measured in different places. `PillowMetrics` is a
+`PillowListener`: it counts what each batch did (changes per partition, errors, batch sizes,
+time per processor) in the process that runs the pillow, once per batch, so it costs nothing
+per change. `StatusCollector` computes lag, checkpoint age and error queue size when
+Prometheus scrapes, from `changefeed.status.pillow_status`, so the numbers agree with
+``changefeed status`` and the dashboard and stay right even while a pillow is down.
+
+Under the supervisor, children write their counters to ``PROMETHEUS_MULTIPROC_DIR`` and the
+supervisor serves them all (prometheus-client's multiprocess mode) next to the status gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from changefeed.change import TopicPartition
+from changefeed.pillow import BatchReport, DependencyDownError, Pillow, PillowListener
+from changefeed.status import pillow_status
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from changefeed.app import App
+
+log = logging.getLogger("changefeed.metrics")
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+BATCH_SIZE_BUCKETS = (1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class PillowMetrics(PillowListener):
+    """Counts what batches did; attach with ``metrics.attach(pillow)``.
+
+    Changes per partition come from checkpoint deltas (offsets are dense per partition), so
+    the pillow's hot loop does no extra work; the baseline is the pillow's checkpoint when
+    attached, which is where it starts reading.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.changes = Counter(
+            "changefeed_changes_processed",
+            "Changes read and processed (checkpointed), per partition.",
+            ["pillow", "topic", "partition"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "changefeed_errors",
+            "Changes sent to the error queue by the pillow.",
+            ["pillow"],
+            registry=r,
+        )
+        self.batches = Counter(
+            "changefeed_batches", "Batches processed and checkpointed.", ["pillow"], registry=r
+        )
+        self.batch_size = Histogram(
+            "changefeed_batch_size",
+            "Changes per batch (before per-document dedupe).",
+            ["pillow"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "changefeed_batch_seconds",
+            "Time to process and checkpoint one batch.",
+            ["pillow"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.processor_seconds = Histogram(
+            "changefeed_processor_seconds",
+            "Time one processor spent on one batch.",
+            ["pillow", "processor"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.batch_retries = Counter(
+            "changefeed_batch_retries",
+            "Whole-batch retries because a dependency was down.",
+            ["pillow"],
+            registry=r,
+        )
+        self._offsets: dict[tuple[str, TopicPartition], int] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, pillow: Pillow) -> PillowMetrics:
+        """Register on ``pillow`` and take its current checkpoints as the counting baseline."""
+        saved = pillow.checkpoints.get(pillow.name)
+        with self._lock:
+            for tp in pillow.change_feed.topic_partitions():
+                self._offsets[(pillow.name, tp)] = saved.get(tp, 0)
+            for tp, offset in saved.items():
+                self._offsets[(pillow.name, tp)] = offset
+        if self not in pillow.listeners:
+            pillow.listeners.append(self)
+        return self
+
+    def on_batch(self, pillow: Pillow, report: BatchReport) -> None:
+        name = report.pillow
+        with self._lock:
+            offsets = self._offsets
+            for tp, offset in report.checkpoint.items():
+                key = (name, tp)
+                delta = offset - offsets.get(key, 0)
+                offsets[key] = offset
+                if delta > 0:
+                    self.changes.labels(name, tp.topic, str(tp.partition)).inc(delta)
+        self.batches.labels(name).inc()
+        self.batch_size.labels(name).observe(report.changes)
+        self.batch_seconds.labels(name).observe(report.duration)
+        if report.failures:
+            self.errors.labels(name).inc(report.failures)
+        for processor, seconds in report.processor_seconds.items():
+            self.processor_seconds.labels(name, processor).observe(seconds)
+
+    def on_dependency_down(self, pillow: Pillow, error: DependencyDownError, delay: float) -> None:
+        self.batch_retries.labels(pillow.name).inc()
+
+
+class StatusCollector(Collector):
+    """Lag, checkpoint age and error queue size per pillow, computed on every scrape.
+
+    It builds its own pillows (own feed connections), so scraping never shares a connection
+    with a running pillow's loop.
+    """
+
+    def __init__(self, app: App, pillow_names: Sequence[str] | None = None) -> None:
+        self.app = app
+        self.pillow_names = list(pillow_names) if pillow_names is not None else None
+        self._pillows: dict[str, Pillow] = {}
+        self._lock = threading.Lock()
+
+    def _iter_pillows(self) -> Iterator[Pillow]:
+        names = self.pillow_names if self.pillow_names is not None else self.app.pillow_names
+        for name in names:
+            pillow = self._pillows.get(name)
+            if pillow is None:
+                pillow = self._pillows[name] = self.app.get_pillow(name)
+            yield pillow
+
+    def collect(self) -> Iterable[Metric]:
+        part_labels = ["pillow", "topic", "partition"]
+        lag = GaugeMetricFamily(
+            "changefeed_lag", "Changes in the log not yet checkpointed.", labels=part_labels
+        )
+        head = GaugeMetricFamily(
+            "changefeed_head_offset", "Offset the next published change gets.", labels=part_labels
+        )
+        checkpoint = GaugeMetricFamily(
+            "changefeed_checkpoint_offset", "Next offset the pillow will read.", labels=part_labels
+        )
+        age = GaugeMetricFamily(
+            "changefeed_checkpoint_age_seconds",
+            "Seconds since the checkpoint was last written.",
+            labels=part_labels,
+        )
+        queue = GaugeMetricFamily(
+            "changefeed_error_queue_size",
+            "Error queue entries per status.",
+            labels=["pillow", "status"],
+        )
+        up = GaugeMetricFamily(
+            "changefeed_status_up", "1 when the pillow's status could be read.", labels=["pillow"]
+        )
+        with self._lock:
+            for pillow in self._iter_pillows():
+                try:
+                    st = pillow_status(self.app, pillow)
+                except Exception as exc:  # noqa: BLE001 - a scrape must not fail as a whole
+                    log.warning("status of pillow %s failed: %s", pillow.name, exc)
+                    up.add_metric([pillow.name], 0)
+                    continue
+                up.add_metric([pillow.name], 1)
+                for p in st.partitions:
+                    labels = [st.pillow, p.topic, str(p.partition)]
+                    lag.add_metric(labels, p.lag)
+                    head.add_metric(labels, p.head)
+                    if p.checkpoint is not None:
+                        checkpoint.add_metric(labels, p.checkpoint)
+                    if p.checkpoint_age is not None:
+                        age.add_metric(labels, p.checkpoint_age)
+                queue.add_metric([st.pillow, "pending"], st.errors_pending)
+                queue.add_metric([st.pillow, "parked"], st.errors_parked)
+        return [lag, head, checkpoint, age, queue, up]
+
+
+def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
+    """A registry that gathers the counters every child process wrote to ``path``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path or os.environ[MULTIPROC_ENV])
+    return registry
+
+
+def serve(
+    registry: CollectorRegistry, port: int, host: str = "127.0.0.1"
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``/metrics`` for ``registry`` on a daemon thread; returns (server, thread)."""
+    return start_http_server(port, addr=host, registry=registry)

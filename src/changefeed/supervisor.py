@@ -1,0 +1,382 @@
+"""The supervisor: runs many pillows (and the error retry runner) as child processes.
+
+Each child is a plain ``changefeed run NAME`` process, so a pillow behaves the same under the
+supervisor as when started by hand, and a crash takes down one pillow, not all. A child that
+exits unexpectedly is restarted after an exponential backoff (reset once it has stayed up for
+a while); SIGTERM or SIGINT stops every child with SIGTERM, which lets each finish and
+checkpoint its batch, and kills the ones that do not exit in time.
+
+Health has two parts: liveness (is the child process running) and progress ("stuck": no
+checkpoint has moved for ``stuck_after`` seconds while the lag grew), read from
+`changefeed.status.pillow_status` like every other view of a pillow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from changefeed.app import App
+    from changefeed.pillow import Pillow
+    from changefeed.status import PillowStatus
+
+log = logging.getLogger("changefeed.supervisor")
+
+RETRY_RUNNER = "retry-runner"
+"""Name of the error retry runner child."""
+
+CLI_BOOT = "from changefeed.cli import main; main()"
+
+
+def changefeed_command(*args: str, global_args: Sequence[str] = ()) -> list[str]:
+    """argv running the ``changefeed`` CLI with this interpreter (no reliance on PATH)."""
+    return [sys.executable, "-c", CLI_BOOT, *global_args, *args]
+
+
+@dataclass(frozen=True, slots=True)
+class ChildSpec:
+    """A child process: a name, its command, and the pillow it runs (for progress checks)."""
+
+    name: str
+    argv: tuple[str, ...]
+    pillow: str | None = None
+    env: Mapping[str, str] | None = None
+
+
+def pillow_children(
+    pillow_names: Sequence[str],
+    *,
+    global_args: Sequence[str] = (),
+    run_args: Sequence[str] = (),
+    retry_runner: bool = True,
+    retry_interval: float = 5.0,
+) -> list[ChildSpec]:
+    """One ``changefeed run NAME`` child per pillow, plus the retry runner."""
+    children = [
+        ChildSpec(name, tuple(changefeed_command("run", *run_args, name, global_args=global_args)), name)
+        for name in pillow_names
+    ]
+    if retry_runner and pillow_names:
+        argv = changefeed_command(
+            RETRY_RUNNER, "--interval", str(retry_interval), *pillow_names, global_args=global_args
+        )
+        children.append(ChildSpec(RETRY_RUNNER, tuple(argv)))
+    return children
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Restart delay ``base * factor**(failures-1)`` capped at ``cap``; a child that stayed up
+    ``reset_after`` seconds counts as healthy again."""
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 60.0
+    reset_after: float = 60.0
+
+    def delay(self, failures: int) -> float:
+        return min(self.cap, self.base * self.factor ** max(0, failures - 1))
+
+
+class ProgressTracker:
+    """Decides whether a pillow is stuck: no checkpoint progress for ``stuck_after`` seconds
+    while its lag grew past what it was at the last progress."""
+
+    def __init__(self, stuck_after: float) -> None:
+        self.stuck_after = stuck_after
+        self._offsets: tuple[Any, ...] | None = None
+        self._progress_at = 0.0
+        self._lag_at_progress = 0
+        self.stuck = False
+        self.lag = 0
+
+    def observe(self, status: PillowStatus, now: float) -> bool:
+        offsets = tuple((p.topic, p.partition, p.checkpoint) for p in status.partitions)
+        self.lag = status.lag
+        if offsets != self._offsets:
+            self._offsets = offsets
+            self._progress_at = now
+            self._lag_at_progress = self.lag
+            self.stuck = False
+        else:
+            self.stuck = (
+                now - self._progress_at >= self.stuck_after and self.lag > self._lag_at_progress
+            )
+        return self.stuck
+
+
+@dataclass
+class Child:
+    """A child's runtime state."""
+
+    spec: ChildSpec
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    starts: int = 0
+    failures: int = 0
+    """Consecutive unexpected exits (drives the backoff)."""
+    last_exit: int | None = None
+    next_start: float = 0.0
+    delays: list[float] = field(default_factory=list)
+    """Every restart delay applied, for health output and tests."""
+    progress: ProgressTracker | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+
+class Supervisor:
+    """Starts, watches, restarts and stops child processes."""
+
+    def __init__(
+        self,
+        children: Sequence[ChildSpec],
+        *,
+        app: App | None = None,
+        backoff: Backoff | None = None,
+        stuck_after: float = 300.0,
+        restart_stuck: bool = False,
+        health_interval: float = 5.0,
+        stop_timeout: float = 30.0,
+        poll_interval: float = 0.1,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        on_exit: Callable[[Child], None] | None = None,
+    ) -> None:
+        names = [c.name for c in children]
+        if len(set(names)) != len(names):
+            raise ValueError("child names must be unique")
+        self.children = [Child(spec) for spec in children]
+        self.app = app
+        self.backoff = backoff or Backoff()
+        self.stuck_after = stuck_after
+        self.restart_stuck = restart_stuck
+        self.health_interval = health_interval
+        self.stop_timeout = stop_timeout
+        self.poll_interval = poll_interval
+        self.env = dict(env) if env is not None else None
+        self.clock = clock
+        self.on_exit = on_exit
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._pillows: dict[str, Pillow] = {}
+        self._next_health = 0.0
+        self.started_at = clock()
+        for child in self.children:
+            if child.spec.pillow is not None:
+                child.progress = ProgressTracker(stuck_after)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _spawn(self, child: Child) -> None:
+        env = dict(os.environ if self.env is None else self.env)
+        if child.spec.env:
+            env.update(child.spec.env)
+        child.proc = subprocess.Popen(list(child.spec.argv), env=env)
+        child.started_at = self.clock()
+        child.starts += 1
+        log.info("supervisor: started %s (pid %d)", child.spec.name, child.proc.pid)
+
+    def start(self) -> None:
+        with self._lock:
+            for child in self.children:
+                if not child.alive:
+                    self._spawn(child)
+
+    def poll_once(self) -> None:
+        """Reap exited children, restart the due ones, and check progress when it is time."""
+        now = self.clock()
+        with self._lock:
+            for child in self.children:
+                proc = child.proc
+                if proc is not None and proc.poll() is not None:
+                    self._exited(child, proc.returncode, now)
+                elif proc is None and not self._stop.is_set() and now >= child.next_start:
+                    self._spawn(child)
+        if self.app is not None and now >= self._next_health:
+            self._next_health = now + self.health_interval
+            self.check_progress()
+
+    def _exited(self, child: Child, code: int, now: float) -> None:
+        child.last_exit = code
+        child.proc = None
+        if self.on_exit is not None:
+            self.on_exit(child)
+        if self._stop.is_set():
+            return
+        if now - child.started_at >= self.backoff.reset_after:
+            child.failures = 0
+        child.failures += 1
+        delay = self.backoff.delay(child.failures)
+        child.delays.append(delay)
+        child.next_start = now + delay
+        log.warning(
+            "supervisor: %s exited with code %s; restarting in %.1fs (failure %d in a row)",
+            child.spec.name, code, delay, child.failures,
+        )
+
+    def check_progress(self) -> None:
+        """Update the stuck state of every pillow child (and restart stuck ones if asked)."""
+        from changefeed.status import pillow_status
+
+        assert self.app is not None
+        now = self.clock()
+        for child in self.children:
+            tracker, name = child.progress, child.spec.pillow
+            if tracker is None or name is None:
+                continue
+            try:
+                pillow = self._pillows.get(name)
+                if pillow is None:
+                    pillow = self._pillows[name] = self.app.get_pillow(name)
+                stuck = tracker.observe(pillow_status(self.app, pillow), now)
+            except Exception as exc:  # noqa: BLE001 - health checks must not kill the supervisor
+                log.warning("supervisor: status of %s failed: %s", name, exc)
+                continue
+            if stuck:
+                log.warning(
+                    "supervisor: pillow %s is stuck: no checkpoint progress for %.0fs, lag %d",
+                    name, self.stuck_after, tracker.lag,
+                )
+                if self.restart_stuck and child.alive:
+                    self._terminate(child)
+
+    def _terminate(self, child: Child) -> None:
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+
+    def run(self) -> int:
+        """Supervise until stopped; returns 0 when every child stopped cleanly."""
+        self.start()
+        while not self._stop.is_set():
+            self.poll_once()
+            self._stop.wait(self.poll_interval)
+        return self.shutdown()
+
+    def stop(self) -> None:
+        """Ask the supervisor to stop (thread- and signal-safe)."""
+        self._stop.set()
+
+    def shutdown(self) -> int:
+        """SIGTERM every child, wait up to ``stop_timeout`` for each to finish its batch, kill
+        the rest. Returns 0 when all exited cleanly, 1 otherwise."""
+        self._stop.set()
+        with self._lock:
+            running = [c for c in self.children if c.proc is not None]
+            for child in running:
+                self._terminate(child)
+            deadline = time.monotonic() + self.stop_timeout
+            clean = True
+            for child in running:
+                proc = child.proc
+                assert proc is not None
+                try:
+                    code = proc.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error("supervisor: %s did not stop in time; killing it", child.spec.name)
+                    proc.kill()
+                    code = proc.wait()
+                child.last_exit = code
+                child.proc = None
+                if self.on_exit is not None:
+                    self.on_exit(child)
+                clean = clean and code == 0
+        return 0 if clean else 1
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("supervisor: signal %s, stopping all children", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    # -- health ------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """Liveness and progress of every child; ``ok`` only when all are alive, not stuck."""
+        now = self.clock()
+        children = []
+        ok = True
+        for child in self.children:
+            alive = child.alive
+            tracker = child.progress
+            stuck = bool(tracker and tracker.stuck)
+            ok = ok and alive and not stuck
+            children.append(
+                {
+                    "name": child.spec.name,
+                    "pillow": child.spec.pillow,
+                    "pid": child.pid,
+                    "alive": alive,
+                    "stuck": stuck,
+                    "lag": tracker.lag if tracker else None,
+                    "starts": child.starts,
+                    "restarts": max(0, child.starts - 1),
+                    "last_exit": child.last_exit,
+                    "uptime": round(now - child.started_at, 1) if alive else None,
+                    "next_start_in": round(max(0.0, child.next_start - now), 1)
+                    if not alive and not self._stop.is_set()
+                    else None,
+                }
+            )
+        return {"ok": ok, "stopping": self._stop.is_set(), "children": children}
+
+
+def serve_health(
+    supervisor: Supervisor,
+    port: int,
+    host: str = "127.0.0.1",
+    registry: CollectorRegistry | None = None,
+) -> ThreadingHTTPServer:
+    """Serve ``/healthz`` (JSON; 200 when healthy, 503 otherwise), ``/livez`` (200 while the
+    supervisor runs) and, with a registry, ``/metrics`` on a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?", 1)[0]
+            if path == "/healthz":
+                health = supervisor.health()
+                self._send(200 if health["ok"] else 503, json.dumps(health).encode(), "application/json")
+            elif path == "/livez":
+                self._send(200, b"ok\n", "text/plain")
+            elif path == "/metrics" and registry is not None:
+                from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            log.debug("health server: " + format, *args)
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="changefeed-health", daemon=True).start()
+    return server
