@@ -42,6 +42,10 @@ _KNOWN = frozenset(
 )
 
 
+def _bad_type(name: str, expected: str, value: object) -> InvalidChangeError:
+    return InvalidChangeError(f"{name!r} must be {expected}, got {value!r}")
+
+
 @dataclass(slots=True)
 class ChangeMeta:
     """A change stub: which document changed, where it lives and what kind it is."""
@@ -95,6 +99,15 @@ class ChangeMeta:
     def encode(self) -> bytes:
         return orjson.dumps(self.to_dict())
 
+    def wire_dict(self, now: float) -> dict[str, Any]:
+        """`to_dict` for publishing: stamps publish timestamps first (the original one only on
+        first publication)."""
+        if self.publish_timestamp is None:
+            self.publish_timestamp = now
+        if self.original_publication_timestamp is None:
+            self.original_publication_timestamp = now
+        return self.to_dict()
+
     def stamped(self, now: float | None = None) -> ChangeMeta:
         """Set publish timestamps (the original one only on first publication)."""
         ts = time.time() if now is None else now
@@ -105,48 +118,57 @@ class ChangeMeta:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeMeta:
-        if not isinstance(data, Mapping):
-            raise InvalidChangeError(f"stub must be a JSON object, got {type(data).__name__}")
+        """Validate and build a stub. Unrolled with exact type checks: this runs once per
+        change on the consumer hot path."""
+        if type(data) is not dict:
+            if not isinstance(data, Mapping):
+                raise InvalidChangeError(f"stub must be a JSON object, got {type(data).__name__}")
+            data = dict(data)
         get = data.get
-        for name in _REQUIRED_STR:
-            value = get(name)
-            if not isinstance(value, str) or not value:
-                raise InvalidChangeError(f"missing or invalid {name!r}: {value!r}")
-        for name in _OPTIONAL_STR:
-            value = get(name)
-            if value is not None and not isinstance(value, str):
-                raise InvalidChangeError(f"{name!r} must be a string, got {value!r}")
-        for name in _OPTIONAL_NUM:
-            value = get(name)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int | float)
-            ):
-                raise InvalidChangeError(f"{name!r} must be a number, got {value!r}")
-        is_deletion = get("is_deletion", False)
-        if not isinstance(is_deletion, bool):
-            raise InvalidChangeError(f"'is_deletion' must be a boolean, got {is_deletion!r}")
-        version = get("version")
-        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
-            raise InvalidChangeError(f"'version' must be an integer, got {version!r}")
-        attempts = get("attempts", 0)
-        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
-            raise InvalidChangeError(f"'attempts' must be a non-negative integer, got {attempts!r}")
-        extra = {k: v for k, v in data.items() if k not in _KNOWN} if len(data) > 3 else {}
-        return cls(
-            data["document_id"],
-            data["data_source_type"],
-            data["data_source_name"],
-            get("document_type"),
-            get("document_subtype"),
-            get("domain"),
-            is_deletion,
-            get("document_rev"),
-            version,
-            get("publish_timestamp"),
-            get("original_publication_timestamp"),
-            attempts,
-            extra,
-        )
+        doc_id = get("document_id")
+        ds_type = get("data_source_type")
+        ds_name = get("data_source_name")
+        if type(doc_id) is not str or not doc_id:
+            raise InvalidChangeError(f"missing or invalid 'document_id': {doc_id!r}")
+        if type(ds_type) is not str or not ds_type:
+            raise InvalidChangeError(f"missing or invalid 'data_source_type': {ds_type!r}")
+        if type(ds_name) is not str or not ds_name:
+            raise InvalidChangeError(f"missing or invalid 'data_source_name': {ds_name!r}")
+        self = object.__new__(cls)
+        self.document_id = doc_id
+        self.data_source_type = ds_type
+        self.data_source_name = ds_name
+        self.document_type = v = get("document_type")
+        if v is not None and type(v) is not str:
+            raise _bad_type("document_type", "a string", v)
+        self.document_subtype = v = get("document_subtype")
+        if v is not None and type(v) is not str:
+            raise _bad_type("document_subtype", "a string", v)
+        self.domain = v = get("domain")
+        if v is not None and type(v) is not str:
+            raise _bad_type("domain", "a string", v)
+        self.document_rev = v = get("document_rev")
+        if v is not None and type(v) is not str:
+            raise _bad_type("document_rev", "a string", v)
+        self.publish_timestamp = v = get("publish_timestamp")
+        if v is not None and type(v) is not float and type(v) is not int:
+            raise _bad_type("publish_timestamp", "a number", v)
+        self.original_publication_timestamp = v = get("original_publication_timestamp")
+        if v is not None and type(v) is not float and type(v) is not int:
+            raise _bad_type("original_publication_timestamp", "a number", v)
+        self.version = v = get("version")
+        if v is not None and type(v) is not int:
+            raise _bad_type("version", "an integer", v)
+        v = get("is_deletion", False)
+        if type(v) is not bool:
+            raise _bad_type("is_deletion", "a boolean", v)
+        self.is_deletion = v
+        v = get("attempts", 0)
+        if type(v) is not int or v < 0:
+            raise _bad_type("attempts", "a non-negative integer", v)
+        self.attempts = v
+        self.extra = {} if data.keys() <= _KNOWN else {k: x for k, x in data.items() if k not in _KNOWN}
+        return self
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ChangeMeta:
@@ -203,6 +225,19 @@ class Change:
         self._document: dict[str, Any] | None = None
         self._fetched = False
         self._store = store
+
+    @classmethod
+    def from_dict(cls, topic: str, partition: int, offset: int, data: Any, key: str = "") -> Change:
+        """Build from an already-parsed stub; an invalid one becomes a Change with the error."""
+        try:
+            return cls(topic, partition, offset, ChangeMeta.from_dict(data))
+        except InvalidChangeError as exc:
+            if not key and isinstance(data, dict) and isinstance(data.get("document_id"), str):
+                key = data["document_id"]
+            return cls(
+                topic, partition, offset, None, raw=orjson.dumps(data), error=str(exc),
+                document_id=key,
+            )
 
     @classmethod
     def from_raw(cls, topic: str, partition: int, offset: int, raw: bytes, key: str = "") -> Change:

@@ -12,11 +12,12 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
+from changefeed import gctune
 from changefeed.backends.base import ChangeFeed
 from changefeed.change import Change, InvalidChangeError, TopicPartition
 from changefeed.checkpoints import CheckpointStore
@@ -192,14 +193,20 @@ class Pillow:
         on_reset = getattr(feed, "on_offset_reset", "missing")
         if on_reset is None:
             feed.on_offset_reset = self._record_offset_reset  # type: ignore[attr-defined]
+        with gctune.raised_threshold():
+            return self._consume(feed.iter_changes(since, forever))
+
+    def _consume(self, changes: Iterator[Change | None]) -> int:
         total = 0
         batch = self._batch
         pending = self._pending
         batch_size = self.batch_size
         max_wait = self.max_wait
         monotonic = time.monotonic
+        stop = self._stop
         started = 0.0
-        for change in feed.iter_changes(since, forever):
+        tp = TopicPartition("", -1)
+        for change in changes:
             if change is not None:
                 meta = change.metadata
                 key: Any = (
@@ -210,17 +217,19 @@ class Pillow:
                 if key in batch:
                     del batch[key]
                 batch[key] = change
-                pending[TopicPartition(change.topic, change.partition)] = change.offset + 1
+                if change.partition != tp.partition or change.topic != tp.topic:
+                    tp = TopicPartition(change.topic, change.partition)
+                pending[tp] = change.offset + 1
                 if self._seen == 0:
                     started = monotonic()
                 self._seen += 1
                 total += 1
                 if self._seen < batch_size and monotonic() - started < max_wait:
-                    if not self._stop.is_set():
+                    if not stop.is_set():
                         continue
             if self._seen and not self.flush():
                 break
-            if self._stop.is_set():
+            if stop.is_set():
                 break
         else:
             if self._seen:

@@ -1,9 +1,12 @@
 """The embedded log: topics and partitions in one SQLite file, the zero-setup default.
 
 Offsets are dense per partition (0, 1, 2, ...), like Kafka's, so a gap in front of a
-position can only mean retention removed it. WAL mode lets one writer and many readers in
-several processes share the file; writers take the lock with ``BEGIN IMMEDIATE`` and assign
-offsets inside that transaction, so concurrent publishers never collide.
+position can only mean retention removed it. Like Kafka, records are stored in batches: one
+row holds the records one publish call appended to one partition, so a publisher pays one
+B-tree insert per batch instead of per stub, and a reader decodes a batch with one JSON
+parse. WAL mode lets one writer and many readers in several processes share the file;
+writers take the lock with ``BEGIN IMMEDIATE`` and assign offsets inside that transaction,
+so concurrent publishers never collide.
 """
 
 from __future__ import annotations
@@ -13,9 +16,13 @@ import sqlite3
 import threading
 import time
 import zlib
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import orjson
 
 from changefeed.backends.base import (
     Backend,
@@ -26,6 +33,7 @@ from changefeed.backends.base import (
     TopicInfo,
     UnknownTopicError,
 )
+from changefeed import gctune
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.identifiers import topic_name
 
@@ -44,14 +52,15 @@ CREATE TABLE IF NOT EXISTS heads (
     next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic_id, partition)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS log (
+CREATE TABLE IF NOT EXISTS batches (
     topic_id INTEGER NOT NULL,
     partition INTEGER NOT NULL,
-    offset INTEGER NOT NULL,
-    key TEXT NOT NULL,
-    value BLOB NOT NULL,
+    base_offset INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    format INTEGER NOT NULL,
     ts REAL NOT NULL,
-    PRIMARY KEY (topic_id, partition, offset)
+    payload BLOB NOT NULL,
+    PRIMARY KEY (topic_id, partition, base_offset)
 ) WITHOUT ROWID;
 """
 
@@ -59,6 +68,42 @@ CREATE TABLE IF NOT EXISTS log (
 def partition_for(key: str, partitions: int) -> int:
     """Same key, same partition: CRC32 of the key, as librdkafka's default partitioner."""
     return zlib.crc32(key.encode()) % partitions
+
+
+FORMAT_RAW = 0
+"""Batch payload: record count key/value lengths (uint32) then the keys and values."""
+FORMAT_JSON = 1
+"""Batch payload: one JSON array of stub objects; each record's key is its document_id."""
+
+MAX_BATCH_RECORDS = 2000
+"""Records per stored batch: big enough to amortise, small enough to seek into cheaply."""
+
+
+def encode_raw_batch(records: Sequence[tuple[str, bytes]]) -> bytes:
+    lengths = array("I")
+    parts: list[bytes] = []
+    for key, value in records:
+        kb = key.encode()
+        lengths.append(len(kb))
+        lengths.append(len(value))
+        parts.append(kb)
+        parts.append(value)
+    return lengths.tobytes() + b"".join(parts)
+
+
+def decode_raw_batch(count: int, payload: bytes) -> list[tuple[str, bytes]]:
+    lengths = array("I")
+    header = 8 * count
+    lengths.frombytes(payload[:header])
+    out = []
+    pos = header
+    for i in range(0, 2 * count, 2):
+        klen, vlen = lengths[i], lengths[i + 1]
+        key = payload[pos : pos + klen].decode()
+        pos += klen
+        out.append((key, payload[pos : pos + vlen]))
+        pos += vlen
+    return out
 
 
 class SQLiteLog(Backend):
@@ -140,7 +185,7 @@ class SQLiteLog(Backend):
         idle_timeout: float = 1.0,
         strict: bool = False,
         poll_interval: float = 0.01,
-        batch_rows: int = 2000,
+        read_batches: int = 4,
     ) -> SQLiteChangeFeed:
         return SQLiteChangeFeed(
             self,
@@ -148,14 +193,15 @@ class SQLiteLog(Backend):
             idle_timeout=idle_timeout,
             strict=strict,
             poll_interval=poll_interval,
-            batch_rows=batch_rows,
+            read_batches=read_batches,
         )
 
     def admin(self) -> SQLiteAdmin:
         return SQLiteAdmin(self)
 
     def apply_retention(self, now: float | None = None) -> int:
-        """Remove records older than the retention age or beyond the retention count."""
+        """Remove record batches older than the retention age or wholly beyond the retention
+        count (whole batches, as Kafka removes whole segments). Returns batches removed."""
         if self.retention_seconds is None and self.retention_count is None:
             return 0
         removed = 0
@@ -164,13 +210,14 @@ class SQLiteLog(Backend):
             conn.execute("BEGIN IMMEDIATE")
             if self.retention_seconds is not None:
                 cutoff = (time.time() if now is None else now) - self.retention_seconds
-                removed += conn.execute("DELETE FROM log WHERE ts < ?", (cutoff,)).rowcount
+                removed += conn.execute("DELETE FROM batches WHERE ts < ?", (cutoff,)).rowcount
             if self.retention_count is not None:
                 for tid, part, head in conn.execute(
                     "SELECT topic_id, partition, next_offset FROM heads"
                 ).fetchall():
                     removed += conn.execute(
-                        "DELETE FROM log WHERE topic_id=? AND partition=? AND offset<?",
+                        "DELETE FROM batches WHERE topic_id=? AND partition=? "
+                        "AND base_offset + count <= ?",
                         (tid, part, head - self.retention_count),
                     ).rowcount
             conn.execute("COMMIT")
@@ -197,7 +244,7 @@ def _ensure_topic(conn: sqlite3.Connection, name: str, partitions: int) -> tuple
 
 
 class SQLitePublisher(Publisher):
-    """Appends stubs; a batch is one transaction, durable when ``publish_many`` returns."""
+    """Appends stubs; a call is one transaction, durable when ``publish_many`` returns."""
 
     _RETENTION_EVERY = 50_000
 
@@ -212,50 +259,60 @@ class SQLitePublisher(Publisher):
 
     def publish_many(self, items: Iterable[tuple[str, ChangeMeta]]) -> None:
         now = time.time()
-        encoded = []
-        for topic, meta in items:
-            if meta.publish_timestamp is None or meta.original_publication_timestamp is None:
-                meta.stamped(now)
-            encoded.append((topic, meta.document_id, meta.encode()))
-        self.append_raw(encoded, now)
+        with gctune.paused():
+            records = [(topic, meta.document_id, meta.wire_dict(now)) for topic, meta in items]
+        self._append(records, FORMAT_JSON, now)
 
-    def append_raw(self, records: Sequence[tuple[str, str, bytes]], now: float | None = None) -> None:
-        """Append already-encoded (topic, key, value) records in one transaction."""
+    def append_raw(self, records: Sequence[tuple[str, str, bytes]]) -> None:
+        """Append already-encoded (topic, key, value) records, valid stubs or not."""
+        self._append(records, FORMAT_RAW, time.time())
+
+    def _append(self, records: Sequence[tuple[str, str, Any]], fmt: int, ts: float) -> None:
         if not records:
             return
-        ts = time.time() if now is None else now
         crc32 = zlib.crc32
+        # Group by partition first: same key, same partition, order kept within it.
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
                 topics: dict[str, tuple[int, int]] = {}
-                heads: dict[tuple[int, int], int] = {}
-                rows = []
-                append = rows.append
+                groups: dict[tuple[int, int], list[tuple[str, Any]]] = {}
                 for topic, key, value in records:
                     info = topics.get(topic)
                     if info is None:
                         info = topics[topic] = _ensure_topic(
                             conn, topic, self.log.default_partitions
                         )
-                        for part, head in conn.execute(
-                            "SELECT partition, next_offset FROM heads WHERE topic_id=?", (info[0],)
-                        ):
-                            heads[(info[0], part)] = head
                     tid, nparts = info
-                    hk = (tid, crc32(key.encode()) % nparts)
-                    offset = heads[hk]
-                    heads[hk] = offset + 1
-                    append((tid, hk[1], offset, key, value, ts))
+                    hk = (tid, crc32(key.encode()) % nparts if nparts > 1 else 0)
+                    group = groups.get(hk)
+                    if group is None:
+                        group = groups[hk] = []
+                    group.append((key, value))
+                rows = []
+                heads = []
+                for (tid, part), group in groups.items():
+                    head = conn.execute(
+                        "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?",
+                        (tid, part),
+                    ).fetchone()[0]
+                    for start in range(0, len(group), MAX_BATCH_RECORDS):
+                        chunk = group[start : start + MAX_BATCH_RECORDS]
+                        if fmt == FORMAT_JSON:
+                            payload = orjson.dumps([value for _, value in chunk])
+                        else:
+                            payload = encode_raw_batch(chunk)
+                        rows.append((tid, part, head, len(chunk), fmt, ts, payload))
+                        head += len(chunk)
+                    heads.append((head, tid, part))
                 conn.executemany(
-                    "INSERT INTO log (topic_id, partition, offset, key, value, ts) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO batches (topic_id, partition, base_offset, count, format, ts, "
+                    "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 conn.executemany(
-                    "UPDATE heads SET next_offset=? WHERE topic_id=? AND partition=?",
-                    [(head, tid, part) for (tid, part), head in heads.items()],
+                    "UPDATE heads SET next_offset=? WHERE topic_id=? AND partition=?", heads
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -334,7 +391,7 @@ class SQLiteChangeFeed(ChangeFeed):
         idle_timeout: float = 1.0,
         strict: bool = False,
         poll_interval: float = 0.01,
-        batch_rows: int = 2000,
+        read_batches: int = 4,
     ) -> None:
         if not topics:
             raise ValueError("a change feed needs at least one topic")
@@ -343,7 +400,7 @@ class SQLiteChangeFeed(ChangeFeed):
         self.idle_timeout = idle_timeout
         self.strict = strict
         self.poll_interval = poll_interval
-        self.batch_rows = batch_rows
+        self.read_batches = read_batches
         self.on_offset_reset: OffsetResetHandler | None = None
         self._conn = log.connect()
         self._lock = threading.Lock()
@@ -381,7 +438,7 @@ class SQLiteChangeFeed(ChangeFeed):
             out: dict[TopicPartition, int] = {}
             for tp, head in heads.items():
                 row = self._conn.execute(
-                    "SELECT MIN(offset) FROM log WHERE topic_id=? AND partition=?",
+                    "SELECT MIN(base_offset) FROM batches WHERE topic_id=? AND partition=?",
                     (ids[tp.topic][0], tp.partition),
                 ).fetchone()
                 out[tp] = head if row is None or row[0] is None else int(row[0])
@@ -394,23 +451,40 @@ class SQLiteChangeFeed(ChangeFeed):
             self.on_offset_reset(tp, needed, earliest)
         return earliest
 
+    def _read(self, tid: int, partition: int, pos: int) -> list[tuple[int, int, int, bytes]]:
+        """Batches holding offsets from ``pos`` on (the first may start before it)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT base_offset, count, format, payload FROM batches "
+                "WHERE topic_id=?1 AND partition=?2 AND base_offset >= ("
+                "  SELECT COALESCE(MAX(base_offset), 0) FROM batches"
+                "  WHERE topic_id=?1 AND partition=?2 AND base_offset <= ?3"
+                ") ORDER BY base_offset LIMIT ?4",
+                (tid, partition, pos, self.read_batches),
+            ).fetchall()
+
+    def _head(self, tid: int, partition: int) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?", (tid, partition)
+            ).fetchone()
+        return int(row[0]) if row else 0
+
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[Change | None]:
         positions = dict(since)
         conn = self._conn
         from_raw = Change.from_raw
-        query = (
-            "SELECT offset, key, value FROM log WHERE topic_id=? AND partition=? AND offset>=? "
-            "ORDER BY offset LIMIT ?"
-        )
+        from_dict = Change.from_dict
         last_activity = time.monotonic()
         ids: dict[str, tuple[int, int]] = {}
         while True:
             if len(ids) < len({tp.topic for tp in positions}):
                 with self._lock:
                     ids = self._topic_ids()
-            seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            with self._lock:
+                seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
             got_any = False
             for tp in sorted(positions):
                 info = ids.get(tp.topic)
@@ -418,28 +492,32 @@ class SQLiteChangeFeed(ChangeFeed):
                     continue
                 tid = info[0]
                 pos = positions[tp]
-                head = None
-                with self._lock:
-                    rows = conn.execute(query, (tid, tp.partition, pos, self.batch_rows)).fetchall()
-                    if not rows or rows[0][0] != pos:
-                        head = conn.execute(
-                            "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?",
-                            (tid, tp.partition),
-                        ).fetchone()
-                if rows and rows[0][0] != pos:
-                    pos = self._out_of_range(tp, pos, rows[0][0])
-                    positions[tp] = pos
-                elif not rows and head is not None and pos < head[0]:
-                    # Everything from pos to the head is gone; read on from the head.
-                    positions[tp] = self._out_of_range(tp, pos, head[0])
+                batches = self._read(tid, tp.partition, pos)
+                # Skip batches wholly before pos (the one holding pos-1 when pos is a boundary).
+                while batches and batches[0][0] + batches[0][1] <= pos:
+                    batches.pop(0)
+                if not batches:
+                    head = self._head(tid, tp.partition)
+                    if pos < head:
+                        # Everything from pos to the head is gone; read on from the head.
+                        positions[tp] = self._out_of_range(tp, pos, head)
                     continue
-                if not rows:
-                    continue
+                if batches[0][0] > pos:
+                    pos = positions[tp] = self._out_of_range(tp, pos, batches[0][0])
                 got_any = True
                 topic, part = tp.topic, tp.partition
-                for offset, key, value in rows:
-                    yield from_raw(topic, part, offset, value, key)
-                positions[tp] = rows[-1][0] + 1
+                for base, count, fmt, payload in batches:
+                    skip = pos - base if pos > base else 0
+                    if fmt == FORMAT_JSON:
+                        values = orjson.loads(payload)
+                        for i in range(skip, count):
+                            yield from_dict(topic, part, base + i, values[i])
+                    else:
+                        records = decode_raw_batch(count, payload)
+                        for i in range(skip, count):
+                            key, value = records[i]
+                            yield from_raw(topic, part, base + i, value, key)
+                    pos = positions[tp] = base + count
             if got_any:
                 last_activity = time.monotonic()
                 continue
@@ -453,7 +531,9 @@ class SQLiteChangeFeed(ChangeFeed):
                     yield None
                     break
                 time.sleep(self.poll_interval)
-                if conn.execute("PRAGMA data_version").fetchone()[0] != seen_version:
+                with self._lock:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen_version:
                     break
             ids = {}
 
