@@ -1,0 +1,97 @@
+"""Bounded retries for a processor's sink (Elasticsearch, Redis, another log), then fail fast.
+
+A sink that hiccups (a dropped connection, a 429) is retried a few times with exponential
+backoff inside the batch. If it is still failing, the processor raises `SinkUnavailableError`
+and the pillow's dependency-down backoff takes over for the whole batch. The pillow first
+retries the batch change by change; `SinkRetrier.fail_fast` makes those single-change calls
+fail at once with the same error type instead of waiting out the backoff N more times, so the
+pillow recognises "the whole batch failed the same way" within milliseconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+log = logging.getLogger("changefeed.processors")
+
+T = TypeVar("T")
+
+
+class SinkUnavailableError(ConnectionError):
+    """A processor's sink stayed unreachable (or overloaded) through its bounded retries."""
+
+    def __init__(self, sink: str, cause: BaseException | str, attempts: int = 0) -> None:
+        reason = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        tries = f" after {attempts} attempts" if attempts else ""
+        super().__init__(f"{sink} unavailable{tries}: {reason}")
+        self.sink = sink
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """``retries`` extra attempts after the first, waiting ``base * 2**(n-1)`` capped at ``cap``."""
+
+    retries: int = 3
+    base: float = 0.2
+    cap: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.base < 0 or self.cap < 0:
+            raise ValueError("backoff retries, base and cap must not be negative")
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        return min(self.cap, self.base * 2 ** max(0, retry - 1))
+
+
+class SinkRetrier:
+    """Runs sink calls with bounded backoff and remembers an outage until the next batch."""
+
+    def __init__(
+        self,
+        sink: str,
+        backoff: Backoff | None = None,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.backoff = backoff or Backoff()
+        self.sleep = sleep or time.sleep
+        self.down: SinkUnavailableError | None = None
+
+    def begin_batch(self) -> None:
+        """A new batch gets a fresh chance, whatever happened before."""
+        self.down = None
+
+    def fail_fast(self) -> None:
+        """Raise at once if the sink was found unavailable earlier in this batch."""
+        if self.down is not None:
+            raise SinkUnavailableError(self.sink, self.down.reason)
+
+    def wait(self, retry: int, cause: BaseException | str) -> None:
+        delay = self.backoff.delay(retry)
+        log.info("%s: retry %d in %.2fs after %s", self.sink, retry, delay, cause)
+        self.sleep(delay)
+
+    def give_up(self, cause: BaseException | str) -> SinkUnavailableError:
+        """The error to raise once retries are exhausted; later calls in the batch fail fast."""
+        self.down = SinkUnavailableError(self.sink, cause, self.backoff.retries + 1)
+        return self.down
+
+    def call(self, func: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
+        """``func()``, retried on transient errors; `SinkUnavailableError` when they persist."""
+        retry = 0
+        while True:
+            try:
+                return func()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if retry >= self.backoff.retries:
+                    raise self.give_up(exc) from exc
+                retry += 1
+                self.wait(retry, exc)

@@ -1,0 +1,270 @@
+"""ElasticProcessor in real pillows (embedded SQLite log, memory document store) against the
+Elasticsearch API of noida-db."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from elasticsearch import Elasticsearch
+
+from changefeed.backends.local import SQLiteLog
+from changefeed.change import ChangeMeta
+from changefeed.checkpoints import CheckpointStore
+from changefeed.errors import PARKED, PENDING, ErrorQueue
+from changefeed.pillow import Pillow
+from changefeed.processors.backoff import Backoff
+from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
+from changefeed.stores.memory import MemoryDocumentStore
+from changefeed.stores.registry import DocumentStoreRegistry
+from tests.harness._util import free_port
+from tests.harness.elasticsearch import NoidaElasticsearch
+
+MAPPINGS = {"properties": {"name": {"type": "keyword"}, "count": {"type": "integer"}}}
+
+
+class Rig:
+    """A log, a document store and the state a pillow needs, all in a temp dir."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.log = SQLiteLog(tmp_path / "log.db")
+        self.publisher = self.log.publisher()
+        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path / 'state.db'}")
+        self.errors = ErrorQueue(self.checkpoints.engine)
+        self.stores = DocumentStoreRegistry()
+        self.store = MemoryDocumentStore("cases")
+        self.stores.register(self.store)
+        self.sleeps: list[float] = []
+
+    def save(self, doc_id: str, doc: dict[str, Any]) -> None:
+        version = self.store.save(doc_id, doc)
+        self.publish(doc_id, version)
+
+    def delete(self, doc_id: str) -> None:
+        self.publish(doc_id, self.store.delete(doc_id), deleted=True)
+
+    def publish(
+        self, doc_id: str, version: int, deleted: bool = False, source: str = "cases"
+    ) -> None:
+        meta = ChangeMeta(doc_id, "memory", source, "case", is_deletion=deleted, version=version)
+        self.publisher.publish("case", meta)
+
+    def pillow(
+        self, processor: ElasticProcessor, sleep: Callable[[float], None] | None = None
+    ) -> Pillow:
+        pillow = Pillow(
+            "es-cases",
+            self.log.change_feed(["case"], idle_timeout=0.05),
+            processor,
+            checkpoints=self.checkpoints,
+            error_queue=self.errors,
+            document_stores=self.stores,
+            sleep=sleep or self.sleeps.append,
+        )
+        pillow.bootstrap()
+        return pillow
+
+    def close(self) -> None:
+        self.publisher.close()
+        self.log.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    rig = Rig(tmp_path)
+    yield rig
+    rig.close()
+
+
+@pytest.fixture
+def es(elasticsearch_url: str) -> Iterator[Elasticsearch]:
+    client = Elasticsearch(elasticsearch_url)
+    yield client
+    client.close()
+
+
+def processor(url: str, alias: str, **options: Any) -> ElasticProcessor:
+    options.setdefault("mappings", MAPPINGS)
+    options.setdefault("backoff", Backoff(retries=2, base=0.01))
+    options.setdefault("sleep", lambda _s: None)
+    return ElasticProcessor(url, alias, **options)
+
+
+def source(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] | None:
+    found = es.options(ignore_status=404).get(index=alias, id=doc_id)
+    return found["_source"] if found.get("found") else None
+
+
+def test_indexes_and_deletes_by_id(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    proc = processor(elasticsearch_url, es_alias)
+    for i in range(5):
+        rig.save(f"c{i}", {"name": f"case {i}", "count": i})
+    rig.save("c1", {"name": "renamed", "count": 10})
+    rig.delete("c3")
+    assert rig.pillow(proc).run(forever=False) == 7
+
+    es.indices.refresh(index=es_alias)
+    assert es.count(index=es_alias)["count"] == 4
+    assert source(es, es_alias, "c1") == {"name": "renamed", "count": 10}
+    assert source(es, es_alias, "c3") is None
+    hit = es.get(index=es_alias, id="c4")
+    assert hit["_version"] == 1 and hit["_index"] == proc.index
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
+    proc.close()
+
+
+def test_stale_and_replayed_changes_never_overwrite_newer_data(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    # A lagging replica still holds version 1 of the document the primary has at version 2.
+    replica = rig.stores.register(MemoryDocumentStore("replica"))
+    assert isinstance(replica, MemoryDocumentStore)
+    replica.save("c1", {"name": "old", "count": 1})
+    rig.store.save("c1", {"name": "old", "count": 1})
+    rig.save("c1", {"name": "new", "count": 2})
+    proc = processor(elasticsearch_url, es_alias)
+    pillow = rig.pillow(proc)
+    pillow.run(forever=False)
+
+    rig.publish("c1", 1, source="replica")  # a late change of the older version
+    rig.publish("c1", 1, deleted=True)  # a late deletion, older than what is indexed
+    assert pillow.run(forever=False) == 2
+
+    # Replay the whole log from the start: every write is older or equal, so a no-op.
+    rig.checkpoints.set(
+        "es-cases", {tp: 0 for tp in rig.checkpoints.get("es-cases")}, reason="test"
+    )
+    assert pillow.run(forever=False) == 3
+
+    got = es.get(index=es_alias, id="c1")
+    assert got["_source"] == {"name": "new", "count": 2}
+    assert got["_version"] == 2
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}, "409 conflicts are success"
+
+
+def test_bulk_partial_failure_goes_to_error_queue_while_the_rest_index(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    proc = processor(elasticsearch_url, es_alias)
+    rig.save("good1", {"name": "a", "count": 1})
+    rig.save("bad", {"name": "b", "count": "not a number"})  # conflicts with the mapping
+    rig.save("good2", {"name": "c", "count": 3})
+    rig.pillow(proc).run(forever=False)
+
+    es.indices.refresh(index=es_alias)
+    assert es.count(index=es_alias)["count"] == 2
+    (record,) = rig.errors.list("es-cases")
+    assert record.document_id == "bad"
+    assert record.processor == f"elastic:{es_alias}"
+    assert record.status == PARKED  # a document Elasticsearch refuses will not heal by retrying
+    assert "400" in record.message and "count" in record.message
+
+
+def test_transform_hook_shapes_documents_and_none_deletes(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    def transform(doc: dict[str, Any]) -> dict[str, Any] | None:
+        if doc.get("closed"):
+            return None
+        return {"name": doc["name"].upper(), "count": len(doc["name"])}
+
+    proc = processor(elasticsearch_url, es_alias, transform=transform)
+    pillow = rig.pillow(proc)
+    rig.save("open", {"name": "abc"})
+    rig.save("closing", {"name": "xy"})
+    pillow.run(forever=False)
+    assert source(es, es_alias, "closing") == {"name": "XY", "count": 2}
+
+    rig.save("closing", {"name": "xy", "closed": True})
+    pillow.run(forever=False)
+    assert source(es, es_alias, "open") == {"name": "ABC", "count": 3}
+    assert source(es, es_alias, "closing") is None
+
+
+def test_version_from_the_document(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    proc = processor(
+        elasticsearch_url, es_alias, version=document_version(lambda doc: doc.get("server_version"))
+    )
+    rig.save("c1", {"name": "x", "server_version": 40})
+    rig.pillow(proc).run(forever=False)
+    assert es.get(index=es_alias, id="c1")["_version"] == 40
+
+
+def test_bootstrap_is_idempotent_and_uses_an_alias(
+    es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    first = processor(elasticsearch_url, es_alias, settings={"number_of_shards": 1})
+    first.bootstrap()
+    first.bootstrap()
+    again = processor(elasticsearch_url, es_alias, settings={"number_of_shards": 1})
+    again.bootstrap()  # another process, same spec: nothing to do
+    assert again.index == first.index and first.index.startswith(f"{es_alias}_")
+    assert list(es.indices.get_alias(name=es_alias).body) == [first.index]
+    assert es.indices.get_mapping(index=first.index)[first.index]["mappings"] == MAPPINGS
+
+    # The alias is missing but the versioned index is there: bootstrap only adds the alias.
+    es.indices.delete_alias(index=first.index, name=es_alias)
+    processor(elasticsearch_url, es_alias, settings={"number_of_shards": 1}).bootstrap()
+    assert list(es.indices.get_alias(name=es_alias).body) == [first.index]
+
+    # An explicit index version names the index; a changed mapping does not move the alias.
+    pinned = processor(elasticsearch_url, f"{es_alias}-p", index_version="v3")
+    pinned.bootstrap()
+    assert list(es.indices.get_alias(name=f"{es_alias}-p").body) == [f"{es_alias}-p_v3"]
+    changed = processor(elasticsearch_url, es_alias, mappings={"properties": {}})
+    assert changed.index != first.index
+    changed.bootstrap()
+    assert list(es.indices.get_alias(name=es_alias).body) == [first.index]
+    for proc in (first, again, pinned, changed):
+        proc.close()
+
+
+def test_bad_names_and_an_index_in_place_of_the_alias_are_refused(
+    es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    with pytest.raises(ValueError, match="invalid alias name 'Cases'"):
+        processor(elasticsearch_url, "Cases")
+    with pytest.raises(ValueError, match="invalid index name"):
+        index_name("a/b")
+    es.indices.create(index=es_alias)
+    with pytest.raises(RuntimeError, match="is an index, not an alias"):
+        processor(elasticsearch_url, es_alias).bootstrap()
+
+
+def test_server_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
+    server = NoidaElasticsearch(port=free_port(), data_dir=tmp_path / "es")
+    (tmp_path / "es").mkdir()
+    server.start()
+    try:
+        proc_sleeps: list[float] = []
+        proc = processor(
+            server.url, "cases", backoff=Backoff(retries=2, base=0.5), sleep=proc_sleeps.append
+        )
+
+        def sleep_then_recover(seconds: float) -> None:
+            rig.sleeps.append(seconds)
+            if len(rig.sleeps) == 2:
+                server.start()
+
+        pillow = rig.pillow(proc, sleep=sleep_then_recover)
+        for i in range(20):
+            rig.save(f"c{i}", {"name": str(i), "count": i})
+        server.stop()
+        assert pillow.run(forever=False) == 20
+
+        assert len(rig.sleeps) == 2 and rig.sleeps[0] < rig.sleeps[1], "batch backoff grows"
+        assert proc_sleeps[:2] == [0.5, 1.0], "bounded in-batch retries with backoff"
+        assert rig.errors.counts() == {PENDING: 0, PARKED: 0}, "nothing parked while down"
+        es = Elasticsearch(server.url)
+        es.indices.refresh(index="cases")
+        assert es.count(index="cases")["count"] == 20
+        es.close()
+        proc.close()
+    finally:
+        server.close()
