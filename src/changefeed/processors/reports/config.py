@@ -1,0 +1,184 @@
+"""A report data source: which documents become rows of which table, column by column.
+
+Defined in JSON or YAML (like CommCare's UCR data sources)::
+
+    name: open-cases
+    table: report_open_cases
+    filter: {type: equals, property_name: closed, value: false}
+    columns:
+      - {name: owner, type: string}                 # default expression: property 'owner'
+      - name: age
+        type: integer
+        expression: {type: property_path, property_path: [person, age]}
+
+Every table gets two system columns: ``doc_id`` and ``row_num`` (the primary key). With a
+``base_item_expression`` that yields a list, a document becomes one row per list item,
+numbered by ``row_num``; column expressions then read the item (``root_doc`` reaches the
+document). The config is validated when loaded, and every error names the field path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from changefeed.identifiers import InvalidIdentifierError, object_name, sql_identifier
+from changefeed.processors.reports.expressions import (
+    CONVERSIONS,
+    Expr,
+    parse_expression,
+    property_name,
+)
+from changefeed.processors.reports.filters import Filter, parse_filter
+from changefeed.processors.reports.spec import Fields, ReportConfigError, index
+
+DOC_ID = "doc_id"
+ROW_NUM = "row_num"
+SYSTEM_COLUMNS = (DOC_ID, ROW_NUM)
+
+Row = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnConfig:
+    name: str
+    type: str
+    expression: Expr
+    index: bool = False
+
+    def value(self, item: Any, root: Any) -> Any:
+        return CONVERSIONS[self.type](self.expression(item, root))
+
+
+@dataclass(frozen=True)
+class DataSourceConfig:
+    """A validated data source. Build with `from_dict` or `load_data_source`."""
+
+    name: str
+    table: str
+    columns: tuple[ColumnConfig, ...]
+    filter: Filter | None = None
+    base_item_expression: Expr | None = None
+    description: str = ""
+    spec: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        getters = tuple((c.name, c.expression, CONVERSIONS[c.type]) for c in self.columns)
+        object.__setattr__(self, "_getters", getters)
+
+    @property
+    def multi_row(self) -> bool:
+        """True when a document can become more than one row."""
+        return self.base_item_expression is not None
+
+    @property
+    def column_names(self) -> list[str]:
+        return [*SYSTEM_COLUMNS, *(c.name for c in self.columns)]
+
+    def matches(self, document: Mapping[str, Any]) -> bool:
+        return self.filter is None or bool(self.filter(document, document))
+
+    def rows(self, doc_id: str, document: dict[str, Any]) -> list[Row]:
+        """The rows of one document: none when it does not match the filter."""
+        if self.filter is not None and not self.filter(document, document):
+            return []
+        getters = self._getters  # type: ignore[attr-defined]
+        if self.base_item_expression is None:
+            row: Row = {DOC_ID: doc_id, ROW_NUM: 0}
+            for name, expr, convert in getters:
+                row[name] = convert(expr(document, document))
+            return [row]
+        items = self.base_item_expression(document, document)
+        if items is None:
+            return []
+        if not isinstance(items, list):
+            items = [items]
+        out: list[Row] = []
+        for i, item in enumerate(items):
+            row = {DOC_ID: doc_id, ROW_NUM: i}
+            for name, expr, convert in getters:
+                row[name] = convert(expr(item, document))
+            out.append(row)
+        return out
+
+    @classmethod
+    def from_dict(cls, spec: object) -> DataSourceConfig:
+        f = Fields(spec, "")
+        name = _checked(f, "name", lambda v: object_name(v, "data source name"))
+        table = _checked(f, "table", lambda v: sql_identifier(v, "table name"))
+        description = f.optional("description", str, "")
+        filter_ = parse_filter(f.optional("filter"), "filter") if f.has("filter") else None
+        base = (
+            parse_expression(f.optional("base_item_expression"), "base_item_expression")
+            if f.has("base_item_expression")
+            else None
+        )
+        specs = f.required("columns", list)
+        if not specs:
+            raise ReportConfigError("columns", "a data source needs at least one column")
+        columns: list[ColumnConfig] = []
+        seen: dict[str, int] = {}
+        for i, col_spec in enumerate(specs):
+            column = _column(col_spec, index("columns", i))
+            if column.name in SYSTEM_COLUMNS:
+                raise ReportConfigError(
+                    f"columns[{i}].name", f"{column.name!r} is a system column; pick another name"
+                )
+            if column.name in seen:
+                raise ReportConfigError(
+                    f"columns[{i}].name",
+                    f"duplicate column {column.name!r} (also columns[{seen[column.name]}])",
+                )
+            seen[column.name] = i
+            columns.append(column)
+        f.done()
+        return cls(name, table, tuple(columns), filter_, base, description, dict(f.spec))
+
+
+def _checked(f: Fields, key: str, check: Callable[[Any], str]) -> str:
+    value = f.required(key)
+    try:
+        return check(value)
+    except InvalidIdentifierError as exc:
+        raise ReportConfigError(f.path_of(key), str(exc)) from None
+
+
+def _column(spec: object, path: str) -> ColumnConfig:
+    f = Fields(spec, path)
+    name = _checked(f, "name", lambda v: sql_identifier(v, "column name"))
+    kind = f.optional("type", str, "string")
+    if kind not in CONVERSIONS:
+        raise ReportConfigError(
+            f.path_of("type"),
+            f"unknown column type {kind!r} (known: {', '.join(sorted(CONVERSIONS))})",
+        )
+    expr_spec = f.optional("expression") if f.has("expression") else property_name(name)
+    expression = parse_expression(expr_spec, f.path_of("expression"))
+    indexed = f.optional("index", bool, False)
+    f.done()
+    return ColumnConfig(name, kind, expression, indexed)
+
+
+def load_data_source(path: str | Path) -> DataSourceConfig:
+    """Read and validate a data source from a ``.json``, ``.yaml`` or ``.yml`` file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ReportConfigError("", f"cannot read {p}: {exc.strerror or exc}") from None
+    try:
+        spec = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ReportConfigError(
+            "", f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}", p.name
+        ) from None
+    try:
+        return DataSourceConfig.from_dict(spec)
+    except ReportConfigError as exc:
+        raise exc.in_source(p.name) from None

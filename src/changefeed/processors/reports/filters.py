@@ -1,0 +1,151 @@
+"""Filters: which documents (or list items) a data source turns into rows.
+
+Compiled like expressions into closures ``f(item, root) -> bool``. Every filter that reads
+a value takes an ``expression`` or, as a shorthand, a ``property_name``. Comparisons between
+values that cannot be ordered (``None``, a string against a number) are simply false.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from typing import Any
+
+from changefeed.processors.reports.expressions import Expr, parse_expression, property_name
+from changefeed.processors.reports.spec import Fields, ReportConfigError, child, index
+
+Filter = Callable[[Any, Any], bool]
+"""A compiled filter: ``f(item, root) -> bool``."""
+
+
+def _value_expr(f: Fields) -> Expr:
+    if f.has("expression"):
+        if f.has("property_name"):
+            raise ReportConfigError(
+                f.path_of("property_name"), "give either 'expression' or 'property_name', not both"
+            )
+        return parse_expression(f.required("expression"), f.path_of("expression"))
+    if f.has("property_name"):
+        name = f.string("property_name")
+        return parse_expression(property_name(name), f.path_of("property_name"))
+    raise ReportConfigError(f.path_of("expression"), "required field is missing")
+
+
+def _equals(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    if not f.has("value"):
+        raise ReportConfigError(f.path_of("value"), "required field is missing")
+    value = f.optional("value")
+    return lambda item, root: expr(item, root) == value
+
+
+def _in(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    values = f.required("values", list)
+    try:
+        wanted: frozenset[Any] | list[Any] = frozenset(values)
+    except TypeError:
+        wanted = list(values)
+
+    def is_in(item: Any, root: Any) -> bool:
+        try:
+            return expr(item, root) in wanted
+        except TypeError:  # an unhashable value (object, list) is in no set of scalars
+            return False
+
+    return is_in
+
+
+def _exists(f: Fields) -> Filter:
+    expr = _value_expr(f)
+
+    def exists(item: Any, root: Any) -> bool:
+        value = expr(item, root)
+        return value is not None and value != ""
+
+    return exists
+
+
+_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq,
+    "!=": operator.ne,
+    "<": operator.lt,
+    "<=": operator.le,
+    ">": operator.gt,
+    ">=": operator.ge,
+}
+
+
+def _compare(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    op_name = f.string("operator")
+    try:
+        op = _OPERATORS[op_name]
+    except KeyError:
+        raise ReportConfigError(
+            f.path_of("operator"),
+            f"unknown operator {op_name!r} (known: {', '.join(_OPERATORS)})",
+        ) from None
+    if not f.has("value"):
+        raise ReportConfigError(f.path_of("value"), "required field is missing")
+    value = f.optional("value")
+
+    def compare(item: Any, root: Any) -> bool:
+        found = expr(item, root)
+        if found is None or value is None:
+            return bool(op(found, value)) if op_name in ("==", "!=") else False
+        try:
+            return bool(op(found, value))
+        except TypeError:
+            return False
+
+    return compare
+
+
+def _filters(f: Fields) -> list[Filter]:
+    specs = f.required("filters", list)
+    if not specs:
+        raise ReportConfigError(f.path_of("filters"), "must not be empty")
+    return [parse_filter(s, index(f.path_of("filters"), i)) for i, s in enumerate(specs)]
+
+
+def _and(f: Fields) -> Filter:
+    parts = _filters(f)
+    return lambda item, root: all(p(item, root) for p in parts)
+
+
+def _or(f: Fields) -> Filter:
+    parts = _filters(f)
+    return lambda item, root: any(p(item, root) for p in parts)
+
+
+def _not(f: Fields) -> Filter:
+    inner = parse_filter(f.required("filter"), f.path_of("filter"))
+    return lambda item, root: not inner(item, root)
+
+
+_TYPES: dict[str, Callable[[Fields], Filter]] = {
+    "equals": _equals,
+    "in": _in,
+    "exists": _exists,
+    "compare": _compare,
+    "and": _and,
+    "or": _or,
+    "not": _not,
+}
+
+FILTER_TYPES = tuple(sorted(_TYPES))
+
+
+def parse_filter(spec: object, path: str) -> Filter:
+    fields = Fields(spec, path)
+    kind = fields.string("type")
+    try:
+        parse = _TYPES[kind]
+    except KeyError:
+        raise ReportConfigError(
+            child(path, "type"), f"unknown filter type {kind!r} (known: {', '.join(FILTER_TYPES)})"
+        ) from None
+    compiled = parse(fields)
+    fields.done()
+    return compiled

@@ -1,0 +1,241 @@
+"""Keeps a report table in sync with documents: one transaction of multi-row writes per batch.
+
+For a batch the processor computes every document's rows, then in one transaction deletes
+the rows of documents that were deleted or stopped matching the filter, upserts the new rows
+by (doc_id, row_num), and, for data sources that emit several rows per document, deletes the
+rows beyond each document's new row count. Replaying a batch writes the same rows again, so
+the processor is idempotent as the pillow contract requires.
+
+On PostgreSQL the upsert is one ``INSERT .. SELECT unnest(array, ...) ON CONFLICT`` statement
+with one array parameter per column: a fixed statement (compiled once, whatever the batch
+size) that moves a whole batch in one round trip. SQLite gets an ``executemany`` upsert.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.schema import CreateColumn
+
+from changefeed.change import Change
+from changefeed.db import make_engine, upsert
+from changefeed.identifiers import sql_identifier
+from changefeed.processors.base import BulkProcessor, ChangeFailure
+from changefeed.processors.reports.config import (
+    DOC_ID,
+    ROW_NUM,
+    SYSTEM_COLUMNS,
+    DataSourceConfig,
+    Row,
+    load_data_source,
+)
+
+log = logging.getLogger("changefeed.reports")
+
+_CHUNK = 500
+"""Ids per DELETE on dialects that expand IN lists into parameters (SQLite's limit)."""
+
+
+class ReportSchemaError(RuntimeError):
+    """The existing table cannot be brought in line with the config without losing data."""
+
+
+def column_type(kind: str) -> sa.types.TypeEngine[Any]:
+    types: dict[str, sa.types.TypeEngine[Any]] = {
+        "string": sa.Text(),
+        "integer": sa.BigInteger(),
+        "float": sa.Float(),
+        "decimal": sa.Numeric(),
+        "boolean": sa.Boolean(),
+        "date": sa.Date(),
+        "datetime": sa.DateTime(),
+        "json": sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
+    }
+    return types[kind]
+
+
+def build_table(config: DataSourceConfig, schema: str | None = None) -> sa.Table:
+    """The SQLAlchemy table of a data source: system columns first, then the configured ones."""
+    return sa.Table(
+        config.table,
+        sa.MetaData(schema=sql_identifier(schema, "schema") if schema else None),
+        sa.Column(DOC_ID, sa.String(255), primary_key=True),
+        sa.Column(ROW_NUM, sa.Integer, primary_key=True, autoincrement=False),
+        *(
+            sa.Column(c.name, column_type(c.type), nullable=True, index=c.index)
+            for c in config.columns
+        ),
+    )
+
+
+class ReportTableProcessor(BulkProcessor):
+    """A configurable report table (a "data source") fed by a pillow."""
+
+    def __init__(
+        self,
+        config: DataSourceConfig | Mapping[str, Any] | str | Path,
+        engine: sa.Engine | str,
+        *,
+        schema: str | None = None,
+    ) -> None:
+        if isinstance(config, DataSourceConfig):
+            self.config = config
+        elif isinstance(config, Mapping):
+            self.config = DataSourceConfig.from_dict(config)
+        else:
+            self.config = load_data_source(config)
+        self.engine = make_engine(engine)
+        self.table = build_table(self.config, schema)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        self._upsert_stmt = self._pg_upsert() if self._postgres else None
+
+    @property
+    def name(self) -> str:
+        return f"report:{self.config.name}"
+
+    # -- writing -----------------------------------------------------------------------
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        latest: dict[str, Change] = {}
+        for change in changes:
+            latest[change.id] = change
+        config = self.config
+        rows: list[Row] = []
+        gone: list[str] = []
+        by_count: dict[int, list[str]] = {}
+        failures: list[ChangeFailure] = []
+        for doc_id, change in latest.items():
+            document = None if change.deleted else change.get_document()
+            if document is None:
+                gone.append(doc_id)
+                continue
+            try:
+                doc_rows = config.rows(doc_id, document)
+            except Exception as exc:  # noqa: BLE001 - a document the expressions cannot handle
+                failures.append(ChangeFailure(change, exc, retryable=False))
+                continue
+            if not doc_rows:
+                gone.append(doc_id)
+                continue
+            rows.extend(doc_rows)
+            if config.multi_row:
+                by_count.setdefault(len(doc_rows), []).append(doc_id)
+        with self.engine.begin() as conn:
+            self._delete(conn, gone)
+            self._upsert(conn, rows)
+            for count, ids in by_count.items():
+                self._delete(conn, ids, from_row=count)
+        return failures
+
+    def _delete(self, conn: sa.Connection, ids: list[str], from_row: int = 0) -> None:
+        """Delete the rows of ``ids`` (only those numbered ``from_row`` and up)."""
+        if not ids:
+            return
+        t = self.table
+        if self._postgres:
+            where = t.c.doc_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
+            stmt = t.delete().where(where)
+            if from_row:
+                stmt = stmt.where(t.c.row_num >= from_row)
+            conn.execute(stmt, {"ids": ids})
+            return
+        for start in range(0, len(ids), _CHUNK):
+            stmt = t.delete().where(t.c.doc_id.in_(ids[start : start + _CHUNK]))
+            if from_row:
+                stmt = stmt.where(t.c.row_num >= from_row)
+            conn.execute(stmt)
+
+    def _pg_upsert(self) -> sa.Insert:
+        """INSERT .. SELECT unnest(:c0), unnest(:c1), .. ON CONFLICT (doc_id, row_num) DO UPDATE."""
+        t = self.table
+        select = sa.select(
+            *(
+                sa.func.unnest(sa.bindparam(f"c{i}", type_=postgresql.ARRAY(col.type))).label(
+                    col.name
+                )
+                for i, col in enumerate(t.columns)
+            )
+        )
+        stmt = postgresql.insert(t).from_select([c.name for c in t.columns], select)
+        return stmt.on_conflict_do_update(
+            index_elements=[t.c.doc_id, t.c.row_num],
+            set_={c.name: stmt.excluded[c.name] for c in t.columns if c.name not in SYSTEM_COLUMNS},
+        )
+
+    def _upsert(self, conn: sa.Connection, rows: list[Row]) -> None:
+        if not rows:
+            return
+        if self._upsert_stmt is not None:
+            params = {
+                f"c{i}": [row[name] for row in rows] for i, name in enumerate(self.table.c.keys())
+            }
+            conn.execute(self._upsert_stmt, params)
+        else:
+            upsert(conn, self.table, rows, list(SYSTEM_COLUMNS))
+
+    # -- schema ------------------------------------------------------------------------
+
+    def bootstrap(self) -> None:
+        """Create the table, or add the columns the config gained since it was created."""
+        for action in self.migrate():
+            log.info("report %s: %s", self.config.name, action)
+
+    def migrate(self) -> list[str]:
+        """Bring the table in line with the config, additively; returns what was done.
+
+        Added columns are created empty (NULL for existing rows) until a rebuild; columns
+        that left the config are kept, never dropped behind the user's back.
+        """
+        t = self.table
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table(t.name, schema=t.schema):
+            t.metadata.create_all(self.engine, checkfirst=True)
+            return [f"created table {t.name}"]
+        existing = {c["name"] for c in inspector.get_columns(t.name, schema=t.schema)}
+        lacking = [name for name in SYSTEM_COLUMNS if name not in existing]
+        if lacking:
+            raise ReportSchemaError(
+                f"table {t.name!r} exists but has no {', '.join(lacking)} column: it is not a "
+                f"report table of data source {self.config.name!r}; pick another table name"
+            )
+        actions: list[str] = []
+        preparer = self.engine.dialect.identifier_preparer
+        with self.engine.begin() as conn:
+            for col in t.columns:
+                if col.name in existing:
+                    continue
+                column_ddl = CreateColumn(col).compile(dialect=self.engine.dialect)
+                conn.execute(
+                    sa.text(f"ALTER TABLE {preparer.format_table(t)} ADD COLUMN {column_ddl}")
+                )
+                for idx in t.indexes:
+                    if col.name in idx.columns:
+                        idx.create(conn, checkfirst=True)
+                actions.append(
+                    f"added column {col.name} (NULL for existing rows until "
+                    f"`changefeed reports rebuild {self.config.name}`)"
+                )
+        for name in sorted(existing - set(t.c.keys())):
+            msg = f"column {name} is no longer in the config; kept (a rebuild drops it)"
+            log.warning("report %s: %s", self.config.name, msg)
+            actions.append(msg)
+        return actions
+
+    def reset(self) -> None:
+        """Drop and recreate the table empty, for a rebuild from the document stores."""
+        self.table.drop(self.engine, checkfirst=True)
+        self.table.metadata.create_all(self.engine, checkfirst=True)
+
+    def count_rows(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar_one()
+            )
+
+    def close(self) -> None:
+        self.engine.dispose()
