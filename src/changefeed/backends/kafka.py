@@ -1,0 +1,88 @@
+"""Apache Kafka as the log: the production backend, behind the same interfaces as the
+embedded SQLite log.
+
+``kafka://host:port,host:port?client_id=...&security_protocol=SASL_SSL&sasl_mechanism=PLAIN
+&sasl_username=...&sasl_password=...&ssl_ca_location=...`` (see `kafka_config` for every
+option). The pieces live in their own modules: `kafka_publisher`, `kafka_feed`,
+`kafka_admin`; this one only ties them to a URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from changefeed.backends.base import Backend
+from changefeed.backends.kafka_admin import KafkaTopicAdmin, TopicDescription
+from changefeed.backends.kafka_config import KafkaConfig, parse_kafka_url
+from changefeed.backends.kafka_feed import KafkaChangeFeed
+from changefeed.backends.kafka_publisher import KafkaPublisher
+
+
+class KafkaBackend(Backend):
+    """Publishers, change feeds and topic admin on one Kafka cluster."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.url = config.url
+
+    @classmethod
+    def from_url(cls, url: str) -> KafkaBackend:
+        return cls(parse_kafka_url(url))
+
+    def publisher(
+        self,
+        *,
+        asynchronous: bool = False,
+        delivery_timeout: float | None = None,
+        client_id: str = "changefeed-publisher",
+    ) -> KafkaPublisher:
+        """Synchronous by default (`publish` returns once the stub is durable)."""
+        return KafkaPublisher(
+            self.config,
+            asynchronous=asynchronous,
+            delivery_timeout=delivery_timeout,
+            client_id=client_id,
+        )
+
+    def change_feed(
+        self,
+        topics: Sequence[str],
+        *,
+        client_id: str = "changefeed",
+        idle_timeout: float = 1.0,
+        strict: bool = False,
+        group_id: str | None = None,
+        commit_offsets: bool = True,
+        batch_rows: int = 5000,
+        consumer_config: Mapping[str, Any] | None = None,
+    ) -> KafkaChangeFeed:
+        """A feed on ``topics``; with ``group_id`` Kafka's consumer group splits partitions."""
+        return KafkaChangeFeed(
+            self.config,
+            topics,
+            client_id=client_id,
+            idle_timeout=idle_timeout,
+            strict=strict,
+            group_id=group_id,
+            commit_offsets=commit_offsets,
+            batch_rows=batch_rows,
+            consumer_config=consumer_config,
+        )
+
+    def admin(self) -> KafkaTopicAdmin:
+        return KafkaTopicAdmin(self.config)
+
+    def __repr__(self) -> str:
+        return f"KafkaBackend({self.url!r})"
+
+
+__all__ = [
+    "KafkaBackend",
+    "KafkaChangeFeed",
+    "KafkaConfig",
+    "KafkaPublisher",
+    "KafkaTopicAdmin",
+    "TopicDescription",
+    "parse_kafka_url",
+]

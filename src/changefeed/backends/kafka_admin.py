@@ -1,0 +1,193 @@
+"""Kafka topic admin and the metadata look-ups a change feed needs (partitions, offsets).
+
+Everything goes through confluent-kafka's AdminClient with standard Kafka requests
+(CreateTopics, CreatePartitions, Metadata, ListOffsets, DescribeConfigs), so it works the
+same against any Kafka cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+from confluent_kafka.admin import (
+    AdminClient,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    OffsetSpec,
+)
+
+from changefeed.backends.base import TopicAdmin, TopicInfo, UnknownTopicError
+from changefeed.backends.kafka_config import KafkaConfig
+from changefeed.change import TopicPartition
+from changefeed.identifiers import topic_name
+
+
+_ALWAYS_SHOWN = frozenset({"retention.ms", "retention.bytes", "cleanup.policy"})
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """A topic's partitions with their earliest and latest offsets, and its configuration
+    (settings that differ from the broker's defaults, plus retention)."""
+
+    name: str
+    partitions: int
+    earliest: dict[int, int] = field(default_factory=dict)
+    latest: dict[int, int] = field(default_factory=dict)
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def _wait(future: Future[Any], timeout: float) -> Any:
+    """A future's result; KafkaException carries the broker's error."""
+    return future.result(timeout=timeout)
+
+
+def _code(exc: BaseException) -> int | None:
+    if isinstance(exc, KafkaException) and exc.args and isinstance(exc.args[0], KafkaError):
+        code: int = exc.args[0].code()
+        return code
+    return None
+
+
+class KafkaMetadata:
+    """Partitions and offsets of topics, through one AdminClient made on first use."""
+
+    def __init__(self, config: KafkaConfig, client_id: str = "changefeed-admin") -> None:
+        self.config = config
+        self.client_id = client_id
+        self._client: AdminClient | None = None
+
+    @property
+    def client(self) -> AdminClient:
+        if self._client is None:
+            self._client = AdminClient(self.config.common(self.client_id))
+        return self._client
+
+    def partition_counts(self, topics: Iterable[str] | None = None) -> dict[str, int]:
+        """Partitions per existing topic (all non-internal topics when ``topics`` is None)."""
+        meta = self.client.list_topics(timeout=self.config.timeout)
+        wanted = None if topics is None else set(topics)
+        out: dict[str, int] = {}
+        for name, info in meta.topics.items():
+            if info.error is not None or (wanted is not None and name not in wanted):
+                continue
+            if wanted is None and name.startswith("__"):
+                continue
+            out[name] = len(info.partitions)
+        return out
+
+    def topic_partitions(self, topics: Iterable[str]) -> list[TopicPartition]:
+        counts = self.partition_counts(topics)
+        return sorted(TopicPartition(t, p) for t, n in counts.items() for p in range(n))
+
+    def offsets(
+        self, partitions: Iterable[TopicPartition], which: str
+    ) -> dict[TopicPartition, int]:
+        """``which`` is ``earliest`` or ``latest`` (the high watermark: the next offset)."""
+        spec = OffsetSpec.earliest() if which == "earliest" else OffsetSpec.latest()
+        request = {KafkaTopicPartition(tp.topic, tp.partition): spec for tp in partitions}
+        if not request:
+            return {}
+        timeout = self.config.timeout
+        futures = self.client.list_offsets(request, request_timeout=timeout)
+        out: dict[TopicPartition, int] = {}
+        for ktp, fut in futures.items():
+            try:
+                out[TopicPartition(ktp.topic, ktp.partition)] = int(_wait(fut, timeout).offset)
+            except KafkaException as exc:
+                if _code(exc) != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise
+        return out
+
+
+class KafkaTopicAdmin(TopicAdmin):
+    """Create, list, describe and grow topics."""
+
+    def __init__(self, config: KafkaConfig) -> None:
+        self.config = config
+        self.metadata = KafkaMetadata(config)
+
+    def create_topic(
+        self,
+        name: str,
+        partitions: int = 1,
+        *,
+        config: Mapping[str, str] | None = None,
+        replication_factor: int | None = None,
+    ) -> None:
+        """Create a topic; an existing one with fewer partitions is grown to ``partitions``."""
+        topic_name(name)
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        new = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=replication_factor
+            if replication_factor is not None
+            else self.config.replication_factor,
+            config=dict(config or {}),
+        )
+        timeout = self.config.timeout
+        futures = self.metadata.client.create_topics([new], request_timeout=timeout)
+        try:
+            _wait(futures[name], timeout)
+        except KafkaException as exc:
+            if _code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+            existing = self.metadata.partition_counts([name]).get(name, partitions)
+            if existing < partitions:
+                self.add_partitions(name, partitions)
+
+    def list_topics(self) -> list[TopicInfo]:
+        counts = self.metadata.partition_counts()
+        return [TopicInfo(name, counts[name]) for name in sorted(counts)]
+
+    def partition_count(self, name: str) -> int:
+        count = self.metadata.partition_counts([name]).get(name)
+        if count is None:
+            raise UnknownTopicError(f"unknown topic {name!r}")
+        return count
+
+    def add_partitions(self, name: str, total: int) -> None:
+        current = self.partition_count(name)
+        if total < current:
+            raise ValueError(f"topic {name!r} has {current} partitions; cannot shrink to {total}")
+        if total == current:
+            return
+        timeout = self.config.timeout
+        futures = self.metadata.client.create_partitions(
+            [NewPartitions(name, total)], request_timeout=timeout
+        )
+        _wait(futures[name], timeout)
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        count = self.partition_count(name)
+        tps = [TopicPartition(name, p) for p in range(count)]
+        earliest = self.metadata.offsets(tps, "earliest")
+        latest = self.metadata.offsets(tps, "latest")
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        timeout = self.config.timeout
+        entries = _wait(
+            self.metadata.client.describe_configs([resource], request_timeout=timeout)[resource],
+            timeout,
+        )
+        config = {
+            key: str(entry.value)
+            for key, entry in entries.items()
+            if entry.value is not None
+            and not entry.is_sensitive
+            and (not entry.is_default or key in _ALWAYS_SHOWN)
+        }
+        return TopicDescription(
+            name,
+            count,
+            {tp.partition: off for tp, off in earliest.items()},
+            {tp.partition: off for tp, off in latest.items()},
+            config,
+        )

@@ -1,0 +1,388 @@
+"""Reading changes from Kafka: `KafkaChangeFeed`.
+
+Two ways to own partitions, one source of truth for positions (our checkpoint store):
+
+* static (no ``group_id``): the caller passes ``since`` (striding decides which partitions a
+  process reads) and the feed assigns exactly those, at exactly those offsets;
+* consumer group (``group_id``): Kafka decides which process reads which partition. On
+  assignment the feed asks its `RebalanceListener` (the pillow) for the checkpoints and seeks
+  there; before partitions are taken away it lets the listener finish and checkpoint the
+  batch in hand, so a batch is neither lost nor processed twice when processes come and go.
+
+Offsets are also committed to Kafka (`commit_offsets`, after our checkpoint is written) so
+standard lag tools see them, but they are never read back as a starting point.
+
+Offsets removed by retention are detected before reading (checkpoint below the earliest
+offset) and while reading (``auto.offset.reset=error``): ``strict`` raises
+`OffsetOutOfRangeError`, otherwise the feed calls ``on_offset_reset`` and reads on from the
+earliest offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from changefeed.backends.base import ChangeFeed, OffsetOutOfRangeError, RebalanceListener
+from changefeed.backends.kafka_admin import KafkaMetadata
+from changefeed.backends.kafka_config import KafkaConfig
+from changefeed.change import Change, TopicPartition
+from changefeed.identifiers import topic_name
+
+log = logging.getLogger("changefeed.kafka")
+
+OffsetResetHandler = Callable[[TopicPartition, int, int], None]
+
+CONSUMER_DEFAULTS: dict[str, Any] = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "error",
+    "enable.partition.eof": True,
+    "fetch.wait.max.ms": 100,
+    "session.timeout.ms": 10000,
+    "heartbeat.interval.ms": 1000,
+    "partition.assignment.strategy": "cooperative-sticky",
+}
+"""We seek explicitly, so auto-reset is an error we handle; EOF events end catch-up reads."""
+
+_EOF = KafkaError._PARTITION_EOF
+_RESET = KafkaError._AUTO_OFFSET_RESET
+_OUT_OF_RANGE = KafkaError.OFFSET_OUT_OF_RANGE
+
+
+class KafkaChangeFeed(ChangeFeed):
+    """Changes of one or more Kafka topics, consumed in batches.
+
+    ``batch_rows`` is how many messages one ``consume()`` call may return: large batches keep
+    the per-change cost in C. ``consumer_config`` adds or overrides librdkafka properties.
+    """
+
+    def __init__(
+        self,
+        config: KafkaConfig,
+        topics: Sequence[str],
+        *,
+        client_id: str = "changefeed",
+        idle_timeout: float = 1.0,
+        strict: bool = False,
+        group_id: str | None = None,
+        commit_offsets: bool = True,
+        batch_rows: int = 5000,
+        consumer_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        if not topics:
+            raise ValueError("a change feed needs at least one topic")
+        if batch_rows < 1:
+            raise ValueError("batch_rows must be at least 1")
+        self.config = config
+        self.topics = tuple(topic_name(t) for t in topics)
+        self.client_id = client_id
+        self.idle_timeout = idle_timeout
+        self.strict = strict
+        self.group_id = group_id
+        self.uses_consumer_group = group_id is not None
+        self.batch_rows = batch_rows
+        self.on_offset_reset: OffsetResetHandler | None = None
+        self._commit_enabled = commit_offsets
+        self._consumer_config = dict(consumer_config or {})
+        self._metadata = KafkaMetadata(config, client_id)
+        self._consumer: Consumer | None = None
+        self._listener: RebalanceListener | None = None
+        self._subscribed = False
+        self._assigned: dict[TopicPartition, int] = {}
+        """Partitions we read, each with the offset it was (re)assigned at."""
+        self._rebalanced = False
+        self._revoking = False
+        self._eof: set[TopicPartition] = set()
+        self._cooperative = False
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        return self._metadata.topic_partitions(self.topics)
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        return self._metadata.offsets(self.topic_partitions(), "latest")
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        return self._metadata.offsets(self.topic_partitions(), "earliest")
+
+    @property
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions this feed reads now (changes on rebalance in group mode)."""
+        return sorted(self._assigned)
+
+    # -- the consumer --------------------------------------------------------------------
+
+    @property
+    def consumer(self) -> Consumer:
+        if self._consumer is None:
+            conf = dict(CONSUMER_DEFAULTS)
+            conf.update(self.config.common(self.client_id))
+            conf["group.id"] = self.group_id or self.client_id
+            conf.update(self._consumer_config)
+            conf["enable.auto.commit"] = False
+            conf["error_cb"] = self._on_client_error
+            conf["on_commit"] = self._on_commit
+            self._cooperative = "cooperative" in str(conf.get("partition.assignment.strategy"))
+            self._consumer = Consumer(conf)
+        return self._consumer
+
+    @staticmethod
+    def _on_client_error(err: KafkaError) -> None:
+        if err.fatal():
+            log.error("kafka consumer: fatal error: %s", err.str())
+        else:
+            log.warning("kafka consumer: %s", err.str())
+
+    @staticmethod
+    def _on_commit(err: KafkaError | None, partitions: list[KafkaTopicPartition]) -> None:
+        if err is not None:
+            log.debug("kafka: offset commit not accepted (our checkpoint still holds): %s", err)
+
+    def set_rebalance_listener(self, listener: RebalanceListener) -> None:
+        """The pillow that decides starting offsets and finishes work on revocation."""
+        self._listener = listener
+
+    # -- offsets removed by retention ----------------------------------------------------
+
+    def _out_of_range(self, tp: TopicPartition, needed: int, earliest: int) -> int:
+        if self.strict:
+            raise OffsetOutOfRangeError(tp, needed, earliest)
+        log.warning(
+            "kafka: offset %d of %s is no longer in the log; reading on from %d",
+            needed,
+            tp,
+            earliest,
+        )
+        if self.on_offset_reset is not None:
+            self.on_offset_reset(tp, needed, earliest)
+        return earliest
+
+    def _checked(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
+        """Offsets to read from, with those removed by retention moved to the earliest."""
+        out = dict(offsets)
+        if not out:
+            return out
+        earliest = self._metadata.offsets(out, "earliest")
+        for tp, offset in sorted(out.items()):
+            first = earliest.get(tp)
+            if first is not None and first >= 0 and offset < first:
+                out[tp] = self._out_of_range(tp, offset, first)
+        return out
+
+    def _reset_partition(self, tp: TopicPartition, needed: int) -> None:
+        """A fetch hit an offset that is gone (read while retention ran): move on."""
+        earliest = self._metadata.offsets([tp], "earliest").get(tp, 0)
+        self._reassign({tp: self._out_of_range(tp, needed, earliest)})
+
+    def _reassign(self, offsets: Mapping[TopicPartition, int]) -> None:
+        consumer = self.consumer
+        ktps = [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+        try:
+            consumer.incremental_unassign([KafkaTopicPartition(t.topic, t.partition) for t in ktps])
+            consumer.incremental_assign(ktps)
+        except KafkaException:
+            # Eager group protocol: only a full assign() is allowed.
+            current = self._positions()
+            current.update(offsets)
+            consumer.assign(
+                [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in current.items()]
+            )
+        self._assigned.update(offsets)
+        self._eof.difference_update(offsets)
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        """Next offset to read per assigned partition (where nothing was read yet: the
+        offset it was assigned at)."""
+        assigned = self._assigned
+        if not assigned:
+            return {}
+        out = dict(assigned)
+        for ktp in self.consumer.position(
+            [KafkaTopicPartition(tp.topic, tp.partition) for tp in assigned]
+        ):
+            if ktp.offset >= 0:
+                out[TopicPartition(ktp.topic, ktp.partition)] = ktp.offset
+        return out
+
+    # -- consumer group callbacks ----------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        if self._listener is not None:
+            wanted = dict(self._listener.on_assign(tps))
+        else:
+            wanted = self._committed(tps)
+        offsets = self._checked({tp: wanted.get(tp, 0) for tp in tps})
+        ktps = [KafkaTopicPartition(tp.topic, tp.partition, offsets[tp]) for tp in tps]
+        if self._cooperative:
+            consumer.incremental_assign(ktps)
+        else:
+            consumer.assign(ktps)
+            self._assigned.clear()
+        self._assigned.update(offsets)
+        self._eof.difference_update(tps)
+        self._rebalanced = True
+        log.info("kafka: %s assigned %s", self.group_id, ", ".join(map(str, sorted(tps))) or "-")
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[KafkaTopicPartition]) -> None:
+        tps = [TopicPartition(p.topic, p.partition) for p in partitions]
+        log.info("kafka: %s revoking %s", self.group_id, ", ".join(map(str, sorted(tps))) or "-")
+        if self._listener is not None and tps:
+            self._revoking = True
+            try:
+                self._listener.on_revoke(tps)
+            finally:
+                self._revoking = False
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        for tp in tps:
+            self._assigned.pop(tp, None)
+            self._eof.discard(tp)
+        self._rebalanced = True
+
+    def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Without a listener: Kafka's committed offsets, else the beginning."""
+        found = self.consumer.committed(
+            [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
+            timeout=self.config.timeout,
+        )
+        return {
+            TopicPartition(k.topic, k.partition): (k.offset if k.offset >= 0 else 0) for k in found
+        }
+
+    # -- committing to Kafka ---------------------------------------------------------------
+
+    def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Mirror a checkpoint just written to our store into Kafka, for standard lag tools."""
+        if not self._commit_enabled or self._consumer is None or not offsets:
+            return
+        ktps = [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+        try:
+            if self._revoking:  # the partitions leave after this: make sure it lands
+                self._consumer.commit(offsets=ktps, asynchronous=False)
+            else:
+                self._consumer.commit(offsets=ktps, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("kafka: offset commit not accepted (our checkpoint still holds): %s", exc)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _start(self, since: Mapping[TopicPartition, int]) -> None:
+        consumer = self.consumer
+        self._eof.clear()
+        if self.uses_consumer_group:
+            if not self._subscribed:
+                consumer.subscribe(
+                    list(self.topics),
+                    on_assign=self._on_assign,
+                    on_revoke=self._on_revoke,
+                    on_lost=self._on_revoke,
+                )
+                self._subscribed = True
+            return
+        offsets = self._checked(since)
+        consumer.assign(
+            [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
+        )
+        self._assigned = offsets
+
+    def _handle_error(self, msg: Message) -> None:
+        err = msg.error()
+        assert err is not None
+        code = err.code()
+        topic, partition = msg.topic(), msg.partition()
+        if code == _EOF and topic is not None and partition is not None:
+            self._eof.add(TopicPartition(topic, partition))
+        elif code in (_RESET, _OUT_OF_RANGE) and topic is not None and partition is not None:
+            self._reset_partition(TopicPartition(topic, partition), msg.offset() or 0)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("kafka consumer: %s", err.str())
+
+    def _caught_up(self, heads: dict[TopicPartition, int]) -> bool:
+        """Every assigned partition read to the head it had when the read began (or to an
+        end-of-partition event, which also covers non-data records at the end)."""
+        if self.uses_consumer_group and not self._assigned:
+            return False
+        positions = self._positions()
+        for tp, pos in positions.items():
+            if tp in self._eof:
+                continue
+            head = heads.get(tp)
+            if head is None:
+                heads.update(self._metadata.offsets([tp], "latest"))
+                head = heads.get(tp, 0)
+            if pos < head:
+                return False
+        return True
+
+    def iter_changes(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[Change | None]:
+        self._start(since)
+        heads: dict[TopicPartition, int] = {}
+        if not forever and self._assigned:
+            heads = self._metadata.offsets(self._assigned, "latest")
+        consume = self.consumer.consume
+        batch_rows = self.batch_rows
+        idle_timeout = self.idle_timeout
+        from_raw = Change.from_raw
+        monotonic = time.monotonic
+        last_activity = monotonic()
+        while True:
+            if not forever and not self.uses_consumer_group and not self._assigned:
+                return
+            wait = idle_timeout - (monotonic() - last_activity)
+            msgs = consume(batch_rows, max(0.005, min(wait, 1.0)))
+            if self._rebalanced:
+                self._rebalanced = False
+                assigned = self._assigned
+                msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
+            got = False
+            for msg in msgs:
+                if msg.error() is not None:
+                    self._handle_error(msg)
+                    continue
+                value = msg.value()
+                change = from_raw(
+                    msg.topic(),  # type: ignore[arg-type]
+                    msg.partition(),  # type: ignore[arg-type]
+                    msg.offset(),  # type: ignore[arg-type]
+                    value if value is not None else b"",
+                )
+                if change.metadata is None:
+                    key = msg.key()
+                    change.id = key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
+                got = True
+                yield change
+            now = monotonic()
+            if got:
+                last_activity = now
+            if not forever:
+                if self._caught_up(heads):
+                    return
+                continue
+            if not got and now - last_activity >= idle_timeout:
+                last_activity = now
+                yield None
+
+    def close(self) -> None:
+        """Leave the group (revoking partitions through the listener) and disconnect."""
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("kafka: closing consumer: %s", exc)
+        self._subscribed = False
+        self._assigned = {}
