@@ -107,6 +107,7 @@ class Pillow:
         max_batch_retries: int | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] | None = None,
+        reindex_stores: Sequence[DocumentStore] | None = None,
     ) -> None:
         self.name = object_name(name, "pillow name")
         self.change_feed = change_feed
@@ -127,6 +128,11 @@ class Pillow:
         self.stale_read_delay = stale_read_delay
         self.max_batch_retries = max_batch_retries
         self.clock = clock
+        self.reindex_stores: list[DocumentStore] | None = (
+            list(reindex_stores) if reindex_stores is not None else None
+        )
+        """The stores `changefeed reindex` rebuilds this pillow's output from (None: every
+        store registered in ``document_stores``)."""
         self.listeners: list[PillowListener] = []
         self.needs_documents = any(p.needs_documents for p in self.processors)
         self._stop = threading.Event()
