@@ -273,6 +273,9 @@ class Pillow:
                     return False
         checkpoint = dict(self._pending)
         self.checkpoints.commit(self.name, checkpoint)
+        commit_offsets = getattr(self.change_feed, "commit_offsets", None)
+        if commit_offsets is not None:  # e.g. Kafka: mirror for standard lag tools
+            commit_offsets(checkpoint)
         self._batch.clear()
         self._pending.clear()
         self._seen = 0
