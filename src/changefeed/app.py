@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -166,6 +167,10 @@ def load_app(spec: str | None) -> App:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ConfigError(f"app must be given as module:attribute, got {spec!r}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # The console script's sys.path lacks the working directory; ``--app myapp:app``
+        # means the user's module next to them, as with other ``module:attr`` CLIs.
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
