@@ -81,7 +81,9 @@ def test_catch_up_pages_and_resumes_from_opaque_seq(couch_db: str) -> None:
     changes = [c for c in feed.iter_changes() if c is not None]
     # d3 appears once, at its newest seq, as a deletion.
     assert [c.id for c in changes] == ["d0", "d1", "d2", "d4", "d5", "d6", "d3"]
-    assert changes[-1].deleted and changes[0].doc is not None and changes[0].doc["doc_type"] == "case"
+    assert (
+        changes[-1].deleted and changes[0].doc is not None and changes[0].doc["doc_type"] == "case"
+    )
     assert changes[0].rev is not None and changes[0].rev.startswith("1-")
     seq = feed.last_seq
     assert seq == changes[-1].seq
@@ -118,8 +120,9 @@ def test_continuous_follows_new_writes_with_heartbeats(couch_db: str) -> None:
 
 def test_reconnects_after_dropped_connection(couch_db: str, couchdb_proxy: TcpProxy) -> None:
     name = couch_db.rsplit("/", 1)[1]
-    feed = CouchChangeFeed(f"http://127.0.0.1:{couchdb_proxy.port}/{name}", heartbeat=0.1,
-                           backoff=FAST)
+    feed = CouchChangeFeed(
+        f"http://127.0.0.1:{couchdb_proxy.port}/{name}", heartbeat=0.1, backoff=FAST
+    )
     follower = Follower(feed)
     try:
         _put(couch_db, "a", doc_type="case")
@@ -140,8 +143,12 @@ def test_reconnects_after_dropped_connection(couch_db: str, couchdb_proxy: TcpPr
 def test_silent_connection_hits_read_timeout(couch_db: str, couchdb_proxy: TcpProxy) -> None:
     """Servers may stop sending even heartbeats; our read timeout notices and reconnects."""
     name = couch_db.rsplit("/", 1)[1]
-    feed = CouchChangeFeed(f"http://127.0.0.1:{couchdb_proxy.port}/{name}", heartbeat=0.1,
-                           read_timeout=0.5, backoff=FAST)
+    feed = CouchChangeFeed(
+        f"http://127.0.0.1:{couchdb_proxy.port}/{name}",
+        heartbeat=0.1,
+        read_timeout=0.5,
+        backoff=FAST,
+    )
     follower = Follower(feed)
     try:
         _wait(lambda: follower.idle >= 1, "the continuous feed")
@@ -156,8 +163,7 @@ def test_silent_connection_hits_read_timeout(couch_db: str, couchdb_proxy: TcpPr
 
 def test_gives_up_after_max_retries(couchdb_proxy: TcpProxy) -> None:
     couchdb_proxy.refusing = True
-    feed = CouchChangeFeed(f"http://127.0.0.1:{couchdb_proxy.port}/db", backoff=FAST,
-                           max_retries=2)
+    feed = CouchChangeFeed(f"http://127.0.0.1:{couchdb_proxy.port}/db", backoff=FAST, max_retries=2)
     with pytest.raises(CouchUnavailableError, match="failed 3 times"):
         list(feed.iter_changes(forever=True))
     feed.close()

@@ -73,8 +73,9 @@ def test_stale_read_detected_from_rev(couch_db: str) -> None:
     assert isinstance(doc, dict)
     from changefeed.change import Change, ChangeMeta
 
-    change = Change("case", 0, 0, ChangeMeta("s", "couch", store.data_source_name,
-                                             document_rev="2-abc"))
+    change = Change(
+        "case", 0, 0, ChangeMeta("s", "couch", store.data_source_name, document_rev="2-abc")
+    )
     assert Pillow._is_stale(store, change, doc)
     store.close()
 
