@@ -67,7 +67,9 @@ def pillow_children(
 ) -> list[ChildSpec]:
     """One ``changefeed run NAME`` child per pillow, plus the retry runner."""
     children = [
-        ChildSpec(name, tuple(changefeed_command("run", *run_args, name, global_args=global_args)), name)
+        ChildSpec(
+            name, tuple(changefeed_command("run", *run_args, name, global_args=global_args)), name
+        )
         for name in pillow_names
     ]
     if retry_runner and pillow_names:
@@ -231,7 +233,10 @@ class Supervisor:
         child.next_start = now + delay
         log.warning(
             "supervisor: %s exited with code %s; restarting in %.1fs (failure %d in a row)",
-            child.spec.name, code, delay, child.failures,
+            child.spec.name,
+            code,
+            delay,
+            child.failures,
         )
 
     def check_progress(self) -> None:
@@ -255,7 +260,9 @@ class Supervisor:
             if stuck:
                 log.warning(
                     "supervisor: pillow %s is stuck: no checkpoint progress for %.0fs, lag %d",
-                    name, self.stuck_after, tracker.lag,
+                    name,
+                    self.stuck_after,
+                    tracker.lag,
                 )
                 if self.restart_stuck and child.alive:
                     self._terminate(child)
@@ -356,7 +363,9 @@ def serve_health(
             path = self.path.split("?", 1)[0]
             if path == "/healthz":
                 health = supervisor.health()
-                self._send(200 if health["ok"] else 503, json.dumps(health).encode(), "application/json")
+                self._send(
+                    200 if health["ok"] else 503, json.dumps(health).encode(), "application/json"
+                )
             elif path == "/livez":
                 self._send(200, b"ok\n", "text/plain")
             elif path == "/metrics" and registry is not None:

@@ -1,0 +1,256 @@
+"""The dashboard's web application (Starlette): JSON API, server-sent events, static page.
+
+Read-only except one route, ``POST /api/errors/retry``, which marks error-queue entries due
+(`ErrorQueue.make_due`) and retries them at once (`Pillow.retry_errors`) so the operator sees
+the outcome. That route only accepts same-origin JSON requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from changefeed.errors import ErrorRecord
+from changefeed.web.live import LiveChanges
+from changefeed.web.monitor import PillowMonitor
+from changefeed.web.security import AccessMiddleware, SecurityHeadersMiddleware, same_origin
+
+if TYPE_CHECKING:
+    from changefeed.app import App
+    from changefeed.pillow import Pillow
+
+STATIC = Path(__file__).parent / "static"
+PING_SECONDS = 10.0
+MAX_LIMIT = 1000
+
+
+class JSON(JSONResponse):
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
+
+
+def error_dict(record: ErrorRecord, detail: bool = False) -> dict[str, Any]:
+    out = asdict(record)
+    stub = out.pop("stub")
+    trace = out.pop("traceback")
+    if detail:
+        out["stub"] = stub.decode("utf-8", "replace")
+        out["traceback"] = trace
+    return out
+
+
+def _int(request: Request, name: str, default: int, maximum: int = MAX_LIMIT) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer") from None
+    return max(1, min(maximum, value))
+
+
+class BadRequest(ValueError):
+    pass
+
+
+class Dashboard:
+    """State shared by the routes: the app, the status monitor and the live change stream."""
+
+    def __init__(
+        self,
+        app: App,
+        pillow_names: Sequence[str] | None = None,
+        *,
+        sample_interval: float = 2.0,
+        live_topics: Sequence[str] | None = None,
+    ) -> None:
+        self.app = app
+        self.pillow_names = list(pillow_names) if pillow_names else app.pillow_names
+        self.monitor = PillowMonitor(app, self.pillow_names, interval=sample_interval)
+        self.live = LiveChanges(app.backend, live_topics)
+        self._retry_pillows: dict[str, Pillow] = {}
+        self._retry_lock = threading.Lock()
+        self.stopping = asyncio.Event()
+
+    # -- pages and reads ---------------------------------------------------------------
+
+    async def index(self, request: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    def pillows(self, request: Request) -> Response:
+        return JSON({"pillows": self.monitor.snapshot(), "interval": self.monitor.interval})
+
+    def errors(self, request: Request) -> Response:
+        pillow = request.query_params.get("pillow") or None
+        status = request.query_params.get("status") or None
+        if pillow is not None and pillow not in self.pillow_names:
+            return JSON({"error": f"unknown pillow {pillow!r}"}, 404)
+        limit = _int(request, "limit", 100)
+        records = self.app.error_queue.list(pillow=pillow, status=status, limit=limit)
+        counts = {name: self.app.error_queue.counts(name) for name in self.pillow_names}
+        return JSON({"errors": [error_dict(r) for r in records], "counts": counts})
+
+    def error_detail(self, request: Request) -> Response:
+        record = self.app.error_queue.get(int(request.path_params["error_id"]))
+        if record is None or record.pillow not in self.pillow_names:
+            return JSON({"error": "no such error entry"}, 404)
+        return JSON(error_dict(record, detail=True))
+
+    def checkpoint_history(self, request: Request) -> Response:
+        pillow = request.query_params.get("pillow") or None
+        limit = _int(request, "limit", 50)
+        entries = [
+            e
+            for e in self.app.checkpoints.history(pillow, limit=limit)
+            if e.pillow in self.pillow_names
+        ]
+        return JSON(
+            {
+                "history": [
+                    {
+                        "id": e.id,
+                        "pillow": e.pillow,
+                        "topic": e.tp.topic,
+                        "partition": e.tp.partition,
+                        "old_offset": e.old_offset,
+                        "new_offset": e.new_offset,
+                        "changed_at": e.changed_at,
+                        "changed_by": e.changed_by,
+                        "reason": e.reason,
+                    }
+                    for e in entries
+                ]
+            }
+        )
+
+    # -- the one write -------------------------------------------------------------------
+
+    async def retry(self, request: Request) -> Response:
+        if not same_origin(request):
+            return JSON({"error": "cross-origin request refused"}, 403)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            return JSON({"error": "send JSON"}, 415)
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            return JSON({"error": "invalid JSON"}, 400)
+        ids = body.get("ids") if isinstance(body, dict) else None
+        if (
+            not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+        ):
+            return JSON({"error": "give 'ids': a non-empty list of error ids"}, 400)
+        return JSON(await asyncio.to_thread(self._retry, ids[:MAX_LIMIT]))
+
+    def _retry(self, ids: list[int]) -> dict[str, Any]:
+        queue = self.app.error_queue
+        records = [r for r in (queue.get(i) for i in ids) if r is not None]
+        by_pillow: dict[str, list[int]] = {}
+        for r in records:
+            if r.pillow in self.pillow_names:
+                by_pillow.setdefault(r.pillow, []).append(r.id)
+        results: dict[str, Any] = {}
+        with self._retry_lock:
+            for name, pillow_ids in by_pillow.items():
+                queue.make_due(pillow=name, ids=pillow_ids)
+                pillow = self._retry_pillows.get(name)
+                if pillow is None:
+                    pillow = self._retry_pillows[name] = self.app.get_pillow(name)
+                ok, failed = pillow.retry_errors()
+                results[name] = {"resolved": ok, "failed": failed}
+        still = [i for i in ids if queue.get(i) is not None]
+        return {"results": results, "resolved": [i for i in ids if i not in still], "open": still}
+
+    # -- live changes (server-sent events) ------------------------------------------------
+
+    async def stream(self, request: Request) -> Response:
+        sub = self.live.subscribe()
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                yield b": connected\n\nevent: hello\ndata: {}\n\n"
+                while not self.stopping.is_set():
+                    try:
+                        event = await asyncio.wait_for(sub.queue.get(), PING_SECONDS)
+                    except TimeoutError:
+                        if await request.is_disconnected():
+                            return
+                        yield b": ping\n\n"
+                        continue
+                    if event is None:
+                        return
+                    yield b"event: change\ndata: " + orjson.dumps(event) + b"\n\n"
+            finally:
+                self.live.unsubscribe(sub)
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
+        self.stopping = asyncio.Event()
+        self.monitor.start()
+        self.live.start()
+        try:
+            yield
+        finally:
+            self.stopping.set()
+            await asyncio.to_thread(self.live.stop)
+            await asyncio.to_thread(self.monitor.stop)
+
+
+async def _bad_request(request: Request, exc: Exception) -> Response:
+    return JSON({"error": str(exc)}, 400)
+
+
+def create_app(
+    app: App,
+    *,
+    token: str | None = None,
+    pillow_names: Sequence[str] | None = None,
+    sample_interval: float = 2.0,
+    live_topics: Sequence[str] | None = None,
+) -> Starlette:
+    """The dashboard as an ASGI app (serve it with uvicorn; see ``changefeed dashboard``)."""
+    dash = Dashboard(app, pillow_names, sample_interval=sample_interval, live_topics=live_topics)
+    routes = [
+        Route("/", dash.index),
+        Route("/api/pillows", dash.pillows),
+        Route("/api/errors", dash.errors),
+        Route("/api/errors/retry", dash.retry, methods=["POST"]),
+        Route("/api/errors/{error_id:int}", dash.error_detail),
+        Route("/api/checkpoints/history", dash.checkpoint_history),
+        Route("/api/stream", dash.stream),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+    web = Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(SecurityHeadersMiddleware),
+            Middleware(AccessMiddleware, token=token),
+        ],
+        lifespan=dash.lifespan,
+        exception_handlers={BadRequest: _bad_request},
+    )
+    web.state.dashboard = dash
+    return web
