@@ -1,0 +1,453 @@
+"""Reindex: rebuild a pillow's output from its document stores rather than from the log.
+
+The log may no longer hold every change (retention), and replaying it means one fetch per
+change; a reindex reads every live document once, in bulk, and feeds the pillow's processors
+with synthetic changes. It keeps three promises:
+
+* **Nothing is missed.** Before the first document is read, the live checkpoint moves to the
+  head of the log (recorded in the checkpoint history). Everything published before that
+  point is covered by the reindex, which reads current documents; everything after it is
+  read from the log by the live pillow. At the end, the reindex itself replays the log from
+  those heads (the catch-up pass), so a change that raced with a document the reindex read
+  is applied again after the reindex wrote that document.
+* **Resumable.** Progress (per store, the last document id done) is saved in the state
+  database after every chunk; an interrupted reindex resumes after the last finished chunk.
+* **Online.** The live pillow may keep running: processors are idempotent, so a document
+  written by both is simply written twice.
+
+Rebuilding only some processors (e.g. one report table) leaves the checkpoint alone, since
+the pillow's other processors still need the log; the catch-up pass covers the race.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence, Sized
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import sqlalchemy as sa
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.db import upsert
+from changefeed.pillow import Pillow
+from changefeed.processors.base import Processor
+from changefeed.stores.base import DocumentStore
+
+if TYPE_CHECKING:
+    from changefeed.app import App
+
+log = logging.getLogger("changefeed.reindex")
+
+REINDEX_TOPIC = "reindex"
+"""The topic name reindex changes carry (they come from a store, not from the log)."""
+
+metadata = sa.MetaData()
+
+jobs_table = sa.Table(
+    "changefeed_reindex_jobs",
+    metadata,
+    sa.Column("job", sa.String(400), primary_key=True),
+    sa.Column("pillow", sa.String(128), nullable=False),
+    sa.Column("heads", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float, nullable=True),
+)
+
+progress_table = sa.Table(
+    "changefeed_reindex_progress",
+    metadata,
+    sa.Column("job", sa.String(400), primary_key=True),
+    sa.Column("store", sa.String(400), primary_key=True),
+    sa.Column("last_id", sa.String(255), nullable=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("ordered", sa.Boolean, nullable=False),
+    sa.Column("done", sa.Boolean, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+
+class ReindexError(RuntimeError):
+    """A reindex that cannot start: no stores to read, nothing to resume, unknown processor."""
+
+
+@dataclass(slots=True)
+class ReindexResult:
+    pillow: str
+    job: str
+    resumed: bool
+    documents: int
+    """Documents read from the stores in this run (not counting those done before a resume)."""
+    caught_up: int
+    """Changes replayed from the log by the catch-up pass."""
+    failures: int
+    seconds: float
+
+
+@dataclass(slots=True)
+class _StoreProgress:
+    last_id: str | None = None
+    position: int = 0
+    ordered: bool = True
+    done: bool = False
+
+
+def store_key(store: DocumentStore) -> str:
+    return f"{store.data_source_type}/{store.data_source_name}"
+
+
+def reindex_stores(pillow: Pillow) -> list[DocumentStore]:
+    """The stores a pillow is rebuilt from: its ``reindex_stores``, else every registered one."""
+    stores = pillow.reindex_stores
+    if stores is None:
+        stores = list(pillow.document_stores)
+    if not stores:
+        raise ReindexError(
+            f"pillow {pillow.name!r} has no document stores to reindex from: register them on "
+            "the app (app.document_stores.register) or pass reindex_stores=[...] to the pillow"
+        )
+    return stores
+
+
+class Reindexer:
+    """One reindex run of a pillow (or of some of its processors); see the module docstring."""
+
+    def __init__(
+        self,
+        pillow: Pillow,
+        *,
+        processors: Sequence[str] | None = None,
+        chunk_size: int = 1000,
+        console: Console | None = None,
+        show_progress: bool = False,
+        clock: Any = time.time,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.pillow = pillow
+        self.processors = self._select(pillow, processors)
+        self.partial = processors is not None
+        self.job = (
+            pillow.name
+            if not self.partial
+            else f"{pillow.name}/{','.join(sorted(processors or ()))}"
+        )
+        self.stores = reindex_stores(pillow)
+        self.chunk_size = chunk_size
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+        self.clock = clock
+        self.engine = pillow.checkpoints.engine
+        self._runner = Pillow(
+            pillow.name,
+            pillow.change_feed,
+            self.processors,
+            checkpoints=pillow.checkpoints,
+            error_queue=pillow.error_queue,
+            document_stores=pillow.document_stores,
+            retry_policy=pillow.retry_policy,
+            batch_size=chunk_size,
+        )
+        self._offset = 0
+        self._failures = 0
+
+    @staticmethod
+    def _select(pillow: Pillow, names: Sequence[str] | None) -> list[Processor]:
+        if names is None:
+            return list(pillow.processors)
+        by_name = {p.name: p for p in pillow.processors}
+        unknown = [n for n in names if n not in by_name]
+        if unknown or not names:
+            known = ", ".join(sorted(by_name))
+            raise ReindexError(
+                f"pillow {pillow.name!r} has no processor {', '.join(map(repr, unknown))} (known: {known})"
+            )
+        return [by_name[n] for n in names]
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self, *, resume: bool | None = None, reset: bool = False) -> ReindexResult:
+        """Reindex; ``resume``: None resumes an interrupted run if there is one, True insists
+        on resuming, False starts over. ``reset`` clears the processors' output first (only
+        when starting over), e.g. drops and recreates report tables."""
+        started = time.monotonic()
+        metadata.create_all(self.engine, checkfirst=True)
+        heads = self._unfinished_heads()
+        resumed = heads is not None and resume is not False
+        if resume is True and heads is None:
+            raise ReindexError(f"no interrupted reindex of {self.job!r} to resume")
+        for processor in self.processors:
+            processor.bootstrap()
+        if not resumed:
+            heads = self._start(reset)
+        assert heads is not None
+        documents = 0
+        with self._progress_bar() as bar:
+            for store in self.stores:
+                documents += self._reindex_store(store, bar)
+            caught_up = self._catch_up(heads, bar)
+        with self.engine.begin() as conn:
+            conn.execute(
+                jobs_table.update()
+                .where(jobs_table.c.job == self.job)
+                .values(finished_at=self.clock())
+            )
+        return ReindexResult(
+            self.pillow.name,
+            self.job,
+            resumed,
+            documents,
+            caught_up,
+            self._failures,
+            time.monotonic() - started,
+        )
+
+    def _unfinished_heads(self) -> dict[TopicPartition, int] | None:
+        j = jobs_table
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(j.c.heads).where(j.c.job == self.job, j.c.finished_at.is_(None))
+            ).first()
+        if row is None:
+            return None
+        return {TopicPartition(t, p): o for t, p, o in orjson.loads(row[0])}
+
+    def _start(self, reset: bool) -> dict[TopicPartition, int]:
+        if reset:
+            for processor in self.processors:
+                clear = getattr(processor, "reset", None)
+                if callable(clear):
+                    log.info("reindex %s: resetting the output of %s", self.job, processor.name)
+                    clear()
+        heads = self.pillow.change_feed.latest_offsets()
+        if not self.partial and heads:
+            self.pillow.checkpoints.set(
+                self.pillow.name,
+                heads,
+                reason="reindex: moved to the head; older changes are rebuilt from the document stores",
+            )
+        encoded = orjson.dumps([[tp.topic, tp.partition, off] for tp, off in sorted(heads.items())])
+        with self.engine.begin() as conn:
+            conn.execute(progress_table.delete().where(progress_table.c.job == self.job))
+            upsert(
+                conn,
+                jobs_table,
+                [
+                    {
+                        "job": self.job,
+                        "pillow": self.pillow.name,
+                        "heads": encoded.decode(),
+                        "started_at": self.clock(),
+                        "finished_at": None,
+                    }
+                ],
+                ["job"],
+            )
+        return heads
+
+    # -- reading the stores ------------------------------------------------------------------
+
+    def _load_progress(self, key: str) -> _StoreProgress:
+        p = progress_table
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(p.c.last_id, p.c.position, p.c.ordered, p.c.done).where(
+                    p.c.job == self.job, p.c.store == key
+                )
+            ).first()
+        if row is None:
+            return _StoreProgress()
+        return _StoreProgress(row.last_id, int(row.position), bool(row.ordered), bool(row.done))
+
+    def _save_progress(self, key: str, state: _StoreProgress) -> None:
+        with self.engine.begin() as conn:
+            upsert(
+                conn,
+                progress_table,
+                [
+                    {
+                        "job": self.job,
+                        "store": key,
+                        "last_id": state.last_id,
+                        "position": state.position,
+                        "ordered": state.ordered,
+                        "done": state.done,
+                        "updated_at": self.clock(),
+                    }
+                ],
+                ["job", "store"],
+            )
+
+    def _remaining_ids(self, store: DocumentStore, state: _StoreProgress) -> Iterator[str]:
+        """The store's ids after the last finished chunk. Resuming by id needs a store that
+        lists ids in order (SQL, memory and CouchDB stores do); for one that does not, the
+        store is read again from the start."""
+        after = state.last_id if state.ordered else None
+        if state.last_id is not None and not state.ordered:
+            log.warning(
+                "reindex %s: %s lists ids out of order; reading it again from the start",
+                self.job,
+                store_key(store),
+            )
+            state.position = 0
+            state.ordered = True
+        previous: str | None = None
+        for doc_id in store.iter_document_ids():
+            if previous is not None and doc_id <= previous:
+                state.ordered = False
+            previous = doc_id
+            if after is not None and state.ordered and doc_id <= after:
+                continue
+            yield doc_id
+
+    def _reindex_store(self, store: DocumentStore, bar: Progress) -> int:
+        key = store_key(store)
+        state = self._load_progress(key)
+        if state.done:
+            return 0
+        task = bar.add_task(
+            f"{self.pillow.name} ← {key}",
+            total=_count(store) if self.show_progress else None,
+            completed=state.position,
+        )
+        documents = 0
+        chunk: list[str] = []
+        for doc_id in self._remaining_ids(store, state):
+            chunk.append(doc_id)
+            if len(chunk) >= self.chunk_size:
+                documents += self._chunk(store, chunk)
+                self._finish_chunk(key, state, chunk, bar, task)
+                chunk = []
+        if chunk:
+            documents += self._chunk(store, chunk)
+            self._finish_chunk(key, state, chunk, bar, task)
+        state.done = True
+        self._save_progress(key, state)
+        return documents
+
+    def _finish_chunk(
+        self, key: str, state: _StoreProgress, chunk: list[str], bar: Progress, task: Any
+    ) -> None:
+        state.last_id = chunk[-1]
+        state.position += len(chunk)
+        self._save_progress(key, state)
+        bar.update(task, completed=state.position)
+
+    def _chunk(self, store: DocumentStore, ids: list[str]) -> int:
+        found = store.get_documents(ids)
+        changes: list[Change] = []
+        for doc_id in ids:
+            doc = found.get(doc_id)
+            if not isinstance(doc, dict):
+                continue  # deleted or gone since it was listed
+            change = Change(
+                REINDEX_TOPIC,
+                0,
+                self._offset,
+                ChangeMeta(doc_id, store.data_source_type, store.data_source_name),
+                store=store,
+            )
+            change.set_document(doc)
+            changes.append(change)
+            self._offset += 1
+        if changes:
+            self._failures += self._runner.process_batch(changes).failures
+        return len(changes)
+
+    # -- the catch-up pass -------------------------------------------------------------
+
+    def _catch_up(self, heads: dict[TopicPartition, int], bar: Progress) -> int:
+        """Replay the log from the heads recorded at the start, through the processors
+        (partitions that appeared since then from their beginning)."""
+        latest = self.pillow.change_feed.latest_offsets()
+        since = {tp: heads.get(tp, 0) for tp in latest}
+        total = sum(max(0, latest[tp] - off) for tp, off in since.items())
+        if total == 0:
+            return 0
+        task = bar.add_task(f"{self.pillow.name} ← log (changes during the reindex)", total=total)
+        batch: dict[Any, Change] = {}
+        read = 0
+        for change in self.pillow.change_feed.iter_changes(since, forever=False):
+            if change is None:
+                continue
+            meta = change.metadata
+            key = (
+                (meta.data_source_name, change.id)
+                if meta is not None
+                else (change.topic, change.offset)
+            )
+            batch.pop(key, None)
+            batch[key] = change
+            read += 1
+            if len(batch) >= self.chunk_size:
+                self._failures += self._runner.process_batch(list(batch.values())).failures
+                batch.clear()
+                bar.update(task, completed=min(read, total))
+        if batch:
+            self._failures += self._runner.process_batch(list(batch.values())).failures
+        bar.update(task, completed=total)
+        return read
+
+    def _progress_bar(self) -> Progress:
+        return Progress(
+            SpinnerColumn(),
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("docs"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.show_progress,
+        )
+
+
+def _count(store: DocumentStore) -> int:
+    """How many documents a store holds, for the progress bar (one pass over the ids)."""
+    if isinstance(store, Sized):
+        return len(store)
+    count = getattr(store, "count_documents", None)
+    if callable(count):
+        return int(count())
+    return sum(1 for _ in store.iter_document_ids())
+
+
+def reindex(
+    app: App,
+    pillow_name: str,
+    *,
+    resume: bool | None = None,
+    reset: bool = False,
+    processors: Sequence[str] | None = None,
+    chunk_size: int = 1000,
+    show_progress: bool = False,
+    console: Console | None = None,
+) -> ReindexResult:
+    """Rebuild a pillow's output (or that of some of its processors, by name) from its
+    document stores; see the module docstring for what it guarantees."""
+    pillow = app.get_pillow(pillow_name)
+    reindexer = Reindexer(
+        pillow,
+        processors=processors,
+        chunk_size=chunk_size,
+        console=console,
+        show_progress=show_progress,
+    )
+    try:
+        return reindexer.run(resume=resume, reset=reset)
+    finally:
+        for processor in pillow.processors:
+            processor.close()
+        pillow.change_feed.close()
