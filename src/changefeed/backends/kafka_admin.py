@@ -27,7 +27,6 @@ from changefeed.backends.kafka_config import KafkaConfig
 from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
 
-
 _ALWAYS_SHOWN = frozenset({"retention.ms", "retention.bytes", "cleanup.policy"})
 
 
@@ -46,6 +45,28 @@ class TopicDescription:
 def _wait(future: Future[Any], timeout: float) -> Any:
     """A future's result; KafkaException carries the broker's error."""
     return future.result(timeout=timeout)
+
+
+_REJECTED = frozenset(
+    {
+        KafkaError.INVALID_CONFIG,
+        KafkaError.INVALID_PARTITIONS,
+        KafkaError.INVALID_REPLICATION_FACTOR,
+        KafkaError.INVALID_REPLICA_ASSIGNMENT,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.INVALID_REQUEST,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
+"""Broker answers that mean the request itself was wrong: reported as ValueError."""
+
+
+def _rejected(what: str, exc: KafkaException) -> ValueError:
+    err = exc.args[0]
+    reason = err.str() if isinstance(err, KafkaError) else str(exc)
+    return ValueError(f"Kafka rejected {what}: {reason}")
 
 
 def _code(exc: BaseException) -> int | None:
@@ -138,7 +159,10 @@ class KafkaTopicAdmin(TopicAdmin):
         try:
             _wait(futures[name], timeout)
         except KafkaException as exc:
-            if _code(exc) != KafkaError.TOPIC_ALREADY_EXISTS:
+            code = _code(exc)
+            if code in _REJECTED:
+                raise _rejected(f"topic {name!r}", exc) from None
+            if code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
             existing = self.metadata.partition_counts([name]).get(name, partitions)
             if existing < partitions:
@@ -164,7 +188,24 @@ class KafkaTopicAdmin(TopicAdmin):
         futures = self.metadata.client.create_partitions(
             [NewPartitions(name, total)], request_timeout=timeout
         )
-        _wait(futures[name], timeout)
+        try:
+            _wait(futures[name], timeout)
+        except KafkaException as exc:
+            if _code(exc) in _REJECTED:
+                raise _rejected(f"{total} partitions for topic {name!r}", exc) from None
+            raise
+
+    def delete_records(self, before: Mapping[TopicPartition, int]) -> None:
+        """Remove every record below the given offset per partition (Kafka's DeleteRecords),
+        as retention would: feeds then see these offsets as removed."""
+        if not before:
+            return
+        timeout = self.config.timeout
+        request = [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in before.items()]
+        for future in self.metadata.client.delete_records(
+            request, request_timeout=timeout
+        ).values():
+            _wait(future, timeout)
 
     def describe_topic(self, name: str) -> TopicDescription:
         count = self.partition_count(name)
