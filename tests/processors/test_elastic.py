@@ -3,10 +3,14 @@ Elasticsearch API of noida-db."""
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
@@ -268,3 +272,113 @@ def test_server_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_
         proc.close()
     finally:
         server.close()
+
+
+class Overloaded:
+    """A fault-injecting HTTP proxy in front of the real server: the first ``whole`` bulk
+    requests are answered 429 outright, then the first ``items`` bulk answers have their first
+    item turned into a 429 (the document was in fact indexed: its retry then meets a 409)."""
+
+    def __init__(self, upstream: str, whole: int = 0, items: int = 0) -> None:
+        self.upstream = upstream
+        self.whole = whole
+        self.items = items
+        self.bulk_calls = 0
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, payload = proxy.answer(self.command, self.path, dict(self.headers), body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("X-Elastic-Product", "Elasticsearch")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _forward
+
+        return Handler
+
+    def answer(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        is_bulk = path.split("?")[0].endswith("/_bulk")
+        if is_bulk:
+            self.bulk_calls += 1
+            if self.bulk_calls <= self.whole:
+                return 429, b'{"error":{"type":"es_rejected_execution_exception"},"status":429}'
+        keep = {k: v for k, v in headers.items() if k.lower() in ("content-type", "accept")}
+        resp = httpx.request(method, self.upstream + path, headers=keep, content=body)
+        payload = resp.content
+        if is_bulk and self.bulk_calls <= self.whole + self.items:
+            answer = json.loads(payload)
+            first = next(iter(answer["items"][0].values()))
+            first.clear()
+            first.update({"status": 429, "error": {"type": "es_rejected_execution_exception"}})
+            answer["errors"] = True
+            payload = json.dumps(answer).encode()
+        return resp.status_code, payload
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def overloaded(elasticsearch_url: str) -> Iterator[Callable[..., Overloaded]]:
+    made: list[Overloaded] = []
+
+    def make(**options: int) -> Overloaded:
+        made.append(Overloaded(elasticsearch_url, **options))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.close()
+
+
+def test_429s_are_retried_with_backoff(
+    rig: Rig,
+    es: Elasticsearch,
+    elasticsearch_url: str,
+    es_alias: str,
+    overloaded: Callable[..., Overloaded],
+) -> None:
+    processor(elasticsearch_url, es_alias).bootstrap()
+    proxy = overloaded(whole=2, items=1)
+    sleeps: list[float] = []
+    proc = processor(proxy.url, es_alias, backoff=Backoff(retries=3, base=0.5), sleep=sleeps.append)
+    for i in range(5):
+        rig.save(f"c{i}", {"name": str(i), "count": i})
+    rig.pillow(proc).run(forever=False)
+
+    assert proxy.bulk_calls == 4, "two whole 429s, one item 429, then the item alone"
+    assert sleeps == [0.5, 1.0, 2.0]
+    es.indices.refresh(index=es_alias)
+    assert es.count(index=es_alias)["count"] == 5
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
+
+
+def test_persistent_429s_hand_over_to_the_pillow_backoff(
+    rig: Rig, elasticsearch_url: str, es_alias: str, overloaded: Callable[..., Overloaded]
+) -> None:
+    processor(elasticsearch_url, es_alias).bootstrap()
+    proxy = overloaded(whole=3)
+    proc = processor(proxy.url, es_alias, backoff=Backoff(retries=1, base=0.1))
+    for i in range(3):
+        rig.save(f"c{i}", {"name": str(i), "count": i})
+    rig.pillow(proc).run(forever=False)
+    assert len(rig.sleeps) == 1, "the pillow waited once, then the batch went through"
+    assert proxy.bulk_calls == 4
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
