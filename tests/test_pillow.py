@@ -1,0 +1,635 @@
+"""The pillow runtime: batching, dedupe, bulk fetch, checkpoints, failures, stopping, striding.
+
+Most tests run on the real embedded log in a temp dir; a scripted in-memory feed is used
+where the test needs exact control over when changes and idle sentinels arrive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from changefeed.backends.base import ChangeFeed
+from changefeed.backends.local import SQLiteLog
+from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.checkpoints import CheckpointStore
+from changefeed.errors import FETCH, INVALID_STUB, PARKED, PENDING, ErrorQueue, RetryPolicy
+from changefeed.pillow import BatchReport, DependencyDownError, Pillow, PillowListener, stride
+from changefeed.processors import BulkProcessor, ChangeFailure, FunctionProcessor, Processor
+from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
+from changefeed.stores.base import Fetched
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPIC = "events"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+class CountingStore(MemoryDocumentStore):
+    """A memory store that counts bulk fetches and can serve stale versions on demand."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.fetches: list[list[str]] = []
+        self.stale_for: dict[str, int] = {}  # doc id → how many more fetches serve old data
+        self.old: dict[str, dict[str, Any]] = {}
+        self.down = False
+
+    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
+        ids = list(doc_ids)
+        self.fetches.append(ids)
+        if self.down:
+            raise ConnectionError("store is down")
+        found = super().get_documents(ids)
+        for doc_id in ids:
+            if self.stale_for.get(doc_id, 0) > 0:
+                self.stale_for[doc_id] -= 1
+                found[doc_id] = dict(self.old[doc_id])
+        return found
+
+
+class Collect(BulkProcessor):
+    """Records (id, document) per batch; fails ids in ``fail``; can crash or block."""
+
+    def __init__(self, name: str = "collect", needs_documents: bool = True) -> None:
+        self._name = name
+        self.needs_documents = needs_documents
+        self.batches: list[list[tuple[str, dict[str, Any] | None]]] = []
+        self.fail: set[str] = set()
+        self.crash_on_batch: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def ids(self) -> list[str]:
+        return [doc_id for batch in self.batches for doc_id, _ in batch]
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        if self.crash_on_batch == len(self.batches) + 1:
+            raise Crash("process killed mid-batch")
+        failures = []
+        batch = []
+        for c in changes:
+            if c.id in self.fail:
+                failures.append(ChangeFailure(c, ValueError(f"cannot handle {c.id}")))
+            else:
+                batch.append((c.id, c.document if self.needs_documents else None))
+        self.batches.append(batch)
+        return failures
+
+
+class Crash(BaseException):
+    """Stands in for the process dying: not an Exception, so nothing may swallow it."""
+
+
+class Reports(PillowListener):
+    def __init__(self) -> None:
+        self.batches: list[BatchReport] = []
+        self.down: list[float] = []
+
+    def on_batch(self, pillow: Pillow, report: BatchReport) -> None:
+        self.batches.append(report)
+
+    def on_dependency_down(self, pillow: Pillow, error: DependencyDownError, delay: float) -> None:
+        self.down.append(delay)
+
+
+class Env:
+    """A log, a state database and document stores in a temp dir."""
+
+    def __init__(self, tmp_path: Path, partitions: int = 1) -> None:
+        self.log = SQLiteLog(tmp_path / "log.db")
+        self.log.admin().create_topic(TOPIC, partitions)
+        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
+        self.now = 1000.0
+        self.errors = ErrorQueue(
+            self.checkpoints.engine, RetryPolicy(base_delay=10, max_attempts=3), clock=self.clock
+        )
+        self.stores = DocumentStoreRegistry()
+        self.docs = CountingStore("docs")
+        self.stores.register(self.docs)
+        self.publisher = self.log.publisher()
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def change(self, doc_id: str, data: dict[str, Any] | None = None, store: str = "docs") -> None:
+        """Save (or delete, with data None) a document and publish its change."""
+        target = self.docs if store == "docs" else self.stores.get("memory", store)
+        assert isinstance(target, MemoryDocumentStore)
+        version = target.delete(doc_id) if data is None else target.save(doc_id, data)
+        self.publisher.publish(
+            TOPIC,
+            ChangeMeta(doc_id, "memory", store, version=version, is_deletion=data is None),
+        )
+
+    def pillow(self, processors: Processor | Sequence[Processor], **options: Any) -> Pillow:
+        options.setdefault("batch_size", 100)
+        options.setdefault("max_wait", 5.0)
+        options.setdefault("sleep", self.sleeps.append)
+        return Pillow(
+            "test-pillow",
+            self.log.change_feed([TOPIC], idle_timeout=0.1),
+            processors,
+            checkpoints=self.checkpoints,
+            error_queue=self.errors,
+            document_stores=self.stores,
+            clock=self.clock,
+            **options,
+        )
+
+    def checkpoint(self) -> dict[TopicPartition, int]:
+        return self.checkpoints.get("test-pillow")
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    e.publisher.close()
+
+
+class ScriptedFeed(ChangeFeed):
+    """Yields a script of changes, idle sentinels (None) and pauses (floats, in seconds)."""
+
+    def __init__(self, script: Sequence[Change | None | float]) -> None:
+        self.topics = (TOPIC,)
+        self.script = script
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(TOPIC, 0)]
+
+    def iter_changes(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[Change | None]:
+        for item in self.script:
+            if isinstance(item, float):
+                time.sleep(item)
+            else:
+                yield item
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(TOPIC, 0): len(self.script)}
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(TOPIC, 0): 0}
+
+
+def stub_change(offset: int, doc_id: str | None = None) -> Change:
+    return Change(TOPIC, 0, offset, ChangeMeta(doc_id or f"d{offset}", "memory", "docs"))
+
+
+# -- batching -----------------------------------------------------------------------------
+
+
+def test_batches_by_size(env: Env) -> None:
+    for i in range(25):
+        env.change(f"d{i}", {"i": i})
+    proc = Collect()
+    pillow = env.pillow(proc, batch_size=10)
+    reports = Reports()
+    pillow.listeners.append(reports)
+    assert pillow.run(forever=False) == 25
+    assert [len(b) for b in proc.batches] == [10, 10, 5]
+    assert [r.changes for r in reports.batches] == [10, 10, 5]
+    assert [r.checkpoint for r in reports.batches] == [
+        {TopicPartition(TOPIC, 0): n} for n in (10, 20, 25)
+    ]
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 25}
+    assert proc.batches[0][3] == ("d3", {"_id": "d3", "_version": 1, "i": 3})
+
+
+def test_partial_batch_flushes_after_max_wait(tmp_path: Path) -> None:
+    proc = Collect(needs_documents=False)
+    # d0 arrives, then nothing for longer than max_wait; d1 arrives and the batch is due.
+    feed = ScriptedFeed([stub_change(0), 0.3, stub_change(1), stub_change(2)])
+    pillow = Pillow(
+        "p",
+        feed,
+        proc,
+        checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
+        batch_size=100,
+        max_wait=0.1,
+    )
+    pillow.run(forever=True)
+    assert [[i for i, _ in b] for b in proc.batches] == [["d0", "d1"], ["d2"]]
+
+
+def test_idle_sentinel_flushes_partial_batch(tmp_path: Path) -> None:
+    proc = Collect(needs_documents=False)
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/s.db")
+    feed = ScriptedFeed([stub_change(0), stub_change(1), None, None, stub_change(2)])
+    pillow = Pillow("p", feed, proc, checkpoints=checkpoints, batch_size=100, max_wait=60)
+    pillow.run(forever=True)
+    assert [[i for i, _ in b] for b in proc.batches] == [["d0", "d1"], ["d2"]]
+    assert checkpoints.get("p") == {TopicPartition(TOPIC, 0): 3}
+
+
+def test_dedupe_keeps_last_change_per_document(env: Env) -> None:
+    env.change("a", {"n": 1})
+    env.change("b", {"n": 1})
+    env.change("a", {"n": 2})
+    env.change("c", {"n": 1})
+    env.change("a", None)
+    env.change("b", {"n": 2})
+    proc = Collect()
+    seen_versions: list[tuple[str, int | None]] = []
+    spy = FunctionProcessor(
+        lambda c: seen_versions.append((c.id, c.metadata.version if c.metadata else None)),
+        name="spy",
+    )
+    env.pillow([proc, spy]).run(forever=False)
+    # One batch, one change per document (the last); order across documents is not promised.
+    (batch,) = proc.batches
+    assert sorted(batch, key=lambda item: item[0]) == [
+        ("a", None),
+        ("b", {"_id": "b", "_version": 2, "n": 2}),
+        ("c", {"_id": "c", "_version": 1, "n": 1}),
+    ]
+    assert sorted(seen_versions) == [("a", 3), ("b", 2), ("c", 1)]
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 6}
+
+
+def test_documents_fetched_once_per_store_for_all_processors(env: Env) -> None:
+    other = env.stores.register(CountingStore("other"))
+    assert isinstance(other, CountingStore)
+    for i in range(6):
+        env.change(f"d{i}", {"i": i})
+        env.change(f"o{i}", {"i": i}, store="other")
+    env.change("gone", None)
+    bulk = Collect("bulk")
+    per_change: list[tuple[str, Any]] = []
+    single = FunctionProcessor(lambda c: per_change.append((c.id, c.document)), name="single")
+    stubs_only = Collect("stubs", needs_documents=False)
+    env.pillow([bulk, single, stubs_only]).run(forever=False)
+    assert len(env.docs.fetches) == 1 and sorted(env.docs.fetches[0]) == [f"d{i}" for i in range(6)]
+    assert len(other.fetches) == 1 and len(other.fetches[0]) == 6
+    assert len(bulk.ids) == len(per_change) == len(stubs_only.ids) == 13
+    assert dict(per_change)["o4"] == {"_id": "o4", "_version": 1, "i": 4}
+    assert dict(per_change)["gone"] is None
+
+
+def test_no_fetch_when_no_processor_needs_documents(env: Env) -> None:
+    env.change("a", {"n": 1})
+    proc = Collect(needs_documents=False)
+    env.pillow(proc).run(forever=False)
+    assert env.docs.fetches == [] and proc.ids == ["a"]
+
+
+# -- checkpoints and crashes ------------------------------------------------------------------
+
+
+def test_checkpoint_only_after_every_processor_finished(env: Env) -> None:
+    for i in range(25):
+        env.change(f"d{i}", {"i": i})
+    first, second = Collect("first"), Collect("second")
+    second.crash_on_batch = 2
+    pillow = env.pillow([first, second], batch_size=10)
+    with pytest.raises(Crash):
+        pillow.run(forever=False)
+    # The first processor finished batch 2, the second died in it: checkpoint at batch 1.
+    assert len(first.batches) == 2 and len(second.batches) == 1
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 10}
+    # A restart replays batch 2 and goes on.
+    again = Collect("second")
+    env.pillow([Collect("first"), again], batch_size=10).run(forever=False)
+    assert again.ids == [f"d{i}" for i in range(10, 25)]
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 25}
+
+
+def test_checkpoints_resume_and_per_partition(tmp_path: Path) -> None:
+    env = Env(tmp_path, partitions=3)
+    for i in range(30):
+        env.change(f"d{i}", {"i": i})
+    env.pillow(Collect()).run(forever=False)
+    heads = env.log.change_feed([TOPIC]).latest_offsets()
+    assert env.checkpoint() == heads and len(heads) == 3
+    env.change("late", {"n": 1})
+    proc = Collect()
+    env.pillow(proc).run(forever=False)
+    assert proc.ids == ["late"]
+
+
+# -- stale reads ----------------------------------------------------------------------------
+
+
+def test_stale_read_is_retried_and_never_processed_with_old_data(env: Env) -> None:
+    env.change("a", {"n": 1})
+    env.docs.old["a"] = env.docs.get_documents(["a"])["a"]  # type: ignore[assignment]
+    env.change("a", {"n": 2})  # stub says version 2
+    env.change("b", {"n": 1})
+    env.docs.stale_for["a"] = 1  # the first fetch returns version 1 (a lagging replica)
+    proc = Collect()
+    env.pillow(proc, stale_read_retries=2).run(forever=False)
+    assert (
+        proc.batches
+        == [
+            [("b", {"_id": "b", "_version": 1, "n": 1})],
+            [("a", {"_id": "a", "_version": 2, "n": 2})],
+        ]
+        or proc.ids.count("a") == 1
+    )
+    docs = {doc_id: doc for batch in proc.batches for doc_id, doc in batch}
+    assert docs["a"] == {"_id": "a", "_version": 2, "n": 2}
+    assert env.sleeps == [0.05]  # one re-read, after the injected sleep
+    assert env.errors.list() == []
+
+
+def test_persistent_stale_read_goes_to_error_queue(env: Env) -> None:
+    env.change("a", {"n": 1})
+    env.docs.old["a"] = env.docs.get_documents(["a"])["a"]  # type: ignore[assignment]
+    env.change("a", {"n": 2})
+    env.change("b", {"n": 1})
+    env.docs.stale_for["a"] = 100
+    proc = Collect()
+    env.pillow(proc, stale_read_retries=2).run(forever=False)
+    assert proc.ids == ["b"]
+    (err,) = env.errors.list()
+    assert (err.document_id, err.processor) == ("a", FETCH)
+    assert err.error_type.endswith("StaleReadError") and "older than its change" in err.message
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 3}
+
+
+# -- failures -------------------------------------------------------------------------------
+
+
+def test_failing_change_goes_to_queue_while_others_proceed(env: Env) -> None:
+    for doc_id in ("a", "bad", "c"):
+        env.change(doc_id, {"x": 1})
+    proc = Collect("indexer")
+    proc.fail = {"bad"}
+    per_change_fail = FunctionProcessor(
+        lambda c: (_ for _ in ()).throw(KeyError("nope")) if c.id == "c" else None, name="cache"
+    )
+    env.pillow([proc, per_change_fail]).run(forever=False)
+    assert proc.ids == ["a", "c"]
+    errors = {(e.document_id, e.processor): e for e in env.errors.list()}
+    assert set(errors) == {("bad", "indexer"), ("c", "cache")}
+    assert errors[("bad", "indexer")].message == "cannot handle bad"
+    assert errors[("c", "cache")].error_type == "builtins.KeyError"
+    assert errors[("bad", "indexer")].offset == 1 and errors[("bad", "indexer")].status == PENDING
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 3}
+
+
+def test_whole_batch_failing_backs_off_and_retries(env: Env) -> None:
+    for i in range(5):
+        env.change(f"d{i}", {"i": i})
+    calls = []
+
+    def flaky(change: Change) -> None:
+        calls.append(change.id)
+        if len(calls) <= 10:  # the first two passes over the batch: the dependency is down
+            raise ConnectionError("search cluster unreachable")
+
+    reports = Reports()
+    pillow = env.pillow(FunctionProcessor(flaky, name="search"))
+    pillow.listeners.append(reports)
+    pillow.run(forever=False)
+    assert env.sleeps == [1.0, 2.0]  # exponential backoff, injected sleep
+    assert reports.down == [1.0, 2.0]
+    assert reports.batches[0].retries == 2
+    assert calls[-5:] == [f"d{i}" for i in range(5)]
+    assert env.errors.list() == []  # nothing parked or queued
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 5}
+
+
+def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> None:
+    for i in range(3):
+        env.change(f"d{i}", {"i": i})
+    env.docs.down = True
+    proc = Collect()
+    env.pillow(proc, max_batch_retries=2).run(forever=False)
+    assert env.sleeps == [1.0, 2.0]
+    assert proc.ids == []
+    errors = env.errors.list()
+    assert sorted(e.document_id for e in errors) == ["d0", "d1", "d2"]
+    assert all("store is down" in e.message and e.status == PENDING for e in errors)
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 3}
+
+
+def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
+    env.change("a", {"n": 1})
+    env.change("b", {"n": 1})
+    pillow = env.pillow(FunctionProcessor(lambda c: 1 / 0, name="broken"))
+    pillow._sleep = lambda _delay: pillow.stop()  # an operator stops it while it waits
+    pillow.run(forever=False)
+    assert env.checkpoint() == {}
+    assert env.errors.list() == []
+
+
+def test_bad_stubs_go_to_queue_and_pillow_continues(env: Env) -> None:
+    env.change("good1", {"n": 1})
+    env.publisher.append_raw([(TOPIC, "k-json", b"{oops")])
+    env.publisher.append_raw([(TOPIC, "k-fields", b'{"document_id": "x", "v": 1}')])
+    env.publisher.publish(TOPIC, ChangeMeta("orphan", "memory", "nowhere"))
+    env.change("good2", {"n": 1})
+    proc = Collect()
+    env.pillow(proc).run(forever=False)
+    assert proc.ids == ["good1", "good2"]
+    errors = {e.document_id: e for e in env.errors.list()}
+    assert set(errors) == {"k-json", "k-fields", "orphan"}
+    assert (
+        errors["k-json"].processor == INVALID_STUB and "not valid JSON" in errors["k-json"].message
+    )
+    assert errors["k-json"].stub == b"{oops" and errors["k-json"].status == PARKED
+    assert "data_source_type" in errors["k-fields"].message
+    assert errors["orphan"].processor == FETCH
+    assert (
+        "no document store" in errors["orphan"].message and "'nowhere'" in errors["orphan"].message
+    )
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 5}
+
+
+def test_retry_errors_backoff_then_park_then_operator_retry(env: Env) -> None:
+    env.change("a", {"n": 1})
+    env.change("bad", {"n": 1})
+    proc = Collect()
+    proc.fail = {"bad"}
+    pillow = env.pillow(proc)
+    pillow.run(forever=False)
+    (err,) = env.errors.list()
+    assert (err.attempts, err.next_attempt_at) == (1, 1010.0)
+    assert pillow.retry_errors() == (0, 0)  # not due yet
+    env.now = 1010.0
+    assert pillow.retry_errors() == (0, 1)
+    (err,) = env.errors.list()
+    assert (err.attempts, err.status, err.next_attempt_at) == (2, PENDING, 1030.0)
+    env.now = 1030.0
+    assert pillow.retry_errors() == (0, 1)
+    (err,) = env.errors.list()
+    assert (err.attempts, err.status) == (3, PARKED)  # max_attempts=3
+    env.now = 99999.0
+    assert pillow.retry_errors() == (0, 0)
+    # The operator fixes the cause and retries parked changes: processed with current data.
+    env.docs.save("bad", {"n": 2})
+    proc.fail.clear()
+    assert env.errors.make_due("test-pillow", parked_only=True) == 1
+    assert pillow.retry_errors() == (1, 0)
+    assert proc.batches[-1] == [("bad", {"_id": "bad", "_version": 2, "n": 2})]
+    assert env.errors.list() == []
+
+
+def test_retry_of_invalid_stub_stays_failed(env: Env) -> None:
+    env.publisher.append_raw([(TOPIC, "k", b"nope")])
+    pillow = env.pillow(Collect())
+    pillow.run(forever=False)
+    env.errors.make_due()
+    assert pillow.retry_errors() == (0, 1)
+    (err,) = env.errors.list()
+    assert err.attempts == 1 and "not valid JSON" in err.message
+
+
+# -- stopping ---------------------------------------------------------------------------------
+
+
+def test_stop_from_another_thread_after_current_batch(env: Env) -> None:
+    for i in range(30):
+        env.change(f"d{i}", {"i": i})
+    started, go = threading.Event(), threading.Event()
+
+    class Blocking(Collect):
+        def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+            started.set()
+            assert go.wait(10)
+            return super().process_changes(changes)
+
+    proc = Blocking()
+    pillow = env.pillow(proc, batch_size=10)
+    result: list[int] = []
+    thread = threading.Thread(target=lambda: result.append(pillow.run(forever=True)))
+    thread.start()
+    assert started.wait(10)
+    pillow.stop()
+    go.set()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert [len(b) for b in proc.batches] == [10]
+    assert env.checkpoint() == {TopicPartition(TOPIC, 0): 10}
+
+
+def test_stop_while_idle(env: Env) -> None:
+    env.change("a", {"n": 1})
+    proc = Collect()
+    pillow = env.pillow(proc)
+    pillow.listeners.append(
+        type(
+            "StopAfterFirst",
+            (PillowListener,),
+            {
+                "on_batch": lambda self, p, r: p.stop(),
+            },
+        )()
+    )
+    thread = threading.Thread(target=pillow.run)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and proc.ids == ["a"]
+
+
+def _cli(env_vars: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.apps.recorder", *args],
+        cwd=ROOT,
+        env={**os.environ, **env_vars},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _app_env(tmp_path: Path, out: Path, **extra: str) -> dict[str, str]:
+    return {
+        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db",
+        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
+        "RECORDER_OUT": str(out),
+        **extra,
+    }
+
+
+def _lines(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigterm_stops_after_current_batch(tmp_path: Path) -> None:
+    log = SQLiteLog(tmp_path / "log.db")
+    with log.publisher() as pub:
+        pub.publish_many(("records", ChangeMeta(f"d{i}", "memory", "docs")) for i in range(60))
+    out = tmp_path / "out.txt"
+    proc = _cli(
+        _app_env(tmp_path, out, RECORDER_BATCH="10", RECORDER_DELAY="0.2"), "run", "recorder"
+    )
+    deadline = time.monotonic() + 30
+    while not _lines(out) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr.decode()
+    recorded = _lines(out)
+    assert 10 <= len(recorded) < 60 and len(recorded) % 10 == 0
+    # Stopped at a batch boundary: everything recorded is checkpointed, nothing more.
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db").get("recorder")
+    assert checkpoints == {TopicPartition("records", 0): len(recorded)}
+
+
+# -- striding ---------------------------------------------------------------------------------
+
+
+def test_stride_is_static_and_disjoint() -> None:
+    tps = [TopicPartition(t, p) for t in ("b", "a") for p in range(3)]
+    assert stride(tps, 2, 0) == [("a", 0), ("a", 2), ("b", 1)]
+    assert stride(tps, 2, 1) == [("a", 1), ("b", 0), ("b", 2)]
+    assert stride(tps, 1, 0) == sorted(tps)
+    assert stride(tps, 8, 7) == []
+    with pytest.raises(ValueError):
+        stride(tps, 2, 2)
+    with pytest.raises(ValueError):
+        stride(tps, 0, 0)
+
+
+def test_two_processes_split_partitions_exactly_once(tmp_path: Path) -> None:
+    log = SQLiteLog(tmp_path / "log.db")
+    admin = log.admin()
+    admin.create_topic("records", 3)
+    admin.create_topic("more", 2)
+    items = [
+        ("records" if i % 2 else "more", ChangeMeta(f"d{i}", "memory", "docs")) for i in range(200)
+    ]
+    with log.publisher() as pub:
+        pub.publish_many(items)
+    outs = [tmp_path / f"out{k}.txt" for k in range(2)]
+    procs = [
+        _cli(
+            _app_env(tmp_path, outs[k], RECORDER_TOPICS="records,more"),
+            "run",
+            "recorder",
+            "--once",
+            "--num-processes",
+            "2",
+            "--process-number",
+            str(k),
+        )
+        for k in range(2)
+    ]
+    for p in procs:
+        _, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr.decode()
+    got = [_lines(o) for o in outs]
+    partitions = [{(t, int(p)) for t, p, _, _ in lines} for lines in got]
+    assert partitions[0] == {("more", 0), ("records", 0), ("records", 2)}
+    assert partitions[1] == {("more", 1), ("records", 1)}
+    ids = [doc_id for lines in got for *_, doc_id in lines]
+    assert sorted(ids) == sorted(m.document_id for _, m in items)
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db").get("recorder")
+    assert checkpoints == log.change_feed(["records", "more"]).latest_offsets()
