@@ -382,3 +382,25 @@ def test_persistent_429s_hand_over_to_the_pillow_backoff(
     assert len(rig.sleeps) == 1, "the pillow waited once, then the batch went through"
     assert proxy.bulk_calls == 4
     assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
+
+
+def test_missing_alias_waits_for_bootstrap_instead_of_creating_an_index(
+    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+) -> None:
+    proc = processor(elasticsearch_url, es_alias)
+    pillow = Pillow(
+        "es-cases",
+        rig.log.change_feed(["case"], idle_timeout=0.05),
+        proc,
+        checkpoints=rig.checkpoints,
+        error_queue=rig.errors,
+        document_stores=rig.stores,
+        sleep=lambda _s: proc.bootstrap(),  # an operator runs `changefeed bootstrap`
+    )
+    for i in range(3):
+        rig.save(f"c{i}", {"name": str(i), "count": i})
+    pillow.run(forever=False)
+    assert list(es.indices.get_alias(name=es_alias).body) == [proc.index]
+    es.indices.refresh(index=es_alias)
+    assert es.count(index=es_alias)["count"] == 3
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
