@@ -1,0 +1,2 @@
+"""Optional integrations with other frameworks, each installed as an extra
+(``pip install changefeed[django]``)."""
