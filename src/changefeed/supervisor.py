@@ -120,6 +120,12 @@ class ProgressTracker:
             )
         return self.stuck
 
+    def restarted(self, now: float) -> None:
+        """A fresh process gets a full ``stuck_after`` to show progress."""
+        self._progress_at = now
+        self._lag_at_progress = self.lag
+        self.stuck = False
+
 
 @dataclass
 class Child:
@@ -136,6 +142,8 @@ class Child:
     delays: list[float] = field(default_factory=list)
     """Every restart delay applied, for health output and tests."""
     progress: ProgressTracker | None = None
+    kill_at: float | None = None
+    """When a child asked to stop (stuck) must be gone; it is killed after that."""
 
     @property
     def alive(self) -> bool:
@@ -196,6 +204,8 @@ class Supervisor:
         child.proc = subprocess.Popen(list(child.spec.argv), env=env)
         child.started_at = self.clock()
         child.starts += 1
+        if child.progress is not None:
+            child.progress.restarted(child.started_at)
         log.info("supervisor: started %s (pid %d)", child.spec.name, child.proc.pid)
 
     def start(self) -> None:
@@ -214,6 +224,9 @@ class Supervisor:
                     self._exited(child, proc.returncode, now)
                 elif proc is None and not self._stop.is_set() and now >= child.next_start:
                     self._spawn(child)
+                elif proc is not None and child.kill_at is not None and now >= child.kill_at:
+                    log.error("supervisor: %s did not stop in time; killing it", child.spec.name)
+                    proc.kill()
         if self.app is not None and now >= self._next_health:
             self._next_health = now + self.health_interval
             self.check_progress()
@@ -221,6 +234,7 @@ class Supervisor:
     def _exited(self, child: Child, code: int, now: float) -> None:
         child.last_exit = code
         child.proc = None
+        child.kill_at = None
         if self.on_exit is not None:
             self.on_exit(child)
         if self._stop.is_set():
@@ -232,7 +246,7 @@ class Supervisor:
         child.delays.append(delay)
         child.next_start = now + delay
         log.warning(
-            "supervisor: %s exited with code %s; restarting in %.1fs (failure %d in a row)",
+            "supervisor: %s exited with code %s; restarting in %.2fs (failure %d in a row)",
             child.spec.name,
             code,
             delay,
@@ -264,8 +278,9 @@ class Supervisor:
                     self.stuck_after,
                     tracker.lag,
                 )
-                if self.restart_stuck and child.alive:
+                if self.restart_stuck and child.alive and child.kill_at is None:
                     self._terminate(child)
+                    child.kill_at = now + self.stop_timeout
 
     def _terminate(self, child: Child) -> None:
         if child.proc is not None and child.proc.poll() is None:
