@@ -8,6 +8,7 @@ Secrets stay in the client configuration and never appear in `KafkaConfig.url` o
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,9 @@ SECRET_OPTIONS = frozenset({"sasl_password", "ssl_key_password", "sasl_oauthbear
 OWN_OPTIONS = frozenset({"partitions", "replication_factor", "auto_create_topics", "timeout"})
 """URL options changefeed itself uses: defaults for topics it creates, admin timeout (s)."""
 
+CLIENT_LOG = logging.getLogger("changefeed.kafka.client")
+"""librdkafka's own log lines (connection failures, retries) go here, not to stderr."""
+
 _HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
 
 
@@ -73,7 +77,7 @@ class KafkaConfig:
     """The URL with secrets masked: safe to print."""
 
     def common(self, client_id: str | None = None) -> dict[str, Any]:
-        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": CLIENT_LOG}
         conf.update(self.client)
         if client_id is not None and "client.id" not in self.client:
             conf["client.id"] = client_id

@@ -242,3 +242,6 @@ class KafkaPublisher(Publisher):
             self.flush()
         finally:
             self._closed = True
+            close = getattr(self._producer, "close", None)  # confluent-kafka >= 2.13
+            if close is not None:
+                close()
