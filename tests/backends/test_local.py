@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,13 +14,14 @@ from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta, TopicPartition
 from changefeed.identifiers import InvalidIdentifierError
 
-WRITERS = 4
+WRITERS = 3
 PER_WRITER = 300
 
 
-def _writer(url: str, writer: int) -> None:
+def _writer(url: str, writer: int, barrier: Any) -> None:
     log = open_backend(url)
     pub = log.publisher()
+    barrier.wait(60)  # all writers publish at the same time, not one after another
     for start in range(0, PER_WRITER, 20):
         items = [
             ("shared", ChangeMeta(f"w{writer}-{i}", "memory", "docs", version=i))
@@ -39,7 +41,8 @@ def test_concurrent_publishers_in_processes(tmp_path: Path) -> None:
     log = open_backend(url)
     log.admin().create_topic("shared", 3)
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(url, w)) for w in range(WRITERS)]
+    barrier = ctx.Barrier(WRITERS)
+    procs = [ctx.Process(target=_writer, args=(url, w, barrier)) for w in range(WRITERS)]
     for p in procs:
         p.start()
     for p in procs:
