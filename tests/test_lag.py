@@ -1,0 +1,127 @@
+"""LagThrottle: writers wait while a pillow's lag is above the threshold (real SQLite log)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from changefeed.app import App
+from changefeed.change import ChangeMeta, TopicPartition
+from changefeed.lag import LagThrottle, LagTimeoutError
+from changefeed.processors.base import NoopProcessor
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> Iterator[App]:
+    a = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
+    a.add_pillow("cases", lambda app: app.constructed_pillow("cases", ["case"], NoopProcessor()))
+    a.add_pillow("forms", lambda app: app.constructed_pillow("forms", ["form"], NoopProcessor()))
+    yield a
+    a.close()
+
+
+def publish(app: App, topic: str, n: int) -> None:
+    app.publisher().publish_many((topic, ChangeMeta(f"{topic}{i}", "sql", "db")) for i in range(n))
+
+
+def test_no_wait_below_threshold(app: App) -> None:
+    publish(app, "case", 5)
+    t = FakeTime()
+    throttle = LagThrottle(app, ["cases"], max_lag=5, clock=t.clock, sleep=t.sleep)
+    assert throttle.lag() == 5
+    assert throttle.wait() == 0.0
+    with throttle:
+        pass
+    assert t.sleeps == []
+
+
+def test_times_out_while_lag_stays_high(app: App) -> None:
+    publish(app, "case", 10)
+    t = FakeTime()
+    throttle = LagThrottle(
+        app, ["cases"], max_lag=3, poll_interval=0.5, timeout=2.0, clock=t.clock, sleep=t.sleep
+    )
+    with pytest.raises(LagTimeoutError, match="above 3"):
+        throttle.wait()
+    assert sum(t.sleeps) == pytest.approx(2.0)
+    with pytest.raises(LagTimeoutError):
+        throttle.wait(timeout=0.5)
+
+
+def test_resumes_when_the_pillow_catches_up(app: App) -> None:
+    publish(app, "case", 10)
+    publish(app, "form", 2)
+    pillow = app.get_pillow("cases")
+    t = FakeTime()
+
+    def sleep_while_pillow_runs(seconds: float) -> None:
+        t.sleep(seconds)
+        pillow.run(forever=False)
+
+    throttle = LagThrottle(
+        app, ["cases", "forms"], max_lag=4, clock=t.clock, sleep=sleep_while_pillow_runs
+    )
+    assert throttle.lags() == {"cases": 10, "forms": 2}
+    waited = throttle.wait()
+    assert waited == pytest.approx(throttle.poll_interval)
+    assert throttle.lags(fresh=True) == {"cases": 0, "forms": 2}
+
+
+def test_lag_reads_are_cached(app: App) -> None:
+    publish(app, "case", 3)
+    t = FakeTime()
+    throttle = LagThrottle(
+        app, ["cases"], max_lag=10, cache_seconds=1.0, clock=t.clock, sleep=t.sleep
+    )
+    for _ in range(50):
+        throttle.wait()
+    assert throttle.reads == 1
+    publish(app, "case", 20)
+    assert not throttle.over()  # still cached
+    t.now += 1.0
+    assert throttle.over()
+    assert throttle.reads == 2
+
+
+def test_hysteresis_waits_for_resume_lag(app: App) -> None:
+    publish(app, "case", 10)
+    pillow = app.get_pillow("cases")
+    t = FakeTime()
+    runs = []
+
+    def sleep(seconds: float) -> None:
+        t.sleep(seconds)
+        runs.append(seconds)
+        if len(runs) == 1:  # some progress: lag 5, under max_lag but over resume_lag
+            app.checkpoints.commit("cases", {TopicPartition("case", 0): 5})
+        else:
+            pillow.run(forever=False)
+
+    throttle = LagThrottle(app, [pillow], max_lag=8, resume_lag=0, clock=t.clock, sleep=sleep)
+    throttle.wait()
+    assert len(runs) == 2
+    assert throttle.lag() == 0
+
+
+def test_rejects_bad_arguments(app: App) -> None:
+    with pytest.raises(ValueError):
+        LagThrottle(app, ["cases"], max_lag=-1)
+    with pytest.raises(ValueError):
+        LagThrottle(app, ["cases"], max_lag=5, resume_lag=6)
+    with pytest.raises(ValueError):
+        LagThrottle(app, [], max_lag=5)
