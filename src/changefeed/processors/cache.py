@@ -128,7 +128,9 @@ class CacheInvalidationProcessor(BulkProcessor):
         self._owns_client = isinstance(client, str)
         # Our own backoff retries; a client we make fails fast instead of retrying inside.
         self.client: redis.Redis = (
-            redis.Redis.from_url(client, retry=Retry(NoBackoff(), 0))
+            redis.Redis.from_url(
+                client, retry=Retry(NoBackoff(), 0), socket_timeout=10, socket_connect_timeout=5
+            )
             if isinstance(client, str)
             else client
         )

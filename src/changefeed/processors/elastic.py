@@ -217,8 +217,9 @@ class ElasticProcessor(BulkProcessor):
 
     def _bootstrap(self) -> None:
         indices = self.client.indices
-        if indices.exists_alias(name=self.alias):
-            current = sorted(indices.get_alias(name=self.alias).body)
+        found = self.client.options(ignore_status=404).indices.get_alias(name=self.alias)
+        if found.meta.status == 200 and found.body:
+            current = sorted(found.body)
             if self.index not in current:
                 log.warning(
                     "alias %s points to %s, not to %s (settings or mappings changed): "
