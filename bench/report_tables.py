@@ -1,0 +1,437 @@
+"""Report tables, side by side with hand-written code doing the same work.
+
+1. ``upsert``: ReportTableProcessor.process_changes vs a hand-written batched upsert
+   (psycopg 3 ``executemany`` of ``INSERT .. ON CONFLICT DO UPDATE``, one transaction per
+   batch) on the same documents; each round inserts every document, then updates every one.
+2. ``e2e``: stubs in the log (Kafka by default) -> a Pillow reading them, bulk-fetching the
+   documents from PostgreSQL (SQLDocumentStore) and running ReportTableProcessor, checkpoints
+   in PostgreSQL -> vs a hand-written loop: a confluent-kafka consumer, one bulk fetch
+   (``WHERE id = ANY``) and one COPY-style upsert (COPY into a temp table, then
+   ``INSERT .. SELECT .. ON CONFLICT``) plus an offsets upsert per batch.
+
+Rounds alternate between the two sides so machine noise hits both; prints medians and the
+ratio ours/hand-written throughput. Starts its own PostgreSQL cluster and, for Kafka, its
+own noida-db broker (``--log kafka`` ); ``--log sqlite`` runs the end-to-end benchmark on
+the embedded SQLite log instead (the hand-written loop then reads it through the backend's
+change feed).
+
+    python bench/report_tables.py [--only upsert|e2e] [--docs 30000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import io
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import sqlalchemy as sa
+
+from changefeed.app import App
+from changefeed.change import Change, ChangeMeta
+from changefeed.processors.reports import ReportTableProcessor
+from changefeed.stores.sql import SQLDocumentStore
+from changefeed.testing.postgres import TempPostgresCluster
+
+SPEC: dict[str, Any] = {
+    "name": "cases",
+    "table": "report_cases",
+    "filter": {"type": "equals", "property_name": "doc_type", "value": "case"},
+    "columns": [
+        {"name": "owner_id"},
+        {"name": "status"},
+        {"name": "priority", "type": "integer"},
+        {"name": "score", "type": "float"},
+        {"name": "opened_on", "type": "date"},
+        {"name": "closed", "type": "boolean"},
+        {"name": "city", "expression": {"type": "property_path", "property_path": ["address", "city"]}},
+    ],
+}
+COLUMNS = ["doc_id", "row_num", "owner_id", "status", "priority", "score", "opened_on", "closed", "city"]
+
+
+def make_doc(i: int, generation: int = 0) -> dict[str, Any]:
+    return {
+        "doc_type": "case",
+        "owner_id": f"owner-{i % 97}",
+        "status": ("open", "closed", "pending")[(i + generation) % 3],
+        "priority": str((i + generation) % 5),
+        "score": (i * 7 + generation) % 1000 / 10,
+        "opened_on": f"2024-{1 + i % 12:02d}-{1 + i % 28:02d}",
+        "closed": (i + generation) % 4 == 0,
+        "address": {"city": f"city-{i % 50}", "street": "Main St"},
+        "notes": "x" * 200,
+    }
+
+
+def hand_row(doc_id: str, doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What a hand-written loop computes per document (same values as the data source)."""
+    return (
+        doc_id, 0, doc.get("owner_id"), doc.get("status"), int(doc["priority"]),
+        float(doc["score"]), dt.date.fromisoformat(doc["opened_on"]), doc.get("closed"),
+        (doc.get("address") or {}).get("city"),
+    )  # fmt: skip
+
+
+def report_ddl(table: str) -> str:
+    return (
+        f"CREATE TABLE {table} (doc_id varchar(255) NOT NULL, row_num integer NOT NULL, "
+        "owner_id text, status text, priority bigint, score double precision, opened_on date, "
+        "closed boolean, city text, PRIMARY KEY (doc_id, row_num))"
+    )
+
+
+UPSERT_SET = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
+
+
+def median_rate(times: list[float], n: int) -> tuple[float, float]:
+    med = statistics.median(times)
+    return med, n / med
+
+
+def report(title: str, n: int, ours: list[float], hand: list[float]) -> float:
+    o_med, o_rate = median_rate(ours, n)
+    h_med, h_rate = median_rate(hand, n)
+    ratio = o_rate / h_rate
+    print(f"\n{title}")
+    print(f"  ours        median {o_med:7.3f}s  {o_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in ours]}")
+    print(f"  hand-written median {h_med:7.3f}s  {h_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in hand]}")
+    print(f"  ratio ours/hand-written: {ratio:.2f}x")
+    return ratio
+
+
+# -- 1. processor vs hand-written batched upsert --------------------------------------------
+
+
+def bench_upsert(pg: TempPostgresCluster, docs: int, rounds: int, batch: int) -> float:
+    db = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+    url, dsn = pg.url(db), pg.dsn(db)
+    generations = [
+        [(f"case-{i:07d}", make_doc(i, g)) for i in range(docs)] for g in (0, 1)
+    ]
+    proc = ReportTableProcessor(SPEC, url)
+    proc.bootstrap()
+    hand_conn = psycopg.connect(dsn)
+    hand_conn.execute(report_ddl("hand_cases"))
+    hand_conn.commit()
+    insert = (
+        f"INSERT INTO hand_cases ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
+        f"ON CONFLICT (doc_id, row_num) DO UPDATE SET {UPSERT_SET}"
+    )
+
+    def ours() -> float:
+        with proc.engine.begin() as conn:
+            conn.execute(sa.text("TRUNCATE report_cases"))
+        batches = []
+        for generation in generations:
+            for start in range(0, docs, batch):
+                changes = []
+                for j, (doc_id, doc) in enumerate(generation[start : start + batch]):
+                    c = Change("case", 0, start + j, ChangeMeta(doc_id, "sql", "cases"))
+                    c.set_document(doc)
+                    changes.append(c)
+                batches.append(changes)
+        t0 = time.perf_counter()
+        for changes in batches:
+            assert not proc.process_changes(changes)
+        return time.perf_counter() - t0
+
+    def hand() -> float:
+        hand_conn.execute("TRUNCATE hand_cases")
+        hand_conn.commit()
+        t0 = time.perf_counter()
+        for generation in generations:
+            for start in range(0, docs, batch):
+                rows = [
+                    hand_row(doc_id, doc)
+                    for doc_id, doc in generation[start : start + batch]
+                    if doc.get("doc_type") == "case"
+                ]
+                with hand_conn.cursor() as cur:
+                    cur.executemany(insert, rows)
+                hand_conn.commit()
+        return time.perf_counter() - t0
+
+    ours_t, hand_t = alternate(rounds, ours, hand)
+    with proc.engine.connect() as conn:
+        n_ours = conn.execute(sa.text("SELECT count(*) FROM report_cases")).scalar_one()
+    n_hand = hand_conn.execute("SELECT count(*) FROM hand_cases").fetchone()
+    assert n_ours == docs and n_hand is not None and n_hand[0] == docs, (n_ours, n_hand)
+    proc.close()
+    hand_conn.close()
+    return report(
+        f"report table upsert, PostgreSQL: {docs} docs inserted then updated, batches of {batch}",
+        2 * docs, ours_t, hand_t,
+    )
+
+
+def alternate(rounds: int, ours: Callable[[], float], hand: Callable[[], float]) -> tuple[list[float], list[float]]:
+    ours(), hand()  # warm up: caches, connections, compiled statements
+    ours_t: list[float] = []
+    hand_t: list[float] = []
+    for r in range(rounds):
+        first, second = (ours, hand) if r % 2 == 0 else (hand, ours)
+        a, b = first(), second()
+        if r % 2 == 0:
+            ours_t.append(a), hand_t.append(b)
+        else:
+            hand_t.append(a), ours_t.append(b)
+    return ours_t, hand_t
+
+
+# -- 2. end to end -----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def noida_kafka() -> Iterator[str]:
+    """A noida-db Kafka broker of our own (the binary inside its wheel), stopped by its PID."""
+    spec = importlib.util.find_spec("noida_db")
+    if spec is None or spec.origin is None:
+        sys.exit("noida-db is not installed: pip install noida-db==0.2.3")
+    binary = Path(spec.origin).parent / "noida-db"
+    if not os.access(binary, os.X_OK):
+        binary.chmod(0o755)
+    data = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+    port = free_port()
+    with open(data / "broker.log", "ab") as log:
+        proc = subprocess.Popen(
+            [str(binary), "start", "--data-dir", str(data / "data"), "--only", "kafka",
+             "--kafka-port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    sys.exit("noida-db did not start")
+                time.sleep(0.05)
+        yield f"kafka://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def hand_loop_kafka(bootstrap: str, topic: str, partitions: int, dsn: str, heads: dict[int, int],
+                    batch: int) -> int:
+    """One bulk fetch and one COPY-style upsert per batch, offsets stored with the rows."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"hand-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+    })  # fmt: skip
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    positions = dict.fromkeys(range(partitions), 0)
+
+    def poll() -> Iterator[list[tuple[int, int, bytes]]]:
+        while any(positions[p] < heads[p] for p in positions):
+            msgs = consumer.consume(num_messages=batch, timeout=1.0)
+            out = []
+            for m in msgs:
+                if m.error() is None:
+                    out.append((m.partition(), m.offset(), m.value()))
+            if out:
+                yield out
+
+    try:
+        return run_hand_loop(poll(), positions, topic, dsn)
+    finally:
+        consumer.close()
+
+
+def hand_loop_feed(app: App, topic: str, dsn: str, batch: int) -> int:
+    """The same loop reading the embedded log through the backend's change feed."""
+    feed = app.change_feed([topic], client_id="hand")
+    since = dict.fromkeys(feed.topic_partitions(), 0)
+    positions = {tp.partition: 0 for tp in since}
+
+    def poll() -> Iterator[list[tuple[int, int, bytes]]]:
+        chunk: list[tuple[int, int, bytes]] = []
+        for change in feed.iter_changes(since, forever=False):
+            if change is None or change.metadata is None:
+                continue
+            chunk.append((change.partition, change.offset, change.metadata.encode()))
+            if len(chunk) >= batch:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    try:
+        return run_hand_loop(poll(), positions, topic, dsn)
+    finally:
+        feed.close()
+
+
+def run_hand_loop(batches: Iterator[list[tuple[int, int, bytes]]], positions: dict[int, int],
+                  topic: str, dsn: str) -> int:
+    total = 0
+    with psycopg.connect(dsn) as conn:
+        conn.execute(report_ddl("hand_cases"))
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS hand_offsets (topic text, part int, next_offset bigint, "
+            "PRIMARY KEY (topic, part))"
+        )
+        conn.commit()
+        for msgs in batches:
+            latest: dict[str, dict[str, Any]] = {}
+            for part, offset, raw in msgs:
+                stub = orjson.loads(raw)
+                latest.pop(stub["document_id"], None)
+                latest[stub["document_id"]] = stub
+                positions[part] = offset + 1
+            total += len(msgs)
+            ids = list(latest)
+            with conn.cursor() as cur:
+                cur.execute("SELECT id, document, deleted FROM docs WHERE id = ANY(%s)", (ids,))
+                found = {r[0]: r for r in cur.fetchall()}
+                rows = []
+                gone = []
+                for doc_id in ids:
+                    r = found.get(doc_id)
+                    if r is None or r[2] or r[1].get("doc_type") != "case":
+                        gone.append(doc_id)
+                    else:
+                        rows.append(hand_row(doc_id, r[1]))
+                if gone:
+                    cur.execute("DELETE FROM hand_cases WHERE doc_id = ANY(%s)", (gone,))
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS hand_stage (LIKE hand_cases) ON COMMIT DELETE ROWS"
+                )
+                with cur.copy(f"COPY hand_stage ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(
+                    f"INSERT INTO hand_cases SELECT * FROM hand_stage "
+                    f"ON CONFLICT (doc_id, row_num) DO UPDATE SET {UPSERT_SET}"
+                )
+                cur.executemany(
+                    "INSERT INTO hand_offsets VALUES (%s, %s, %s) ON CONFLICT (topic, part) "
+                    "DO UPDATE SET next_offset = excluded.next_offset",
+                    [(topic, p, o) for p, o in positions.items()],
+                )
+            conn.commit()
+        conn.execute("DROP TABLE hand_cases")
+        conn.execute("DROP TABLE hand_offsets")
+        conn.commit()
+    return total
+
+
+def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, batch: int,
+              partitions: int) -> float:
+    db = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
+    url, dsn = pg.url(db), pg.dsn(db)
+    store = SQLDocumentStore(url, "docs", data_source_name="cases")
+    store.create()
+    with store.engine.begin() as conn:
+        conn.execute(
+            store.table.insert(),
+            [{"id": f"case-{i:07d}", "document": make_doc(i), "version": 1, "deleted": False}
+             for i in range(docs)],
+        )
+    topic = f"cases-{uuid.uuid4().hex[:6]}"
+    app = App(log_url, url)
+    app.backend.admin().create_topic(topic, partitions)
+    app.publish_many(ChangeMeta(f"case-{i:07d}", "sql", "cases", document_type="case") for i in range(docs))
+    app.publisher().flush()
+    app.document_stores.register(store)
+    feed = app.change_feed([topic])
+    heads = {tp.partition: off for tp, off in feed.latest_offsets().items()}
+    feed.close()
+    assert sum(heads.values()) == docs, heads
+    print(f"\nend to end: {docs} stubs in {partitions} partitions on {log_url.split('://')[0]}")
+
+    def ours() -> float:
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        proc = ReportTableProcessor(SPEC, url)
+        proc.reset()
+        pillow = app.constructed_pillow(name, [topic], [proc], batch_size=batch, max_wait=5.0)
+        t0 = time.perf_counter()
+        read = pillow.run(forever=False)
+        elapsed = time.perf_counter() - t0
+        assert read == docs and proc.count_rows() == docs, (read, proc.count_rows())
+        pillow.change_feed.close()
+        proc.close()
+        return elapsed
+
+    def hand() -> float:
+        t0 = time.perf_counter()
+        if log_url.startswith("kafka://"):
+            read = hand_loop_kafka(log_url.removeprefix("kafka://"), topic, partitions, dsn, heads, batch)
+        else:
+            read = hand_loop_feed(app, topic, dsn, batch)
+        elapsed = time.perf_counter() - t0
+        assert read == docs, read
+        return elapsed
+
+    ours_t, hand_t = alternate(rounds, ours, hand)
+    app.close()
+    store.close()
+    return report(
+        f"end to end: log -> bulk fetch from PostgreSQL -> report table, batches of {batch}",
+        docs, ours_t, hand_t,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("upsert", "e2e"))
+    parser.add_argument("--docs", type=int, default=30000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--partitions", type=int, default=3)
+    parser.add_argument(
+        "--log", default="kafka",
+        help="kafka (start a noida-db broker), a kafka://host:port URL, or sqlite (a temp file)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-reports-"))
+    ratios = {}
+    try:
+        with TempPostgresCluster(wal_level="replica", output_plugins=()) as pg:
+            if args.only in (None, "upsert"):
+                ratios["upsert"] = bench_upsert(pg, args.docs, args.rounds, args.batch)
+            if args.only in (None, "e2e"):
+                if args.log == "kafka":
+                    with noida_kafka() as log_url:
+                        ratios["e2e"] = bench_e2e(pg, log_url, args.docs, args.rounds, args.batch, args.partitions)
+                else:
+                    log_url = f"sqlite:///{tmp / 'log.db'}" if args.log == "sqlite" else args.log
+                    ratios["e2e"] = bench_e2e(pg, log_url, args.docs, args.rounds, args.batch, args.partitions)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\nsummary: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + " (target >= 0.80x)")
+
+
+if __name__ == "__main__":
+    main()
