@@ -216,7 +216,7 @@ class Pillow:
             if change is not None:
                 meta = change.metadata
                 key: Any = (
-                    (meta.data_source_name, change.id)
+                    (meta.data_source_type, meta.data_source_name, change.id)
                     if meta is not None
                     else (change.topic, change.partition, change.offset)
                 )
