@@ -263,6 +263,19 @@ def test_dedupe_keeps_last_change_per_document(env: Env) -> None:
     assert env.checkpoint() == {TopicPartition(TOPIC, 0): 6}
 
 
+def test_dedupe_tells_stores_apart(env: Env) -> None:
+    """The same id in two stores is two documents: both changes are processed."""
+    env.stores.register(MemoryDocumentStore("docs", data_source_type="sql"))
+    env.change("same-id", {"from": "memory"})
+    sql_store = env.stores.get("sql", "docs")
+    assert isinstance(sql_store, MemoryDocumentStore)
+    version = sql_store.save("same-id", {"from": "sql"})
+    env.publisher.publish(TOPIC, ChangeMeta("same-id", "sql", "docs", version=version))
+    proc = Collect()
+    env.pillow(proc).run(forever=False)
+    assert sorted(doc["from"] for _, doc in proc.batches[0] if doc) == ["memory", "sql"]
+
+
 def test_documents_fetched_once_per_store_for_all_processors(env: Env) -> None:
     other = env.stores.register(CountingStore("other"))
     assert isinstance(other, CountingStore)
@@ -418,8 +431,12 @@ def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> N
 def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
     env.change("a", {"n": 1})
     env.change("b", {"n": 1})
-    pillow = env.pillow(FunctionProcessor(lambda c: 1 / 0, name="broken"))
-    pillow._sleep = lambda _delay: pillow.stop()  # an operator stops it while it waits
+    pillows: list[Pillow] = []
+    # An operator stops the pillow while it waits for the dependency to come back.
+    pillow = env.pillow(
+        FunctionProcessor(lambda c: 1 / 0, name="broken"), sleep=lambda _: pillows[0].stop()
+    )
+    pillows.append(pillow)
     pillow.run(forever=False)
     assert env.checkpoint() == {}
     assert env.errors.list() == []
@@ -531,7 +548,36 @@ def test_stop_while_idle(env: Env) -> None:
     thread = threading.Thread(target=pillow.run)
     thread.start()
     thread.join(10)
-    assert not thread.is_alive() and proc.ids == ["a"]
+    alive = thread.is_alive()
+    pillow.stop()
+    thread.join(10)
+    assert not alive and proc.ids == ["a"]
+
+
+def test_topic_created_after_start_is_read(tmp_path: Path) -> None:
+    log = SQLiteLog(tmp_path / "log.db")
+    proc = Collect(needs_documents=False)
+    pillow = Pillow(
+        "p",
+        log.change_feed(["late"], idle_timeout=0.05),
+        proc,
+        checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
+        max_wait=0.05,
+    )
+    pillow.partition_check_interval = 0.05
+    pillow.listeners.append(
+        type("StopAfterFirst", (PillowListener,), {"on_batch": lambda self, p, r: p.stop()})()
+    )
+    thread = threading.Thread(target=pillow.run)
+    thread.start()
+    time.sleep(0.2)  # the pillow is running, its topic does not exist yet
+    with log.publisher() as pub:
+        pub.publish("late", ChangeMeta("x", "memory", "docs"))
+    thread.join(20)
+    alive = thread.is_alive()
+    pillow.stop()  # never leave a pillow thread behind, even when the test fails
+    thread.join(10)
+    assert not alive and proc.ids == ["x"]
 
 
 def _cli(env_vars: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
