@@ -180,13 +180,14 @@ def run_cmd(
     def _stop(signum: int, _frame: FrameType | None) -> None:
         cdc.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
         with user_errors(CDCError):
             total = cdc.run(forever=not once)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         app.close()
     elapsed = time.monotonic() - started
     click.echo(f"cdc slot {slot}: {total} stubs published in {elapsed:.1f}s", err=True)

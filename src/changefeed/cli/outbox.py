@@ -118,12 +118,13 @@ def relay_cmd(
     def _stop(signum: int, _frame: FrameType | None) -> None:
         relay.stop()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
         total = relay.run(forever=not once)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         app.close()
     elapsed = time.monotonic() - started
     click.echo(f"outbox {outbox.name}: {total} stubs relayed in {elapsed:.1f}s", err=True)
