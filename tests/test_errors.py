@@ -1,4 +1,4 @@
-"""The error queue: storing failures, backoff with an injected clock, parking, operator actions."""
+"""The error queue (SQLite and PostgreSQL): storing failures, backoff with an injected clock, parking, operator actions."""
 
 from __future__ import annotations
 
@@ -26,9 +26,13 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-def queue(tmp_path: Path, clock: Clock) -> ErrorQueue:
-    return ErrorQueue(f"sqlite:///{tmp_path}/state.db", POLICY, clock=clock)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> ErrorQueue:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path}/state.db"
+    else:
+        url = request.getfixturevalue("pg_url")
+    return ErrorQueue(url, POLICY, clock=clock)
 
 
 def change(doc_id: str = "d1", offset: int = 0, version: int = 1) -> Change:
