@@ -48,6 +48,19 @@ PASSTHROUGH = frozenset(
 )
 """URL options handed to the client (underscores become dots)."""
 
+PRODUCER_ONLY = frozenset(
+    {"message.timeout.ms", "compression.type", "linger.ms", "batch.num.messages", "partitioner"}
+)
+CONSUMER_ONLY = frozenset(
+    {
+        "session.timeout.ms",
+        "heartbeat.interval.ms",
+        "max.poll.interval.ms",
+        "partition.assignment.strategy",
+        "fetch.wait.max.ms",
+    }
+)
+
 SECRET_OPTIONS = frozenset({"sasl_password", "ssl_key_password", "sasl_oauthbearer_config"})
 
 OWN_OPTIONS = frozenset({"partitions", "replication_factor", "auto_create_topics", "timeout"})
@@ -76,9 +89,14 @@ class KafkaConfig:
     url: str = ""
     """The URL with secrets masked: safe to print."""
 
-    def common(self, client_id: str | None = None) -> dict[str, Any]:
+    def common(self, client_id: str | None = None, role: str = "admin") -> dict[str, Any]:
+        """Client properties for a ``producer``, ``consumer`` or ``admin`` client (each gets
+        only the URL options that apply to it, so librdkafka has nothing to warn about)."""
+        skip = (PRODUCER_ONLY if role != "producer" else frozenset()) | (
+            CONSUMER_ONLY if role != "consumer" else frozenset()
+        )
         conf: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers, "logger": CLIENT_LOG}
-        conf.update(self.client)
+        conf.update((k, v) for k, v in self.client.items() if k not in skip)
         if client_id is not None and "client.id" not in self.client:
             conf["client.id"] = client_id
         return conf

@@ -46,9 +46,12 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "fetch.wait.max.ms": 100,
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 1000,
-    "partition.assignment.strategy": "cooperative-sticky",
+    "partition.assignment.strategy": "roundrobin",
 }
-"""We seek explicitly, so auto-reset is an error we handle; EOF events end catch-up reads."""
+"""We seek explicitly, so auto-reset is an error we handle; EOF events end catch-up reads.
+The eager ``roundrobin`` assignor is the default because it works on every broker we test
+with; ``cooperative-sticky`` (URL option ``partition_assignment_strategy``) is supported too
+and moves fewer partitions on real Kafka."""
 
 _EOF = KafkaError._PARTITION_EOF
 _RESET = KafkaError._AUTO_OFFSET_RESET
@@ -123,7 +126,7 @@ class KafkaChangeFeed(ChangeFeed):
     def consumer(self) -> Consumer:
         if self._consumer is None:
             conf = dict(CONSUMER_DEFAULTS)
-            conf.update(self.config.common(self.client_id))
+            conf.update(self.config.common(self.client_id, "consumer"))
             conf["group.id"] = self.group_id or self.client_id
             conf.update(self._consumer_config)
             conf["enable.auto.commit"] = False

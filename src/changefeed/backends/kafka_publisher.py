@@ -55,7 +55,7 @@ class KafkaPublisher(Publisher):
         self.config = config
         self.asynchronous = asynchronous
         conf = dict(PRODUCER_DEFAULTS)
-        conf.update(config.common(client_id))
+        conf.update(config.common(client_id, "producer"))
         if delivery_timeout is not None:
             conf["message.timeout.ms"] = int(delivery_timeout * 1000)
         conf["acks"] = "all"
