@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,11 +22,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(db_url: str) -> SQLDocumentStore:
+def store(db_url: str) -> Iterator[SQLDocumentStore]:
     # make_engine: WAL and synchronous=NORMAL on SQLite, as our own state uses.
     s = SQLDocumentStore(make_engine(db_url), "documents", data_source_name="docs")
     s.create()
-    yield s  # type: ignore[misc]
+    yield s
     s.close()
 
 
