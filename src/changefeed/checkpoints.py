@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from changefeed.change import TopicPartition
-from changefeed.db import make_engine, upsert
+from changefeed.db import create_tables, make_engine, upsert
 
 metadata = sa.MetaData()
 
@@ -82,7 +82,7 @@ class CheckpointStore:
 
     def create(self) -> None:
         if not self._created:
-            metadata.create_all(self.engine, checkfirst=True)
+            create_tables(self.engine, metadata)
             self._created = True
 
     def get(self, pillow: str) -> dict[TopicPartition, int]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +33,34 @@ def make_engine(url: str | sa.Engine) -> sa.Engine:
     return engine
 
 
-def upsert(conn: sa.Connection, table: sa.Table, values: list[dict[str, Any]], keys: list[str]) -> None:
+_create_lock = threading.Lock()
+
+
+def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
+    """``create_all`` that tolerates another thread or process creating the same tables at
+    the same moment (check-then-create is not atomic)."""
+    with _create_lock:
+        for attempt in range(3):
+            try:
+                metadata.create_all(engine, checkfirst=True)
+                return
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+
+
+def upsert(
+    conn: sa.Connection, table: sa.Table, values: list[dict[str, Any]], keys: list[str]
+) -> None:
     """Insert or update rows by their key columns, on SQLite and PostgreSQL."""
     if not values:
         return
     dialect = conn.dialect.name
     if dialect in ("sqlite", "postgresql"):
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
-        stmt = insert(table)
+        from sqlalchemy.dialects import postgresql, sqlite
+
+        stmt: Any = sqlite.insert(table) if dialect == "sqlite" else postgresql.insert(table)
         update = {c: stmt.excluded[c] for c in values[0] if c not in keys}
         conn.execute(stmt.on_conflict_do_update(index_elements=keys, set_=update), values)
         return

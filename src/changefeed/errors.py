@@ -7,6 +7,7 @@ until `RetryPolicy.max_attempts`, then parked for an operator (``changefeed erro
 
 from __future__ import annotations
 
+import builtins
 import math
 import time
 import traceback as tb
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from changefeed.change import Change
-from changefeed.db import make_engine
+from changefeed.db import create_tables, make_engine
 
 PENDING = "pending"
 PARKED = "parked"
@@ -104,7 +105,7 @@ class ErrorQueue:
 
     def create(self) -> None:
         if not self._created:
-            metadata.create_all(self.engine, checkfirst=True)
+            create_tables(self.engine, metadata)
             self._created = True
 
     def add(
@@ -252,7 +253,10 @@ class ErrorQueue:
             return out
 
     def make_due(
-        self, pillow: str | None = None, ids: list[int] | None = None, parked_only: bool = False
+        self,
+        pillow: str | None = None,
+        ids: builtins.list[int] | None = None,
+        parked_only: bool = False,
     ) -> int:
         """Operator retry: mark entries (parked ones too) due now."""
         self.create()
@@ -270,7 +274,7 @@ class ErrorQueue:
     def purge(
         self,
         pillow: str | None = None,
-        ids: list[int] | None = None,
+        ids: builtins.list[int] | None = None,
         status: str | None = None,
         older_than: float | None = None,
     ) -> int:

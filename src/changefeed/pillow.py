@@ -140,6 +140,9 @@ class Pillow:
         self._batch: dict[Any, Change] = {}
         self._pending: dict[TopicPartition, int] = {}
         self._seen = 0
+        self._restart = False
+        self.partition_check_interval = 2.0
+        """Seconds between checks for new topics or partitions while idle."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -190,19 +193,45 @@ class Pillow:
         Returns the number of changes read."""
         self._stop.clear()
         feed = self.change_feed
-        set_listener = getattr(feed, "set_rebalance_listener", None)
-        if set_listener is not None and getattr(feed, "uses_consumer_group", False):
-            set_listener(self)
-            since: dict[TopicPartition, int] = {}
-        else:
-            since = self.starting_offsets(self.assigned_partitions(num_processes, process_number))
         on_reset = getattr(feed, "on_offset_reset", "missing")
         if on_reset is None:
             feed.on_offset_reset = self._record_offset_reset  # type: ignore[attr-defined]
+        set_listener = getattr(feed, "set_rebalance_listener", None)
+        total = 0
         with gctune.raised_threshold():
-            return self._consume(feed.iter_changes(since, forever))
+            if set_listener is not None and getattr(feed, "uses_consumer_group", False):
+                set_listener(self)
+                return self._consume(feed.iter_changes({}, forever))
+            # Static assignment: re-done when topics or partitions appear while running,
+            # so a pillow started before its topics exist still reads them.
+            while True:
+                assigned = self.assigned_partitions(num_processes, process_number)
+                since = self.starting_offsets(assigned)
+                changed = self._assignment_watch(set(assigned), num_processes, process_number)
+                total += self._consume(feed.iter_changes(since, forever), changed if forever else None)
+                if self._stop.is_set() or not forever or not self._restart:
+                    return total
 
-    def _consume(self, changes: Iterator[Change | None]) -> int:
+    def _assignment_watch(
+        self, assigned: set[TopicPartition], num_processes: int, process_number: int
+    ) -> Callable[[], bool]:
+        """A check, run when the feed is idle, of whether the partition assignment changed."""
+        last = time.monotonic()
+
+        def changed() -> bool:
+            nonlocal last
+            now = time.monotonic()
+            if now - last < self.partition_check_interval:
+                return False
+            last = now
+            return set(self.assigned_partitions(num_processes, process_number)) != assigned
+
+        return changed
+
+    def _consume(
+        self, changes: Iterator[Change | None], restart_check: Callable[[], bool] | None = None
+    ) -> int:
+        self._restart = False
         total = 0
         batch = self._batch
         pending = self._pending
@@ -230,12 +259,18 @@ class Pillow:
                     started = monotonic()
                 self._seen += 1
                 total += 1
-                if self._seen < batch_size and monotonic() - started < max_wait:
-                    if not stop.is_set():
-                        continue
+                if (
+                    self._seen < batch_size
+                    and monotonic() - started < max_wait
+                    and not stop.is_set()
+                ):
+                    continue
             if self._seen and not self.flush():
                 break
             if stop.is_set():
+                break
+            if change is None and restart_check is not None and restart_check():
+                self._restart = True
                 break
         else:
             if self._seen:

@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from changefeed import gctune
 from changefeed.backends.base import (
     Backend,
     ChangeFeed,
@@ -33,7 +34,6 @@ from changefeed.backends.base import (
     TopicInfo,
     UnknownTopicError,
 )
-from changefeed import gctune
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.identifiers import topic_name
 
@@ -451,24 +451,31 @@ class SQLiteChangeFeed(ChangeFeed):
             self.on_offset_reset(tp, needed, earliest)
         return earliest
 
-    def _read(self, tid: int, partition: int, pos: int) -> list[tuple[int, int, int, bytes]]:
-        """Batches holding offsets from ``pos`` on (the first may start before it)."""
+    def _read(
+        self, tid: int, partition: int, pos: int
+    ) -> tuple[list[tuple[int, int, int, bytes]], int]:
+        """Batches holding offsets from ``pos`` on (the first may start before it) and the
+        head, read in one snapshot: a head read separately could run ahead of the batches
+        and make a fresh append look like a gap."""
         with self._lock:
-            return self._conn.execute(
-                "SELECT base_offset, count, format, payload FROM batches "
-                "WHERE topic_id=?1 AND partition=?2 AND base_offset >= ("
-                "  SELECT COALESCE(MAX(base_offset), 0) FROM batches"
-                "  WHERE topic_id=?1 AND partition=?2 AND base_offset <= ?3"
-                ") ORDER BY base_offset LIMIT ?4",
-                (tid, partition, pos, self.read_batches),
-            ).fetchall()
-
-    def _head(self, tid: int, partition: int) -> int:
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?", (tid, partition)
-            ).fetchone()
-        return int(row[0]) if row else 0
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    "SELECT base_offset, count, format, payload FROM batches "
+                    "WHERE topic_id=?1 AND partition=?2 AND base_offset >= ("
+                    "  SELECT COALESCE(MAX(base_offset), 0) FROM batches"
+                    "  WHERE topic_id=?1 AND partition=?2 AND base_offset <= ?3"
+                    ") ORDER BY base_offset LIMIT ?4",
+                    (tid, partition, pos, self.read_batches),
+                ).fetchall()
+                head = conn.execute(
+                    "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?",
+                    (tid, partition),
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+        return rows, int(head[0]) if head else 0
 
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
@@ -492,12 +499,11 @@ class SQLiteChangeFeed(ChangeFeed):
                     continue
                 tid = info[0]
                 pos = positions[tp]
-                batches = self._read(tid, tp.partition, pos)
+                batches, head = self._read(tid, tp.partition, pos)
                 # Skip batches wholly before pos (the one holding pos-1 when pos is a boundary).
                 while batches and batches[0][0] + batches[0][1] <= pos:
                     batches.pop(0)
                 if not batches:
-                    head = self._head(tid, tp.partition)
                     if pos < head:
                         # Everything from pos to the head is gone; read on from the head.
                         positions[tp] = self._out_of_range(tp, pos, head)

@@ -13,6 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from changefeed.db import make_engine
 from changefeed.identifiers import sql_identifier
 from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
 
@@ -33,7 +34,7 @@ class SQLDocumentStore(DocumentStore):
         data_source_type: str = "sql",
         schema: str | None = None,
     ) -> None:
-        self.engine = sa.create_engine(engine) if isinstance(engine, str) else engine
+        self.engine = make_engine(engine)
         self.data_source_type = data_source_type
         self.data_source_name = data_source_name or table
         self.table = sa.Table(
@@ -44,42 +45,44 @@ class SQLDocumentStore(DocumentStore):
             sa.Column("version", sa.BigInteger, nullable=False, default=1),
             sa.Column("deleted", sa.Boolean, nullable=False, default=False),
         )
+        self._upsert_stmt: Any = None
 
     def create(self) -> None:
         """Create the table if it is missing."""
         self.table.metadata.create_all(self.engine, checkfirst=True)
 
-    def _upsert(self, doc_id: str, document: dict[str, Any] | None, deleted: bool) -> int:
-        t = self.table
-        values = {"id": doc_id, "document": document, "version": 1, "deleted": deleted}
-        dialect = self.engine.dialect.name
-        ins: Any
-        if dialect == "postgresql":
-            ins = postgresql.insert(t)
-        elif dialect == "sqlite":
-            ins = sqlite.insert(t)
-        else:  # pragma: no cover - other dialects: read-modify-write
-            with self.engine.begin() as conn:
-                row = conn.execute(
-                    sa.select(t.c.version).where(t.c.id == doc_id).with_for_update()
-                ).first()
-                version = 1 if row is None else row[0] + 1
-                values["version"] = version
-                if row is None:
-                    conn.execute(t.insert().values(**values))
-                else:
-                    conn.execute(t.update().where(t.c.id == doc_id).values(**values))
-                return version
-        stmt = (
-            ins.values(**values)
-            .on_conflict_do_update(
-                index_elements=[t.c.id],
-                set_={"document": document, "deleted": deleted, "version": t.c.version + 1},
+    def _upsert_statement(self) -> Any:
+        """Built once: statement construction costs more than the SQLite write itself."""
+        if self._upsert_stmt is None:
+            t = self.table
+            dialect = self.engine.dialect.name
+            if dialect not in ("postgresql", "sqlite"):
+                raise NotImplementedError(f"SQLDocumentStore supports SQLite and PostgreSQL, not {dialect}")
+            ins = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
+            self._upsert_stmt = (
+                ins.values(
+                    id=sa.bindparam("id"),
+                    document=sa.bindparam("document", type_=t.c.document.type),
+                    version=1,
+                    deleted=sa.bindparam("deleted"),
+                )
+                .on_conflict_do_update(
+                    index_elements=[t.c.id],
+                    set_={
+                        "document": ins.excluded.document,
+                        "deleted": ins.excluded.deleted,
+                        "version": t.c.version + 1,
+                    },
+                )
+                .returning(t.c.version)
             )
-            .returning(t.c.version)
-        )
+        return self._upsert_stmt
+
+    def _upsert(self, doc_id: str, document: dict[str, Any] | None, deleted: bool) -> int:
+        stmt = self._upsert_statement()
         with self.engine.begin() as conn:
-            return int(conn.execute(stmt).scalar_one())
+            params = {"id": doc_id, "document": document, "deleted": deleted}
+            return int(conn.execute(stmt, params).scalar_one())
 
     def save(self, doc_id: str, document: dict[str, Any]) -> int:
         """Insert or replace a document; returns its new version."""

@@ -1,0 +1,161 @@
+"""``changefeed checkpoint show|set|reset|to-head|history|undo``."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from changefeed.change import TopicPartition
+from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.pillow import Pillow
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def _pillow(ctx: click.Context, name: str) -> Pillow:
+    app = get_app(ctx)
+    with user_errors():
+        return app.get_pillow(name)
+
+
+@cli.group("checkpoint")
+def checkpoint_group() -> None:
+    """Inspect and move a pillow's checkpoints (every move is kept in a history)."""
+
+
+@checkpoint_group.command("show")
+@click.argument("pillow")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
+    """Checkpoint per partition, with the head and when it was written."""
+    p = _pillow(ctx, pillow)
+    saved = get_app(ctx).checkpoints.get_detailed(p.name)
+    heads = p.change_feed.latest_offsets()
+    rows: list[dict[str, Any]] = []
+    for tp in sorted(set(heads) | set(saved)):
+        cp = saved.get(tp)
+        rows.append(
+            {
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "checkpoint": cp.offset if cp else None,
+                "head": heads.get(tp),
+                "updated_at": cp.updated_at if cp else None,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        when = _when(r["updated_at"]) if r["updated_at"] else "never"
+        offset = "-" if r["checkpoint"] is None else r["checkpoint"]
+        click.echo(f"{r['topic']}[{r['partition']}]\tcheckpoint={offset}\thead={r['head']}\t{when}")
+
+
+@checkpoint_group.command("set")
+@click.argument("pillow")
+@click.argument("topic")
+@click.argument("partition", type=click.IntRange(min=0))
+@click.argument("offset", type=click.IntRange(min=0))
+@click.option("--reason", default="set by operator", show_default=True)
+@click.pass_context
+def set_cmd(
+    ctx: click.Context, pillow: str, topic: str, partition: int, offset: int, reason: str
+) -> None:
+    """Set one partition's checkpoint to OFFSET."""
+    p = _pillow(ctx, pillow)
+    tp = TopicPartition(topic, partition)
+    if tp not in set(p.change_feed.topic_partitions()):
+        raise UserError(f"pillow {pillow!r} does not read {tp}")
+    _apply(ctx, p, {tp: offset}, reason)
+
+
+def _apply(ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str) -> None:
+    for entry in get_app(ctx).checkpoints.set(p.name, offsets, reason=reason):
+        old = "-" if entry.old_offset is None else entry.old_offset
+        click.echo(f"#{entry.id} {entry.tp}: {old} -> {entry.new_offset}")
+    click.echo("undo with: changefeed checkpoint undo ID", err=True)
+
+
+@checkpoint_group.command("reset")
+@click.argument("pillow")
+@click.option("--topic", help="Only this topic's partitions.")
+@click.pass_context
+def reset_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
+    """Move checkpoints back to the earliest offset: everything in the log is re-read."""
+    p = _pillow(ctx, pillow)
+    offsets = {
+        tp: off for tp, off in p.change_feed.earliest_offsets().items() if topic in (None, tp.topic)
+    }
+    if not offsets:
+        raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
+    _apply(ctx, p, offsets, "reset to earliest by operator")
+
+
+@checkpoint_group.command("to-head")
+@click.argument("pillow")
+@click.option("--topic", help="Only this topic's partitions.")
+@click.pass_context
+def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
+    """Move checkpoints to the head: changes not yet read are skipped."""
+    p = _pillow(ctx, pillow)
+    offsets = {
+        tp: off for tp, off in p.change_feed.latest_offsets().items() if topic in (None, tp.topic)
+    }
+    if not offsets:
+        raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
+    _apply(ctx, p, offsets, "moved to head by operator")
+
+
+@checkpoint_group.command("history")
+@click.argument("pillow", required=False)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: bool) -> None:
+    """Past checkpoint moves: who, when, old and new offset, why."""
+    entries = get_app(ctx).checkpoints.history(pillow, limit=limit)
+    if as_json:
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "id": e.id,
+                        "pillow": e.pillow,
+                        "topic": e.tp.topic,
+                        "partition": e.tp.partition,
+                        "old_offset": e.old_offset,
+                        "new_offset": e.new_offset,
+                        "changed_at": e.changed_at,
+                        "changed_by": e.changed_by,
+                        "reason": e.reason,
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    for e in entries:
+        old = "-" if e.old_offset is None else e.old_offset
+        new = "-" if e.new_offset is None else e.new_offset
+        click.echo(
+            f"#{e.id}\t{_when(e.changed_at)}\t{e.pillow}\t{e.tp}\t{old} -> {new}\t{e.changed_by}\t{e.reason}"
+        )
+
+
+@checkpoint_group.command("undo")
+@click.argument("entry_id", type=click.IntRange(min=1))
+@click.pass_context
+def undo_cmd(ctx: click.Context, entry_id: int) -> None:
+    """Put back the offset a history entry replaced."""
+    with user_errors(LookupError):
+        entry = get_app(ctx).checkpoints.undo(entry_id)
+    new = "-" if entry.new_offset is None else entry.new_offset
+    click.echo(f"#{entry.id} {entry.pillow} {entry.tp}: {entry.old_offset} -> {new}")
