@@ -362,7 +362,9 @@ def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, bat
     topic = f"cases-{uuid.uuid4().hex[:6]}"
     app = App(log_url, url)
     app.backend.admin().create_topic(topic, partitions)
-    app.publish_many(ChangeMeta(f"case-{i:07d}", "sql", "cases", document_type="case") for i in range(docs))
+    app.publisher().publish_many(
+        (topic, ChangeMeta(f"case-{i:07d}", "sql", "cases", document_type="case")) for i in range(docs)
+    )
     app.publisher().flush()
     app.document_stores.register(store)
     feed = app.change_feed([topic])

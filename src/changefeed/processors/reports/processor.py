@@ -94,8 +94,10 @@ class ReportTableProcessor(BulkProcessor):
         self.engine = make_engine(engine)
         self.table = build_table(self.config, schema)
         self._postgres = self.engine.dialect.name == "postgresql"
+        # The staging table of this exact schema: a new name whenever the columns change.
+        signature = repr([(c.name, str(c.type)) for c in self.table.columns]) + self.table.name
         self._stage = sa.Table(
-            f"cf_stage_{hashlib.sha1(self.table.name.encode()).hexdigest()[:12]}",
+            f"cf_stage_{hashlib.sha1(signature.encode()).hexdigest()[:16]}",
             sa.MetaData(),
             *(sa.Column(c.name, c.type) for c in self.table.columns),
         )
@@ -133,10 +135,15 @@ class ReportTableProcessor(BulkProcessor):
             if config.multi_row:
                 by_count.setdefault(len(doc_rows), []).append(doc_id)
         with self.engine.begin() as conn:
-            self._delete(conn, gone)
-            self._upsert(conn, rows)
-            for count, ids in by_count.items():
-                self._delete(conn, ids, from_row=count)
+            try:
+                self._delete(conn, gone)
+                self._upsert(conn, rows)
+                for count, ids in by_count.items():
+                    self._delete(conn, ids, from_row=count)
+            except BaseException:
+                # the rollback also undoes a staging table created in this transaction
+                conn.connection.info.pop(self._stage.name, None)
+                raise
         return failures
 
     def _delete(self, conn: sa.Connection, ids: list[str], from_row: int = 0) -> None:
@@ -174,15 +181,18 @@ class ReportTableProcessor(BulkProcessor):
         if self._upsert_stmt is None:
             upsert(conn, self.table, rows, list(SYSTEM_COLUMNS))
             return
-        # PostgreSQL: COPY the batch into a temporary table dropped at commit, then one
+        # PostgreSQL: COPY the batch into a temporary table emptied at commit, then one
         # INSERT .. SELECT .. ON CONFLICT (the fastest way to upsert many rows).
         preparer = self.engine.dialect.identifier_preparer
-        conn.execute(
-            sa.text(
-                f"CREATE TEMPORARY TABLE {preparer.quote(self._stage.name)} "
-                f"(LIKE {preparer.format_table(self.table)}) ON COMMIT DROP"
+        info = conn.connection.info  # lives as long as the pooled connection
+        if self._stage.name not in info:
+            conn.execute(
+                sa.text(
+                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {preparer.quote(self._stage.name)} "
+                    f"(LIKE {preparer.format_table(self.table)}) ON COMMIT DELETE ROWS"
+                )
             )
-        )
+            info[self._stage.name] = True
         names = self.table.c.keys()
         json_columns = [i for i, c in enumerate(self.table.columns) if isinstance(c.type, sa.JSON)]
         dbapi = conn.connection.driver_connection
