@@ -90,6 +90,14 @@ def test_invalid_stub_keeps_raw_bytes_and_non_retryable_parks(queue: ErrorQueue)
     assert rec.status == PARKED and rec.next_attempt_at is None
 
 
+def test_invalid_stubs_are_never_merged(queue: ErrorQueue) -> None:
+    """Keyless garbage records share an empty id; each keeps its own entry and bytes."""
+    for offset, raw in enumerate([b"junk-1", b"junk-2"]):
+        bad = Change.from_raw("meta", 0, offset, raw, key="")
+        queue.add("p", bad, "(invalid stub)", ValueError(bad.error), retryable=False)
+    assert sorted(r.stub for r in queue.list()) == [b"junk-1", b"junk-2"]
+
+
 def test_due_respects_next_attempt(queue: ErrorQueue, clock: Clock) -> None:
     queue.add("p", change("a"), "proc", fail())
     clock.now = 1005.0

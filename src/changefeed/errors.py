@@ -139,13 +139,18 @@ class ErrorQueue:
         with self.engine.begin() as conn:
             for change, processor, exc in failures:
                 trace = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
-                existing = conn.execute(
-                    sa.select(t.c.id, t.c.attempts).where(
-                        (t.c.pillow == pillow)
-                        & (t.c.processor == processor)
-                        & (t.c.document_id == change.id)
-                    )
-                ).first()
+                # Invalid stubs are never merged: each is its own record (often keyless).
+                existing = (
+                    conn.execute(
+                        sa.select(t.c.id, t.c.attempts).where(
+                            (t.c.pillow == pillow)
+                            & (t.c.processor == processor)
+                            & (t.c.document_id == change.id)
+                        )
+                    ).first()
+                    if change.metadata is not None
+                    else None
+                )
                 attempts = (existing.attempts if existing else 0) + 1
                 parked = not retryable or attempts >= policy.max_attempts
                 values = {
