@@ -1,0 +1,151 @@
+"""Benchmark: change stubs through a pillow on Kafka vs. a hand-written consumer loop.
+
+Starts its own Kafka-protocol broker (noida-db, from PyPI) on a free port, publishes N stubs
+with the asynchronous publisher (stubs/s), then alternates, in one process run, a pillow with
+a no-op bulk processor (checkpoints in a temp SQLite state DB) and a hand-written
+confluent-kafka ``consume()`` + ``ChangeMeta.decode`` loop over the same topic: the limit for
+a Python consumer. Prints per-round numbers, medians and the pillow/loop ratio.
+
+    python bench/kafka_pillow.py [--stubs 200000] [--rounds 3] [--partitions 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.resources import files
+from pathlib import Path
+
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from changefeed.backends.kafka import KafkaBackend
+from changefeed.change import ChangeMeta
+from changefeed.checkpoints import CheckpointStore
+from changefeed.pillow import Pillow
+from changefeed.processors import NoopProcessor
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_broker(base: Path) -> tuple[subprocess.Popen[bytes], str]:
+    binary = Path(str(files("noida_db").joinpath("noida-db")))
+    port = free_port()
+    log = open(base / "broker.log", "ab")  # noqa: SIM115 - the broker writes to it until stopped
+    proc = subprocess.Popen(
+        [str(binary), "start", "--data-dir", str(base / "data"), "--only", "kafka",
+         "--kafka-port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, cwd=base,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc, f"127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.terminate()
+    raise SystemExit("broker did not start")
+
+
+def publish(backend: KafkaBackend, topic: str, n: int) -> tuple[float, float]:
+    """(stubs/s until every stub is acknowledged, stubs/s handed to the client)"""
+    stubs = [
+        ChangeMeta(f"doc-{i}", "sql", "main", document_type="form", domain="bench", version=1)
+        for i in range(n)
+    ]
+    with backend.publisher(asynchronous=True) as pub:
+        start = time.perf_counter()
+        for meta in stubs:
+            pub.publish(topic, meta)
+        queued = time.perf_counter()
+        pub.flush()
+        return n / (time.perf_counter() - start), n / (queued - start)
+
+
+Rates = tuple[float, float]
+"""(changes per wall-clock second, changes per CPU second of this process)"""
+
+
+def run_pillow(backend: KafkaBackend, topic: str, state: str, n: int, round_no: int) -> Rates:
+    name = f"bench-{round_no}"
+    feed = backend.change_feed([topic], client_id=name, idle_timeout=1.0)
+    pillow = Pillow(name, feed, NoopProcessor(), checkpoints=CheckpointStore(state))
+    start, cpu = time.perf_counter(), time.process_time()
+    read = pillow.run(forever=False)
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    feed.close()
+    assert read == n, f"pillow read {read} of {n}"
+    return n / elapsed, n / cpu
+
+
+def run_loop(bootstrap: str, topic: str, partitions: int, n: int) -> Rates:
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "bench-loop", "enable.auto.commit": False}
+    )
+    start, cpu = time.perf_counter(), time.process_time()
+    consumer.assign([KafkaTopicPartition(topic, p, 0) for p in range(partitions)])
+    decode = ChangeMeta.decode
+    count = 0
+    while count < n:
+        for msg in consumer.consume(5000, 1.0):
+            if msg.error() is None:
+                decode(msg.value())  # type: ignore[arg-type]
+                count += 1
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    consumer.close()
+    return n / elapsed, n / cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stubs", type=int, default=200_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=4)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
+    proc, bootstrap = start_broker(base)
+    try:
+        backend = KafkaBackend.from_url(f"kafka://{bootstrap}")
+        topic = f"bench-{os.getpid()}"
+        backend.admin().create_topic(topic, args.partitions)
+        acked, queued = publish(backend, topic, args.stubs)
+        print(
+            f"async publish: {args.stubs} stubs at {acked:,.0f} stubs/s until all acknowledged "
+            f"({queued:,.0f} stubs/s handed to the client)"
+        )
+        state = f"sqlite:///{base}/state.db"
+        pillow_rates: list[Rates] = []
+        loop_rates: list[Rates] = []
+        for r in range(args.rounds):
+            pillow_rates.append(run_pillow(backend, topic, state, args.stubs, r))
+            loop_rates.append(run_loop(bootstrap, topic, args.partitions, args.stubs))
+            print(
+                f"round {r + 1}: pillow {pillow_rates[-1][0]:,.0f}/s "
+                f"({pillow_rates[-1][1]:,.0f}/CPU-s)  hand-written loop {loop_rates[-1][0]:,.0f}/s "
+                f"({loop_rates[-1][1]:,.0f}/CPU-s)"
+            )
+        for i, what in ((0, "changes/s"), (1, "changes per CPU-second")):
+            p = statistics.median(x[i] for x in pillow_rates)
+            h = statistics.median(x[i] for x in loop_rates)
+            print(f"median {what}: pillow {p:,.0f}, hand-written loop {h:,.0f}, ratio {p / h:.2f}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        shutil.rmtree(base, ignore_errors=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
