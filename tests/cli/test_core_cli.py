@@ -1,0 +1,179 @@
+"""The foundation commands through the real entry point: run, status, checkpoint, errors,
+tail, and one-line errors with exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from changefeed import ChangeMeta
+from changefeed.backends.local import SQLiteLog
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    out = {
+        **os.environ,
+        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=2",
+        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
+        "CHANGEFEED_APP": "tests.apps.recorder:app",
+        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out.pop("CHANGEFEED_DEBUG", None)
+    return out
+
+
+def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "changefeed", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def publish(env: dict[str, str], n: int, start: int = 0) -> SQLiteLog:
+    log = SQLiteLog.from_url(env["CHANGEFEED_LOG"])
+    with log.publisher() as pub:
+        pub.publish_many(
+            ("records", ChangeMeta(f"doc-{i}", "memory", "docs")) for i in range(start, start + n)
+        )
+    return log
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--app", "no_such_module:app", "status"], "cannot import app module"),
+        (["--app", "tests.apps.recorder", "status"], "module:attribute"),
+        (["--log", "ftp://example/x", "status"], "unsupported log URL"),
+        (["--log", "sqlite:///x.db?bogus=1", "status"], "unknown sqlite log option"),
+        (["run", "no-such-pillow"], "unknown pillow 'no-such-pillow'"),
+        (["run", "recorder", "--num-processes", "2", "--process-number", "2"], "--process-number"),
+        (["checkpoint", "set", "recorder", "records", "-1", "5"], "-1"),
+        (["checkpoint", "set", "recorder", "other", "0", "5"], "does not read"),
+        (["checkpoint", "undo", "999"], "no checkpoint history entry 999"),
+        (["tail", "bad topic!"], "invalid topic name"),
+        (["errors", "purge"], "purge needs a filter"),
+        (["errors", "show", "42"], "no error #42"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(env: dict[str, str], args: list[str], message: str) -> None:
+    publish(env, 1)
+    result = cf(env, *args)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("changefeed: error:")
+    assert message in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_run_status_and_checkpoint_commands(env: dict[str, str], tmp_path: Path) -> None:
+    publish(env, 30)
+    result = cf(env, "run", "recorder", "--once")
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "recorded.txt").read_text().splitlines()) == 30
+
+    status = json.loads(cf(env, "status", "--json").stdout)
+    assert status[0]["lag"] == 0
+    assert sum(p["head"] for p in status[0]["partitions"]) == 30
+    assert all(p["checkpoint_age"] is not None for p in status[0]["partitions"])
+
+    publish(env, 10, start=30)
+    status = json.loads(cf(env, "status", "--json").stdout)
+    assert status[0]["lag"] == 10
+    table = cf(env, "status")
+    assert table.returncode == 0 and "lag 10" in table.stdout
+
+    shown = json.loads(cf(env, "checkpoint", "show", "recorder", "--json").stdout)
+    assert sum(r["head"] - r["checkpoint"] for r in shown) == 10
+
+    # Move one partition back, then undo the move from the history.
+    first = shown[0]
+    moved = cf(env, "checkpoint", "set", "recorder", "records", str(first["partition"]), "0")
+    assert moved.returncode == 0, moved.stderr
+    history = json.loads(cf(env, "checkpoint", "history", "recorder", "--json").stdout)
+    assert history[0]["old_offset"] == first["checkpoint"] and history[0]["new_offset"] == 0
+    assert history[0]["changed_by"]
+    undo = cf(env, "checkpoint", "undo", str(history[0]["id"]))
+    assert undo.returncode == 0, undo.stderr
+    again = json.loads(cf(env, "checkpoint", "show", "recorder", "--json").stdout)
+    assert again[0]["checkpoint"] == first["checkpoint"]
+
+    # to-head skips the 10 unread changes; reset re-reads everything.
+    assert cf(env, "checkpoint", "to-head", "recorder").returncode == 0
+    assert json.loads(cf(env, "status", "--json").stdout)[0]["lag"] == 0
+    assert cf(env, "checkpoint", "reset", "recorder").returncode == 0
+    assert json.loads(cf(env, "status", "--json").stdout)[0]["lag"] == 40
+
+
+def test_errors_commands(env: dict[str, str], tmp_path: Path) -> None:
+    log = publish(env, 3)
+    with log.publisher() as pub:
+        pub.append_raw([("records", "poison", b"{not json")])
+    assert cf(env, "run", "recorder", "--once").returncode == 0
+    listed = json.loads(cf(env, "errors", "list", "--json").stdout)
+    assert len(listed) == 1
+    assert listed[0]["processor"] == "(invalid stub)"
+    assert listed[0]["status"] == "parked"
+    assert "not valid JSON" in listed[0]["message"]
+    detail = json.loads(cf(env, "errors", "show", str(listed[0]["id"])).stdout)
+    assert detail["stub"] == "{not json"
+    assert "InvalidChangeError" in detail["traceback"]
+    # Retrying an invalid stub fails again and keeps it queued; purge removes it.
+    retried = cf(env, "errors", "retry", "--id", str(listed[0]["id"]))
+    assert retried.returncode == 0, retried.stderr
+    assert "0 succeeded, 1 failed again" in retried.stdout
+    purged = cf(env, "errors", "purge", "--status", "pending", "--pillow", "recorder")
+    assert purged.returncode == 0, purged.stderr
+    assert "1 error(s) purged" in purged.stdout
+    assert json.loads(cf(env, "errors", "list", "--json").stdout) == []
+
+
+def test_tail_prints_last_changes(env: dict[str, str]) -> None:
+    publish(env, 8)
+    result = cf(env, "tail", "records", "-n", "2")
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(lines) == 4  # two per partition
+    assert {line["stub"]["data_source_name"] for line in lines} == {"docs"}
+    everything = cf(env, "tail", "records", "--from-beginning")
+    assert len(everything.stdout.splitlines()) == 8
+
+
+def test_demo_small_run_proves_tables_match(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "changefeed",
+            "demo",
+            "--cases",
+            "60",
+            "--forms",
+            "40",
+            "--updates",
+            "150",
+            "--dir",
+            str(tmp_path / "demo"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: every report table matches its source documents" in result.stdout
+    assert "250 document writes, 250 changes published" in result.stdout
