@@ -192,7 +192,8 @@ def test_operator_reset_to_zero_replays_from_the_start(app: App, couch_db: str) 
     _bulk(couch_db, [{"_id": "a", "doc_type": "case"}])
     bridge = get_change_feed_pillow_for_db(app, couch_db)
     bridge.run(forever=False)
-    tp = bridge.change_feed.topic_partitions()[0]
+    (tp,) = bridge.change_feed.topic_partitions()
+    assert bridge.change_feed.earliest_offsets() == {tp: 0}  # `checkpoint reset` uses it
     app.checkpoints.set(bridge.name, {tp: 0}, reason="replay")
     assert bridge.checkpoint is None
     assert bridge.run(forever=False) == 1

@@ -138,6 +138,10 @@ class BridgeFeedView:
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(self._bridge.topic, 0)]
 
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        """0: a checkpoint reset to it replays the database from the start."""
+        return {TopicPartition(self._bridge.topic, 0): 0}
+
     def latest_offsets(self) -> dict[TopicPartition, int]:
         saved = self._bridge.checkpoint
         pending = self._bridge.feed.pending(saved.seq if saved else None)
