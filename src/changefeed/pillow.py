@@ -88,6 +88,11 @@ class Pillow:
     """A named subscriber: a change feed, processors and a checkpoint.
 
     ``ConstructedPillow`` is the same class, under the name users of pillowtop know.
+
+    A batch that fails as a whole is retried with backoff (1 s doubling to 60 s) up to
+    ``max_batch_retries`` times (about five minutes with the default 10); then its changes go
+    to the error queue as pending, so a few changes failing alike cannot stall the pillow
+    forever. ``None`` retries until the dependency is back.
     """
 
     def __init__(
@@ -104,7 +109,7 @@ class Pillow:
         retry_policy: RetryPolicy | None = None,
         stale_read_retries: int = 2,
         stale_read_delay: float = 0.05,
-        max_batch_retries: int | None = None,
+        max_batch_retries: int | None = 10,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] | None = None,
         reindex_stores: Sequence[DocumentStore] | None = None,
