@@ -248,6 +248,28 @@ def test_slot_advances_only_after_the_log_acknowledged(
     assert len(set(ids_in_log(log))) == 200
 
 
+def test_streaming_follows_the_slot_and_confirms(
+    pg_dsn: str, db: psycopg.Connection, slot: str, log: SQLiteLog
+) -> None:
+    publisher = log.publisher()
+    cdc = PostgresCDC(pg_dsn, slot, [PATIENTS], publisher, mode="stream")
+    runner = threading.Thread(target=cdc.run)
+    runner.start()
+    try:
+        for i in range(50):
+            db.execute("INSERT INTO patients VALUES (%s, 'd', 1, 'n')", (f"s{i:02d}",))
+        deadline = time.monotonic() + 30
+        while len(ids_in_log(log)) < 50 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        cdc.stop()
+        runner.join()
+        publisher.close()
+    assert ids_in_log(log) == [f"s{i:02d}" for i in range(50)]
+    assert cdc.stats.published == 50
+    assert drain(pg_dsn, slot, log) == 0  # everything published was confirmed
+
+
 def test_slot_commands(pg_dsn: str, db: psycopg.Connection) -> None:
     name = f"s_{uuid.uuid4().hex[:12]}"
     assert slot_status(pg_dsn, name) == {"slot": name, "exists": False}
@@ -291,7 +313,7 @@ import os, signal, sys
 from changefeed.backends.local import SQLiteLog
 from changefeed.sources.postgres_cdc import CDCTable, PostgresCDC
 
-dsn, slot, log_path = sys.argv[1:]
+dsn, slot, log_path, mode = sys.argv[1:]
 publisher = SQLiteLog(log_path).publisher()
 flush = publisher.flush
 
@@ -300,16 +322,18 @@ def flush_then_die(timeout=None):
     os.kill(os.getpid(), signal.SIGKILL)  # published, slot not yet advanced
 
 publisher.flush = flush_then_die
-PostgresCDC(dsn, slot, [CDCTable("patients")], publisher, batch_size=1).run(forever=False)
+cdc = PostgresCDC(dsn, slot, [CDCTable("patients")], publisher, batch_size=1, mode=mode)
+cdc.run(forever=mode == "stream")
 """
 
 
+@pytest.mark.parametrize("mode", ["poll", "stream"])
 def test_cdc_killed_between_publish_and_advance(
-    pg_dsn: str, db: psycopg.Connection, slot: str, log: SQLiteLog
+    pg_dsn: str, db: psycopg.Connection, slot: str, log: SQLiteLog, mode: str
 ) -> None:
     for i in range(3):
         db.execute("INSERT INTO patients VALUES (%s, 'd', 1, 'n')", (f"d{i}",))
-    proc = run_python(CDC_DIES_AFTER_PUBLISH, pg_dsn, slot, str(log.path))
+    proc = run_python(CDC_DIES_AFTER_PUBLISH, pg_dsn, slot, str(log.path), mode)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert ids_in_log(log) == ["d0"]
     drain(pg_dsn, slot, log)
@@ -333,7 +357,7 @@ def test_cdc_killed_at_random_points_loses_nothing(
                         )
                         written.append(f"w{n:05d}")
                         n += 1
-                time.sleep(0.001)
+                time.sleep(0.003)
 
     config = tmp_path / "cdc.json"
     config.write_text(f'{{"slot": "{slot}", "tables": [{{"table": "patients"}}]}}')
@@ -346,7 +370,7 @@ def test_cdc_killed_at_random_points_loses_nothing(
     t = threading.Thread(target=writer)
     t.start()
     try:
-        for _ in range(4):
+        for _ in range(3):
             before = len(ids_in_log(log))
             proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
             deadline = time.monotonic() + 60

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ log = logging.getLogger("changefeed.sources.postgres_cdc")
 PLUGIN = "wal2json"
 _SLOT_NAME = re.compile(r"^[a-z0-9_]{1,63}$")
 
-# wal2json options: one JSON object per change, no column types (smaller, faster to parse).
+# wal2json: one JSON object per change, no column types (smaller, faster to parse).
 _PEEK = (
     "SELECT lsn::text, data FROM pg_logical_slot_peek_changes("
     "%s, NULL, %s, 'format-version', '2', 'include-types', '0', 'add-tables', %s)"
@@ -361,17 +362,138 @@ class CDCStats:
     published: int = 0
     transactions: int = 0
     truncates: int = 0
-    polls: int = 0
+    batches: int = 0
     last_lsn: str | None = None
+
+
+Batch = tuple[list[str], Any]
+"""(wal2json rows of whole transactions, the position to confirm after publishing them)."""
+
+_WAL2JSON_OPTIONS = {"format-version": "2", "include-types": "0"}
+
+
+class _PollingReader:
+    """``pg_logical_slot_peek_changes`` + ``pg_replication_slot_advance`` with psycopg 3.
+
+    Exact about "drained" (it reads up to the current WAL end), so ``--once`` uses it. Each
+    peek decodes again from the slot's restart point, which trails by up to ~15 s of WAL.
+    """
+
+    def __init__(self, dsn: str, slot: str, add_tables: str) -> None:
+        self.slot = slot
+        self.add_tables = add_tables
+        self.conn = _connect(dsn)
+
+    def read(self, max_rows: int) -> Batch:
+        try:
+            rows = self.conn.execute(_PEEK, (self.slot, max_rows, self.add_tables)).fetchall()
+        except psycopg.errors.UndefinedObject:
+            raise CDCError(f"replication slot {self.slot!r} does not exist") from None
+        except psycopg.errors.ObjectInUse:
+            raise CDCError(
+                f"replication slot {self.slot!r} is in use by another consumer"
+            ) from None
+        except psycopg.Error as exc:
+            raise _plugin_error(exc) or exc from None
+        return [r[1] for r in rows], (rows[-1][0] if rows else None)
+
+    def confirm(self, lsn: Any) -> None:
+        self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, lsn))
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class _StreamingReader:
+    """The replication protocol with psycopg2 (extra ``cdc``): one decoding session.
+
+    Changes arrive as they commit, and nothing is decoded twice. Confirmation is feedback
+    sent at once (``force``), so a restart resumes right after what was published.
+    """
+
+    def __init__(self, dsn: str, slot: str, add_tables: str, stop: threading.Event) -> None:
+        import psycopg2
+        import psycopg2.extras
+
+        self.slot = slot
+        self.stop = stop
+        try:
+            self.conn = psycopg2.connect(
+                dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection
+            )
+        except psycopg2.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "failed"
+            raise CDCError(f"cannot open a replication connection: {first}") from None
+        self.cur = self.conn.cursor()
+        try:
+            self.cur.start_replication(
+                slot_name=slot,
+                decode=True,
+                options={**_WAL2JSON_OPTIONS, "add-tables": add_tables},
+                status_interval=10,
+            )
+        except psycopg2.errors.ObjectInUse:
+            self.conn.close()
+            raise CDCError(f"replication slot {slot!r} is in use by another consumer") from None
+        except psycopg2.errors.UndefinedObject:
+            self.conn.close()
+            raise CDCError(f"replication slot {slot!r} does not exist") from None
+        self._partial: list[tuple[int, str]] = []
+
+    def read(self, max_rows: int, wait: float) -> Batch:
+        """Whole transactions that arrived, up to about ``max_rows``, waiting up to ``wait``
+        for the first one. A transaction still arriving is kept for the next call."""
+        import select
+
+        rows = self._partial
+        complete = 0
+        deadline = time.monotonic() + wait
+        while True:
+            msg = self.cur.read_message()
+            if msg is not None:
+                rows.append((msg.data_start, msg.payload))
+                if msg.payload == '{"action":"C"}':
+                    complete = len(rows)
+                    if complete >= max_rows:
+                        break
+                continue
+            remaining = deadline - time.monotonic()
+            if complete or remaining <= 0 or self.stop.is_set():
+                break
+            select.select([self.cur], [], [], min(remaining, 0.5))
+        self._partial = rows[complete:]
+        done = rows[:complete]
+        return [data for _, data in done], (done[-1][0] if done else None)
+
+    def confirm(self, lsn: Any) -> None:
+        self.cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def streaming_available() -> bool:
+    """Whether psycopg2 (the ``cdc`` extra) is installed for the streaming reader."""
+    try:
+        import psycopg2.extras  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 class PostgresCDC:
     """Publishes stubs for the committed changes of ``tables`` from replication slot ``slot``.
 
-    One poll: peek at most about ``batch_size`` changes (whole transactions), publish the
-    stubs of configured tables, ``flush`` the publisher, advance the slot to the last commit
-    read. An empty poll sleeps ``poll_interval``. Stubs are routed by document type with
-    ``router``, unless the table or ``topic`` names one.
+    One batch: read whole transactions (about ``batch_size`` changes at most), publish the
+    stubs of configured tables, ``flush`` the publisher, then confirm the slot up to the
+    last commit read. Stubs are routed by document type with ``router``, unless the table
+    or ``topic`` names one.
+
+    ``mode``: ``stream`` follows the slot over the replication protocol (psycopg2, the
+    ``cdc`` extra): low latency, each change decoded once. ``poll`` peeks every
+    ``poll_interval`` with psycopg 3 alone. ``auto`` streams when psycopg2 is installed.
+    ``run(forever=False)`` (drain and stop) always polls: only a peek knows the slot is
+    drained.
     """
 
     def __init__(
@@ -385,11 +507,16 @@ class PostgresCDC:
         topic: str | None = None,
         batch_size: int = 5000,
         poll_interval: float = 0.05,
+        mode: str = "auto",
     ) -> None:
         if not tables:
             raise CDCError("CDC needs at least one table")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if mode not in ("auto", "poll", "stream"):
+            raise CDCError(f"unknown CDC mode {mode!r}: use auto, poll or stream")
+        if mode == "stream" and not streaming_available():
+            raise CDCError("streaming needs psycopg2: pip install 'changefeed[cdc]'")
         self.dsn = libpq_dsn(dsn)
         self.slot = slot_name(slot)
         self.tables = {(t.schema, t.table): t for t in tables}
@@ -400,45 +527,42 @@ class PostgresCDC:
         self.topic = None if topic is None else topic_name(topic)
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        self.mode = mode
         self.stats = CDCStats()
         self._add_tables = ",".join(t.qualified for t in tables)
         self._stop = threading.Event()
-        self._conn: psycopg.Connection[Any] | None = None
+        self._reader: _PollingReader | _StreamingReader | None = None
 
     def check(self) -> None:
         """Fail early, with what to do: server, slot and every table."""
-        conn = self._connection()
-        check_server(conn)
-        row = conn.execute(
-            "SELECT plugin, database, current_database() FROM pg_replication_slots "
-            "WHERE slot_name = %s",
-            (self.slot,),
-        ).fetchone()
-        if row is None:
-            raise CDCError(
-                f"replication slot {self.slot!r} does not exist "
-                f"(create it: changefeed cdc slot create {self.slot})"
-            )
-        plugin, database, current = row
-        if plugin != PLUGIN:
-            raise CDCError(f"replication slot {self.slot!r} uses {plugin!r}, not {PLUGIN}")
-        if database != current:
-            raise CDCError(
-                f"replication slot {self.slot!r} belongs to database {database!r}, not {current!r}"
-            )
-        for table in self.tables.values():
-            check_table(conn, table)
+        with _connect(self.dsn) as conn:
+            check_server(conn)
+            row = conn.execute(
+                "SELECT plugin, database, current_database() FROM pg_replication_slots "
+                "WHERE slot_name = %s",
+                (self.slot,),
+            ).fetchone()
+            if row is None:
+                raise CDCError(
+                    f"replication slot {self.slot!r} does not exist "
+                    f"(create it: changefeed cdc slot create {self.slot})"
+                )
+            plugin, database, current = row
+            if plugin != PLUGIN:
+                raise CDCError(f"replication slot {self.slot!r} uses {plugin!r}, not {PLUGIN}")
+            if database != current:
+                raise CDCError(
+                    f"replication slot {self.slot!r} belongs to database {database!r}, "
+                    f"not {current!r}"
+                )
+            for table in self.tables.values():
+                check_table(conn, table)
 
-    def _connection(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = _connect(self.dsn)
-        return self._conn
-
-    def _stubs(self, rows: Iterable[tuple[str, str]]) -> list[tuple[str, ChangeMeta]]:
+    def _stubs(self, rows: Iterable[str]) -> list[tuple[str, ChangeMeta]]:
         items: list[tuple[str, ChangeMeta]] = []
         tables = self.tables
         loads = orjson.loads
-        for _lsn, data in rows:
+        for data in rows:
             change = loads(data)
             action = change["action"]
             if action in ("B", "M"):
@@ -473,41 +597,48 @@ class PostgresCDC:
                 items.append((topic, meta))
         return items
 
-    def poll_once(self) -> int:
-        """Read, publish and confirm one batch; returns how many stubs were published."""
-        return self._poll()[1]
-
-    def _poll(self) -> tuple[int, int]:
-        """(rows read from the slot, stubs published)."""
-        conn = self._connection()
-        try:
-            rows = conn.execute(_PEEK, (self.slot, self.batch_size, self._add_tables)).fetchall()
-        except psycopg.errors.UndefinedObject:
-            raise CDCError(f"replication slot {self.slot!r} does not exist") from None
-        except psycopg.errors.ObjectInUse:
-            raise CDCError(
-                f"replication slot {self.slot!r} is in use by another consumer"
-            ) from None
-        except psycopg.Error as exc:
-            err = _plugin_error(exc)
-            if err is not None:
-                raise err from None
-            if conn.broken:
-                self.close()
-            raise
-        self.stats.polls += 1
-        if not rows:
-            return 0, 0
+    def _publish(self, rows: list[str], lsn: Any) -> int:
+        """Publish a batch's stubs, then (only then) let the server forget its changes."""
+        assert self._reader is not None
         items = self._stubs(rows)
         if items:
             self.publisher.publish_many(items)
             self.publisher.flush()
-        # Only now, with the stubs durable in the log, may the server forget these changes.
-        last_lsn = rows[-1][0]
-        conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, last_lsn))
+        self._reader.confirm(lsn)
         self.stats.published += len(items)
-        self.stats.last_lsn = last_lsn
-        return len(rows), len(items)
+        self.stats.batches += 1
+        self.stats.last_lsn = str(lsn)
+        return len(items)
+
+    def _open_reader(self, forever: bool) -> _PollingReader | _StreamingReader:
+        if self._reader is None:
+            stream = forever and (
+                self.mode == "stream" or (self.mode == "auto" and streaming_available())
+            )
+            self._reader = (
+                _StreamingReader(self.dsn, self.slot, self._add_tables, self._stop)
+                if stream
+                else _PollingReader(self.dsn, self.slot, self._add_tables)
+            )
+        return self._reader
+
+    def poll_once(self) -> int:
+        """Read (peek), publish and confirm one batch; returns how many stubs were published."""
+        reader = self._open_reader(forever=False)
+        assert isinstance(reader, _PollingReader)
+        rows, lsn = reader.read(self.batch_size)
+        return self._publish(rows, lsn) if rows else 0
+
+    def _step(self, forever: bool) -> tuple[int, int]:
+        """(rows read, stubs published) for one batch."""
+        reader = self._open_reader(forever)
+        if isinstance(reader, _StreamingReader):
+            rows, lsn = reader.read(self.batch_size, wait=max(self.poll_interval, 0.5))
+        else:
+            rows, lsn = reader.read(self.batch_size)
+        if not rows:
+            return 0, 0
+        return len(rows), self._publish(rows, lsn)
 
     def run(self, forever: bool = True) -> int:
         """Publish until stopped (``forever``) or until the slot is drained; returns the count.
@@ -521,22 +652,22 @@ class PostgresCDC:
         try:
             while not self._stop.is_set():
                 try:
-                    rows, published = self._poll()
+                    rows, published = self._step(forever)
                     backoff = 0.0
                 except Exception as exc:
                     if not forever or (isinstance(exc, CDCError) and "does not exist" in str(exc)):
                         raise
                     backoff = min(30.0, max(0.5, backoff * 2))
                     log.warning(
-                        "CDC slot %s: poll failed (%s: %s); retrying in %.1fs",
+                        "CDC slot %s: read or publish failed (%s: %s); retrying in %.1fs",
                         self.slot, type(exc).__name__, exc, backoff,
                     )  # fmt: skip
                     self.close()
                     self._stop.wait(backoff)
                     continue
                 total += published
-                if rows < self.batch_size:  # caught up with the WAL as of this poll
-                    if not forever:
+                if rows < self.batch_size and isinstance(self._reader, _PollingReader):
+                    if not forever:  # caught up with the WAL as of this peek
                         break
                     self._stop.wait(self.poll_interval)
         finally:
@@ -548,8 +679,8 @@ class PostgresCDC:
         self._stop.set()
 
     def close(self) -> None:
-        if self._conn is not None:
+        if self._reader is not None:
             try:
-                self._conn.close()
+                self._reader.close()
             finally:
-                self._conn = None
+                self._reader = None

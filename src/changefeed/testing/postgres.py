@@ -91,6 +91,7 @@ class TempPostgresCluster(PostgresServer):
         wal_level: str = "logical",
         max_connections: int = 200,
         output_plugins: tuple[str, ...] = ("wal2json",),
+        settings: dict[str, str] | None = None,
     ) -> None:
         bindir = pg_bindir()
         if bindir is None:
@@ -100,6 +101,8 @@ class TempPostgresCluster(PostgresServer):
         self.wal_level = wal_level
         self.max_connections = max_connections
         self.output_plugins = output_plugins
+        self.settings = dict(settings or {})
+        """Extra server settings (``-c name=value``), e.g. ``{"synchronous_commit": "on"}``."""
         self.base: Path | None = None
 
     def _run(self, *args: str, check: bool = True) -> None:
@@ -126,7 +129,7 @@ class TempPostgresCluster(PostgresServer):
             "-c max_replication_slots=20 -c max_wal_senders=20 -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off "
             f"-c max_connections={self.max_connections}"
-        )
+        ) + "".join(f" -c {name}={value}" for name, value in self.settings.items())
         try:
             self._run(
                 str(self.bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
