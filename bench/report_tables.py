@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib.util
-import io
 import os
 import shutil
 import socket
@@ -59,10 +58,23 @@ SPEC: dict[str, Any] = {
         {"name": "score", "type": "float"},
         {"name": "opened_on", "type": "date"},
         {"name": "closed", "type": "boolean"},
-        {"name": "city", "expression": {"type": "property_path", "property_path": ["address", "city"]}},
+        {
+            "name": "city",
+            "expression": {"type": "property_path", "property_path": ["address", "city"]},
+        },
     ],
 }
-COLUMNS = ["doc_id", "row_num", "owner_id", "status", "priority", "score", "opened_on", "closed", "city"]
+COLUMNS = [
+    "doc_id",
+    "row_num",
+    "owner_id",
+    "status",
+    "priority",
+    "score",
+    "opened_on",
+    "closed",
+    "city",
+]
 
 
 def make_doc(i: int, generation: int = 0) -> dict[str, Any]:
@@ -109,8 +121,12 @@ def report(title: str, n: int, ours: list[float], hand: list[float]) -> float:
     h_med, h_rate = median_rate(hand, n)
     ratio = o_rate / h_rate
     print(f"\n{title}")
-    print(f"  ours        median {o_med:7.3f}s  {o_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in ours]}")
-    print(f"  hand-written median {h_med:7.3f}s  {h_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in hand]}")
+    print(
+        f"  ours        median {o_med:7.3f}s  {o_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in ours]}"
+    )
+    print(
+        f"  hand-written median {h_med:7.3f}s  {h_rate:10,.0f} docs/s   rounds {[round(t, 3) for t in hand]}"
+    )
     print(f"  ratio ours/hand-written: {ratio:.2f}x")
     return ratio
 
@@ -121,9 +137,7 @@ def report(title: str, n: int, ours: list[float], hand: list[float]) -> float:
 def bench_upsert(pg: TempPostgresCluster, docs: int, rounds: int, batch: int) -> float:
     db = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
     url, dsn = pg.url(db), pg.dsn(db)
-    generations = [
-        [(f"case-{i:07d}", make_doc(i, g)) for i in range(docs)] for g in (0, 1)
-    ]
+    generations = [[(f"case-{i:07d}", make_doc(i, g)) for i in range(docs)] for g in (0, 1)]
     proc = ReportTableProcessor(SPEC, url)
     proc.bootstrap()
     hand_conn = psycopg.connect(dsn)
@@ -176,11 +190,15 @@ def bench_upsert(pg: TempPostgresCluster, docs: int, rounds: int, batch: int) ->
     hand_conn.close()
     return report(
         f"report table upsert, PostgreSQL: {docs} docs inserted then updated, batches of {batch}",
-        2 * docs, ours_t, hand_t,
+        2 * docs,
+        ours_t,
+        hand_t,
     )
 
 
-def alternate(rounds: int, ours: Callable[[], float], hand: Callable[[], float]) -> tuple[list[float], list[float]]:
+def alternate(
+    rounds: int, ours: Callable[[], float], hand: Callable[[], float]
+) -> tuple[list[float], list[float]]:
     ours(), hand()  # warm up: caches, connections, compiled statements
     ours_t: list[float] = []
     hand_t: list[float] = []
@@ -241,8 +259,9 @@ def noida_kafka() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
-def hand_loop_kafka(bootstrap: str, topic: str, partitions: int, dsn: str, heads: dict[int, int],
-                    batch: int) -> int:
+def hand_loop_kafka(
+    bootstrap: str, topic: str, partitions: int, dsn: str, heads: dict[int, int], batch: int
+) -> int:
     """One bulk fetch and one COPY-style upsert per batch, offsets stored with the rows."""
     from confluent_kafka import Consumer, TopicPartition
 
@@ -293,8 +312,9 @@ def hand_loop_feed(app: App, topic: str, dsn: str, batch: int) -> int:
         feed.close()
 
 
-def run_hand_loop(batches: Iterator[list[tuple[int, int, bytes]]], positions: dict[int, int],
-                  topic: str, dsn: str) -> int:
+def run_hand_loop(
+    batches: Iterator[list[tuple[int, int, bytes]]], positions: dict[int, int], topic: str, dsn: str
+) -> int:
     total = 0
     with psycopg.connect(dsn) as conn:
         conn.execute(report_ddl("hand_cases"))
@@ -347,8 +367,9 @@ def run_hand_loop(batches: Iterator[list[tuple[int, int, bytes]]], positions: di
     return total
 
 
-def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, batch: int,
-              partitions: int) -> float:
+def bench_e2e(
+    pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, batch: int, partitions: int
+) -> float:
     db = pg.create_database(f"bench_{uuid.uuid4().hex[:8]}")
     url, dsn = pg.url(db), pg.dsn(db)
     store = SQLDocumentStore(url, "docs", data_source_name="cases")
@@ -356,14 +377,17 @@ def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, bat
     with store.engine.begin() as conn:
         conn.execute(
             store.table.insert(),
-            [{"id": f"case-{i:07d}", "document": make_doc(i), "version": 1, "deleted": False}
-             for i in range(docs)],
+            [
+                {"id": f"case-{i:07d}", "document": make_doc(i), "version": 1, "deleted": False}
+                for i in range(docs)
+            ],
         )
     topic = f"cases-{uuid.uuid4().hex[:6]}"
     app = App(log_url, url)
     app.backend.admin().create_topic(topic, partitions)
     app.publisher().publish_many(
-        (topic, ChangeMeta(f"case-{i:07d}", "sql", "cases", document_type="case")) for i in range(docs)
+        (topic, ChangeMeta(f"case-{i:07d}", "sql", "cases", document_type="case"))
+        for i in range(docs)
     )
     app.publisher().flush()
     app.document_stores.register(store)
@@ -389,7 +413,9 @@ def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, bat
     def hand() -> float:
         t0 = time.perf_counter()
         if log_url.startswith("kafka://"):
-            read = hand_loop_kafka(log_url.removeprefix("kafka://"), topic, partitions, dsn, heads, batch)
+            read = hand_loop_kafka(
+                log_url.removeprefix("kafka://"), topic, partitions, dsn, heads, batch
+            )
         else:
             read = hand_loop_feed(app, topic, dsn, batch)
         elapsed = time.perf_counter() - t0
@@ -401,7 +427,9 @@ def bench_e2e(pg: TempPostgresCluster, log_url: str, docs: int, rounds: int, bat
     store.close()
     return report(
         f"end to end: log -> bulk fetch from PostgreSQL -> report table, batches of {batch}",
-        docs, ours_t, hand_t,
+        docs,
+        ours_t,
+        hand_t,
     )
 
 
@@ -426,13 +454,19 @@ def main() -> None:
             if args.only in (None, "e2e"):
                 if args.log == "kafka":
                     with noida_kafka() as log_url:
-                        ratios["e2e"] = bench_e2e(pg, log_url, args.docs, args.rounds, args.batch, args.partitions)
+                        ratios["e2e"] = bench_e2e(
+                            pg, log_url, args.docs, args.rounds, args.batch, args.partitions
+                        )
                 else:
                     log_url = f"sqlite:///{tmp / 'log.db'}" if args.log == "sqlite" else args.log
-                    ratios["e2e"] = bench_e2e(pg, log_url, args.docs, args.rounds, args.batch, args.partitions)
+                    ratios["e2e"] = bench_e2e(
+                        pg, log_url, args.docs, args.rounds, args.batch, args.partitions
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print("\nsummary: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + " (target >= 0.80x)")
+    print(
+        "\nsummary: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + " (target >= 0.80x)"
+    )
 
 
 if __name__ == "__main__":
