@@ -205,10 +205,10 @@ def alternate(
     for r in range(rounds):
         first, second = (ours, hand) if r % 2 == 0 else (hand, ours)
         a, b = first(), second()
-        if r % 2 == 0:
-            ours_t.append(a), hand_t.append(b)
-        else:
-            hand_t.append(a), ours_t.append(b)
+        if r % 2 == 1:
+            a, b = b, a
+        ours_t.append(a)
+        hand_t.append(b)
     return ours_t, hand_t
 
 
@@ -275,10 +275,11 @@ def hand_loop_kafka(
     def poll() -> Iterator[list[tuple[int, int, bytes]]]:
         while any(positions[p] < heads[p] for p in positions):
             msgs = consumer.consume(num_messages=batch, timeout=1.0)
-            out = []
+            out: list[tuple[int, int, bytes]] = []
             for m in msgs:
-                if m.error() is None:
-                    out.append((m.partition(), m.offset(), m.value()))
+                value = m.value()
+                if m.error() is None and value is not None:
+                    out.append((m.partition() or 0, m.offset() or 0, value))
             if out:
                 yield out
 
