@@ -125,3 +125,46 @@ def test_rejects_bad_arguments(app: App) -> None:
         LagThrottle(app, ["cases"], max_lag=5, resume_lag=6)
     with pytest.raises(ValueError):
         LagThrottle(app, [], max_lag=5)
+
+
+WATCH_APP = """
+from changefeed.app import App
+from changefeed.processors.base import NoopProcessor
+app = App({log!r}, {state!r})
+app.add_pillow("cases", lambda a: a.constructed_pillow("cases", ["case"], NoopProcessor()))
+"""
+
+
+def test_status_watch_refreshes(app: App, tmp_path: Path) -> None:
+    """``changefeed status --watch N --json`` prints one document per refresh."""
+    import json
+    import os
+    import subprocess
+
+    from changefeed.supervisor import changefeed_command
+    from tests.harness._util import stop_process
+
+    (tmp_path / "cf_watch_app.py").write_text(
+        WATCH_APP.format(log=app.log_url, state=app.state_url)
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+    )
+    publish(app, "case", 4)
+    cmd = changefeed_command(
+        "status", "--watch", "0.2", "--json", global_args=["--app", "cf_watch_app:app"]
+    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        first = json.loads(proc.stdout.readline())
+        publish(app, "case", 2)
+        for _ in range(100):
+            latest = json.loads(proc.stdout.readline())
+            if latest[0]["lag"] == 6:
+                break
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+    assert first[0]["pillow"] == "cases" and first[0]["lag"] == 4
+    assert latest[0]["lag"] == 6
