@@ -50,6 +50,8 @@ class App:
         self.retry_policy = retry_policy or RetryPolicy()
         self.document_stores = DocumentStoreRegistry()
         self._pillows: dict[str, PillowFactory] = {}
+        self.replication_slots: list[tuple[str, str]] = []
+        """(database URL, slot) pairs whose lag `changefeed status` reports."""
         self._backend: Backend | None = None
         self._checkpoints: CheckpointStore | None = None
         self._errors: ErrorQueue | None = None
@@ -91,6 +93,11 @@ class App:
 
     def change_feed(self, topics: Sequence[str], **options: Any) -> ChangeFeed:
         return self.backend.change_feed(topics, **options)
+
+    def watch_replication_slot(self, database_url: str, slot: str) -> None:
+        """Report a PostgreSQL CDC slot's lag in ``changefeed status`` (a slot nobody reads
+        holds WAL forever, so it is worth watching next to the pillows)."""
+        self.replication_slots.append((database_url, slot))
 
     # -- pillows -----------------------------------------------------------------------
 

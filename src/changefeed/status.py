@@ -70,3 +70,14 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
                 f"{entry.tp}: {entry.reason} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.changed_at))}Z"
             )
     return status
+
+
+def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
+    """A CDC slot's lag (see `changefeed.sources.postgres_cdc.slot_status`); an unreachable
+    database is reported, not raised, so one bad slot does not hide the pillows' status."""
+    from changefeed.sources.postgres_cdc import slot_status
+
+    try:
+        return {"replication_slot": slot, **slot_status(database_url, slot)}
+    except Exception as exc:  # noqa: BLE001 - shown to the operator instead
+        return {"replication_slot": slot, "exists": None, "error": f"{type(exc).__name__}: {exc}"}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.status import PillowStatus, pillow_status
+from changefeed.status import PillowStatus, pillow_status, replication_slot_status
 
 
 @cli.command("pillows")
@@ -95,15 +96,20 @@ def run_cmd(
     click.echo(f"{pillow.name}: {total} changes read in {elapsed:.1f}s", err=True)
 
 
-def _render(statuses: list[PillowStatus]) -> None:
+def _render(statuses: list[PillowStatus], slots: list[dict[str, Any]]) -> None:
     console = Console()
     table = Table("pillow", "topic", "partition", "checkpoint", "head", "lag", "checkpoint age")
     for st in statuses:
         for p in st.partitions:
             age = "never" if p.checkpoint_age is None else f"{p.checkpoint_age:.0f}s"
             table.add_row(
-                st.pillow, p.topic, str(p.partition),
-                "-" if p.checkpoint is None else str(p.checkpoint), str(p.head), str(p.lag), age,
+                st.pillow,
+                p.topic,
+                str(p.partition),
+                "-" if p.checkpoint is None else str(p.checkpoint),
+                str(p.head),
+                str(p.lag),
+                age,
             )
     console.print(table)
     for st in statuses:
@@ -112,6 +118,16 @@ def _render(statuses: list[PillowStatus]) -> None:
         )
         for note in st.notes:
             console.print(f"  note: {note}")
+    for slot in slots:
+        if slot.get("exists"):
+            console.print(
+                f"replication slot {slot['replication_slot']}: lag {slot['lag_bytes']} bytes, "
+                f"retains {slot['retained_bytes']} bytes, "
+                f"{'active' if slot['active'] else 'NOT ACTIVE'}"
+            )
+        else:
+            reason = slot.get("error") or "does not exist"
+            console.print(f"replication slot {slot['replication_slot']}: {reason}")
 
 
 @cli.command("status")
@@ -123,36 +139,63 @@ def _render(statuses: list[PillowStatus]) -> None:
     metavar="SECONDS",
     help="Refresh every SECONDS until interrupted (with --json: one JSON document per line).",
 )
+@click.option(
+    "--slot",
+    "slot_names",
+    multiple=True,
+    metavar="NAME",
+    help="Also report this PostgreSQL CDC replication slot's lag (with --cdc-db).",
+)
+@click.option(
+    "--cdc-db",
+    envvar="CHANGEFEED_CDC_DB",
+    metavar="URL",
+    help="Database of --slot (default: $CHANGEFEED_CDC_DB).",
+)
 @click.pass_context
 def status_cmd(
-    ctx: click.Context, pillow_names: tuple[str, ...], as_json: bool, watch: float | None
+    ctx: click.Context,
+    pillow_names: tuple[str, ...],
+    as_json: bool,
+    watch: float | None,
+    slot_names: tuple[str, ...],
+    cdc_db: str | None,
 ) -> None:
-    """Per partition: checkpoint, head, lag and checkpoint age."""
+    """Per partition: checkpoint, head, lag and checkpoint age; error counts; the lag of
+    the app's watched CDC replication slots. With --json, slots follow the pillows in the
+    list as objects with a "replication_slot" key."""
+    if slot_names and not cdc_db:
+        raise UserError("--slot needs --cdc-db URL (or $CHANGEFEED_CDC_DB)")
     app = get_app(ctx)
+    slot_specs = [*app.replication_slots, *((cdc_db or "", name) for name in slot_names)]
     names = list(pillow_names) or app.pillow_names
     pillows = []
     for name in names:
         with user_errors():
             pillows.append(app.get_pillow(name))
+
+    def slots() -> list[dict[str, Any]]:
+        return [replication_slot_status(url, name) for url, name in slot_specs]
+
     if watch is None:
         statuses = [pillow_status(app, pillow) for pillow in pillows]
         if as_json:
-            click.echo(json.dumps([s.to_dict() for s in statuses], indent=2))
+            click.echo(json.dumps([*(s.to_dict() for s in statuses), *slots()], indent=2))
         else:
-            _render(statuses)
+            _render(statuses, slots())
         return
     console = Console()
     try:
         while True:
             statuses = [pillow_status(app, pillow) for pillow in pillows]
             if as_json:
-                click.echo(json.dumps([s.to_dict() for s in statuses]))
+                click.echo(json.dumps([*(s.to_dict() for s in statuses), *slots()]))
             else:
                 console.clear()
                 console.print(
                     f"every {watch:g}s: {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)"
                 )
-                _render(statuses)
+                _render(statuses, slots())
             time.sleep(watch)
     except KeyboardInterrupt:
         return
