@@ -73,6 +73,20 @@ class HistoryEntry:
     changed_by: str
     reason: str
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form, for the CLI and the dashboard."""
+        return {
+            "id": self.id,
+            "pillow": self.pillow,
+            "topic": self.tp.topic,
+            "partition": self.tp.partition,
+            "old_offset": self.old_offset,
+            "new_offset": self.new_offset,
+            "changed_at": self.changed_at,
+            "changed_by": self.changed_by,
+            "reason": self.reason,
+        }
+
 
 class CheckpointStore:
     def __init__(self, engine: sa.Engine | str, clock: Callable[[], float] = time.time) -> None:
@@ -163,14 +177,21 @@ class CheckpointStore:
                 )
                 pk = res.inserted_primary_key
                 entries.append(
-                    HistoryEntry(int(pk[0]) if pk else 0, pillow, tp, old.get(tp), new, now, actor, reason)
+                    HistoryEntry(
+                        int(pk[0]) if pk else 0, pillow, tp, old.get(tp), new, now, actor, reason
+                    )
                 )
             upsert(
                 conn,
                 t,
                 [
-                    {"pillow": pillow, "topic": tp.topic, "partition": tp.partition,
-                     "offset": off, "updated_at": now}
+                    {
+                        "pillow": pillow,
+                        "topic": tp.topic,
+                        "partition": tp.partition,
+                        "offset": off,
+                        "updated_at": now,
+                    }
                     for tp, off in offsets.items()
                 ],
                 ["pillow", "topic", "partition"],
@@ -186,8 +207,16 @@ class CheckpointStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [
-            HistoryEntry(r.id, r.pillow, TopicPartition(r.topic, r.partition), r.old_offset,
-                         r.new_offset, r.changed_at, r.changed_by, r.reason)
+            HistoryEntry(
+                r.id,
+                r.pillow,
+                TopicPartition(r.topic, r.partition),
+                r.old_offset,
+                r.new_offset,
+                r.changed_at,
+                r.changed_by,
+                r.reason,
+            )
             for r in rows
         ]
 
@@ -205,25 +234,42 @@ class CheckpointStore:
                 t = checkpoints_table
                 conn.execute(
                     t.delete().where(
-                        (t.c.pillow == row.pillow) & (t.c.topic == tp.topic)
+                        (t.c.pillow == row.pillow)
+                        & (t.c.topic == tp.topic)
                         & (t.c.partition == tp.partition)
                     )
                 )
                 res = conn.execute(
                     h.insert().values(
-                        pillow=row.pillow, topic=tp.topic, partition=tp.partition,
-                        old_offset=row.new_offset, new_offset=None, changed_at=self.clock(),
-                        changed_by=changed_by or current_actor(), reason=f"undo #{entry_id}",
+                        pillow=row.pillow,
+                        topic=tp.topic,
+                        partition=tp.partition,
+                        old_offset=row.new_offset,
+                        new_offset=None,
+                        changed_at=self.clock(),
+                        changed_by=changed_by or current_actor(),
+                        reason=f"undo #{entry_id}",
                     )
                 )
             pk = res.inserted_primary_key
-            return HistoryEntry(int(pk[0]) if pk else 0, row.pillow, tp, row.new_offset, None,
-                                self.clock(), changed_by or current_actor(), f"undo #{entry_id}")
-        return self.set(row.pillow, {tp: row.old_offset}, reason=f"undo #{entry_id}",
-                        changed_by=changed_by)[0]
+            return HistoryEntry(
+                int(pk[0]) if pk else 0,
+                row.pillow,
+                tp,
+                row.new_offset,
+                None,
+                self.clock(),
+                changed_by or current_actor(),
+                f"undo #{entry_id}",
+            )
+        return self.set(
+            row.pillow, {tp: row.old_offset}, reason=f"undo #{entry_id}", changed_by=changed_by
+        )[0]
 
     def pillows(self) -> list[str]:
         self.create()
         t = checkpoints_table
         with self.engine.connect() as conn:
-            return [r[0] for r in conn.execute(sa.select(t.c.pillow).distinct().order_by(t.c.pillow))]
+            return [
+                r[0] for r in conn.execute(sa.select(t.c.pillow).distinct().order_by(t.c.pillow))
+            ]

@@ -84,6 +84,18 @@ class ErrorRecord:
     last_attempt_at: float
     next_attempt_at: float | None
 
+    def to_dict(self, detail: bool = False) -> dict[str, object]:
+        """JSON-ready form; the stub and traceback only with ``detail``."""
+        out: dict[str, object] = {
+            name: getattr(self, name)
+            for name in self.__slots__
+            if name not in ("stub", "traceback")
+        }
+        if detail:
+            out["stub"] = self.stub.decode("utf-8", "replace")
+            out["traceback"] = self.traceback
+        return out
+
 
 def _stub_bytes(change: Change) -> bytes:
     if change.metadata is not None:

@@ -122,25 +122,7 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
     """Past checkpoint moves: who, when, old and new offset, why."""
     entries = get_app(ctx).checkpoints.history(pillow, limit=limit)
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "id": e.id,
-                        "pillow": e.pillow,
-                        "topic": e.tp.topic,
-                        "partition": e.tp.partition,
-                        "old_offset": e.old_offset,
-                        "new_offset": e.new_offset,
-                        "changed_at": e.changed_at,
-                        "changed_by": e.changed_by,
-                        "reason": e.reason,
-                    }
-                    for e in entries
-                ],
-                indent=2,
-            )
-        )
+        click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
     for e in entries:
         old = "-" if e.old_offset is None else e.old_offset

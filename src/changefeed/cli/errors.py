@@ -8,21 +8,7 @@ import time
 import click
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.errors import PARKED, PENDING, ErrorRecord
-
-
-def _record_dict(r: ErrorRecord, full: bool = False) -> dict[str, object]:
-    out: dict[str, object] = {
-        "id": r.id, "pillow": r.pillow, "processor": r.processor, "document_id": r.document_id,
-        "topic": r.topic, "partition": r.partition, "offset": r.offset,
-        "error_type": r.error_type, "message": r.message, "attempts": r.attempts,
-        "status": r.status, "created_at": r.created_at, "last_attempt_at": r.last_attempt_at,
-        "next_attempt_at": r.next_attempt_at,
-    }
-    if full:
-        out["stub"] = r.stub.decode("utf-8", "replace")
-        out["traceback"] = r.traceback
-    return out
+from changefeed.errors import PARKED, PENDING
 
 
 @cli.group("errors")
@@ -42,13 +28,14 @@ def list_cmd(
     """Queued errors, oldest first."""
     records = get_app(ctx).error_queue.list(pillow, status, limit)
     if as_json:
-        click.echo(json.dumps([_record_dict(r) for r in records], indent=2))
+        click.echo(json.dumps([r.to_dict() for r in records], indent=2))
         return
     if not records:
         click.echo("no errors")
     for r in records:
         when = (
-            "-" if r.next_attempt_at is None
+            "-"
+            if r.next_attempt_at is None
             else time.strftime("%H:%M:%S", time.gmtime(r.next_attempt_at)) + "Z"
         )
         click.echo(
@@ -65,15 +52,19 @@ def show_cmd(ctx: click.Context, error_id: int) -> None:
     record = get_app(ctx).error_queue.get(error_id)
     if record is None:
         raise UserError(f"no error #{error_id}")
-    click.echo(json.dumps(_record_dict(record, full=True), indent=2))
+    click.echo(json.dumps(record.to_dict(detail=True), indent=2))
 
 
 @errors_group.command("retry")
 @click.option("--pillow", help="Only this pillow's errors.")
 @click.option("--id", "ids", type=int, multiple=True, help="Only these errors (repeatable).")
 @click.option("--parked", "parked_only", is_flag=True, help="Only parked errors.")
-@click.option("--now/--schedule", default=True, show_default=True,
-              help="Re-process at once, or only mark due for the retry runner.")
+@click.option(
+    "--now/--schedule",
+    default=True,
+    show_default=True,
+    help="Re-process at once, or only mark due for the retry runner.",
+)
 @click.pass_context
 def retry_cmd(
     ctx: click.Context, pillow: str | None, ids: tuple[int, ...], parked_only: bool, now: bool
@@ -85,7 +76,11 @@ def retry_cmd(
     click.echo(f"{marked} error(s) marked due")
     if not now or not marked:
         return
-    names = [pillow] if pillow else sorted({r.pillow for r in queue.list(limit=100_000) if r.status == PENDING})
+    names = (
+        [pillow]
+        if pillow
+        else sorted({r.pillow for r in queue.list(limit=100_000) if r.status == PENDING})
+    )
     for name in names:
         if name not in app.pillow_names:
             click.echo(f"{name}: not defined in this app; left for its retry runner", err=True)
@@ -104,8 +99,12 @@ def retry_cmd(
 @click.option("--yes", is_flag=True, help="Purge everything matching without asking.")
 @click.pass_context
 def purge_cmd(
-    ctx: click.Context, pillow: str | None, ids: tuple[int, ...], status: str | None,
-    older_than: float | None, yes: bool,
+    ctx: click.Context,
+    pillow: str | None,
+    ids: tuple[int, ...],
+    status: str | None,
+    older_than: float | None,
+    yes: bool,
 ) -> None:
     """Delete errors from the queue (their changes are then never retried)."""
     if not (pillow or ids or status or older_than is not None or yes):

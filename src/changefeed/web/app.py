@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +22,6 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from changefeed.errors import ErrorRecord
 from changefeed.web.live import LiveChanges
 from changefeed.web.monitor import PillowMonitor
 from changefeed.web.security import AccessMiddleware, SecurityHeadersMiddleware, same_origin
@@ -40,16 +38,6 @@ MAX_LIMIT = 1000
 class JSON(JSONResponse):
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content, option=orjson.OPT_NON_STR_KEYS)
-
-
-def error_dict(record: ErrorRecord, detail: bool = False) -> dict[str, Any]:
-    out = asdict(record)
-    stub = out.pop("stub")
-    trace = out.pop("traceback")
-    if detail:
-        out["stub"] = stub.decode("utf-8", "replace")
-        out["traceback"] = trace
-    return out
 
 
 def _int(request: Request, name: str, default: int, maximum: int = MAX_LIMIT) -> int:
@@ -102,13 +90,13 @@ class Dashboard:
         limit = _int(request, "limit", 100)
         records = self.app.error_queue.list(pillow=pillow, status=status, limit=limit)
         counts = {name: self.app.error_queue.counts(name) for name in self.pillow_names}
-        return JSON({"errors": [error_dict(r) for r in records], "counts": counts})
+        return JSON({"errors": [r.to_dict() for r in records], "counts": counts})
 
     def error_detail(self, request: Request) -> Response:
         record = self.app.error_queue.get(int(request.path_params["error_id"]))
         if record is None or record.pillow not in self.pillow_names:
             return JSON({"error": "no such error entry"}, 404)
-        return JSON(error_dict(record, detail=True))
+        return JSON(record.to_dict(detail=True))
 
     def checkpoint_history(self, request: Request) -> Response:
         pillow = request.query_params.get("pillow") or None
@@ -118,24 +106,7 @@ class Dashboard:
             for e in self.app.checkpoints.history(pillow, limit=limit)
             if e.pillow in self.pillow_names
         ]
-        return JSON(
-            {
-                "history": [
-                    {
-                        "id": e.id,
-                        "pillow": e.pillow,
-                        "topic": e.tp.topic,
-                        "partition": e.tp.partition,
-                        "old_offset": e.old_offset,
-                        "new_offset": e.new_offset,
-                        "changed_at": e.changed_at,
-                        "changed_by": e.changed_by,
-                        "reason": e.reason,
-                    }
-                    for e in entries
-                ]
-            }
-        )
+        return JSON({"history": [e.to_dict() for e in entries]})
 
     # -- the one write -------------------------------------------------------------------
 
