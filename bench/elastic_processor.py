@@ -11,23 +11,15 @@ Starts its own Elasticsearch-API server (noida-db, the binary inside its wheel).
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import shutil
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from elasticsearch import Elasticsearch, helpers
 
 from changefeed.change import Change, ChangeMeta
 from changefeed.processors.elastic import ElasticProcessor
+from changefeed.testing.servers import NoidaServer
 
 MAPPINGS = {
     "properties": {
@@ -39,47 +31,6 @@ MAPPINGS = {
         "score": {"type": "float"},
     }
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def noida_elasticsearch() -> Iterator[str]:
-    spec = importlib.util.find_spec("noida_db")
-    if spec is None or spec.origin is None:
-        sys.exit("noida-db is not installed: pip install noida-db==0.2.3")
-    binary = Path(spec.origin).parent / "noida-db"
-    data = Path(tempfile.mkdtemp(prefix="bench-es-"))
-    port = free_port()
-    with open(data / "server.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(binary), "start", "--data-dir", str(data), "--only", "elasticsearch",
-             "--elasticsearch-port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("noida-db did not start")
-                time.sleep(0.05)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def documents(n: int) -> list[tuple[str, int, dict[str, Any]]]:
@@ -162,7 +113,8 @@ def main() -> None:
     args = parser.parse_args()
 
     docs = documents(args.docs)
-    with noida_elasticsearch() as url:
+    with NoidaServer("elasticsearch") as server:
+        url = server.elasticsearch_url
         es = Elasticsearch(url, request_timeout=120)
         run_helper(es, docs[: args.chunk], 999, args.chunk)  # warm up both paths
         run_processor(es, changes_for(docs[: args.chunk]), 999, args.chunk)

@@ -13,15 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from importlib.resources import files
-from pathlib import Path
 
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaTopicPartition
@@ -31,32 +25,7 @@ from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow
 from changefeed.processors import NoopProcessor
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_broker(base: Path) -> tuple[subprocess.Popen[bytes], str]:
-    binary = Path(str(files("noida_db").joinpath("noida-db")))
-    port = free_port()
-    log = open(base / "broker.log", "ab")  # noqa: SIM115 - the broker writes to it until stopped
-    proc = subprocess.Popen(
-        [str(binary), "start", "--data-dir", str(base / "data"), "--only", "kafka",
-         "--kafka-port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=base,
-    )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc, f"127.0.0.1:{port}"
-        except OSError:
-            time.sleep(0.05)
-    proc.terminate()
-    raise SystemExit("broker did not start")
+from changefeed.testing.servers import NoidaServer
 
 
 def publish(backend: KafkaBackend, topic: str, n: int) -> tuple[float, float]:
@@ -114,8 +83,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    base = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
-    proc, bootstrap = start_broker(base)
+    broker = NoidaServer("kafka").start()
+    base, bootstrap = broker.base, broker.address
     try:
         backend = KafkaBackend.from_url(f"kafka://{bootstrap}")
         topic = f"bench-{os.getpid()}"
@@ -141,9 +110,7 @@ def main() -> None:
             h = statistics.median(x[i] for x in loop_rates)
             print(f"median {what}: pillow {p:,.0f}, hand-written loop {h:,.0f}, ratio {p / h:.2f}")
     finally:
-        proc.terminate()
-        proc.wait(30)
-        shutil.rmtree(base, ignore_errors=True)
+        broker.close()
     sys.stdout.flush()
 
 

@@ -22,18 +22,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
-import os
 import shutil
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +40,7 @@ from changefeed.change import Change, ChangeMeta
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.sql import SQLDocumentStore
 from changefeed.testing.postgres import TempPostgresCluster
+from changefeed.testing.servers import NoidaServer
 
 SPEC: dict[str, Any] = {
     "name": "cases",
@@ -213,50 +208,6 @@ def alternate(
 
 
 # -- 2. end to end -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def noida_kafka() -> Iterator[str]:
-    """A noida-db Kafka broker of our own (the binary inside its wheel), stopped by its PID."""
-    spec = importlib.util.find_spec("noida_db")
-    if spec is None or spec.origin is None:
-        sys.exit("noida-db is not installed: pip install noida-db==0.2.3")
-    binary = Path(spec.origin).parent / "noida-db"
-    if not os.access(binary, os.X_OK):
-        binary.chmod(0o755)
-    data = Path(tempfile.mkdtemp(prefix="bench-kafka-"))
-    port = free_port()
-    with open(data / "broker.log", "ab") as log:
-        proc = subprocess.Popen(
-            [str(binary), "start", "--data-dir", str(data / "data"), "--only", "kafka",
-             "--kafka-port", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    sys.exit("noida-db did not start")
-                time.sleep(0.05)
-        yield f"kafka://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def hand_loop_kafka(
@@ -454,7 +405,8 @@ def main() -> None:
                 ratios["upsert"] = bench_upsert(pg, args.docs, args.rounds, args.batch)
             if args.only in (None, "e2e"):
                 if args.log == "kafka":
-                    with noida_kafka() as log_url:
+                    with NoidaServer("kafka") as broker:
+                        log_url = broker.kafka_url
                         ratios["e2e"] = bench_e2e(
                             pg, log_url, args.docs, args.rounds, args.batch, args.partitions
                         )

@@ -20,8 +20,8 @@ from tests.harness._util import free_port, start, stop_process, unavailable, wai
 class RedisServer:
     """One ``redis-server`` process on a port (restartable on the same port)."""
 
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self) -> None:
+        self.port = free_port()
         self.data_dir = Path(tempfile.mkdtemp(prefix="changefeed-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -34,22 +34,11 @@ class RedisServer:
         if binary is None:
             unavailable("redis-server not installed (apt-get install redis-server)")
         assert binary is not None
-        self.proc = start(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.data_dir),
-            ],
-            str(self.data_dir / "server.log"),
-        )
+        cmd = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(self.data_dir),
+        ]  # fmt: skip
+        self.proc = start(cmd, str(self.data_dir / "server.log"))
         try:
             wait_for_port(self.port, timeout=15, proc=self.proc)
         except Exception:

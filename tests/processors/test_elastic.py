@@ -23,7 +23,6 @@ from changefeed.processors.backoff import Backoff
 from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.registry import DocumentStoreRegistry
-from tests.harness._util import free_port
 from tests.harness.elasticsearch import NoidaElasticsearch
 
 MAPPINGS = {"properties": {"name": {"type": "keyword"}, "count": {"type": "integer"}}}
@@ -242,9 +241,8 @@ def test_bad_names_and_an_index_in_place_of_the_alias_are_refused(
 
 
 def test_server_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
-    server = NoidaElasticsearch(port=free_port(), data_dir=tmp_path / "es")
     (tmp_path / "es").mkdir()
-    server.start()
+    server = NoidaElasticsearch(data_dir=tmp_path / "es").start()
     try:
         proc_sleeps: list[float] = []
         proc = processor(

@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
+
+from changefeed.testing.servers import free_port, wait_for_port
 
 PG_BIN_CANDIDATES = tuple(Path(f"/usr/lib/postgresql/{v}/bin") for v in (17, 16, 15))
 
@@ -32,24 +33,6 @@ def pg_bindir() -> Path | None:
             return cand
     found = shutil.which("initdb")
     return Path(found).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"PostgreSQL not listening on 127.0.0.1:{port}") from None
-            time.sleep(0.05)
 
 
 class PostgresServer:
@@ -96,7 +79,7 @@ class TempPostgresCluster(PostgresServer):
         bindir = pg_bindir()
         if bindir is None:
             raise PostgresUnavailableError("PostgreSQL server binaries (initdb) not installed")
-        super().__init__(_free_port())
+        super().__init__(free_port())
         self.bindir = bindir
         self.wal_level = wal_level
         self.max_connections = max_connections
@@ -135,7 +118,7 @@ class TempPostgresCluster(PostgresServer):
                 str(self.bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
                 "-o", opts, "-w", "start",
             )  # fmt: skip
-            _wait_for_port(self.port, timeout)
+            wait_for_port(self.port, timeout)
             self._allow_output_plugins()
         except BaseException:
             self.stop()
