@@ -167,7 +167,9 @@ class ChangeMeta:
         if type(v) is not int or v < 0:
             raise _bad_type("attempts", "a non-negative integer", v)
         self.attempts = v
-        self.extra = {} if data.keys() <= _KNOWN else {k: x for k, x in data.items() if k not in _KNOWN}
+        self.extra = (
+            {} if data.keys() <= _KNOWN else {k: x for k, x in data.items() if k not in _KNOWN}
+        )
         return self
 
     @classmethod
@@ -235,7 +237,12 @@ class Change:
             if not key and isinstance(data, dict) and isinstance(data.get("document_id"), str):
                 key = data["document_id"]
             return cls(
-                topic, partition, offset, None, raw=orjson.dumps(data), error=str(exc),
+                topic,
+                partition,
+                offset,
+                None,
+                raw=orjson.dumps(data),
+                error=str(exc),
                 document_id=key,
             )
 

@@ -57,7 +57,10 @@ FORM_REPORT: dict[str, Any] = {
         {
             "name": "domain",
             "type": "string",
-            "expression": {"type": "root_doc", "expression": {"type": "property_name", "property_name": "domain"}},
+            "expression": {
+                "type": "root_doc",
+                "expression": {"type": "property_name", "property_name": "domain"},
+            },
         },
     ],
 }
@@ -77,12 +80,16 @@ class DemoResult:
 
 
 class Demo:
-    def __init__(self, directory: Path, *, cases: int, forms: int, updates: int, seed: int = 7) -> None:
+    def __init__(
+        self, directory: Path, *, cases: int, forms: int, updates: int, seed: int = 7
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cases_n, self.forms_n, self.updates_n = cases, forms, updates
         self.rng = random.Random(seed)
-        self.app = App(f"sqlite:///{self.dir / 'log.db'}?partitions=4", f"sqlite:///{self.dir / 'state.db'}")
+        self.app = App(
+            f"sqlite:///{self.dir / 'log.db'}?partitions=4", f"sqlite:///{self.dir / 'state.db'}"
+        )
         source = make_engine(f"sqlite:///{self.dir / 'documents.db'}")
         self.cases = SQLDocumentStore(source, "cases", data_source_name="cases")
         self.forms = SQLDocumentStore(source, "forms", data_source_name="forms")
@@ -92,35 +99,64 @@ class Demo:
         self.reports_url = f"sqlite:///{self.dir / 'reports.db'}"
         self.case_report = ReportTableProcessor(CASE_REPORT, self.reports_url)
         self.form_report = ReportTableProcessor(FORM_REPORT, self.reports_url)
-        self.app.add_pillow("case-report", lambda app: app.constructed_pillow(
-            "case-report", ["case"], self.case_report, batch_size=500, max_wait=0.2))
-        self.app.add_pillow("form-report", lambda app: app.constructed_pillow(
-            "form-report", ["form"], self.form_report, batch_size=500, max_wait=0.2))
+        self.app.add_pillow(
+            "case-report",
+            lambda app: app.constructed_pillow(
+                "case-report", ["case"], self.case_report, batch_size=500, max_wait=0.2
+            ),
+        )
+        self.app.add_pillow(
+            "form-report",
+            lambda app: app.constructed_pillow(
+                "form-report", ["form"], self.form_report, batch_size=500, max_wait=0.2
+            ),
+        )
         self.published = 0
 
     # -- the application side: save a document, publish its change ------------------------
 
-    def _save(self, store: SQLDocumentStore, doc_type: str, doc_id: str, doc: dict[str, Any] | None) -> None:
+    def _save(
+        self, store: SQLDocumentStore, doc_type: str, doc_id: str, doc: dict[str, Any] | None
+    ) -> None:
         version = store.delete(doc_id) if doc is None else store.save(doc_id, doc)
         domain = None if doc is None else doc.get("domain")
         self.app.publish(
-            ChangeMeta(doc_id, "sql", store.data_source_name, document_type=doc_type,
-                       domain=domain, is_deletion=doc is None, version=version)
+            ChangeMeta(
+                doc_id,
+                "sql",
+                store.data_source_name,
+                document_type=doc_type,
+                domain=domain,
+                is_deletion=doc is None,
+                version=version,
+            )
         )
         self.published += 1
 
     def _new_case(self, i: int) -> dict[str, Any]:
         rng = self.rng
-        return {"doc_type": "case", "name": f"case {i}", "domain": rng.choice(DOMAINS),
-                "owner": rng.choice(OWNERS), "priority": rng.randint(1, 5), "visits": 0,
-                "closed": False}
+        return {
+            "doc_type": "case",
+            "name": f"case {i}",
+            "domain": rng.choice(DOMAINS),
+            "owner": rng.choice(OWNERS),
+            "priority": rng.randint(1, 5),
+            "visits": 0,
+            "closed": False,
+        }
 
     def _new_form(self, i: int) -> dict[str, Any]:
         rng = self.rng
-        items = [{"product": rng.choice(PRODUCTS), "quantity": rng.randint(1, 20)}
-                 for _ in range(rng.randint(1, 4))]
-        return {"doc_type": "form", "domain": rng.choice(DOMAINS), "items": items,
-                "received_on": f"2026-11-{1 + i % 26:02d}"}
+        items = [
+            {"product": rng.choice(PRODUCTS), "quantity": rng.randint(1, 20)}
+            for _ in range(rng.randint(1, 4))
+        ]
+        return {
+            "doc_type": "form",
+            "domain": rng.choice(DOMAINS),
+            "items": items,
+            "received_on": f"2026-11-{1 + i % 26:02d}",
+        }
 
     def write(self, stop: threading.Event, progress: Callable[[int], None]) -> int:
         """Create documents, then keep changing them; returns the number of writes."""
@@ -172,7 +208,9 @@ class Demo:
 
     # -- checking the result ----------------------------------------------------------
 
-    def verify(self, processor: ReportTableProcessor, store: SQLDocumentStore) -> tuple[int, int, int, int]:
+    def verify(
+        self, processor: ReportTableProcessor, store: SQLDocumentStore
+    ) -> tuple[int, int, int, int]:
         """(rows, missing, extra, different) of a report table against its source."""
         config: DataSourceConfig = processor.config
         cols = ["doc_id", "row_num", *config.column_names]
@@ -183,8 +221,7 @@ class Demo:
         table = processor.table
         with processor.engine.connect() as conn:
             actual = {
-                (r[0], r[1]): tuple(r)
-                for r in conn.execute(sa.select(*(table.c[c] for c in cols)))
+                (r[0], r[1]): tuple(r) for r in conn.execute(sa.select(*(table.c[c] for c in cols)))
             }
         missing = len(expected.keys() - actual.keys())
         extra = len(actual.keys() - expected.keys())
@@ -213,14 +250,21 @@ class Demo:
         total_writes = self.cases_n + self.forms_n + self.updates_n
         stop = threading.Event()
         with Progress(
-            TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=console, transient=False,
+            TextColumn("{task.description:<28}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
         ) as progress:
             w = progress.add_task("documents written", total=total_writes)
             p = progress.add_task("changes processed (all)", total=None)
             writer = threading.Thread(
-                target=lambda: setattr(result, "writes", self.write(stop, lambda n: progress.update(w, completed=n))),
-                name="writer", daemon=True,
+                target=lambda: setattr(
+                    result, "writes", self.write(stop, lambda n: progress.update(w, completed=n))
+                ),
+                name="writer",
+                daemon=True,
             )
             writer.start()
             while writer.is_alive() or self.lag(pillows) > 0:

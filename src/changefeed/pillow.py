@@ -75,7 +75,9 @@ class PillowListener:
         """A batch failed as a whole; the pillow sleeps ``delay`` and retries."""
 
 
-def stride(partitions: Iterable[TopicPartition], num_processes: int, process_number: int) -> list[TopicPartition]:
+def stride(
+    partitions: Iterable[TopicPartition], num_processes: int, process_number: int
+) -> list[TopicPartition]:
     """Static partition assignment: process k of N takes every N-th of the sorted partitions."""
     if num_processes < 1:
         raise ValueError("num_processes must be at least 1")
@@ -177,7 +179,9 @@ class Pillow:
     def _interruptible_sleep(self, seconds: float) -> None:
         self._stop.wait(seconds)
 
-    def assigned_partitions(self, num_processes: int = 1, process_number: int = 0) -> list[TopicPartition]:
+    def assigned_partitions(
+        self, num_processes: int = 1, process_number: int = 0
+    ) -> list[TopicPartition]:
         return stride(self.change_feed.topic_partitions(), num_processes, process_number)
 
     def starting_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
@@ -213,7 +217,9 @@ class Pillow:
                 assigned = self.assigned_partitions(num_processes, process_number)
                 since = self.starting_offsets(assigned)
                 changed = self._assignment_watch(set(assigned), num_processes, process_number)
-                total += self._consume(feed.iter_changes(since, forever), changed if forever else None)
+                total += self._consume(
+                    feed.iter_changes(since, forever), changed if forever else None
+                )
                 if self._stop.is_set() or not forever or not self._restart:
                     return total
 
@@ -296,10 +302,10 @@ class Pillow:
             except DependencyDownError as exc:
                 attempt += 1
                 if self.max_batch_retries is not None and attempt > self.max_batch_retries:
-                    log.error("pillow %s: batch failed %d times, queueing its changes", self.name, attempt)
-                    self._queue_failures(
-                        [(c, exc.where, exc.cause, True) for c in changes]
+                    log.error(
+                        "pillow %s: batch failed %d times, queueing its changes", self.name, attempt
                     )
+                    self._queue_failures([(c, exc.where, exc.cause, True) for c in changes])
                     report = BatchReport(self.name, seen, len(changes), len(changes), 0.0)
                     break
                 delay = next_delay(attempt)
@@ -340,7 +346,10 @@ class Pillow:
     def _record_offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
         log.warning(
             "pillow %s: offset %d of %s was removed by retention; jumping to %d",
-            self.name, needed, tp, earliest,
+            self.name,
+            needed,
+            tp,
+            earliest,
         )
         self.checkpoints.set(
             self.name,
@@ -358,7 +367,12 @@ class Pillow:
         for change in changes:
             if change.metadata is None:
                 failures.append(
-                    (change, INVALID_STUB, InvalidChangeError(change.error or "invalid stub"), False)
+                    (
+                        change,
+                        INVALID_STUB,
+                        InvalidChangeError(change.error or "invalid stub"),
+                        False,
+                    )
                 )
             else:
                 ready.append(change)
@@ -378,14 +392,22 @@ class Pillow:
         for change, where, exc, _ in failures:
             log.warning(
                 "pillow %s: %s failed for %s at %s[%d]@%d: %s",
-                self.name, where, change.id, change.topic, change.partition, change.offset, exc,
+                self.name,
+                where,
+                change.id,
+                change.topic,
+                change.partition,
+                change.offset,
+                exc,
             )
         retryable = [(c, w, e) for c, w, e, r in failures if r]
         final = [(c, w, e) for c, w, e, r in failures if not r]
         self.error_queue.add_many(self.name, retryable, policy=self.retry_policy)
         self.error_queue.add_many(self.name, final, retryable=False, policy=self.retry_policy)
 
-    def _run_processor(self, processor: Processor, changes: list[Change], failures: list[Failure]) -> None:
+    def _run_processor(
+        self, processor: Processor, changes: list[Change], failures: list[Failure]
+    ) -> None:
         if not changes:
             return
         name = processor.name

@@ -365,7 +365,9 @@ class SQLiteAdmin(TopicAdmin):
             tid, current = row
             if total < current:
                 conn.execute("ROLLBACK")
-                raise ValueError(f"topic {name!r} has {current} partitions; cannot shrink to {total}")
+                raise ValueError(
+                    f"topic {name!r} has {current} partitions; cannot shrink to {total}"
+                )
             conn.executemany(
                 "INSERT INTO heads (topic_id, partition, next_offset) VALUES (?, ?, 0)",
                 [(tid, p) for p in range(current, total)],

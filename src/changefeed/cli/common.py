@@ -65,11 +65,17 @@ class State:
     metavar="MODULE:ATTR",
     help="Your changefeed.App (default: $CHANGEFEED_APP).",
 )
-@click.option("--log", "log_url", metavar="URL", help="Log URL (sqlite:///path or kafka://host:port).")
-@click.option("--state", "state_url", metavar="URL", help="SQLAlchemy URL of checkpoints and errors.")
+@click.option(
+    "--log", "log_url", metavar="URL", help="Log URL (sqlite:///path or kafka://host:port)."
+)
+@click.option(
+    "--state", "state_url", metavar="URL", help="SQLAlchemy URL of checkpoints and errors."
+)
 @click.version_option(package_name="changefeed")
 @click.pass_context
-def cli(ctx: click.Context, app_spec: str | None, log_url: str | None, state_url: str | None) -> None:
+def cli(
+    ctx: click.Context, app_spec: str | None, log_url: str | None, state_url: str | None
+) -> None:
     """changefeed: publish document changes to a log and keep derived data in sync."""
     ctx.obj = State(app_spec, log_url, state_url)
 

@@ -14,12 +14,21 @@ from changefeed.cli.common import cli
 
 
 @cli.command("demo")
-@click.option("--dir", "directory", type=click.Path(file_okay=False, path_type=Path),
-              help="Keep the demo's files here (default: a temporary folder, removed after).")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's files here (default: a temporary folder, removed after).",
+)
 @click.option("--cases", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--forms", type=click.IntRange(min=1), default=600, show_default=True)
-@click.option("--updates", type=click.IntRange(min=0), default=3000, show_default=True,
-              help="Changes to make after the documents are created.")
+@click.option(
+    "--updates",
+    type=click.IntRange(min=0),
+    default=3000,
+    show_default=True,
+    help="Changes to make after the documents are created.",
+)
 def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> None:
     """Create sample cases and forms, publish their changes, keep two report tables in
     sync while documents keep changing, and prove the tables match the source."""
@@ -30,7 +39,9 @@ def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> No
     path = directory if directory is not None else Path(tempfile.mkdtemp(prefix="changefeed-demo-"))
     if keep and any(path.glob("*.db")):
         raise click.UsageError(f"{path} already holds a demo; pass an empty or new --dir")
-    console.print(f"[bold]changefeed demo[/bold]: embedded log, document store and report tables in {path}")
+    console.print(
+        f"[bold]changefeed demo[/bold]: embedded log, document store and report tables in {path}"
+    )
     demo = Demo(path, cases=cases, forms=forms, updates=updates)
     try:
         result = demo.run(console)
@@ -38,7 +49,14 @@ def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> No
         demo.close()
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
-    table = Table("report table", "rows", "missing", "extra", "different", title="Report tables vs. source documents")
+    table = Table(
+        "report table",
+        "rows",
+        "missing",
+        "extra",
+        "different",
+        title="Report tables vs. source documents",
+    )
     for name, (rows, missing, extra, different) in result.tables.items():
         table.add_row(name, str(rows), str(missing), str(extra), str(different))
     console.print(table)
@@ -47,7 +65,9 @@ def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> No
         f"in {result.seconds:.1f}s"
     )
     if result.ok:
-        console.print("[bold green]OK[/bold green]: every report table matches its source documents.")
+        console.print(
+            "[bold green]OK[/bold green]: every report table matches its source documents."
+        )
     else:
         console.print("[bold red]MISMATCH[/bold red]: a report table differs from its source.")
         raise SystemExit(1)

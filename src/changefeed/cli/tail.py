@@ -13,13 +13,23 @@ from changefeed.identifiers import topic_name
 @cli.command("tail")
 @click.argument("topic")
 @click.option("--from-beginning", is_flag=True, help="Start at the earliest offset.")
-@click.option("-n", "--last", type=click.IntRange(min=0), default=10, show_default=True,
-              help="Start this many changes before the head of each partition.")
+@click.option(
+    "-n",
+    "--last",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Start this many changes before the head of each partition.",
+)
 @click.option("--follow/--no-follow", "-f", default=False, help="Keep printing new changes.")
 @click.option("--limit", type=click.IntRange(min=1), help="Stop after this many changes.")
 @click.pass_context
 def tail_cmd(
-    ctx: click.Context, topic: str, from_beginning: bool, last: int, follow: bool,
+    ctx: click.Context,
+    topic: str,
+    from_beginning: bool,
+    last: int,
+    follow: bool,
     limit: int | None,
 ) -> None:
     """Print a topic's changes as JSON lines: position, then the stub."""
@@ -34,7 +44,11 @@ def tail_cmd(
     heads = feed.latest_offsets()
     since: dict[TopicPartition, int] = {}
     for tp in partitions:
-        start = earliest.get(tp, 0) if from_beginning else max(earliest.get(tp, 0), heads.get(tp, 0) - last)
+        start = (
+            earliest.get(tp, 0)
+            if from_beginning
+            else max(earliest.get(tp, 0), heads.get(tp, 0) - last)
+        )
         since[tp] = start
     printed = 0
     try:
@@ -42,8 +56,12 @@ def tail_cmd(
             if change is None:
                 continue
             stub = change.metadata.to_dict() if change.metadata else {"invalid": change.error}
-            line = {"topic": change.topic, "partition": change.partition, "offset": change.offset,
-                    "stub": stub}
+            line = {
+                "topic": change.topic,
+                "partition": change.partition,
+                "offset": change.offset,
+                "stub": stub,
+            }
             click.echo(orjson.dumps(line).decode())
             printed += 1
             if limit is not None and printed >= limit:

@@ -62,10 +62,13 @@ class FunctionProcessor(Processor):
     """Wraps a plain function ``f(change)`` as a processor."""
 
     def __init__(
-        self, func: Callable[[Change], object], name: str | None = None, needs_documents: bool = True
+        self,
+        func: Callable[[Change], object],
+        name: str | None = None,
+        needs_documents: bool = True,
     ) -> None:
         self.func = func
-        self._name = name or getattr(func, "__name__", "function")
+        self._name: str = name or str(getattr(func, "__name__", "function"))
         self.needs_documents = needs_documents
 
     @property
