@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -93,6 +94,7 @@ class CheckpointStore:
         self.engine = make_engine(engine)
         self.clock = clock
         self._created = False
+        self._commit_stmt: Any = None
 
     def create(self) -> None:
         if not self._created:
@@ -116,28 +118,44 @@ class CheckpointStore:
             for topic, part, off, ts in rows
         }
 
+    def _commit_statement(self) -> Any:
+        """The progress upsert, built once: building it per batch cost more than running it."""
+        if self._commit_stmt is None:
+            dialect = self.engine.dialect.name
+            if dialect not in ("postgresql", "sqlite"):
+                return None
+            from sqlalchemy.dialects import postgresql, sqlite
+
+            t = checkpoints_table
+            ins: Any = postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t)
+            self._commit_stmt = ins.on_conflict_do_update(
+                index_elements=["pillow", "topic", "partition"],
+                set_={"offset": ins.excluded.offset, "updated_at": ins.excluded.updated_at},
+            )
+        return self._commit_stmt
+
     def commit(self, pillow: str, offsets: Mapping[TopicPartition, int]) -> None:
         """Record progress (no history: this happens after every batch)."""
         if not offsets:
             return
         self.create()
         now = self.clock()
+        rows = [
+            {
+                "pillow": pillow,
+                "topic": tp.topic,
+                "partition": tp.partition,
+                "offset": off,
+                "updated_at": now,
+            }
+            for tp, off in offsets.items()
+        ]
+        stmt = self._commit_statement()
         with self.engine.begin() as conn:
-            upsert(
-                conn,
-                checkpoints_table,
-                [
-                    {
-                        "pillow": pillow,
-                        "topic": tp.topic,
-                        "partition": tp.partition,
-                        "offset": off,
-                        "updated_at": now,
-                    }
-                    for tp, off in offsets.items()
-                ],
-                ["pillow", "topic", "partition"],
-            )
+            if stmt is not None:
+                conn.execute(stmt, rows)
+            else:  # pragma: no cover - other dialects
+                upsert(conn, checkpoints_table, rows, ["pillow", "topic", "partition"])
 
     def set(
         self,

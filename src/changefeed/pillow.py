@@ -250,8 +250,10 @@ class Pillow:
         max_wait = self.max_wait
         monotonic = time.monotonic
         stop = self._stop
+        stopped = stop.is_set
         started = 0.0
         tp = TopicPartition("", -1)
+        tp_topic, tp_partition = tp
         for change in changes:
             if change is not None:
                 meta = change.metadata
@@ -263,18 +265,18 @@ class Pillow:
                 if key in batch:
                     del batch[key]
                 batch[key] = change
-                if change.partition != tp.partition or change.topic != tp.topic:
-                    tp = TopicPartition(change.topic, change.partition)
+                topic, partition = change.topic, change.partition
+                if partition != tp_partition or topic != tp_topic:
+                    tp = TopicPartition(topic, partition)
+                    tp_topic, tp_partition = topic, partition
                 pending[tp] = change.offset + 1
-                if self._seen == 0:
+                # self._seen is re-read per change: a rebalance inside the feed may flush.
+                seen = self._seen
+                if not seen:
                     started = monotonic()
-                self._seen += 1
+                self._seen = seen = seen + 1
                 total += 1
-                if (
-                    self._seen < batch_size
-                    and monotonic() - started < max_wait
-                    and not stop.is_set()
-                ):
+                if seen < batch_size and monotonic() - started < max_wait and not stopped():
                     continue
             if self._seen and not self.flush():
                 break
