@@ -10,7 +10,9 @@ Two ways to own partitions, one source of truth for positions (our checkpoint st
   batch in hand, so a batch is neither lost nor processed twice when processes come and go.
 
 Offsets are also committed to Kafka (`commit_offsets`, after our checkpoint is written) so
-standard lag tools see them, but they are never read back as a starting point.
+standard lag tools see them, but they are never read back as a starting point. Those commits
+are batched (at most one per ``commit_interval``, plus before partitions are revoked, when
+the feed is idle and on close): each costs librdkafka more CPU than a batch of no-op work.
 
 Offsets removed by retention are detected before reading (checkpoint below the earliest
 offset) and while reading (``auto.offset.reset=error``): ``strict`` raises
@@ -77,6 +79,7 @@ class KafkaChangeFeed(ChangeFeed):
         group_id: str | None = None,
         commit_offsets: bool = True,
         batch_rows: int = 5000,
+        commit_interval: float = 1.0,
         consumer_config: Mapping[str, Any] | None = None,
     ) -> None:
         if not topics:
@@ -93,6 +96,10 @@ class KafkaChangeFeed(ChangeFeed):
         self.batch_rows = batch_rows
         self.on_offset_reset: OffsetResetHandler | None = None
         self._commit_enabled = commit_offsets
+        self.commit_interval = commit_interval
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._last_commit = 0.0
+        self._reading = False
         self._consumer_config = dict(consumer_config or {})
         self._metadata = KafkaMetadata(config, client_id)
         self._consumer: Consumer | None = None
@@ -242,6 +249,7 @@ class KafkaChangeFeed(ChangeFeed):
             self._revoking = True
             try:
                 self._listener.on_revoke(tps)
+                self._send_commits(synchronous=True)
             finally:
                 self._revoking = False
         if self._cooperative:
@@ -266,12 +274,28 @@ class KafkaChangeFeed(ChangeFeed):
     # -- committing to Kafka ---------------------------------------------------------------
 
     def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:
-        """Mirror a checkpoint just written to our store into Kafka, for standard lag tools."""
+        """Mirror a checkpoint just written to our store into Kafka, for standard lag tools
+        (sent at most once per ``commit_interval``; the rest is merged into the next one)."""
         if not self._commit_enabled or self._consumer is None or not offsets:
             return
+        self._uncommitted.update(offsets)
+        if (
+            self._revoking
+            or not self._reading  # e.g. the last batch after a catch-up read ended
+            or time.monotonic() - self._last_commit >= self.commit_interval
+        ):
+            self._send_commits(synchronous=self._revoking)
+
+    def _send_commits(self, synchronous: bool = False) -> None:
+        """Send the mirrored offsets not yet committed (synchronously when the partitions
+        leave right after, so it lands)."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        if not offsets or self._consumer is None:
+            return
+        self._last_commit = time.monotonic()
         ktps = [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
         try:
-            if self._revoking:  # the partitions leave after this: make sure it lands
+            if synchronous:
                 self._consumer.commit(offsets=ktps, asynchronous=False)
             else:
                 self._consumer.commit(offsets=ktps, asynchronous=True)
@@ -333,67 +357,77 @@ class KafkaChangeFeed(ChangeFeed):
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[Change | None]:
-        self._start(since)
-        heads: dict[TopicPartition, int] = {}
-        if not forever and self._assigned:
-            heads = self._metadata.offsets(self._assigned, "latest")
-        consume = self.consumer.consume
-        batch_rows = self.batch_rows
-        idle_timeout = self.idle_timeout
-        from_raw = Change.from_raw
-        from_dict = ChangeMeta.from_dict
-        loads = orjson.loads
-        monotonic = time.monotonic
-        last_activity = monotonic()
-        while True:
-            if not forever and not self.uses_consumer_group and not self._assigned:
-                return
-            wait = idle_timeout - (monotonic() - last_activity)
-            msgs = consume(batch_rows, max(0.005, min(wait, 1.0)))
-            if self._rebalanced:
-                self._rebalanced = False
-                assigned = self._assigned
-                msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
-            got = False
-            for msg in msgs:
-                if msg.error() is not None:
-                    self._handle_error(msg)
-                    continue
-                # Decoding inlined (what `Change.from_raw` does, minus two calls a change);
-                # anything unusual goes through from_raw itself, so errors read the same.
-                value = msg.value()
-                try:
-                    change = Change(
-                        msg.topic(),  # type: ignore[arg-type]
-                        msg.partition(),  # type: ignore[arg-type]
-                        msg.offset(),  # type: ignore[arg-type]
-                        from_dict(loads(value)),  # type: ignore[arg-type]
-                    )
-                except Exception:  # noqa: BLE001 - redone by from_raw, which reports it
-                    change = from_raw(
-                        msg.topic(),  # type: ignore[arg-type]
-                        msg.partition(),  # type: ignore[arg-type]
-                        msg.offset(),  # type: ignore[arg-type]
-                        value if value is not None else b"",
-                    )
-                    if change.metadata is None:
-                        key = msg.key()
-                        change.id = key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
-                got = True
-                yield change
-            now = monotonic()
-            if got:
-                last_activity = now
-            if not forever:
-                if self._caught_up(heads):
+        self._reading = True
+        try:
+            self._start(since)
+            heads: dict[TopicPartition, int] = {}
+            if not forever and self._assigned:
+                heads = self._metadata.offsets(self._assigned, "latest")
+            consume = self.consumer.consume
+            batch_rows = self.batch_rows
+            idle_timeout = self.idle_timeout
+            from_raw = Change.from_raw
+            from_dict = ChangeMeta.from_dict
+            loads = orjson.loads
+            monotonic = time.monotonic
+            last_activity = monotonic()
+            while True:
+                if not forever and not self.uses_consumer_group and not self._assigned:
                     return
-                continue
-            if not got and now - last_activity >= idle_timeout:
-                last_activity = now
-                yield None
+                wait = idle_timeout - (monotonic() - last_activity)
+                msgs = consume(batch_rows, max(0.005, min(wait, 1.0)))
+                if self._rebalanced:
+                    self._rebalanced = False
+                    assigned = self._assigned
+                    msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
+                got = False
+                for msg in msgs:
+                    if msg.error() is not None:
+                        self._handle_error(msg)
+                        continue
+                    # Decoding inlined (what `Change.from_raw` does, minus two calls a change);
+                    # anything unusual goes through from_raw itself, so errors read the same.
+                    value = msg.value()
+                    try:
+                        change = Change(
+                            msg.topic(),  # type: ignore[arg-type]
+                            msg.partition(),  # type: ignore[arg-type]
+                            msg.offset(),  # type: ignore[arg-type]
+                            from_dict(loads(value)),  # type: ignore[arg-type]
+                        )
+                    except Exception:  # noqa: BLE001 - redone by from_raw, which reports it
+                        change = from_raw(
+                            msg.topic(),  # type: ignore[arg-type]
+                            msg.partition(),  # type: ignore[arg-type]
+                            msg.offset(),  # type: ignore[arg-type]
+                            value if value is not None else b"",
+                        )
+                        if change.metadata is None:
+                            key = msg.key()
+                            change.id = (
+                                key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
+                            )
+                    got = True
+                    yield change
+                now = monotonic()
+                if got:
+                    last_activity = now
+                if not forever:
+                    if self._caught_up(heads):
+                        return
+                    continue
+                if not got and now - last_activity >= idle_timeout:
+                    last_activity = now
+                    if self._uncommitted:
+                        self._send_commits()
+                    yield None
+        finally:
+            self._reading = False
 
     def close(self) -> None:
         """Leave the group (revoking partitions through the listener) and disconnect."""
+        if self._uncommitted:
+            self._send_commits(synchronous=True)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
