@@ -6,9 +6,9 @@ SQLite log; alternating with rounds that only page ``_changes`` (the raw feed, n
 or publish), so the ratio shows the bridge's own cost. Medians over the rounds.
 
 Latency: the bridge runs in a child process following the continuous feed; this process
-writes one document per PUT at a steady rate (default 1,000/s for 10 s, from several writer
-threads as an application's request handlers would) and records when
-each write was acknowledged. Latency = the stub's ``publish_timestamp`` (set as the log
+writes documents at a steady rate (default 1,000/s for 10 s, from several writer threads as an
+application's request handlers would; one PUT per document, or ``--per-request K`` documents
+per ``_bulk_docs``) and records when each write was acknowledged. Latency = the stub's ``publish_timestamp`` (set as the log
 append starts) minus that acknowledgement. Reports p50/p99/max.
 
 Starts its own pouchdb-server (tests/servers/couchdb, ``npm install`` there first).
@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import orjson
 
 from changefeed.app import App
 from changefeed.sources.couch import CouchChangeFeed
@@ -156,7 +157,95 @@ app.close()
 """
 
 
-def latency(url: str, rate: int, seconds: float, max_wait: float, writers: int) -> None:
+def write_steadily(
+    db_url: str, rate: int, seconds: float, writers: int, per_request: int
+) -> tuple[dict[str, float], float]:
+    """Write ``rate * seconds`` documents at a steady rate; returns when each write was
+    acknowledged, and the rate achieved."""
+    total = int(rate * seconds)
+    interval = 1.0 / rate
+    acked: dict[str, float] = {}
+    requests = range(0, total, per_request)
+    started = time.perf_counter()
+
+    def writer(first: int) -> None:
+        # Writer k sends requests k, k+W, k+2W, ... each at its due time: a steady rate even
+        # when one request takes longer than the interval. A request writes one document
+        # (PUT) or ``per_request`` documents (one _bulk_docs, as an app saving a form with
+        # its cases does).
+        with httpx.Client(timeout=30) as client:
+            for start in requests[first::writers]:
+                delay = started + start * interval - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                ids = [f"w{i:07d}" for i in range(start, min(total, start + per_request))]
+                if per_request == 1:
+                    client.put(f"{db_url}/{ids[0]}", json={"doc_type": "case", "i": start})
+                else:
+                    docs = [{"_id": d, "doc_type": "case", "i": start} for d in ids]
+                    client.post(f"{db_url}/_bulk_docs", json={"docs": docs}).raise_for_status()
+                now = time.time()
+                for doc_id in ids:
+                    acked[doc_id] = now
+
+    threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return acked, total / (time.perf_counter() - started)
+
+
+def report(label: str, acked: dict[str, float], seen: dict[str, float]) -> None:
+    lat = sorted((seen[k] - acked[k]) * 1000 for k in acked if k in seen)
+    q = statistics.quantiles(lat, n=100)
+    print(
+        f"{label}: {len(lat)}/{len(acked)} arrived; p50 {q[49]:.0f} ms, p99 {q[98]:.0f} ms, "
+        f"max {lat[-1]:.0f} ms"
+    )
+
+
+def raw_feed_latency(url: str, rate: int, seconds: float, writers: int, per_request: int) -> None:
+    """The server's own floor: how long pouchdb-server takes to emit a write on its continuous
+    _changes feed to a bare reader (no bridge, no log)."""
+    db_url = f"{url}/latency_raw"
+    httpx.put(db_url).raise_for_status()
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def reader() -> None:
+        params = {"feed": "continuous", "heartbeat": "1000", "since": "now"}
+        headers = {"Accept-Encoding": "identity"}
+        with (
+            httpx.Client(timeout=None) as client,
+            client.stream("GET", f"{db_url}/_changes", params=params, headers=headers) as response,
+        ):
+            for line in response.iter_lines():
+                if stop.is_set():
+                    return
+                if line.strip():
+                    row = orjson.loads(line)
+                    if "id" in row:
+                        seen[row["id"]] = time.time()
+
+    thread = threading.Thread(target=reader, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    acked, achieved = write_steadily(db_url, rate, seconds, writers, per_request)
+    deadline = time.monotonic() + 30
+    while len(seen) < len(acked) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stop.set()
+    report(
+        f"raw _changes feed: {achieved:,.0f} writes/s for {seconds:.0f}s, write-to-feed",
+        acked,
+        seen,
+    )
+
+
+def latency(
+    url: str, rate: int, seconds: float, max_wait: float, writers: int, per_request: int = 1
+) -> None:
     db_url = f"{url}/latency_{int(max_wait * 1000)}"
     httpx.put(db_url).raise_for_status()
     tmp = Path(tempfile.mkdtemp(prefix="bench-latency-"))
@@ -165,32 +254,11 @@ def latency(url: str, rate: int, seconds: float, max_wait: float, writers: int) 
         stdout=subprocess.PIPE,
         text=True,
     )
-    acked: dict[str, float] = {}
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
         time.sleep(1.5)  # the bridge is following the continuous feed
-        total = int(rate * seconds)
-        interval = 1.0 / rate
-        started = time.perf_counter()
-
-        def writer(first: int) -> None:
-            # Writer k sends writes k, k+W, k+2W, ... each at its due time: a steady rate
-            # even when one PUT takes longer than the interval.
-            with httpx.Client(timeout=30) as client:
-                for i in range(first, total, writers):
-                    delay = started + i * interval - time.perf_counter()
-                    if delay > 0:
-                        time.sleep(delay)
-                    doc_id = f"w{i:07d}"
-                    client.put(f"{db_url}/{doc_id}", json={"doc_type": "case", "i": i})
-                    acked[doc_id] = time.time()
-
-        threads = [threading.Thread(target=writer, args=(k,)) for k in range(writers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        achieved = total / (time.perf_counter() - started)
+        acked, achieved = write_steadily(db_url, rate, seconds, writers, per_request)
+        total = len(acked)
         app = App(f"sqlite:///{tmp}/log.db", f"sqlite:///{tmp}/state.db")
         deadline = time.monotonic() + 30
         seen: dict[str, float] = {}
@@ -208,12 +276,11 @@ def latency(url: str, rate: int, seconds: float, max_wait: float, writers: int) 
         child.terminate()
         child.wait(30)
         shutil.rmtree(tmp, ignore_errors=True)
-    lat = sorted((seen[k] - acked[k]) * 1000 for k in acked if k in seen)
-    q = statistics.quantiles(lat, n=100)
-    print(
-        f"latency max_wait={max_wait:.2f}s: {writers} writers, {achieved:,.0f}/s for {seconds:.0f}s, "
-        f"{len(lat)}/{len(acked)} in log; commit-to-log p50 {q[49]:.0f} ms, "
-        f"p99 {q[98]:.0f} ms, max {lat[-1]:.0f} ms"
+    report(
+        f"bridge max_wait={max_wait:.2f}s: {writers} writers x {per_request} doc(s)/request, "
+        f"{achieved:,.0f} writes/s for {seconds:.0f}s, commit-to-log",
+        acked,
+        seen,
     )
 
 
@@ -225,11 +292,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--writers", type=int, default=16, help="concurrent writer threads")
     parser.add_argument("--max-wait", type=float, nargs="+", default=[0.2, 0.05])
+    parser.add_argument(
+        "--per-request", type=int, default=1, help="documents per write request (>1: _bulk_docs)"
+    )
     args = parser.parse_args()
     with pouchdb_server() as url:
         throughput(url, args.docs, args.rounds)
+        raw_feed_latency(url, args.rate, args.seconds, args.writers, args.per_request)
         for max_wait in args.max_wait:
-            latency(url, args.rate, args.seconds, max_wait, args.writers)
+            latency(url, args.rate, args.seconds, max_wait, args.writers, args.per_request)
 
 
 if __name__ == "__main__":
