@@ -181,6 +181,9 @@ class ChangeMeta:
         return cls.from_dict(data)
 
 
+_new_object = object.__new__
+
+
 class Change:
     """One change as a pillow sees it: the stub, where it sits in the log, and its document.
 
@@ -253,6 +256,25 @@ class Change:
             return cls(topic, partition, offset, ChangeMeta.decode(raw))
         except InvalidChangeError as exc:
             return cls(topic, partition, offset, None, raw=raw, error=str(exc), document_id=key)
+
+    @staticmethod
+    def decoded(topic: str, partition: int, offset: int, metadata: ChangeMeta) -> Change:
+        """``Change(topic, partition, offset, metadata)`` for a decoded stub, without the
+        keyword handling of ``__init__``: feeds build one per log record, and this is about
+        twice as fast."""
+        self = _new_object(Change)
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.metadata = metadata
+        self.raw = None
+        self.error = None
+        self.id = metadata.document_id
+        self.deleted = metadata.is_deletion
+        self._document = None
+        self._fetched = False
+        self._store = None
+        return self
 
     @property
     def topic_partition(self) -> TopicPartition:

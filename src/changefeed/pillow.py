@@ -147,6 +147,7 @@ class Pillow:
         self._batch: dict[Any, Change] = {}
         self._pending: dict[TopicPartition, int] = {}
         self._seen = 0
+        self._started = 0.0
         self._restart = False
         self.partition_check_interval = 2.0
         """Seconds between checks for new topics or partitions while idle."""
@@ -210,7 +211,7 @@ class Pillow:
         with gctune.raised_threshold():
             if set_listener is not None and getattr(feed, "uses_consumer_group", False):
                 set_listener(self)
-                return self._consume(feed.iter_changes({}, forever))
+                return self._consume(self._read(feed, {}, forever))
             # Static assignment: re-done when topics or partitions appear while running,
             # so a pillow started before its topics exist still reads them.
             while True:
@@ -218,7 +219,7 @@ class Pillow:
                 since = self.starting_offsets(assigned)
                 changed = self._assignment_watch(set(assigned), num_processes, process_number)
                 total += self._consume(
-                    feed.iter_changes(since, forever), changed if forever else None
+                    self._read(feed, since, forever), changed if forever else None
                 )
                 if self._stop.is_set() or not forever or not self._restart:
                     return total
@@ -239,9 +240,24 @@ class Pillow:
 
         return changed
 
+    @staticmethod
+    def _read(
+        feed: ChangeFeed, since: Mapping[TopicPartition, int], forever: bool
+    ) -> Iterator[Change | list[Change] | None]:
+        """The feed's changes, as lists where the feed can hand them over that way
+        (``iter_change_batches``, e.g. Kafka: one list per fetch)."""
+        batches = getattr(feed, "iter_change_batches", None)
+        if batches is not None:
+            return batches(since, forever)
+        return feed.iter_changes(since, forever)
+
     def _consume(
-        self, changes: Iterator[Change | None], restart_check: Callable[[], bool] | None = None
+        self,
+        changes: Iterator[Change | list[Change] | None],
+        restart_check: Callable[[], bool] | None = None,
     ) -> int:
+        """Batch, dedupe and flush what the feed yields: changes one by one, or lists of them
+        (bookkeeping then per list: no per-change clock reads or stop checks)."""
         self._restart = False
         total = 0
         batch = self._batch
@@ -255,6 +271,12 @@ class Pillow:
         tp = TopicPartition("", -1)
         tp_topic, tp_partition = tp
         for change in changes:
+            if isinstance(change, list):
+                added, stopped_early = self._add_list(change)
+                total += added
+                if stopped_early:
+                    break
+                continue
             if change is not None:
                 meta = change.metadata
                 key: Any = (
@@ -289,6 +311,56 @@ class Pillow:
             if self._seen:
                 self.flush()
         return total
+
+    def _add_list(self, changes: list[Change]) -> tuple[int, bool]:
+        """Add a feed's list of changes to the batch in hand, flushing whenever it is full
+        (or ``max_wait`` passed, or the pillow is stopping). Returns (changes added, whether
+        to stop reading); like the one-by-one path, what is not added is replayed later."""
+        batch = self._batch
+        pending = self._pending
+        batch_size = self.batch_size
+        stop = self._stop
+        n = len(changes)
+        i = 0
+        while i < n:
+            # self._seen is re-read per slice: a rebalance inside the feed may have flushed.
+            seen = self._seen
+            if not seen:
+                self._started = time.monotonic()
+            room = batch_size - seen
+            part = changes if i == 0 and room >= n else changes[i : i + room]
+            # Offsets rise within a partition: the checkpoint is written once per run of
+            # changes from the same partition, with the last one's offset.
+            first = part[0]
+            tp_topic, tp_partition, last = first.topic, first.partition, first.offset
+            for change in part:
+                meta = change.metadata
+                key: Any = (
+                    (meta.data_source_type, meta.data_source_name, change.id)
+                    if meta is not None
+                    else (change.topic, change.partition, change.offset)
+                )
+                if key in batch:
+                    del batch[key]
+                batch[key] = change
+                topic, partition = change.topic, change.partition
+                if partition != tp_partition or topic != tp_topic:
+                    pending[TopicPartition(tp_topic, tp_partition)] = last + 1
+                    tp_topic, tp_partition = topic, partition
+                last = change.offset
+            pending[TopicPartition(tp_topic, tp_partition)] = last + 1
+            taken = len(part)
+            i += taken
+            self._seen = seen = seen + taken
+            if (
+                seen < batch_size
+                and time.monotonic() - self._started < self.max_wait
+                and not stop.is_set()
+            ):
+                continue
+            if not self.flush() or stop.is_set():
+                return i, True
+        return n, False
 
     def flush(self) -> bool:
         """Process the batch in hand and write its checkpoint. False when stopped before the

@@ -357,6 +357,18 @@ class KafkaChangeFeed(ChangeFeed):
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[Change | None]:
+        for changes in self.iter_change_batches(since, forever):
+            if changes is None:
+                yield None
+            else:
+                yield from changes
+
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[list[Change] | None]:
+        """`iter_changes`, one non-empty list per ``consume()`` call (``None`` when idle): the
+        pillow then does its bookkeeping per list instead of per change. The next
+        ``consume()`` (where rebalance callbacks run) happens only after the list was taken."""
         self._reading = True
         try:
             self._start(since)
@@ -367,9 +379,12 @@ class KafkaChangeFeed(ChangeFeed):
             batch_rows = self.batch_rows
             idle_timeout = self.idle_timeout
             from_raw = Change.from_raw
+            decoded = Change.decoded
             from_dict = ChangeMeta.from_dict
             loads = orjson.loads
             monotonic = time.monotonic
+            # One topic (the usual case): every change shares its name, no str per message.
+            only_topic = self.topics[0] if len(self.topics) == 1 else None
             last_activity = monotonic()
             while True:
                 if not forever and not self.uses_consumer_group and not self._assigned:
@@ -380,7 +395,8 @@ class KafkaChangeFeed(ChangeFeed):
                     self._rebalanced = False
                     assigned = self._assigned
                     msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
-                got = False
+                changes: list[Change] = []
+                append = changes.append
                 for msg in msgs:
                     if msg.error() is not None:
                         self._handle_error(msg)
@@ -389,8 +405,8 @@ class KafkaChangeFeed(ChangeFeed):
                     # anything unusual goes through from_raw itself, so errors read the same.
                     value = msg.value()
                     try:
-                        change = Change(
-                            msg.topic(),  # type: ignore[arg-type]
+                        change = decoded(
+                            only_topic or msg.topic(),  # type: ignore[arg-type]
                             msg.partition(),  # type: ignore[arg-type]
                             msg.offset(),  # type: ignore[arg-type]
                             from_dict(loads(value)),  # type: ignore[arg-type]
@@ -407,16 +423,17 @@ class KafkaChangeFeed(ChangeFeed):
                             change.id = (
                                 key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
                             )
-                    got = True
-                    yield change
+                    append(change)
+                if changes:
+                    yield changes
                 now = monotonic()
-                if got:
+                if changes:
                     last_activity = now
                 if not forever:
                     if self._caught_up(heads):
                         return
                     continue
-                if not got and now - last_activity >= idle_timeout:
+                if not changes and now - last_activity >= idle_timeout:
                     last_activity = now
                     if self._uncommitted:
                         self._send_commits()

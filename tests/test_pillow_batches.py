@@ -1,0 +1,149 @@
+"""The pillow reading a feed that hands over lists of changes (``iter_change_batches``, as
+the Kafka feed does): same batches, dedupe, checkpoints and stopping as change by change."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+from changefeed.backends.base import ChangeFeed
+from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.checkpoints import CheckpointStore
+from changefeed.errors import ErrorQueue
+from changefeed.pillow import Pillow
+from changefeed.processors import BulkProcessor, ChangeFailure
+
+TOPIC = "events"
+
+Script = Sequence[list[Change] | None]
+
+
+class ListFeed(ChangeFeed):
+    """Yields a script of lists of changes and idle sentinels; ``batched=False`` offers only
+    ``iter_changes`` (the same changes one by one), for comparison."""
+
+    def __init__(self, script: Script, batched: bool = True) -> None:
+        self.topics = (TOPIC,)
+        self.script = script
+        self.lists_taken = 0
+        if not batched:
+            self.iter_change_batches = None  # type: ignore[assignment]
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        return [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
+
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[list[Change] | None]:
+        for item in self.script:
+            self.lists_taken += 1
+            yield item
+
+    def iter_changes(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[Change | None]:
+        for item in self.script:
+            if item is None:
+                yield None
+            else:
+                yield from item
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        return {}
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        return {}
+
+
+class Record(BulkProcessor):
+    """Records each batch as (id, partition, offset); can stop the pillow after a batch."""
+
+    needs_documents = False
+
+    def __init__(self) -> None:
+        self.batches: list[list[tuple[str, int, int]]] = []
+        self.stop_after: tuple[Pillow, int] | None = None
+
+    @property
+    def name(self) -> str:
+        return "record"
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        self.batches.append([(c.id, c.partition, c.offset) for c in changes])
+        if self.stop_after is not None and len(self.batches) == self.stop_after[1]:
+            self.stop_after[0].stop()
+        return []
+
+
+def change(partition: int, offset: int, doc_id: str) -> Change:
+    return Change.decoded(TOPIC, partition, offset, ChangeMeta(doc_id, "memory", "docs"))
+
+
+def run(
+    tmp_path: Path, script: Script, *, batched: bool = True, batch_size: int = 3, stop: int = 0
+) -> tuple[Record, dict[TopicPartition, int], int, ListFeed]:
+    proc = Record()
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state-{batched}-{stop}.db")
+    feed = ListFeed(script, batched)
+    pillow = Pillow("p", feed, proc, checkpoints=checkpoints, batch_size=batch_size, max_wait=60)
+    if stop:
+        proc.stop_after = (pillow, stop)
+    total = pillow.run(forever=True)
+    return proc, checkpoints.get("p"), total, feed
+
+
+# Two partitions interleaved in runs, a document changed twice within one list and once
+# across lists, and an idle sentinel that flushes a partial batch.
+SCRIPT: list[list[Change] | None] = [
+    [change(0, 0, "a"), change(0, 1, "b"), change(1, 0, "c"), change(1, 1, "a"), change(0, 2, "d")],
+    [change(1, 2, "e"), change(0, 3, "e")],
+    None,
+    [change(1, 3, "f")],
+]
+
+
+def test_lists_are_split_into_batches_with_the_same_result_as_change_by_change(
+    tmp_path: Path,
+) -> None:
+    batched, batched_cp, batched_total, feed = run(tmp_path, SCRIPT)
+    single, single_cp, single_total, _ = run(tmp_path, SCRIPT, batched=False)
+    assert feed.lists_taken == len(SCRIPT)
+    assert batched.batches == single.batches
+    assert batched_cp == single_cp
+    assert batched_total == single_total == 8
+    # batch 1: a, b, c (full); batch 2: a (later offset), d, e (full); e again; then f.
+    assert batched.batches == [
+        [("a", 0, 0), ("b", 0, 1), ("c", 1, 0)],
+        [("a", 1, 1), ("d", 0, 2), ("e", 1, 2)],
+        [("e", 0, 3)],
+        [("f", 1, 3)],
+    ]
+    assert batched_cp == {TopicPartition(TOPIC, 0): 4, TopicPartition(TOPIC, 1): 4}
+
+
+def test_dedupe_within_a_list_keeps_the_last_change(tmp_path: Path) -> None:
+    script: Script = [[change(0, 0, "a"), change(1, 0, "b"), change(0, 1, "a"), change(1, 1, "a")]]
+    proc, checkpoint, total, _ = run(tmp_path, script, batch_size=10)
+    assert proc.batches == [[("b", 1, 0), ("a", 1, 1)]]
+    assert checkpoint == {TopicPartition(TOPIC, 0): 2, TopicPartition(TOPIC, 1): 2}
+    assert total == 4
+
+
+def test_stop_mid_list_checkpoints_only_what_was_processed(tmp_path: Path) -> None:
+    script: Script = [[change(0, i, f"d{i}") for i in range(7)], [change(0, 7, "d7")]]
+    proc, checkpoint, total, feed = run(tmp_path, script, batch_size=3, stop=1)
+    assert proc.batches == [[("d0", 0, 0), ("d1", 0, 1), ("d2", 0, 2)]]
+    assert checkpoint == {TopicPartition(TOPIC, 0): 3}  # d3.. are read again on restart
+    assert total == 3
+    assert feed.lists_taken == 1
+
+
+def test_invalid_stub_in_a_list_goes_to_the_error_queue(tmp_path: Path) -> None:
+    bad = Change.from_raw(TOPIC, 0, 1, b'{"document_id": ""}', key="k")
+    script: Script = [[change(0, 0, "a"), bad, change(0, 2, "b")]]
+    proc, checkpoint, _, _ = run(tmp_path, script, batch_size=10)
+    assert proc.batches == [[("a", 0, 0), ("b", 0, 2)]]
+    assert checkpoint == {TopicPartition(TOPIC, 0): 3}
+    queue = ErrorQueue(f"sqlite:///{tmp_path}/state-True-0.db")
+    (record,) = queue.list("p")
+    assert (record.document_id, record.offset) == ("k", 1)
