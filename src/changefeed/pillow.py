@@ -437,19 +437,13 @@ class Pillow:
         """Fetch documents once, run every processor, queue failures. Raises
         `DependencyDownError` when the batch failed as a whole."""
         failures: list[Failure] = []
-        ready: list[Change] = []
-        for change in changes:
-            if change.metadata is None:
-                failures.append(
-                    (
-                        change,
-                        INVALID_STUB,
-                        InvalidChangeError(change.error or "invalid stub"),
-                        False,
-                    )
-                )
-            else:
-                ready.append(change)
+        ready = [change for change in changes if change.metadata is not None]
+        if len(ready) != len(changes):
+            failures.extend(
+                (change, INVALID_STUB, InvalidChangeError(change.error or "invalid stub"), False)
+                for change in changes
+                if change.metadata is None
+            )
         if self.needs_documents and ready:
             ready = self._fetch(ready, failures)
         seconds: dict[str, float] = {}
