@@ -397,8 +397,17 @@ class KafkaChangeFeed(ChangeFeed):
                     msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
                 changes: list[Change] = []
                 append = changes.append
+                got = False
                 for msg in msgs:
-                    if msg.error() is not None:
+                    err = msg.error()
+                    if err is not None:
+                        if changes and err.code() != _EOF:
+                            # What came before an error is handed over before it is handled
+                            # (it may raise, or reset a partition), as one by one.
+                            yield changes
+                            got = True
+                            changes = []
+                            append = changes.append
                         self._handle_error(msg)
                         continue
                     # Decoding inlined (what `Change.from_raw` does, minus two calls a change);
@@ -426,14 +435,15 @@ class KafkaChangeFeed(ChangeFeed):
                     append(change)
                 if changes:
                     yield changes
+                    got = True
                 now = monotonic()
-                if changes:
+                if got:
                     last_activity = now
                 if not forever:
                     if self._caught_up(heads):
                         return
                     continue
-                if not changes and now - last_activity >= idle_timeout:
+                if not got and now - last_activity >= idle_timeout:
                     last_activity = now
                     if self._uncommitted:
                         self._send_commits()
