@@ -147,3 +147,11 @@ def test_invalid_stub_in_a_list_goes_to_the_error_queue(tmp_path: Path) -> None:
     queue = ErrorQueue(f"sqlite:///{tmp_path}/state-True-0.db")
     (record,) = queue.list("p")
     assert (record.document_id, record.offset) == ("k", 1)
+
+
+def test_decoded_builds_the_same_change_as_the_constructor() -> None:
+    meta = ChangeMeta("a", "memory", "docs", is_deletion=True)
+    fast, slow = Change.decoded(TOPIC, 1, 7, meta), Change(TOPIC, 1, 7, meta)
+    assert {s: getattr(fast, s) for s in Change.__slots__} == {
+        s: getattr(slow, s) for s in Change.__slots__
+    }
