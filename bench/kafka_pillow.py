@@ -47,10 +47,14 @@ Rates = tuple[float, float]
 """(changes per wall-clock second, changes per CPU second of this process)"""
 
 
-def run_pillow(backend: KafkaBackend, topic: str, state: str, n: int, round_no: int) -> Rates:
+def run_pillow(
+    backend: KafkaBackend, topic: str, state: str, n: int, round_no: int, batch_size: int
+) -> Rates:
     name = f"bench-{round_no}"
     feed = backend.change_feed([topic], client_id=name, idle_timeout=1.0)
-    pillow = Pillow(name, feed, NoopProcessor(), checkpoints=CheckpointStore(state))
+    pillow = Pillow(
+        name, feed, NoopProcessor(), checkpoints=CheckpointStore(state), batch_size=batch_size
+    )
     start, cpu = time.perf_counter(), time.process_time()
     read = pillow.run(forever=False)
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -82,6 +86,9 @@ def main() -> None:
     parser.add_argument("--stubs", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument(
+        "--batch-size", type=int, default=5000, help="pillow batch size (as bench/pillow_local.py)"
+    )
     args = parser.parse_args()
     broker = NoidaServer("kafka").start()
     base, bootstrap = broker.base, broker.address
@@ -98,7 +105,7 @@ def main() -> None:
         pillow_rates: list[Rates] = []
         loop_rates: list[Rates] = []
         for r in range(args.rounds):
-            pillow_rates.append(run_pillow(backend, topic, state, args.stubs, r))
+            pillow_rates.append(run_pillow(backend, topic, state, args.stubs, r, args.batch_size))
             loop_rates.append(run_loop(bootstrap, topic, args.partitions, args.stubs))
             print(
                 f"round {r + 1}: pillow {pillow_rates[-1][0]:,.0f}/s "
