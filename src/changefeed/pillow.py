@@ -256,56 +256,24 @@ class Pillow:
         changes: Iterator[Change | list[Change] | None],
         restart_check: Callable[[], bool] | None = None,
     ) -> int:
-        """Batch, dedupe and flush what the feed yields: changes one by one, or lists of them
-        (bookkeeping then per list: no per-change clock reads or stop checks)."""
+        """Batch, dedupe and flush what the feed yields: lists of changes (both built-in
+        backends hand over one list per read) or single changes (other feeds)."""
         self._restart = False
         total = 0
-        batch = self._batch
-        pending = self._pending
-        batch_size = self.batch_size
-        max_wait = self.max_wait
-        monotonic = time.monotonic
         stop = self._stop
-        stopped = stop.is_set
-        started = 0.0
-        tp = TopicPartition("", -1)
-        tp_topic, tp_partition = tp
-        for change in changes:
-            if isinstance(change, list):
-                added, stopped_early = self._add_list(change)
-                total += added
-                if stopped_early:
+        for item in changes:
+            if item is None:  # the feed is idle: flush a partial batch, maybe re-assign
+                if self._seen and not self.flush():
+                    break
+                if stop.is_set():
+                    break
+                if restart_check is not None and restart_check():
+                    self._restart = True
                     break
                 continue
-            if change is not None:
-                meta = change.metadata
-                key: Any = (
-                    (meta.data_source_type, meta.data_source_name, change.id)
-                    if meta is not None
-                    else (change.topic, change.partition, change.offset)
-                )
-                if key in batch:
-                    del batch[key]
-                batch[key] = change
-                topic, partition = change.topic, change.partition
-                if partition != tp_partition or topic != tp_topic:
-                    tp = TopicPartition(topic, partition)
-                    tp_topic, tp_partition = topic, partition
-                pending[tp] = change.offset + 1
-                # self._seen is re-read per change: a rebalance inside the feed may flush.
-                seen = self._seen
-                if not seen:
-                    started = monotonic()
-                self._seen = seen = seen + 1
-                total += 1
-                if seen < batch_size and monotonic() - started < max_wait and not stopped():
-                    continue
-            if self._seen and not self.flush():
-                break
-            if stop.is_set():
-                break
-            if change is None and restart_check is not None and restart_check():
-                self._restart = True
+            added, stop_reading = self._add_list(item if isinstance(item, list) else [item])
+            total += added
+            if stop_reading:
                 break
         else:
             if self._seen:

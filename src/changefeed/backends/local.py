@@ -482,6 +482,16 @@ class SQLiteChangeFeed(ChangeFeed):
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[Change | None]:
+        for changes in self.iter_change_batches(since, forever):
+            if changes is None:
+                yield None
+            else:
+                yield from changes
+
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[list[Change] | None]:
+        """`iter_changes`, one list per stored record batch: pillows take a list at a time."""
         positions = dict(since)
         conn = self._conn
         from_raw = Change.from_raw
@@ -518,13 +528,15 @@ class SQLiteChangeFeed(ChangeFeed):
                     skip = pos - base if pos > base else 0
                     if fmt == FORMAT_JSON:
                         values = orjson.loads(payload)
-                        for i in range(skip, count):
-                            yield from_dict(topic, part, base + i, values[i])
+                        yield [
+                            from_dict(topic, part, base + i, values[i]) for i in range(skip, count)
+                        ]
                     else:
                         records = decode_raw_batch(count, payload)
-                        for i in range(skip, count):
-                            key, value = records[i]
-                            yield from_raw(topic, part, base + i, value, key)
+                        yield [
+                            from_raw(topic, part, base + i, records[i][1], records[i][0])
+                            for i in range(skip, count)
+                        ]
                     pos = positions[tp] = base + count
             if got_any:
                 last_activity = time.monotonic()
