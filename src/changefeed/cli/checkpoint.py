@@ -83,19 +83,26 @@ def _apply(ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], re
     click.echo("undo with: changefeed checkpoint undo ID", err=True)
 
 
+def _move_all(ctx: click.Context, pillow: str, topic: str | None, to_head: bool) -> None:
+    """Move every partition (of ``topic``) to the earliest offset or to the head."""
+    p = _pillow(ctx, pillow)
+    feed = p.change_feed
+    where = feed.latest_offsets() if to_head else feed.earliest_offsets()
+    offsets = {tp: off for tp, off in where.items() if topic in (None, tp.topic)}
+    if not offsets:
+        raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
+    _apply(
+        ctx, p, offsets, "moved to head by operator" if to_head else "reset to earliest by operator"
+    )
+
+
 @checkpoint_group.command("reset")
 @click.argument("pillow")
 @click.option("--topic", help="Only this topic's partitions.")
 @click.pass_context
 def reset_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
     """Move checkpoints back to the earliest offset: everything in the log is re-read."""
-    p = _pillow(ctx, pillow)
-    offsets = {
-        tp: off for tp, off in p.change_feed.earliest_offsets().items() if topic in (None, tp.topic)
-    }
-    if not offsets:
-        raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
-    _apply(ctx, p, offsets, "reset to earliest by operator")
+    _move_all(ctx, pillow, topic, to_head=False)
 
 
 @checkpoint_group.command("to-head")
@@ -104,13 +111,7 @@ def reset_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
 @click.pass_context
 def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
     """Move checkpoints to the head: changes not yet read are skipped."""
-    p = _pillow(ctx, pillow)
-    offsets = {
-        tp: off for tp, off in p.change_feed.latest_offsets().items() if topic in (None, tp.topic)
-    }
-    if not offsets:
-        raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
-    _apply(ctx, p, offsets, "moved to head by operator")
+    _move_all(ctx, pillow, topic, to_head=True)
 
 
 @checkpoint_group.command("history")
