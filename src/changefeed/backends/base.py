@@ -67,7 +67,12 @@ class Publisher(ABC):
 
 
 class ChangeFeed(ABC):
-    """Reads changes from topics, from given positions."""
+    """Reads changes from topics, from given positions.
+
+    A feed may also offer ``iter_change_batches(since, forever)``: the same changes as lists
+    (one per read from the log) with ``None`` as the idle sentinel. Pillows prefer it when
+    present, which saves per-change bookkeeping; both built-in backends have it.
+    """
 
     topics: tuple[str, ...]
 
