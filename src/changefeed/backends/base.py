@@ -69,9 +69,9 @@ class Publisher(ABC):
 class ChangeFeed(ABC):
     """Reads changes from topics, from given positions.
 
-    A feed may also offer ``iter_change_batches(since, forever)``: the same changes as lists
-    (one per read from the log) with ``None`` as the idle sentinel. Pillows prefer it when
-    present, which saves per-change bookkeeping; both built-in backends have it.
+    A feed may also offer ``iter_change_batches(since, forever)`` (see `BatchedChangeFeed`):
+    the same changes as lists, one per read from the log. Pillows prefer it when present,
+    which saves per-change bookkeeping; both built-in backends have it.
     """
 
     topics: tuple[str, ...]
@@ -101,6 +101,26 @@ class ChangeFeed(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+
+class BatchedChangeFeed(ChangeFeed):
+    """A feed that reads the log in lists: implement `iter_change_batches`; `iter_changes`
+    is the same changes one by one."""
+
+    @abstractmethod
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[list[Change] | None]:
+        """`iter_changes` as lists (one per read from the log), ``None`` when idle."""
+
+    def iter_changes(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[Change | None]:
+        for changes in self.iter_change_batches(since, forever):
+            if changes is None:
+                yield None
+            else:
+                yield from changes
 
 
 class RebalanceListener(Protocol):

@@ -31,7 +31,7 @@ import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from changefeed.backends.base import ChangeFeed, OffsetOutOfRangeError, RebalanceListener
+from changefeed.backends.base import BatchedChangeFeed, OffsetOutOfRangeError, RebalanceListener
 from changefeed.backends.kafka_admin import KafkaMetadata
 from changefeed.backends.kafka_config import KafkaConfig
 from changefeed.change import Change, ChangeMeta, TopicPartition
@@ -61,7 +61,7 @@ _RESET = KafkaError._AUTO_OFFSET_RESET
 _OUT_OF_RANGE = KafkaError.OFFSET_OUT_OF_RANGE
 
 
-class KafkaChangeFeed(ChangeFeed):
+class KafkaChangeFeed(BatchedChangeFeed):
     """Changes of one or more Kafka topics, consumed in batches.
 
     ``batch_rows`` is how many messages one ``consume()`` call may return: large batches keep
@@ -353,15 +353,6 @@ class KafkaChangeFeed(ChangeFeed):
             if pos < head:
                 return False
         return True
-
-    def iter_changes(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[Change | None]:
-        for changes in self.iter_change_batches(since, forever):
-            if changes is None:
-                yield None
-            else:
-                yield from changes
 
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False

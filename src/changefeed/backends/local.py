@@ -27,7 +27,7 @@ import orjson
 from changefeed import gctune
 from changefeed.backends.base import (
     Backend,
-    ChangeFeed,
+    BatchedChangeFeed,
     OffsetOutOfRangeError,
     Publisher,
     TopicAdmin,
@@ -378,7 +378,7 @@ class SQLiteAdmin(TopicAdmin):
             conn.close()
 
 
-class SQLiteChangeFeed(ChangeFeed):
+class SQLiteChangeFeed(BatchedChangeFeed):
     """Reads partitions round-robin in chunks; wakes on commits by other processes.
 
     ``PRAGMA data_version`` changes whenever another connection commits, so an idle feed
@@ -478,15 +478,6 @@ class SQLiteChangeFeed(ChangeFeed):
             finally:
                 conn.execute("COMMIT")
         return rows, int(head[0]) if head else 0
-
-    def iter_changes(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[Change | None]:
-        for changes in self.iter_change_batches(since, forever):
-            if changes is None:
-                yield None
-            else:
-                yield from changes
 
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False
