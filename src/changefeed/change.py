@@ -9,10 +9,11 @@ Encoding is strict on the fields we know and lenient on the ones we do not (kept
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from operator import attrgetter
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
+import msgspec
 import orjson
 
 if TYPE_CHECKING:
@@ -46,9 +47,14 @@ def _bad_type(name: str, expected: str, value: object) -> InvalidChangeError:
     return InvalidChangeError(f"{name!r} must be {expected}, got {value!r}")
 
 
-@dataclass(slots=True)
-class ChangeMeta:
-    """A change stub: which document changed, where it lives and what kind it is."""
+class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """A change stub: which document changed, where it lives and what kind it is.
+
+    A msgspec Struct, so a stub decodes and validates in C (about four times faster than
+    parsing to a dict and checking it in Python): consumers decode one per change. Stubs with
+    fields this version does not know fall back to `from_dict`, which keeps them in ``extra``.
+    Not tracked by the garbage collector (``gc=False``): stubs hold no reference cycles.
+    """
 
     document_id: str
     data_source_type: str
@@ -61,14 +67,25 @@ class ChangeMeta:
     version: int | None = None
     publish_timestamp: float | None = None
     original_publication_timestamp: float | None = None
-    attempts: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    extra: dict[str, Any] = {}
+    schema_version: int = msgspec.field(default=SCHEMA_VERSION, name="v")
+    """The stub format version it was written with (``to_dict`` writes the current one)."""
 
     def __post_init__(self) -> None:
-        for name in _REQUIRED_STR:
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise InvalidChangeError(f"{name} must be a non-empty string, got {value!r}")
+        # Runs for every decoded stub too, hence one cheap test before the detailed one.
+        if not (
+            type(self.document_id) is str
+            and type(self.data_source_type) is str
+            and type(self.data_source_name) is str
+            and self.document_id
+            and self.data_source_type
+            and self.data_source_name
+        ):
+            for name in _REQUIRED_STR:
+                value = getattr(self, name)
+                if not isinstance(value, str) or not value:
+                    raise InvalidChangeError(f"{name} must be a non-empty string, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.extra) if self.extra else {}
@@ -116,69 +133,104 @@ class ChangeMeta:
             self.original_publication_timestamp = ts
         return self
 
+    def copy(self) -> ChangeMeta:
+        """An independent copy (``extra`` copied too), for changing before re-publishing."""
+        return msgspec.structs.replace(self, extra=dict(self.extra))
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeMeta:
-        """Validate and build a stub. Unrolled with exact type checks: this runs once per
-        change on the consumer hot path."""
-        if type(data) is not dict:
-            if not isinstance(data, Mapping):
-                raise InvalidChangeError(f"stub must be a JSON object, got {type(data).__name__}")
-            data = dict(data)
+        """Validate and build a stub from a parsed JSON object: the lenient path, which keeps
+        unknown fields in ``extra`` and words every error for the error queue."""
+        if not isinstance(data, Mapping):
+            raise InvalidChangeError(f"stub must be a JSON object, got {type(data).__name__}")
         get = data.get
-        doc_id = get("document_id")
-        ds_type = get("data_source_type")
-        ds_name = get("data_source_name")
-        if type(doc_id) is not str or not doc_id:
-            raise InvalidChangeError(f"missing or invalid 'document_id': {doc_id!r}")
-        if type(ds_type) is not str or not ds_type:
-            raise InvalidChangeError(f"missing or invalid 'data_source_type': {ds_type!r}")
-        if type(ds_name) is not str or not ds_name:
-            raise InvalidChangeError(f"missing or invalid 'data_source_name': {ds_name!r}")
-        self = object.__new__(cls)
-        self.document_id = doc_id
-        self.data_source_type = ds_type
-        self.data_source_name = ds_name
-        self.document_type = v = get("document_type")
-        if v is not None and type(v) is not str:
-            raise _bad_type("document_type", "a string", v)
-        self.document_subtype = v = get("document_subtype")
-        if v is not None and type(v) is not str:
-            raise _bad_type("document_subtype", "a string", v)
-        self.domain = v = get("domain")
-        if v is not None and type(v) is not str:
-            raise _bad_type("domain", "a string", v)
-        self.document_rev = v = get("document_rev")
-        if v is not None and type(v) is not str:
-            raise _bad_type("document_rev", "a string", v)
-        self.publish_timestamp = v = get("publish_timestamp")
-        if v is not None and type(v) is not float and type(v) is not int:
-            raise _bad_type("publish_timestamp", "a number", v)
-        self.original_publication_timestamp = v = get("original_publication_timestamp")
-        if v is not None and type(v) is not float and type(v) is not int:
-            raise _bad_type("original_publication_timestamp", "a number", v)
-        self.version = v = get("version")
-        if v is not None and type(v) is not int:
-            raise _bad_type("version", "an integer", v)
-        v = get("is_deletion", False)
-        if type(v) is not bool:
-            raise _bad_type("is_deletion", "a boolean", v)
-        self.is_deletion = v
-        v = get("attempts", 0)
-        if type(v) is not int or v < 0:
-            raise _bad_type("attempts", "a non-negative integer", v)
-        self.attempts = v
-        self.extra = (
-            {} if data.keys() <= _KNOWN else {k: x for k, x in data.items() if k not in _KNOWN}
+        for name in _REQUIRED_STR:
+            value = get(name)
+            if type(value) is not str or not value:
+                raise InvalidChangeError(f"missing or invalid {name!r}: {value!r}")
+        for name in _OPTIONAL_STR:
+            value = get(name)
+            if value is not None and type(value) is not str:
+                raise _bad_type(name, "a string", value)
+        for name in _OPTIONAL_NUM:
+            value = get(name)
+            if value is not None and type(value) is not float and type(value) is not int:
+                raise _bad_type(name, "a number", value)
+        version = get("version")
+        if version is not None and type(version) is not int:
+            raise _bad_type("version", "an integer", version)
+        is_deletion = get("is_deletion", False)
+        if type(is_deletion) is not bool:
+            raise _bad_type("is_deletion", "a boolean", is_deletion)
+        attempts = get("attempts", 0)
+        if type(attempts) is not int or attempts < 0:
+            raise _bad_type("attempts", "a non-negative integer", attempts)
+        schema = get("v")
+        return cls(
+            data["document_id"],
+            data["data_source_type"],
+            data["data_source_name"],
+            document_type=get("document_type"),
+            document_subtype=get("document_subtype"),
+            domain=get("domain"),
+            is_deletion=is_deletion,
+            document_rev=get("document_rev"),
+            version=version,
+            publish_timestamp=get("publish_timestamp"),
+            original_publication_timestamp=get("original_publication_timestamp"),
+            attempts=attempts,
+            extra={k: x for k, x in data.items() if k not in _KNOWN},
+            schema_version=schema if type(schema) is int else SCHEMA_VERSION,
         )
-        return self
 
     @classmethod
     def decode(cls, raw: bytes | str) -> ChangeMeta:
+        """Decode one stub: in C when it has exactly the fields we know (the usual case),
+        else through `from_dict`."""
+        try:
+            meta = _decode_one(raw)
+        except Exception:  # noqa: BLE001 - the lenient path decides, and words the error
+            return cls._decode_lenient(raw)
+        if meta.extra:  # an "extra" key on the wire is an unknown field like any other
+            return cls._decode_lenient(raw)
+        return meta
+
+    @classmethod
+    def decode_many(cls, raws: Iterable[bytes]) -> list[ChangeMeta] | None:
+        """Decode stubs in one C loop; None when any of them needs `decode` (unknown fields,
+        invalid), so the caller decodes those one by one and words their errors."""
+        try:
+            metas = list(map(_decode_one, raws))
+        except Exception:  # noqa: BLE001 - the one-by-one path decides
+            return None
+        if any(map(_get_extra, metas)):
+            return None
+        return metas
+
+    @classmethod
+    def decode_array(cls, raw: bytes) -> list[ChangeMeta] | None:
+        """Decode a JSON array of stubs (as the embedded log stores them) in one call; None
+        when any of them needs `from_dict`."""
+        try:
+            metas = _decode_array(raw)
+        except Exception:  # noqa: BLE001 - the one-by-one path decides
+            return None
+        if any(map(_get_extra, metas)):
+            return None
+        return metas
+
+    @classmethod
+    def _decode_lenient(cls, raw: bytes | str) -> ChangeMeta:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise InvalidChangeError(f"stub is not valid JSON: {exc}") from None
         return cls.from_dict(data)
+
+
+_decode_one = msgspec.json.Decoder(ChangeMeta).decode
+_decode_array = msgspec.json.Decoder(list[ChangeMeta]).decode
+_get_extra = attrgetter("extra")
 
 
 _new_object = object.__new__

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import FrameType
 from typing import Any
 
@@ -33,6 +34,38 @@ from changefeed.stores.base import (
 from changefeed.stores.registry import DocumentStoreRegistry
 
 log = logging.getLogger("changefeed.pillow")
+
+_id_of = attrgetter("id")
+_partition_of = attrgetter("topic", "partition")
+_offset_of = attrgetter("offset")
+
+
+def _latest_per_document(changes: list[Change]) -> list[Change]:
+    """One change per document (its latest, in the place of its latest), so a document
+    changed many times in a batch is fetched and processed once. Checked in a C loop first:
+    when no document id repeats (the usual case) there is nothing to drop."""
+    if len(set(map(_id_of, changes))) == len(changes):
+        return changes
+    latest: dict[Any, Change] = {}
+    for change in changes:
+        meta = change.metadata
+        key: Any = (
+            (meta.data_source_type, meta.data_source_name, change.id)
+            if meta is not None
+            else (change.topic, change.partition, change.offset)  # never merged
+        )
+        if key in latest:
+            del latest[key]
+        latest[key] = change
+    return list(latest.values())
+
+
+def _next_offsets(changes: list[Change]) -> dict[TopicPartition, int]:
+    """The checkpoint after ``changes``: per partition, the offset after the last one read
+    (offsets rise within a partition, so the last seen is the highest)."""
+    last = dict(zip(map(_partition_of, changes), map(_offset_of, changes), strict=True))
+    return {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
+
 
 Failure = tuple[Change, str, BaseException, bool]
 """(change, processor name, exception, retryable)"""
@@ -144,8 +177,10 @@ class Pillow:
         self.needs_documents = any(p.needs_documents for p in self.processors)
         self._stop = threading.Event()
         self._sleep = sleep or self._interruptible_sleep
-        self._batch: dict[Any, Change] = {}
+        self._batch: list[Change] = []
+        """Changes read since the last checkpoint, in log order (deduplicated at flush)."""
         self._pending: dict[TopicPartition, int] = {}
+        """The checkpoint once the batch is done."""
         self._seen = 0
         self._started = 0.0
         self._restart = False
@@ -283,42 +318,28 @@ class Pillow:
     def _add_list(self, changes: list[Change]) -> tuple[int, bool]:
         """Add a feed's list of changes to the batch in hand, flushing whenever it is full
         (or ``max_wait`` passed, or the pillow is stopping). Returns (changes added, whether
-        to stop reading); like the one-by-one path, what is not added is replayed later."""
-        batch = self._batch
-        pending = self._pending
+        to stop reading); like the one-by-one path, what is not added is replayed later.
+        Nothing here looks at single changes: `flush` does that once per batch."""
         batch_size = self.batch_size
         stop = self._stop
         n = len(changes)
         i = 0
         while i < n:
-            # self._seen is re-read per slice: a rebalance inside the feed may have flushed.
+            # Re-read per slice: a flush (here, or on a rebalance inside the feed) starts a
+            # new batch.
+            batch = self._batch
             seen = self._seen
             if not seen:
                 self._started = time.monotonic()
             room = batch_size - seen
             part = changes if i == 0 and room >= n else changes[i : i + room]
-            # Offsets rise within a partition: the checkpoint is written once per run of
-            # changes from the same partition, with the last one's offset.
-            first = part[0]
-            tp_topic, tp_partition, last = first.topic, first.partition, first.offset
-            for change in part:
-                meta = change.metadata
-                key: Any = (
-                    (meta.data_source_type, meta.data_source_name, change.id)
-                    if meta is not None
-                    else (change.topic, change.partition, change.offset)
-                )
-                if key in batch:
-                    del batch[key]
-                batch[key] = change
-                topic, partition = change.topic, change.partition
-                if partition != tp_partition or topic != tp_topic:
-                    pending[TopicPartition(tp_topic, tp_partition)] = last + 1
-                    tp_topic, tp_partition = topic, partition
-                last = change.offset
-            pending[TopicPartition(tp_topic, tp_partition)] = last + 1
+            batch += part
             taken = len(part)
             i += taken
+            # Where the checkpoint goes after this part: where the feed says it stands once
+            # the whole list is in (a `ChangeList`), else worked out from the changes.
+            ends = getattr(changes, "next_offsets", None) if i == n else None
+            self._pending.update(ends if ends is not None else _next_offsets(part))
             self._seen = seen = seen + taken
             if (
                 seen < batch_size
@@ -333,8 +354,8 @@ class Pillow:
     def flush(self) -> bool:
         """Process the batch in hand and write its checkpoint. False when stopped before the
         batch could be finished (it is then replayed on the next start)."""
-        changes = list(self._batch.values())
         seen = self._seen
+        changes = _latest_per_document(self._batch)
         started = time.perf_counter()
         attempt = 0
         while True:
@@ -359,15 +380,16 @@ class Pillow:
                 self._sleep(delay)
                 if self._stop.is_set():
                     return False
-        checkpoint = dict(self._pending)
+        checkpoint = self._pending
         self.checkpoints.commit(self.name, checkpoint)
         commit_offsets = getattr(self.change_feed, "commit_offsets", None)
         if commit_offsets is not None:  # e.g. Kafka: mirror for standard lag tools
             commit_offsets(checkpoint)
-        self._batch.clear()
-        self._pending.clear()
+        self._batch = []
+        self._pending = {}
         self._seen = 0
         report.changes = seen
+        report.unique = len(changes)
         report.retries = attempt
         report.duration = time.perf_counter() - started
         report.checkpoint = checkpoint

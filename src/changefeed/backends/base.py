@@ -103,6 +103,22 @@ class ChangeFeed(ABC):
         """Release connections."""
 
 
+class ChangeList(list[Change]):
+    """A feed's list of changes that also says where the feed stands after them: the next
+    offset to read in each of its partitions. A pillow that takes the whole list writes
+    that as its checkpoint instead of looking at every change for it."""
+
+    __slots__ = ("next_offsets",)
+
+    def __init__(
+        self,
+        changes: Iterable[Change] = (),
+        next_offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        super().__init__(changes)
+        self.next_offsets = next_offsets
+
+
 class BatchedChangeFeed(ChangeFeed):
     """A feed that reads the log in lists: implement `iter_change_batches`; `iter_changes`
     is the same changes one by one."""

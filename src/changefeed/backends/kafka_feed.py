@@ -25,13 +25,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from itertools import compress, repeat
+from operator import not_
 from typing import Any
 
-import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from changefeed.backends.base import BatchedChangeFeed, OffsetOutOfRangeError, RebalanceListener
+from changefeed.backends.base import (
+    BatchedChangeFeed,
+    ChangeList,
+    OffsetOutOfRangeError,
+    RebalanceListener,
+)
 from changefeed.backends.kafka_admin import KafkaMetadata
 from changefeed.backends.kafka_config import KafkaConfig
 from changefeed.change import Change, ChangeMeta, TopicPartition
@@ -369,10 +375,6 @@ class KafkaChangeFeed(BatchedChangeFeed):
             consume = self.consumer.consume
             batch_rows = self.batch_rows
             idle_timeout = self.idle_timeout
-            from_raw = Change.from_raw
-            decoded = Change.decoded
-            from_dict = ChangeMeta.from_dict
-            loads = orjson.loads
             monotonic = time.monotonic
             # One topic (the usual case): every change shares its name, no str per message.
             only_topic = self.topics[0] if len(self.topics) == 1 else None
@@ -386,44 +388,42 @@ class KafkaChangeFeed(BatchedChangeFeed):
                     self._rebalanced = False
                     assigned = self._assigned
                     msgs = [m for m in msgs if (m.topic(), m.partition()) in assigned]
-                changes: list[Change] = []
-                append = changes.append
+                    rebalanced = True
+                else:
+                    rebalanced = False
                 got = False
-                for msg in msgs:
-                    err = msg.error()
-                    if err is not None:
-                        if changes and err.code() != _EOF:
-                            # What came before an error is handed over before it is handled
-                            # (it may raise, or reset a partition), as one by one.
-                            yield changes
-                            got = True
-                            changes = []
-                            append = changes.append
-                        self._handle_error(msg)
-                        continue
-                    # Decoding inlined (what `Change.from_raw` does, minus two calls a change);
-                    # anything unusual goes through from_raw itself, so errors read the same.
-                    value = msg.value()
-                    try:
-                        change = decoded(
-                            only_topic or msg.topic(),  # type: ignore[arg-type]
-                            msg.partition(),  # type: ignore[arg-type]
-                            msg.offset(),  # type: ignore[arg-type]
-                            from_dict(loads(value)),  # type: ignore[arg-type]
-                        )
-                    except Exception:  # noqa: BLE001 - redone by from_raw, which reports it
-                        change = from_raw(
-                            msg.topic(),  # type: ignore[arg-type]
-                            msg.partition(),  # type: ignore[arg-type]
-                            msg.offset(),  # type: ignore[arg-type]
-                            value if value is not None else b"",
-                        )
-                        if change.metadata is None:
-                            key = msg.key()
-                            change.id = (
-                                key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
-                            )
-                    append(change)
+                changes: list[Change] | None = None
+                if msgs:
+                    flags = list(map(_message_error, msgs))
+                    if any(flags):
+                        events = list(compress(msgs, flags))
+                        if all(m.error().code() == _EOF for m in events):  # type: ignore[union-attr]
+                            # End-of-partition events only (the usual error-event): noted
+                            # here, and the data messages go the fast way.
+                            for msg in events:
+                                self._handle_error(msg)
+                            msgs = list(compress(msgs, map(not_, flags)))
+                            flags = []
+                    if not any(flags):
+                        fast = _fast_changes(msgs, only_topic)
+                        if fast and not rebalanced:
+                            # Where the consumer stands now: every message before that is
+                            # handed over in this list, so the pillow can checkpoint there.
+                            fast.next_offsets = self._positions()
+                        changes = fast
+                if changes is None:
+                    changes = []
+                    for msg in msgs:
+                        if msg.error() is not None:
+                            if changes and msg.error().code() != _EOF:  # type: ignore[union-attr]
+                                # What came before an error is handed over before it is
+                                # handled (it may raise, or reset a partition).
+                                yield changes
+                                got = True
+                                changes = []
+                            self._handle_error(msg)
+                            continue
+                        changes.append(_change_of(msg))
                 if changes:
                     yield changes
                     got = True
@@ -454,3 +454,49 @@ class KafkaChangeFeed(BatchedChangeFeed):
                 log.debug("kafka: closing consumer: %s", exc)
         self._subscribed = False
         self._assigned = {}
+
+
+_message_error = Message.error
+_message_value = Message.value
+_message_topic = Message.topic
+_message_partition = Message.partition
+_message_offset = Message.offset
+_decoded = Change.decoded
+_decode_many = ChangeMeta.decode_many
+
+
+def _fast_changes(msgs: list[Message], only_topic: str | None) -> ChangeList | None:
+    """The changes of data messages, built in C loops (``map``): about twice as fast as a
+    Python loop over the messages. None when a stub needs the one-by-one path
+    (`_change_of`)."""
+    if not msgs:
+        return ChangeList()
+    metas = _decode_many(map(_message_value, msgs))  # type: ignore[arg-type]
+    if metas is None:
+        return None
+    topics = repeat(only_topic) if only_topic is not None else map(_message_topic, msgs)
+    return ChangeList(
+        map(
+            _decoded,  # type: ignore[arg-type]
+            topics,
+            map(_message_partition, msgs),
+            map(_message_offset, msgs),
+            metas,
+        )
+    )
+
+
+def _change_of(msg: Message) -> Change:
+    """One message's change; an invalid stub becomes a change carrying the error (with the
+    message key as its document id, so the error queue can name the document)."""
+    value = msg.value()
+    change = Change.from_raw(
+        msg.topic(),  # type: ignore[arg-type]
+        msg.partition(),  # type: ignore[arg-type]
+        msg.offset(),  # type: ignore[arg-type]
+        value if value is not None else b"",
+    )
+    if change.metadata is None:
+        key = msg.key()
+        change.id = key.decode("utf-8", "replace") if isinstance(key, bytes) else ""
+    return change

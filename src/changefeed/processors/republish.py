@@ -11,7 +11,6 @@ topic, or another backend's publisher.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -75,8 +74,7 @@ class RepublishProcessor(BulkProcessor):
         """A copy of the change's stub, stamped as published now (original time kept)."""
         meta = change.metadata
         assert meta is not None, "the pillow never hands invalid stubs to processors"
-        copy = dataclasses.replace(meta, extra=dict(meta.extra))
-        return copy.stamped(now)
+        return meta.copy().stamped(now)
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         self._retrier.begin_batch()
