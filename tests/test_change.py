@@ -72,6 +72,52 @@ def test_unknown_fields_are_kept_and_re_encoded() -> None:
     assert again["new_field"] == {"x": [1, 2]} and again["flag"] is True
 
 
+_BASE = b'"document_id": "d", "data_source_type": "sql", "data_source_name": "s"'
+
+
+@pytest.mark.parametrize(
+    "raw, fast, extra",
+    [
+        (b"{" + _BASE + b"}", True, set()),
+        (full_meta().encode(), True, set()),
+        (b'{"v": 1, "publish_timestamp": 17, ' + _BASE + b"}", True, set()),
+        (b'{"v": "two", ' + _BASE + b"}", False, set()),
+        (b'{"extra": {"a": 1}, ' + _BASE + b"}", False, {"extra"}),
+        (b'{"big": 1180591620717411303424, ' + _BASE + b"}", False, {"big"}),
+    ],
+)
+def test_fast_and_lenient_decoding_agree(raw: bytes, fast: bool, extra: set[str]) -> None:
+    """Stubs decode in C when they hold only known fields and through `from_dict` otherwise;
+    both give the same stub (an ``extra`` key on the wire is an unknown field too)."""
+    lenient = ChangeMeta.from_dict(orjson.loads(raw))
+    assert ChangeMeta.decode(raw) == lenient
+    many = ChangeMeta.decode_many([raw, raw])
+    array = ChangeMeta.decode_array(b"[" + raw + b"," + raw + b"]")
+    if fast:
+        assert many == [lenient, lenient] and array == [lenient, lenient]
+    else:  # the batch decoders hand such stubs to the one-by-one path
+        assert many is None and array is None
+    assert set(lenient.extra) == extra
+
+
+def test_batch_decoders_refuse_invalid_stubs() -> None:
+    good = ChangeMeta("d", "sql", "s").encode()
+    assert ChangeMeta.decode_many([good, b"{broken"]) is None
+    assert ChangeMeta.decode_many([good, b'{"document_id": ""}']) is None
+    assert ChangeMeta.decode_array(b'[{"document_id": "d"}]') is None
+    assert ChangeMeta.decode_many([]) == []
+
+
+def test_encoding_matches_the_documented_form() -> None:
+    """``encode`` (msgspec, in C) writes what ``to_dict`` describes, schema version first."""
+    for meta in (full_meta(), ChangeMeta("d", "sql", "s"), ChangeMeta("d", "sql", "s", attempts=0)):
+        raw = meta.encode()
+        assert raw.startswith(b'{"v":')
+        assert orjson.loads(raw) == meta.to_dict()
+    odd = ChangeMeta.decode(orjson.dumps({**full_meta().to_dict(), "v": 9, "new": 1}))
+    assert orjson.loads(odd.encode()) == {**full_meta().to_dict(), "new": 1}
+
+
 def test_decode_accepts_str() -> None:
     assert ChangeMeta.decode(full_meta().encode().decode()).document_id == "doc-1"
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from changefeed.backends.base import ChangeFeed
+from changefeed.backends.base import ChangeFeed, ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import ErrorQueue
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchReport, Pillow, PillowListener
 from changefeed.processors import BulkProcessor, ChangeFailure
 
 TOPIC = "events"
@@ -147,6 +147,28 @@ def test_invalid_stub_in_a_list_goes_to_the_error_queue(tmp_path: Path) -> None:
     queue = ErrorQueue(f"sqlite:///{tmp_path}/state-True-0.db")
     (record,) = queue.list("p")
     assert (record.document_id, record.offset) == ("k", 1)
+
+
+def test_where_the_feed_stands_is_the_checkpoint_once_its_whole_list_is_in(
+    tmp_path: Path,
+) -> None:
+    """A `ChangeList` says where the feed stands after it (e.g. past records that are not
+    changes, or in partitions with nothing new); the pillow checkpoints there only when the
+    list's last change is in the batch, and works out the offsets itself before that."""
+    ends = {TopicPartition(TOPIC, 0): 10, TopicPartition(TOPIC, 1): 5}
+    listed = ChangeList([change(0, i, f"d{i}") for i in range(4)], ends)
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
+    seen: list[dict[TopicPartition, int]] = []
+
+    class Watch(PillowListener):
+        def on_batch(self, pillow: Pillow, report: BatchReport) -> None:
+            seen.append(dict(report.checkpoint))
+
+    pillow = Pillow("p", ListFeed([listed]), Record(), checkpoints=checkpoints, batch_size=3)
+    pillow.listeners.append(Watch())
+    assert pillow.run(forever=True) == 4
+    assert seen == [{TopicPartition(TOPIC, 0): 3}, ends]
+    assert checkpoints.get("p") == ends
 
 
 def test_decoded_builds_the_same_change_as_the_constructor() -> None:

@@ -36,6 +36,7 @@ from changefeed.stores.registry import DocumentStoreRegistry
 log = logging.getLogger("changefeed.pillow")
 
 _id_of = attrgetter("id")
+_metadata_of = attrgetter("metadata")
 _partition_of = attrgetter("topic", "partition")
 _offset_of = attrgetter("offset")
 
@@ -427,8 +428,10 @@ class Pillow:
         """Fetch documents once, run every processor, queue failures. Raises
         `DependencyDownError` when the batch failed as a whole."""
         failures: list[Failure] = []
-        ready = [change for change in changes if change.metadata is not None]
-        if len(ready) != len(changes):
+        if all(map(_metadata_of, changes)):  # valid stubs only (checked in C)
+            ready = list(changes)
+        else:
+            ready = [change for change in changes if change.metadata is not None]
             failures.extend(
                 (change, INVALID_STUB, InvalidChangeError(change.error or "invalid stub"), False)
                 for change in changes

@@ -236,6 +236,32 @@ def test_pillow_checkpoints_per_partition_and_resumes_after_restart(
     assert sum(checkpoints.get(name).values()) == 150
 
 
+def test_each_list_says_where_the_feed_stands_after_it(backend: KafkaBackend) -> None:
+    """The lists the feed hands over carry the consumer's position after them: per partition,
+    one past the last change read so far (the pillow checkpoints there)."""
+    topic = unique("ends")
+    backend.admin().create_topic(topic, 3)
+    with backend.publisher() as pub:
+        pub.publish_many([(topic, stub(f"d{i}")) for i in range(60)])
+    feed = backend.change_feed([topic], client_id=unique("ends"), idle_timeout=IDLE, batch_rows=7)
+    start = {TopicPartition(topic, p): 0 for p in range(3)}
+    read = dict(start)
+    with_ends = 0
+    for changes in feed.iter_change_batches(start):
+        assert changes
+        for c in changes:
+            assert c.offset == read[c.topic_partition]  # in order, nothing skipped
+            read[c.topic_partition] = c.offset + 1
+        ends = getattr(changes, "next_offsets", None)
+        if ends is not None:
+            with_ends += 1
+            assert ends == read
+    feed.close()
+    assert with_ends > 0
+    assert read == backend.change_feed([topic]).latest_offsets()
+    assert sum(read.values()) == 60
+
+
 def test_forever_flushes_partial_batches_on_idle(
     backend: KafkaBackend, checkpoints: CheckpointStore
 ) -> None:

@@ -175,3 +175,33 @@ def test_add_partitions(tmp_path: Path) -> None:
         admin.add_partitions("grow", 2)
     with pytest.raises(LookupError, match="unknown topic"):
         admin.add_partitions("nope", 2)
+
+
+def test_record_batches_decode_with_unknown_fields_and_say_where_they_end(
+    tmp_path: Path,
+) -> None:
+    """A record batch is decoded in one call unless a stub needs the lenient path (unknown
+    fields kept in ``extra``); either way its list ends at the batch's next offset."""
+    log = SQLiteLog(tmp_path / "log.db")
+    log.admin().create_topic("t", 1)
+    newer = ChangeMeta("b", "sql", "s", extra={"added_later": [1, 2]})
+    with log.publisher() as pub:
+        pub.publish_many([("t", ChangeMeta("a", "sql", "s"))])
+        pub.publish_many([("t", ChangeMeta("c", "sql", "s")), ("t", newer)])
+    feed = log.change_feed(["t"])
+    lists = list(feed.iter_change_batches({TopicPartition("t", 0): 0}))
+    assert [[c.id for c in changes] for changes in lists if changes] == [["a"], ["c", "b"]]
+    assert [getattr(changes, "next_offsets", None) for changes in lists if changes] == [
+        {TopicPartition("t", 0): 1},
+        {TopicPartition("t", 0): 3},
+    ]
+    assert lists[1][1].metadata is not None
+    assert lists[1][1].metadata.extra == {"added_later": [1, 2]}
+    # Starting inside a batch: only the rest of it (on both decoding paths).
+    with log.publisher() as pub:
+        pub.publish_many([("t", ChangeMeta(d, "sql", "s")) for d in ("x", "y", "z")])
+    rest = [c for c in feed.iter_change_batches({TopicPartition("t", 0): 2}) if c]
+    assert [[c.id for c in changes] for changes in rest] == [["b"], ["x", "y", "z"]]
+    (tail,) = [c for c in feed.iter_change_batches({TopicPartition("t", 0): 5}) if c]
+    assert [(c.id, c.offset) for c in tail] == [("z", 5)]
+    assert tail.next_offsets == {TopicPartition("t", 0): 6}  # type: ignore[attr-defined]

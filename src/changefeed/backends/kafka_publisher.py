@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from changefeed import gctune
@@ -63,6 +62,11 @@ class KafkaPublisher(Publisher):
         conf["acks"] = "all"
         conf["enable.idempotence"] = True
         conf["error_cb"] = self._on_client_error
+        if asynchronous:
+            # Reports only for failed deliveries (librdkafka drops the successful ones before
+            # Python sees them): a report per stub would cost more than producing it.
+            conf["delivery.report.only.error"] = True
+            conf["on_delivery"] = self._on_delivery
         self.delivery_timeout = float(conf["message.timeout.ms"]) / 1000.0
         self._producer = Producer(conf)
         self._lock = threading.Lock()
@@ -129,10 +133,15 @@ class KafkaPublisher(Publisher):
     # -- publishing --------------------------------------------------------------------
 
     def _produce(self, topic: str, key: str, value: bytes, callback: Any) -> None:
+        """Produce, waiting while the local queue is full. ``callback``: a delivery report
+        callback for this stub (None: the producer's own, asynchronous mode)."""
         produce = self._producer.produce
         while True:
             try:
-                produce(topic, value, key, on_delivery=callback)
+                if callback is None:
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, on_delivery=callback)
                 return
             except BufferError:
                 # The local queue is full: serve delivery reports to make room.
@@ -150,7 +159,14 @@ class KafkaPublisher(Publisher):
         if meta.publish_timestamp is None or meta.original_publication_timestamp is None:
             meta.stamped()
         if self.asynchronous:
-            self._produce(topic, meta.document_id, meta.encode(), self._on_delivery)
+            try:
+                self._producer.produce(topic, meta.encode(), meta.document_id)
+            except BufferError:
+                self._produce(topic, meta.document_id, meta.encode(), None)
+            except KafkaException as exc:
+                raise PublishError(
+                    f"could not publish stub for {meta.document_id!r} to {topic!r}: {exc}"
+                ) from None
             self._producer.poll(0)
             if self._failures:
                 self._raise_failures()
@@ -187,17 +203,20 @@ class KafkaPublisher(Publisher):
             raise PublishError("publisher is closed")
         now = time.time()
         with gctune.paused():  # many small acyclic objects: no collector passes over them
-            records = [
-                (topic, meta.document_id, orjson.dumps(meta.wire_dict(now)))
-                for topic, meta in items
-            ]
+            records = []
+            for topic, meta in items:
+                meta.stamp_unset(now)
+                records.append((topic, meta.document_id, meta.encode()))
         self._ensure_topics({topic for topic, _, _ in records})
-        callback = self._on_delivery
+        callback = None if self.asynchronous else self._on_delivery
         produce = self._producer.produce
         poll = self._producer.poll
         for n, (topic, key, value) in enumerate(records, 1):
             try:
-                produce(topic, value, key, on_delivery=callback)
+                if callback is None:
+                    produce(topic, value, key)
+                else:
+                    produce(topic, value, key, on_delivery=callback)
             except BufferError:
                 poll(0.05)
                 self._produce(topic, key, value, callback)

@@ -18,6 +18,7 @@ import time
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -28,6 +29,7 @@ from changefeed import gctune
 from changefeed.backends.base import (
     Backend,
     BatchedChangeFeed,
+    ChangeList,
     OffsetOutOfRangeError,
     Publisher,
     TopicAdmin,
@@ -260,7 +262,10 @@ class SQLitePublisher(Publisher):
     def publish_many(self, items: Iterable[tuple[str, ChangeMeta]]) -> None:
         now = time.time()
         with gctune.paused():
-            records = [(topic, meta.document_id, meta.wire_dict(now)) for topic, meta in items]
+            records = []
+            for topic, meta in items:
+                meta.stamp_unset(now)
+                records.append((topic, meta.document_id, meta.encode()))
         self._append(records, FORMAT_JSON, now)
 
     def append_raw(self, records: Sequence[tuple[str, str, bytes]]) -> None:
@@ -300,7 +305,8 @@ class SQLitePublisher(Publisher):
                     for start in range(0, len(group), MAX_BATCH_RECORDS):
                         chunk = group[start : start + MAX_BATCH_RECORDS]
                         if fmt == FORMAT_JSON:
-                            payload = orjson.dumps([value for _, value in chunk])
+                            # One JSON array of the encoded stubs.
+                            payload = b"[" + b",".join([value for _, value in chunk]) + b"]"
                         else:
                             payload = encode_raw_batch(chunk)
                         rows.append((tid, part, head, len(chunk), fmt, ts, payload))
@@ -487,6 +493,8 @@ class SQLiteChangeFeed(BatchedChangeFeed):
         conn = self._conn
         from_raw = Change.from_raw
         from_dict = Change.from_dict
+        decoded = Change.decoded
+        decode_array = ChangeMeta.decode_array
         last_activity = time.monotonic()
         ids: dict[str, tuple[int, int]] = {}
         while True:
@@ -517,17 +525,38 @@ class SQLiteChangeFeed(BatchedChangeFeed):
                 topic, part = tp.topic, tp.partition
                 for base, count, fmt, payload in batches:
                     skip = pos - base if pos > base else 0
+                    end = {tp: base + count}
                     if fmt == FORMAT_JSON:
-                        values = orjson.loads(payload)
-                        yield [
-                            from_dict(topic, part, base + i, values[i]) for i in range(skip, count)
-                        ]
+                        metas = decode_array(payload)
+                        if metas is not None:  # valid stubs (the usual case): built in C loops
+                            yield ChangeList(
+                                map(
+                                    decoded,
+                                    repeat(topic),
+                                    repeat(part),
+                                    range(base + skip, base + count),
+                                    metas[skip:] if skip else metas,
+                                ),
+                                end,
+                            )
+                        else:
+                            values = orjson.loads(payload)
+                            yield ChangeList(
+                                (
+                                    from_dict(topic, part, base + i, values[i])
+                                    for i in range(skip, count)
+                                ),
+                                end,
+                            )
                     else:
                         records = decode_raw_batch(count, payload)
-                        yield [
-                            from_raw(topic, part, base + i, records[i][1], records[i][0])
-                            for i in range(skip, count)
-                        ]
+                        yield ChangeList(
+                            (
+                                from_raw(topic, part, base + i, records[i][1], records[i][0])
+                                for i in range(skip, count)
+                            ),
+                            end,
+                        )
                     pos = positions[tp] = base + count
             if got_any:
                 last_activity = time.monotonic()
