@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from operator import attrgetter
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
@@ -68,7 +67,9 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     publish_timestamp: float | None = None
     original_publication_timestamp: float | None = None
     attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
-    extra: dict[str, Any] = {}
+    extra: Annotated[dict[str, Any], msgspec.Meta(max_length=0)] = {}
+    """Fields this version does not know, kept for re-publishing. (On the wire an ``extra``
+    key is just another unknown field: the C decoder refuses a non-empty one.)"""
     schema_version: int = msgspec.field(default=SCHEMA_VERSION, name="v")
     """The stub format version it was written with (``to_dict`` writes the current one)."""
 
@@ -191,36 +192,27 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
         """Decode one stub: in C when it has exactly the fields we know (the usual case),
         else through `from_dict`."""
         try:
-            meta = _decode_one(raw)
+            return _decode_one(raw)
         except Exception:  # noqa: BLE001 - the lenient path decides, and words the error
             return cls._decode_lenient(raw)
-        if meta.extra:  # an "extra" key on the wire is an unknown field (an empty one is dropped)
-            return cls._decode_lenient(raw)
-        return meta
 
     @classmethod
     def decode_many(cls, raws: Iterable[bytes]) -> list[ChangeMeta] | None:
         """Decode stubs in one C loop; None when any of them needs `decode` (unknown fields,
         invalid), so the caller decodes those one by one and words their errors."""
         try:
-            metas = list(map(_decode_one, raws))
+            return list(map(_decode_one, raws))
         except Exception:  # noqa: BLE001 - the one-by-one path decides
             return None
-        if any(map(_get_extra, metas)):
-            return None
-        return metas
 
     @classmethod
     def decode_array(cls, raw: bytes) -> list[ChangeMeta] | None:
         """Decode a JSON array of stubs (as the embedded log stores them) in one call; None
         when any of them needs `from_dict`."""
         try:
-            metas = _decode_array(raw)
+            return _decode_array(raw)
         except Exception:  # noqa: BLE001 - the one-by-one path decides
             return None
-        if any(map(_get_extra, metas)):
-            return None
-        return metas
 
     @classmethod
     def _decode_lenient(cls, raw: bytes | str) -> ChangeMeta:
@@ -235,7 +227,6 @@ _VERSION_PREFIX = b'{"v":%d,' % SCHEMA_VERSION
 _encode = msgspec.json.Encoder().encode
 _decode_one = msgspec.json.Decoder(ChangeMeta).decode
 _decode_array = msgspec.json.Decoder(list[ChangeMeta]).decode
-_get_extra = attrgetter("extra")
 
 
 _new_object = object.__new__

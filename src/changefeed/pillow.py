@@ -320,7 +320,7 @@ class Pillow:
         """Add a feed's list of changes to the batch in hand, flushing whenever it is full
         (or ``max_wait`` passed, or the pillow is stopping). Returns (changes added, whether
         to stop reading); like the one-by-one path, what is not added is replayed later.
-        Nothing here looks at single changes: `flush` does that once per batch."""
+        Dedupe waits for `flush`, once per batch."""
         batch_size = self.batch_size
         stop = self._stop
         n = len(changes)

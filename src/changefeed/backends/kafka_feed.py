@@ -394,8 +394,9 @@ class KafkaChangeFeed(BatchedChangeFeed):
                 got = False
                 changes: list[Change] | None = None
                 if msgs:
-                    flags = list(map(_message_error, msgs))
-                    if any(flags):
+                    flags: list[KafkaError | None] = []
+                    if any(map(_message_error, msgs)):
+                        flags = list(map(_message_error, msgs))
                         events = list(compress(msgs, flags))
                         if all(m.error().code() == _EOF for m in events):  # type: ignore[union-attr]
                             # End-of-partition events only (the usual error-event): noted
