@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,9 +65,17 @@ class KafkaPublisher(Publisher):
         conf["error_cb"] = self._on_client_error
         if asynchronous:
             # Reports only for failed deliveries (librdkafka drops the successful ones before
-            # Python sees them): a report per stub would cost more than producing it.
+            # Python sees them): a report per stub would cost more than producing it. The
+            # producer holds the callback, so it reaches us through a weak reference.
             conf["delivery.report.only.error"] = True
-            conf["on_delivery"] = self._on_delivery
+            ref = weakref.ref(self)
+
+            def on_delivery(err: KafkaError | None, msg: Message) -> None:
+                publisher = ref()
+                if publisher is not None:
+                    publisher._on_delivery(err, msg)
+
+            conf["on_delivery"] = on_delivery
         self.delivery_timeout = float(conf["message.timeout.ms"]) / 1000.0
         self._producer = Producer(conf)
         self._lock = threading.Lock()
