@@ -85,7 +85,9 @@ def throughput_outbox(pg: TempPostgresCluster, rows: int, tmp: Path) -> float:
     return n / elapsed
 
 
-def throughput_cdc(pg: TempPostgresCluster, rows: int, tmp: Path) -> float:
+def throughput_cdc(pg: TempPostgresCluster, rows: int, tmp: Path, mode: str = "poll") -> float:
+    """Rows committed first, then drained by CDC: polling until caught up (``poll``, as
+    ``cdc run --once``) or following the slot over the replication protocol (``stream``)."""
     _, dsn = fresh_db(pg)
     slot = f"bench_{uuid.uuid4().hex[:8]}"
     create_slot(dsn, slot)
@@ -93,35 +95,19 @@ def throughput_cdc(pg: TempPostgresCluster, rows: int, tmp: Path) -> float:
         fill(dsn, rows, outbox=False)
         log = SQLiteLog(tmp / f"{uuid.uuid4().hex}.db")
         publisher = log.publisher()
-        cdc = PostgresCDC(dsn, slot, CDC_TABLES, publisher, batch_size=5000)
+        cdc = PostgresCDC(dsn, slot, CDC_TABLES, publisher, batch_size=5000, mode=mode)
         started = time.perf_counter()
-        n = cdc.run(forever=False)
+        if mode == "poll":
+            cdc.run(forever=False)
+        else:
+            runner = threading.Thread(target=cdc.run)
+            runner.start()
+            while cdc.stats.published < rows and runner.is_alive():
+                time.sleep(0.005)
         elapsed = time.perf_counter() - started
-        publisher.close()
-    finally:
-        drop_slot(dsn, slot)
-    assert n == rows, (n, rows)
-    return n / elapsed
-
-
-def throughput_cdc_stream(pg: TempPostgresCluster, rows: int, tmp: Path) -> float:
-    """Like `throughput_cdc`, following the slot over the replication protocol."""
-    _, dsn = fresh_db(pg)
-    slot = f"bench_{uuid.uuid4().hex[:8]}"
-    create_slot(dsn, slot)
-    try:
-        fill(dsn, rows, outbox=False)
-        log = SQLiteLog(tmp / f"{uuid.uuid4().hex}.db")
-        publisher = log.publisher()
-        cdc = PostgresCDC(dsn, slot, CDC_TABLES, publisher, batch_size=5000, mode="stream")
-        started = time.perf_counter()
-        runner = threading.Thread(target=cdc.run)
-        runner.start()
-        while cdc.stats.published < rows and runner.is_alive():
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - started
-        cdc.stop()
-        runner.join()
+        if mode != "poll":
+            cdc.stop()
+            runner.join()
         publisher.close()
     finally:
         drop_slot(dsn, slot)
@@ -278,7 +264,7 @@ def main() -> None:
         for run in range(args.runs):
             outbox_rates.append(throughput_outbox(pg, args.rows, tmp))
             cdc_rates.append(throughput_cdc(pg, args.rows, tmp))
-            stream_rates.append(throughput_cdc_stream(pg, args.rows, tmp))
+            stream_rates.append(throughput_cdc(pg, args.rows, tmp, mode="stream"))
             print(
                 f"run {run + 1}: outbox {outbox_rates[-1]:,.0f} stubs/s, "
                 f"cdc poll {cdc_rates[-1]:,.0f} stubs/s, cdc stream {stream_rates[-1]:,.0f} stubs/s",

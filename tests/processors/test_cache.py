@@ -3,72 +3,23 @@ against a real redis-server of the tests' own."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from changefeed.backends.local import SQLiteLog
-from changefeed.change import Change, ChangeMeta
-from changefeed.checkpoints import CheckpointStore
-from changefeed.errors import PARKED, PENDING, ErrorQueue
-from changefeed.pillow import Pillow
+from changefeed.change import Change
+from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.cache import CacheInvalidationProcessor, KeyTemplate
-from changefeed.stores.memory import MemoryDocumentStore
-from changefeed.stores.registry import DocumentStoreRegistry
 from tests.harness.redis import RedisServer
-
-
-class Rig:
-    """A log, a document store and the state a pillow needs, all in a temp dir."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.log = SQLiteLog(tmp_path / "log.db")
-        self.publisher = self.log.publisher()
-        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path / 'state.db'}")
-        self.errors = ErrorQueue(self.checkpoints.engine)
-        self.stores = DocumentStoreRegistry()
-        self.store = MemoryDocumentStore("cases")
-        self.stores.register(self.store)
-
-    def save(self, doc_id: str, doc: dict[str, Any], domain: str = "acme") -> None:
-        self.publish(doc_id, self.store.save(doc_id, doc), domain)
-
-    def delete(self, doc_id: str, domain: str = "acme") -> None:
-        self.publish(doc_id, self.store.delete(doc_id), domain, deleted=True)
-
-    def publish(self, doc_id: str, version: int, domain: str, deleted: bool = False) -> None:
-        meta = ChangeMeta(
-            doc_id, "memory", "cases", "case", domain=domain, is_deletion=deleted, version=version
-        )
-        self.publisher.publish("case", meta)
-
-    def pillow(
-        self,
-        processor: CacheInvalidationProcessor,
-        sleep: Callable[[float], None] | None = None,
-    ) -> Pillow:
-        return Pillow(
-            "cache-cases",
-            self.log.change_feed(["case"], idle_timeout=0.05),
-            processor,
-            checkpoints=self.checkpoints,
-            error_queue=self.errors,
-            document_stores=self.stores,
-            sleep=sleep or (lambda _s: None),
-        )
-
-    def close(self) -> None:
-        self.publisher.close()
-        self.log.close()
+from tests.processors._rig import Rig
 
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, "cache-cases", domain="acme")
     yield rig
     rig.close()
 

@@ -14,69 +14,20 @@ import httpx
 import pytest
 from elasticsearch import Elasticsearch
 
-from changefeed.backends.local import SQLiteLog
-from changefeed.change import ChangeMeta
-from changefeed.checkpoints import CheckpointStore
-from changefeed.errors import PARKED, PENDING, ErrorQueue
+from changefeed.errors import PARKED, PENDING
 from changefeed.pillow import Pillow
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
 from changefeed.stores.memory import MemoryDocumentStore
-from changefeed.stores.registry import DocumentStoreRegistry
 from tests.harness.elasticsearch import NoidaElasticsearch
+from tests.processors._rig import Rig
 
 MAPPINGS = {"properties": {"name": {"type": "keyword"}, "count": {"type": "integer"}}}
 
 
-class Rig:
-    """A log, a document store and the state a pillow needs, all in a temp dir."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.log = SQLiteLog(tmp_path / "log.db")
-        self.publisher = self.log.publisher()
-        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path / 'state.db'}")
-        self.errors = ErrorQueue(self.checkpoints.engine)
-        self.stores = DocumentStoreRegistry()
-        self.store = MemoryDocumentStore("cases")
-        self.stores.register(self.store)
-        self.sleeps: list[float] = []
-
-    def save(self, doc_id: str, doc: dict[str, Any]) -> None:
-        version = self.store.save(doc_id, doc)
-        self.publish(doc_id, version)
-
-    def delete(self, doc_id: str) -> None:
-        self.publish(doc_id, self.store.delete(doc_id), deleted=True)
-
-    def publish(
-        self, doc_id: str, version: int, deleted: bool = False, source: str = "cases"
-    ) -> None:
-        meta = ChangeMeta(doc_id, "memory", source, "case", is_deletion=deleted, version=version)
-        self.publisher.publish("case", meta)
-
-    def pillow(
-        self, processor: ElasticProcessor, sleep: Callable[[float], None] | None = None
-    ) -> Pillow:
-        pillow = Pillow(
-            "es-cases",
-            self.log.change_feed(["case"], idle_timeout=0.05),
-            processor,
-            checkpoints=self.checkpoints,
-            error_queue=self.errors,
-            document_stores=self.stores,
-            sleep=sleep or self.sleeps.append,
-        )
-        pillow.bootstrap()
-        return pillow
-
-    def close(self) -> None:
-        self.publisher.close()
-        self.log.close()
-
-
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, "es-cases")
     yield rig
     rig.close()
 

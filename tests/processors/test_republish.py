@@ -11,37 +11,10 @@ import pytest
 from changefeed.backends.base import Publisher, PublishError
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta, TopicPartition
-from changefeed.checkpoints import CheckpointStore
-from changefeed.errors import PARKED, PENDING, ErrorQueue
-from changefeed.pillow import Pillow
+from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.republish import RepublishProcessor
-
-
-class Rig:
-    """A source log and the state a pillow needs; no document store at all, so any document
-    fetch would fail and land in the error queue."""
-
-    def __init__(self, tmp_path: Path) -> None:
-        self.log = SQLiteLog(tmp_path / "log.db")
-        self.publisher = self.log.publisher()
-        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path / 'state.db'}")
-        self.errors = ErrorQueue(self.checkpoints.engine)
-        self.sleeps: list[float] = []
-
-    def pillow(self, processor: RepublishProcessor, name: str = "republish") -> Pillow:
-        return Pillow(
-            name,
-            self.log.change_feed(["case"], idle_timeout=0.05),
-            processor,
-            checkpoints=self.checkpoints,
-            error_queue=self.errors,
-            sleep=self.sleeps.append,
-        )
-
-    def close(self) -> None:
-        self.publisher.close()
-        self.log.close()
+from tests.processors._rig import Rig
 
 
 def read_all(log: SQLiteLog, topic: str) -> list[ChangeMeta]:
@@ -54,7 +27,7 @@ def read_all(log: SQLiteLog, topic: str) -> list[ChangeMeta]:
 
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path)
+    rig = Rig(tmp_path, "republish", with_store=False)
     yield rig
     rig.close()
 

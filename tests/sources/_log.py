@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import random
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
+from collections.abc import Callable
 
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import Change
@@ -40,3 +46,31 @@ def run_python(code: str, *args: str, timeout: float = 60) -> subprocess.Complet
 def cli_command(*args: str) -> list[str]:
     """The ``changefeed`` command line, run by this interpreter."""
     return [sys.executable, "-c", "from changefeed.cli import main; main()", *args]
+
+
+def kill_while_writing(
+    cmd: list[str], log: SQLiteLog, writer: Callable[[], None], done: threading.Event
+) -> int:
+    """While ``writer`` runs in a thread (until ``done`` is set), start the publisher process
+    ``cmd`` three times and SIGKILL it at a random moment once it is at work; then let it
+    drain with ``--once``. Returns how many changes the killed processes had published."""
+    rng = random.Random(4)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(3):
+            before = len(ids_in_log(log))
+            proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 60
+            while len(ids_in_log(log)) == before and time.monotonic() < deadline:
+                time.sleep(0.02)  # wait until this process is at work, then kill it mid-flow
+            time.sleep(rng.uniform(0, 0.3))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    finally:
+        done.set()
+        thread.join()
+    published_by_killed = len(ids_in_log(log))
+    final = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=60)
+    assert final.returncode == 0, final.stderr
+    return published_by_killed

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,13 @@ from changefeed.sources.outbox import (
     purge_published,
     write_change,
 )
-from tests.sources._log import cli_command, ids_in_log, read_log, run_python
+from tests.sources._log import (
+    cli_command,
+    ids_in_log,
+    kill_while_writing,
+    read_log,
+    run_python,
+)
 
 metadata = sa.MetaData()
 patients = sa.Table(
@@ -308,29 +312,11 @@ def test_relay_killed_at_random_points_loses_nothing(
                     n += 1
             time.sleep(0.003)
 
-    t = threading.Thread(target=writer)
-    t.start()
-    rng = random.Random(4)
     relay_cmd = cli_command(
         "--log", log.url, "--state", f"sqlite:///{tmp_path / 'state.db'}",
         "outbox", "relay", "--db", db_url, "--batch-size", "20", "--poll-interval", "0.01",
     )  # fmt: skip
-    try:
-        for _ in range(3):
-            before = len(ids_in_log(log))
-            proc = subprocess.Popen(relay_cmd, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while len(ids_in_log(log)) == before and time.monotonic() < deadline:
-                time.sleep(0.02)  # wait until this relay is at work, then kill it mid-flow
-            time.sleep(rng.uniform(0, 0.3))
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    finally:
-        done.set()
-        t.join()
-    relayed_by_killed = len(ids_in_log(log))
-    final = subprocess.run([*relay_cmd, "--once"], capture_output=True, text=True, timeout=60)
-    assert final.returncode == 0, final.stderr
+    relayed_by_killed = kill_while_writing(relay_cmd, log, writer, done)
 
     got = ids_in_log(log)
     assert relayed_by_killed > 0  # the killed relays were at work

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
 import threading
 import time
 import uuid
@@ -32,7 +30,7 @@ from changefeed.sources.postgres_cdc import (
 )
 from changefeed.testing.postgres import PostgresUnavailableError, TempPostgresCluster
 from tests.harness._util import unavailable
-from tests.sources._log import cli_command, ids_in_log, read_log, run_python
+from tests.sources._log import cli_command, ids_in_log, kill_while_writing, read_log, run_python
 
 PATIENTS = CDCTable(
     "patients", id_column="id", document_type="patient", domain_column="domain",
@@ -366,25 +364,7 @@ def test_cdc_killed_at_random_points_loses_nothing(
         "cdc", "run", "--db", pg_dsn, "--config", str(config), "--batch-size", "20",
         "--poll-interval", "0.01",
     )  # fmt: skip
-    rng = random.Random(4)
-    t = threading.Thread(target=writer)
-    t.start()
-    try:
-        for _ in range(3):
-            before = len(ids_in_log(log))
-            proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + 60
-            while len(ids_in_log(log)) == before and time.monotonic() < deadline:
-                time.sleep(0.02)  # wait until this publisher is at work, then kill it mid-flow
-            time.sleep(rng.uniform(0, 0.3))
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-    finally:
-        done.set()
-        t.join()
-    published_by_killed = len(ids_in_log(log))
-    final = subprocess.run([*cmd, "--once"], capture_output=True, text=True, timeout=60)
-    assert final.returncode == 0, final.stderr
+    published_by_killed = kill_while_writing(cmd, log, writer, done)
 
     got = ids_in_log(log)
     assert published_by_killed > 0

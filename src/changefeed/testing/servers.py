@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 SERVICES = ("kafka", "elasticsearch")
 
@@ -74,16 +75,14 @@ def noida_binary() -> Path | None:
     return path
 
 
-class NoidaServer:
-    """One noida-db process serving ``service`` (``kafka`` or ``elasticsearch``) on a free
-    port, with its data in a temp dir; restartable on the same port and data."""
+class LocalServer:
+    """A server process of our own on a free loopback port, its files in a temp dir (or
+    ``base``); restartable on the same port. Subclasses give the `command` and, where
+    listening is not yet ready, `wait_ready`."""
 
-    def __init__(self, service: str = "kafka", base: Path | None = None) -> None:
-        if service not in SERVICES:
-            raise ValueError(f"service must be one of {SERVICES}")
-        self.service = service
+    def __init__(self, prefix: str, base: Path | None = None) -> None:
         self._own_base = base is None
-        self.base = base or Path(tempfile.mkdtemp(prefix=f"changefeed-{service}-"))
+        self.base = base or Path(tempfile.mkdtemp(prefix=prefix))
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -91,39 +90,28 @@ class NoidaServer:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def kafka_url(self) -> str:
-        return f"kafka://{self.address}"
+    def command(self) -> list[str]:
+        """The server's command line (raises when its binary is not installed)."""
+        raise NotImplementedError
 
-    @property
-    def elasticsearch_url(self) -> str:
-        return f"http://{self.address}"
+    def wait_ready(self, timeout: float) -> None:
+        """After the port is open: wait until the server answers requests."""
 
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float = 30.0) -> NoidaServer:
+    def start(self, timeout: float = 30.0) -> Self:
         if self.running:
             return self
-        binary = noida_binary()
-        if binary is None:
-            raise ServerUnavailableError("noida-db is not installed (pip install noida-db==0.2.3)")
-        cmd = [
-            str(binary), "start", "--data-dir", str(self.base / "data"),
-            "--only", self.service, f"--{self.service}-port", str(self.port),
-        ]  # fmt: skip
+        cmd = self.command()
         with open(self.base / "server.log", "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(self.base)
             )
         try:
             wait_for_port(self.port, timeout, self.proc)
-            if self.service == "kafka":
-                # Listening is not enough: wait until metadata requests are answered.
-                from confluent_kafka.admin import AdminClient
-
-                AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=timeout)
+            self.wait_ready(timeout)
         except Exception:
             self.stop()
             raise
@@ -143,7 +131,7 @@ class NoidaServer:
         if self._own_base:
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> NoidaServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(
@@ -153,3 +141,38 @@ class NoidaServer:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class NoidaServer(LocalServer):
+    """One noida-db process serving ``service`` (``kafka`` or ``elasticsearch``) on a free
+    port, with its data in a temp dir; restartable on the same port and data."""
+
+    def __init__(self, service: str = "kafka", base: Path | None = None) -> None:
+        if service not in SERVICES:
+            raise ValueError(f"service must be one of {SERVICES}")
+        super().__init__(f"changefeed-{service}-", base)
+        self.service = service
+
+    @property
+    def kafka_url(self) -> str:
+        return f"kafka://{self.address}"
+
+    @property
+    def elasticsearch_url(self) -> str:
+        return f"http://{self.address}"
+
+    def command(self) -> list[str]:
+        binary = noida_binary()
+        if binary is None:
+            raise ServerUnavailableError("noida-db is not installed (pip install noida-db==0.2.3)")
+        return [
+            str(binary), "start", "--data-dir", str(self.base / "data"),
+            "--only", self.service, f"--{self.service}-port", str(self.port),
+        ]  # fmt: skip
+
+    def wait_ready(self, timeout: float) -> None:
+        if self.service == "kafka":
+            # Listening is not enough: wait until metadata requests are answered.
+            from confluent_kafka.admin import AdminClient
+
+            AdminClient({"bootstrap.servers": self.address}).list_topics(timeout=timeout)
