@@ -130,6 +130,40 @@ def test_rollback_publishes_nothing(app: App, Session: sessionmaker) -> None:  #
         assert [c.name for c in session.scalars(sa.select(Case))] == ["kept"]
 
 
+def test_savepoints_discard_only_what_they_rolled_back(app: App, Session: sessionmaker) -> None:  # noqa: N803
+    with Session() as session:
+        session.add(Case(id=20, domain="d", name="outer"))
+        session.flush()
+        with session.begin_nested():  # released: its stub waits for the outer commit
+            session.add(Case(id=21, domain="d", name="kept savepoint"))
+        assert _log(app) == []
+        undone = session.begin_nested()
+        session.add(Case(id=22, domain="d", name="rolled back"))
+        session.get(Case, 20).name = "outer, renamed in a rolled-back savepoint"  # type: ignore[union-attr]
+        with session.begin_nested():  # released inside the savepoint that is rolled back
+            session.add(Case(id=23, domain="d", name="inner"))
+        session.flush()
+        undone.rollback()
+        session.commit()
+    published = {m.document_id: m.version for _, m in _log(app)}
+    assert published == {"20": 1, "21": 1}  # 20 as the outer transaction left it
+    with Session() as session:
+        assert sorted(c.id for c in session.scalars(sa.select(Case))) == [20, 21]
+
+
+def test_rolled_back_outer_transaction_discards_released_savepoints(
+    app: App,
+    Session: sessionmaker,  # noqa: N803
+) -> None:
+    with Session() as session:
+        with session.begin_nested():
+            session.add(Case(id=30, domain="d", name="released, then rolled back"))
+        session.rollback()
+        session.add(Case(id=31, domain="d", name="kept"))
+        session.commit()
+    assert [m.document_id for _, m in _log(app)] == ["31"]
+
+
 def test_publish_errors_do_not_undo_the_commit(tmp_path: Path) -> None:
     class Down(Publisher):
         def publish(self, topic: str, meta: ChangeMeta) -> None:

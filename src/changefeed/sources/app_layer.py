@@ -1,9 +1,10 @@
 """Publishing from the application layer: the code that writes a row also publishes its stub.
 
 `publish_change` works anywhere. `SessionPublisher` hooks SQLAlchemy ORM sessions:
-``after_flush`` collects a stub per changed object of a registered model, ``after_commit``
-publishes them, ``after_rollback`` discards them, so nothing is published for data that was
-never committed.
+``after_flush`` collects a stub per changed object of a registered model, the commit of the
+outermost transaction publishes them and a rollback discards them, so nothing is published
+for data that was never committed. Savepoints (``begin_nested``) are followed: a rolled-back
+savepoint discards only the stubs of what was flushed inside it.
 
 The weakness is built in: commit and publish are two steps. A process killed (or a log that
 is down) between them loses the stub while the row stays committed. Use the transactional
@@ -30,6 +31,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("changefeed.sources.app_layer")
 
 _PENDING = "changefeed_pending_stubs"
+
+_Flushed = tuple[tuple[Any, ...], ChangeMeta]
+"""A stub and the savepoints open when it was flushed (innermost first)."""
+
+
+def _open_savepoints(session: Session) -> tuple[Any, ...]:
+    """The savepoints (nested transactions) open in ``session``, innermost first. Kept as
+    objects, not ids, so a later savepoint can never be mistaken for an ended one."""
+    out = []
+    transaction = session.get_nested_transaction()
+    while transaction is not None:
+        if transaction.nested:
+            out.append(transaction)
+        transaction = transaction.parent
+    return tuple(out)
 
 
 def publish_change(
@@ -118,8 +134,8 @@ class SessionPublisher:
     they go to ``on_error(exc, stubs)`` (default: logged as an error with the ids).
     Stubs are collected from the unit of work: ``session.add``/``delete`` and changed
     attributes. Bulk statements (``session.execute(update(...))``) bypass it; publish those
-    with `publish_change` yourself. A rolled-back savepoint does not discard its stubs (a
-    stub for an unchanged document is harmless to idempotent pillows).
+    with `publish_change` yourself. Stubs flushed inside a savepoint wait for the outermost
+    commit like the others; rolling the savepoint back discards them (and only them).
     """
 
     def __init__(
@@ -187,7 +203,8 @@ class SessionPublisher:
         self._installed.clear()
 
     def _after_flush(self, session: Session, _flush_context: Any) -> None:
-        pending: dict[tuple[str, str, str], ChangeMeta] = session.info.setdefault(_PENDING, {})
+        pending: dict[tuple[str, str, str], list[_Flushed]] = session.info.setdefault(_PENDING, {})
+        savepoints = _open_savepoints(session)
         for objects, deleted in (
             (session.new, False),
             (session.dirty, False),
@@ -201,21 +218,35 @@ class SessionPublisher:
                     continue
                 meta = spec.stub(obj, deleted=deleted)
                 key = (meta.data_source_type, meta.data_source_name, meta.document_id)
-                pending.pop(key, None)
-                pending[key] = meta
+                flushed = pending.pop(key, [])  # re-inserted: stubs go out in last-change order
+                flushed.append((savepoints, meta))
+                pending[key] = flushed
 
     def _after_commit(self, session: Session) -> None:
-        pending: dict[Any, ChangeMeta] | None = session.info.pop(_PENDING, None)
+        if session.in_nested_transaction():
+            return  # a savepoint was released: its stubs wait for the outermost commit
+        pending: dict[Any, list[_Flushed]] | None = session.info.pop(_PENDING, None)
         if not pending:
             return
-        stubs = list(pending.values())
+        stubs = [flushed[-1][1] for flushed in pending.values()]
         try:
             publish_changes(self.target, stubs, router=self.router)
         except Exception as exc:  # noqa: BLE001 - the commit stands; report, do not raise
             self.on_error(exc, stubs)
 
     def _after_rollback(self, session: Session) -> None:
-        session.info.pop(_PENDING, None)
+        savepoint = session.get_nested_transaction() if session.in_nested_transaction() else None
+        if savepoint is None:
+            session.info.pop(_PENDING, None)
+            return
+        # Only what was flushed inside this savepoint (or savepoints within it) is undone.
+        pending: dict[Any, list[_Flushed]] = session.info.get(_PENDING, {})
+        for key in list(pending):
+            kept = [f for f in pending[key] if not any(sp is savepoint for sp in f[0])]
+            if kept:
+                pending[key] = kept
+            else:
+                del pending[key]
 
     @staticmethod
     def _log_error(exc: Exception, stubs: list[ChangeMeta]) -> None:
