@@ -142,3 +142,25 @@ def test_redis_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_p
         proc.close()
     finally:
         server.close()
+
+
+def test_redis_cluster_keys_on_every_node(rig: Rig, redis_cluster_url: str) -> None:
+    """On Redis Cluster a batch's keys live on different nodes: deleted key by key, in one
+    pipeline (a multi-key DEL across slots is refused)."""
+    cluster = redis.RedisCluster.from_url(redis_cluster_url, decode_responses=True)
+    keys = [f"case:c{i}" for i in range(30)] + ["domain:acme:cases", "keep"]
+    for key in keys:
+        cluster.set(key, "x")
+    assert len({cluster.keyslot(k) for k in keys}) > 1
+    slots_per_node = [n for n in cluster.get_nodes() if n.server_type == "primary"]
+    assert len(slots_per_node) == 3
+    proc = CacheInvalidationProcessor(
+        redis_cluster_url, ["case:{document_id}", "domain:{domain}:cases"], cluster=True
+    )
+    for i in range(30):
+        rig.save(f"c{i}", {})
+    assert rig.pillow(proc).run(forever=False) == 30
+    assert [k for k in keys if cluster.exists(k)] == ["keep"]
+    assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
+    proc.close()
+    cluster.close()

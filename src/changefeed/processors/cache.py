@@ -104,12 +104,15 @@ class CacheInvalidationProcessor(BulkProcessor):
     """Deletes (or, with ``refresh``, rewrites) the cache keys of every changed document.
 
     Documents are fetched only when a template reads document fields or ``refresh`` is
-    given. Refreshed values are written with ``ttl`` seconds to live when set.
+    given. Refreshed values are written with ``ttl`` seconds to live when set. For Redis
+    Cluster pass a ``redis.RedisCluster`` client, or a URL with ``cluster=True``: keys of one
+    batch may live on different nodes, so they are deleted one command a key (still one
+    pipeline).
     """
 
     def __init__(
         self,
-        client: redis.Redis | str,
+        client: redis.Redis | redis.RedisCluster | str,
         keys: Sequence[str],
         *,
         refresh: Refresh | None = None,
@@ -117,6 +120,7 @@ class CacheInvalidationProcessor(BulkProcessor):
         backoff: Backoff | None = None,
         sleep: Callable[[float], None] | None = None,
         name: str | None = None,
+        cluster: bool = False,
     ) -> None:
         if isinstance(keys, str):
             keys = [keys]
@@ -127,13 +131,18 @@ class CacheInvalidationProcessor(BulkProcessor):
             raise ValueError("ttl must be at least 1 second")
         self._owns_client = isinstance(client, str)
         # Our own backoff retries; a client we make fails fast instead of retrying inside.
-        self.client: redis.Redis = (
-            redis.Redis.from_url(
+        self.client: redis.Redis | redis.RedisCluster
+        if not isinstance(client, str):
+            self.client = client
+        elif cluster:
+            self.client = redis.RedisCluster.from_url(
                 client, retry=Retry(NoBackoff(), 0), socket_timeout=10, socket_connect_timeout=5
             )
-            if isinstance(client, str)
-            else client
-        )
+        else:
+            self.client = redis.Redis.from_url(
+                client, retry=Retry(NoBackoff(), 0), socket_timeout=10, socket_connect_timeout=5
+            )
+        self._one_key_per_delete = isinstance(self.client, redis.RedisCluster)
         self.refresh = refresh
         self.ttl = ttl
         self.needs_documents = refresh is not None or any(t.uses_document for t in self.templates)
@@ -173,8 +182,12 @@ class CacheInvalidationProcessor(BulkProcessor):
     def _apply(self, plan: dict[str, Value | None]) -> None:
         deletes = [key for key, value in plan.items() if value is None]
         pipe = self.client.pipeline(transaction=False)
-        for start in range(0, len(deletes), _DEL_CHUNK):
-            pipe.delete(*deletes[start : start + _DEL_CHUNK])
+        if self._one_key_per_delete:  # a cluster pipeline sends each key to its node
+            for key in deletes:
+                pipe.delete(key)
+        else:
+            for start in range(0, len(deletes), _DEL_CHUNK):
+                pipe.delete(*deletes[start : start + _DEL_CHUNK])
         for key, value in plan.items():
             if value is not None:
                 pipe.set(key, value, ex=self.ttl)
