@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from changefeed.testing.servers import LocalServer
+from changefeed.testing.servers import LocalServer, free_port
 from tests.harness._util import unavailable
 
 
@@ -25,6 +25,7 @@ class RedisServer(LocalServer):
     def __init__(self, cluster: bool = False) -> None:
         super().__init__("changefeed-redis-")
         self.cluster = cluster
+        self.bus_port = free_port() if cluster else 0
 
     @property
     def url(self) -> str:
@@ -40,7 +41,9 @@ class RedisServer(LocalServer):
             "--appendonly", "no", "--dir", str(self.base),
         ]  # fmt: skip
         if self.cluster:
+            # The bus port would default to port + 10000, past 65535 for high free ports.
             cmd += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            cmd += ["--cluster-port", str(self.bus_port)]
         return cmd
 
     def start(self, timeout: float = 15.0) -> RedisServer:

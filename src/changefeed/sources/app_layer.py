@@ -219,7 +219,10 @@ class SessionPublisher:
                 meta = spec.stub(obj, deleted=deleted)
                 key = (meta.data_source_type, meta.data_source_name, meta.document_id)
                 flushed = pending.pop(key, [])  # re-inserted: stubs go out in last-change order
-                flushed.append((savepoints, meta))
+                if flushed and flushed[-1][0] == savepoints:
+                    flushed[-1] = (savepoints, meta)  # same savepoints: only the newest counts
+                else:
+                    flushed.append((savepoints, meta))
                 pending[key] = flushed
 
     def _after_commit(self, session: Session) -> None:
