@@ -89,6 +89,20 @@ class HistoryEntry:
         }
 
 
+def _rows(pillow: str, offsets: Mapping[TopicPartition, int], now: float) -> list[dict[str, Any]]:
+    """Checkpoint table rows for ``offsets``, written at ``now``."""
+    return [
+        {
+            "pillow": pillow,
+            "topic": tp.topic,
+            "partition": tp.partition,
+            "offset": off,
+            "updated_at": now,
+        }
+        for tp, off in offsets.items()
+    ]
+
+
 class CheckpointStore:
     def __init__(self, engine: sa.Engine | str, clock: Callable[[], float] = time.time) -> None:
         self.engine = make_engine(engine)
@@ -140,16 +154,7 @@ class CheckpointStore:
             return
         self.create()
         now = self.clock()
-        rows = [
-            {
-                "pillow": pillow,
-                "topic": tp.topic,
-                "partition": tp.partition,
-                "offset": off,
-                "updated_at": now,
-            }
-            for tp, off in offsets.items()
-        ]
+        rows = _rows(pillow, offsets, now)
         stmt = self._commit_statement()
         with self.engine.begin() as conn:
             if stmt is not None:
@@ -199,21 +204,7 @@ class CheckpointStore:
                         int(pk[0]) if pk else 0, pillow, tp, old.get(tp), new, now, actor, reason
                     )
                 )
-            upsert(
-                conn,
-                t,
-                [
-                    {
-                        "pillow": pillow,
-                        "topic": tp.topic,
-                        "partition": tp.partition,
-                        "offset": off,
-                        "updated_at": now,
-                    }
-                    for tp, off in offsets.items()
-                ],
-                ["pillow", "topic", "partition"],
-            )
+            upsert(conn, t, _rows(pillow, offsets, now), ["pillow", "topic", "partition"])
         return entries
 
     def history(self, pillow: str | None = None, limit: int = 100) -> list[HistoryEntry]:

@@ -390,7 +390,6 @@ class Pillow:
         self._pending = {}
         self._seen = 0
         report.changes = seen
-        report.unique = len(changes)
         report.retries = attempt
         report.duration = time.perf_counter() - started
         report.checkpoint = checkpoint

@@ -168,14 +168,7 @@ class KafkaPublisher(Publisher):
         if meta.publish_timestamp is None or meta.original_publication_timestamp is None:
             meta.stamped()
         if self.asynchronous:
-            try:
-                self._producer.produce(topic, meta.encode(), meta.document_id)
-            except BufferError:
-                self._produce(topic, meta.document_id, meta.encode(), None)
-            except KafkaException as exc:
-                raise PublishError(
-                    f"could not publish stub for {meta.document_id!r} to {topic!r}: {exc}"
-                ) from None
+            self._produce(topic, meta.document_id, meta.encode(), None)
             self._producer.poll(0)
             if self._failures:
                 self._raise_failures()
