@@ -152,8 +152,8 @@ def test_redis_cluster_keys_on_every_node(rig: Rig, redis_cluster_url: str) -> N
     for key in keys:
         cluster.set(key, "x")
     assert len({cluster.keyslot(k) for k in keys}) > 1
-    slots_per_node = [n for n in cluster.get_nodes() if n.server_type == "primary"]
-    assert len(slots_per_node) == 3
+    primaries = [n for n in cluster.get_nodes() if n.server_type == "primary"]
+    assert len(primaries) == 3
     proc = CacheInvalidationProcessor(
         redis_cluster_url, ["case:{document_id}", "domain:{domain}:cases"], cluster=True
     )
