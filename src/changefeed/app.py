@@ -20,6 +20,7 @@ from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.identifiers import object_name
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
+from changefeed.runner import Runnable
 from changefeed.stores.registry import DocumentStoreRegistry
 from changefeed.topics import TopicRouter
 
@@ -27,6 +28,7 @@ DEFAULT_LOG_URL = "sqlite:///.changefeed/log.db"
 DEFAULT_STATE_URL = "sqlite:///.changefeed/state.db"
 
 PillowFactory = Callable[["App"], Pillow]
+RunnableFactory = Callable[["App"], Runnable]
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,8 @@ class App:
         self.retry_policy = retry_policy or RetryPolicy()
         self.document_stores = DocumentStoreRegistry()
         self._pillows: dict[str, PillowFactory] = {}
+        self._runnables: dict[str, RunnableFactory] = {}
+        """Everything else that runs like a pillow: bridges, relays (by name)."""
         self.replication_slots: list[tuple[str, str]] = []
         """(database URL, slot) pairs whose lag `changefeed status` reports."""
         self._backend: Backend | None = None
@@ -101,11 +105,31 @@ class App:
 
     # -- pillows -----------------------------------------------------------------------
 
+    def _check_new_name(self, name: str) -> None:
+        object_name(name, "runnable name")
+        if name in self._pillows or name in self._runnables:
+            raise ConfigError(f"{name!r} is registered twice")
+
     def add_pillow(self, name: str, factory: PillowFactory) -> None:
         object_name(name, "pillow name")
-        if name in self._pillows:
-            raise ConfigError(f"pillow {name!r} is registered twice")
+        self._check_new_name(name)
         self._pillows[name] = factory
+
+    def add_runnable(self, name: str, factory: RunnableFactory) -> None:
+        """Register something that runs like a pillow but is not one (the Couch bridge, an
+        outbox or CDC relay): ``changefeed run NAME``, ``run --all`` and the supervisor run
+        it alike."""
+        self._check_new_name(name)
+        self._runnables[name] = factory
+
+    def runnable(self, name: str | None = None) -> Callable[[RunnableFactory], RunnableFactory]:
+        """Decorator registering a runnable factory ``f(app) -> Runnable``."""
+
+        def register(factory: RunnableFactory) -> RunnableFactory:
+            self.add_runnable(name or factory.__name__, factory)
+            return factory
+
+        return register
 
     def pillow(self, name: str | None = None) -> Callable[[PillowFactory], PillowFactory]:
         """Decorator registering a pillow factory ``f(app) -> Pillow``."""
@@ -142,18 +166,39 @@ class App:
 
     @property
     def pillow_names(self) -> list[str]:
+        """Registered pillows (readers of the log with checkpoints per partition)."""
         return sorted(self._pillows)
+
+    @property
+    def runnable_names(self) -> list[str]:
+        """Everything ``changefeed run`` can run: pillows and the other runnables."""
+        return sorted([*self._pillows, *self._runnables])
+
+    def _unknown(self, what: str, name: str, known: list[str]) -> ConfigError:
+        return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known) or 'none'})")
 
     def get_pillow(self, name: str) -> Pillow:
         try:
             factory = self._pillows[name]
         except KeyError:
-            known = ", ".join(self.pillow_names) or "none"
-            raise ConfigError(f"unknown pillow {name!r} (known: {known})") from None
+            raise self._unknown("pillow", name, self.pillow_names) from None
         pillow = factory(self)
         if pillow.name != name:
             raise ConfigError(f"pillow factory {name!r} built a pillow named {pillow.name!r}")
         return pillow
+
+    def get_runnable(self, name: str) -> Runnable:
+        """A pillow or other runnable, built by its factory."""
+        if name in self._pillows:
+            return self.get_pillow(name)
+        try:
+            factory = self._runnables[name]
+        except KeyError:
+            raise self._unknown("pillow or runnable", name, self.runnable_names) from None
+        runnable = factory(self)
+        if runnable.name != name:
+            raise ConfigError(f"factory {name!r} built a runnable named {runnable.name!r}")
+        return runnable
 
     def close(self) -> None:
         if self._publisher is not None:

@@ -7,8 +7,9 @@ suite (tests/backends/conformance.py); nothing above this layer knows which one 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Protocol
 
 from changefeed.change import Change, ChangeMeta, TopicPartition
@@ -66,15 +67,64 @@ class Publisher(ABC):
         self.close()
 
 
+_partition_of = attrgetter("topic", "partition")
+_offset_of = attrgetter("offset")
+
+OffsetResetHandler = Callable[[TopicPartition, int, int], None]
+"""``handler(partition, needed, earliest)``: a position was removed by retention and the feed
+reads on from ``earliest``."""
+
+
+def next_offsets_of(changes: Iterable[Change]) -> dict[TopicPartition, int]:
+    """Where a reader stands after ``changes``: per partition, the offset after the last one
+    (offsets rise within a partition, so the last seen is the highest)."""
+    changes = changes if isinstance(changes, list) else list(changes)
+    last = dict(zip(map(_partition_of, changes), map(_offset_of, changes), strict=True))
+    return {TopicPartition(topic, part): offset + 1 for (topic, part), offset in last.items()}
+
+
+class ChangeList(list[Change]):
+    """A list of changes handed over by a feed, with where the feed stands after them: the
+    next offset to read in each partition the list touches (or, for a feed that knows its
+    consumer's position, every partition it reads). A pillow that takes the whole list
+    writes that as its checkpoint. Worked out from the changes when the feed gives none."""
+
+    __slots__ = ("next_offsets",)
+
+    def __init__(
+        self,
+        changes: Iterable[Change] = (),
+        next_offsets: Mapping[TopicPartition, int] | None = None,
+    ) -> None:
+        super().__init__(changes)
+        self.next_offsets: Mapping[TopicPartition, int] = (
+            next_offsets if next_offsets is not None else next_offsets_of(self)
+        )
+
+
+class RebalanceListener(Protocol):
+    """Implemented by pillows for feeds whose partitions move between processes."""
+
+    def on_assign(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Partitions gained: return the offsets to start from (our checkpoints)."""
+        ...
+
+    def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
+        """Partitions about to be lost: finish and checkpoint the work in hand."""
+        ...
+
+
 class ChangeFeed(ABC):
     """Reads changes from topics, from given positions.
 
-    A feed may also offer ``iter_change_batches(since, forever)`` (see `BatchedChangeFeed`):
-    the same changes as lists, one per read from the log. Pillows prefer it when present,
-    which saves per-change bookkeeping; both built-in backends have it.
+    This class is the whole contract between a feed and a pillow: the pillow uses nothing
+    that is not declared here, and every optional capability has a default that is correct
+    for a simple feed (one reader, positions given by the caller, no broker-side state).
     """
 
     topics: tuple[str, ...]
+
+    _offset_reset_handler: OffsetResetHandler | None = None
 
     @abstractmethod
     def topic_partitions(self) -> list[TopicPartition]:
@@ -91,6 +141,24 @@ class ChangeFeed(ABC):
         Without it, iteration ends once every partition is read up to its head.
         """
 
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[ChangeList | None]:
+        """`iter_changes` as lists, ``None`` when idle; what pillows read.
+
+        Every list says where the feed stands after it (`ChangeList.next_offsets`). A feed
+        that reads the log in blocks hands over one list per read, which keeps per-change
+        bookkeeping out of the pillow; this default hands over one list per change.
+        """
+        for change in self.iter_changes(since, forever):
+            if change is None:
+                yield None
+            else:
+                yield ChangeList(
+                    (change,),
+                    {TopicPartition(change.topic, change.partition): change.offset + 1},
+                )
+
     @abstractmethod
     def latest_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the offset the next published change will get (the head)."""
@@ -99,24 +167,37 @@ class ChangeFeed(ABC):
     def earliest_offsets(self) -> dict[TopicPartition, int]:
         """Per partition, the first offset still in the log."""
 
+    @property
+    def uses_consumer_group(self) -> bool:
+        """True when the feed, not the caller, decides which partitions it reads (a Kafka
+        consumer group). The caller then passes an empty ``since``, and learns of partitions
+        gained and lost through `set_rebalance_listener`. False by default: the caller
+        assigns partitions (static striding)."""
+        return False
+
+    def set_rebalance_listener(self, listener: RebalanceListener | None) -> None:  # noqa: B027
+        """Who decides starting offsets and finishes work in hand when partitions move.
+        Only called when `uses_consumer_group` is true; a feed without groups never
+        rebalances, so the default ignores it."""
+
+    def set_offset_reset_handler(self, handler: OffsetResetHandler | None) -> None:
+        """Who to tell when a position was removed by retention and the feed reads on from
+        the earliest offset still in the log (the caller records the jump in its checkpoint
+        history). A feed in strict mode raises `OffsetOutOfRangeError` instead."""
+        self._offset_reset_handler = handler
+
+    def _offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
+        """For implementations: report a jump past retention to the handler, if any."""
+        if self._offset_reset_handler is not None:
+            self._offset_reset_handler(tp, needed, earliest)
+
+    def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:  # noqa: B027
+        """Called after the caller durably wrote ``offsets`` as its checkpoint: a feed may
+        mirror them to the broker for standard lag tools. Our checkpoint store stays the
+        source of truth, so the default does nothing."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
-
-
-class ChangeList(list[Change]):
-    """A feed's list of changes that also says where the feed stands after them: the next
-    offset to read in each of its partitions. A pillow that takes the whole list writes
-    that as its checkpoint instead of looking at every change for it."""
-
-    __slots__ = ("next_offsets",)
-
-    def __init__(
-        self,
-        changes: Iterable[Change] = (),
-        next_offsets: Mapping[TopicPartition, int] | None = None,
-    ) -> None:
-        super().__init__(changes)
-        self.next_offsets = next_offsets
 
 
 class BatchedChangeFeed(ChangeFeed):
@@ -126,8 +207,8 @@ class BatchedChangeFeed(ChangeFeed):
     @abstractmethod
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[list[Change] | None]:
-        """`iter_changes` as lists (one per read from the log), ``None`` when idle."""
+    ) -> Iterator[ChangeList | None]:
+        """One `ChangeList` per read from the log, ``None`` when idle."""
 
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
@@ -137,18 +218,6 @@ class BatchedChangeFeed(ChangeFeed):
                 yield None
             else:
                 yield from changes
-
-
-class RebalanceListener(Protocol):
-    """Implemented by pillows for feeds whose partitions move between processes."""
-
-    def on_assign(self, partitions: Sequence[TopicPartition]) -> Mapping[TopicPartition, int]:
-        """Partitions gained: return the offsets to start from (our checkpoints)."""
-        ...
-
-    def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
-        """Partitions about to be lost: finish and checkpoint the work in hand."""
-        ...
 
 
 class TopicAdmin(ABC):

@@ -1,0 +1,165 @@
+"""What can be run: the `Runnable` protocol, static striding and signal handling.
+
+Pillows, the Couch bridge, the outbox relay, the CDC relay and the retry runner all run the
+same way: until stopped, stopping after the unit of work in hand, and reporting their health.
+The app registers them alike, so ``changefeed run NAME``, ``run --all`` and the supervisor
+can run any of them; striding and signal handling are written here once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, Protocol, runtime_checkable
+
+from changefeed.change import TopicPartition
+
+log = logging.getLogger("changefeed.runner")
+
+
+class NotScalableError(ValueError):
+    """A runnable that reads one stream cannot be split across processes."""
+
+
+@dataclass(slots=True)
+class Health:
+    """What a runnable reports about itself (for the supervisor, status and dashboards)."""
+
+    name: str
+    kind: str
+    state: str = "idle"
+    """``idle`` (not started), ``running``, ``backing-off`` or ``stopped``."""
+    processed: int = 0
+    last_progress_at: float | None = None
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "state": self.state,
+            "processed": self.processed,
+            "last_progress_at": self.last_progress_at,
+            "error": self.error,
+            **self.detail,
+        }
+
+
+@runtime_checkable
+class Runnable(Protocol):
+    """Something that runs until stopped: a pillow, a bridge, a relay, the retry runner."""
+
+    name: str
+    scalable: bool
+    """Whether ``num_processes > 1`` may split the work (partitioned reads only)."""
+
+    def bootstrap(self) -> None:
+        """One-time setup before running (create index, table, slot); idempotent."""
+        ...
+
+    def run(self, *, forever: bool = True, num_processes: int = 1, process_number: int = 0) -> int:
+        """Work until stopped (or, without ``forever``, until caught up); returns how many
+        items were read."""
+        ...
+
+    def stop(self) -> None:
+        """Stop after the unit of work in hand; safe from threads and signal handlers."""
+        ...
+
+    def health(self) -> Health:
+        """A snapshot of how the runnable is doing."""
+        ...
+
+
+class StopFlag:
+    """A thread- and signal-safe stop request with an interruptible sleep, shared by the
+    run loops so each does not write its own."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True when woken by a stop request."""
+        return self._event.wait(seconds)
+
+
+def stride(
+    partitions: Iterable[TopicPartition], num_processes: int, process_number: int
+) -> list[TopicPartition]:
+    """Static partition assignment: process k of N takes every N-th of the sorted partitions
+    (deterministic, and the same split CommCare HQ's pillows use)."""
+    check_split(num_processes, process_number)
+    return sorted(partitions)[process_number::num_processes]
+
+
+def check_split(num_processes: int, process_number: int, scalable: bool = True) -> None:
+    """Validate ``--num-processes``/``--process-number`` for a runnable."""
+    if num_processes < 1:
+        raise ValueError("num_processes must be at least 1")
+    if not 0 <= process_number < num_processes:
+        raise ValueError(f"process_number must be in [0, {num_processes - 1}]")
+    if num_processes > 1 and not scalable:
+        raise NotScalableError(
+            "this runnable reads one stream and cannot be split: run it with one process"
+        )
+
+
+@contextmanager
+def stop_on_signals(stop: Callable[[], None], name: str) -> Iterator[None]:
+    """While inside, SIGTERM and SIGINT call ``stop`` (finish the work in hand, then return);
+    the previous handlers are restored on exit. Only the main thread can install handlers;
+    elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: signal %s, stopping after the work in hand", name, signum)
+        stop()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_runnable(
+    runnable: Runnable,
+    *,
+    forever: bool = True,
+    num_processes: int = 1,
+    process_number: int = 0,
+    bootstrap: bool = True,
+) -> int:
+    """Run one runnable in this process the way the CLI does: checked split, bootstrap,
+    signals stop it after the unit of work in hand."""
+    check_split(num_processes, process_number, runnable.scalable)
+    if bootstrap:
+        runnable.bootstrap()
+    with stop_on_signals(runnable.stop, runnable.name):
+        return runnable.run(
+            forever=forever, num_processes=num_processes, process_number=process_number
+        )
+
+
+def now() -> float:
+    """Wall-clock time for health reports (a function so tests can patch one place)."""
+    return time.time()
