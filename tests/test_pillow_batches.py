@@ -26,18 +26,20 @@ class ListFeed(ChangeFeed):
         self.topics = (TOPIC,)
         self.script = script
         self.lists_taken = 0
-        if not batched:
-            self.iter_change_batches = None  # type: ignore[assignment]
+        self.batched = batched
 
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
 
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[list[Change] | None]:
+    ) -> Iterator[ChangeList | None]:
+        if not self.batched:  # the contract's default: one list per change
+            yield from super().iter_change_batches(since, forever)
+            return
         for item in self.script:
             self.lists_taken += 1
-            yield item
+            yield item if item is None or isinstance(item, ChangeList) else ChangeList(item)
 
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence, Sized
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 import sqlalchemy as sa
@@ -40,14 +40,21 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.db import upsert
+from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
+from changefeed.runner import stop_on_signals
 from changefeed.stores.base import DocumentStore
 
-if TYPE_CHECKING:
-    from changefeed.app import App
+
+class PillowSource(Protocol):
+    """What a reindex needs of the application: its pillows by name."""
+
+    def get_pillow(self, name: str) -> Pillow: ...
+
 
 log = logging.getLogger("changefeed.reindex")
 
@@ -94,6 +101,8 @@ class ReindexResult:
     """Changes replayed from the log by the catch-up pass."""
     failures: int
     seconds: float
+    interrupted: bool = False
+    """Stopped (Ctrl-C, SIGTERM) after a finished chunk; ``--resume`` continues from there."""
 
 
 @dataclass(slots=True)
@@ -150,18 +159,17 @@ class Reindexer:
         self.show_progress = show_progress
         self.clock = clock
         self.engine = pillow.checkpoints.engine
-        self._runner = Pillow(
-            pillow.name,
-            pillow.change_feed,
-            self.processors,
-            checkpoints=pillow.checkpoints,
-            error_queue=pillow.error_queue,
-            document_stores=pillow.document_stores,
-            retry_policy=pillow.retry_policy,
-            batch_size=chunk_size,
-        )
+        # The pillow's own batch path (fetch, processors, failure policy), for the
+        # processors being rebuilt.
+        self._runner = pillow.runner.with_processors(self.processors)
         self._offset = 0
         self._failures = 0
+        self._stop = StopFlag()
+
+    def stop(self) -> None:
+        """Stop after the chunk in hand (signal-safe); the progress saved so far lets
+        ``--resume`` continue."""
+        self._stop.set()
 
     @staticmethod
     def _select(pillow: Pillow, names: Sequence[str] | None) -> list[Processor]:
@@ -194,10 +202,23 @@ class Reindexer:
             heads = self._start(reset)
         assert heads is not None
         documents = 0
+        caught_up = 0
         with self._progress_bar() as bar:
             for store in self.stores:
                 documents += self._reindex_store(store, bar)
-            caught_up = self._catch_up(heads, bar)
+            if not self._stop.is_set():
+                caught_up = self._catch_up(heads, bar)
+        if self._stop.is_set():
+            return ReindexResult(
+                self.pillow.name,
+                self.job,
+                resumed,
+                documents,
+                caught_up,
+                self._failures,
+                time.monotonic() - started,
+                interrupted=True,
+            )
         with self.engine.begin() as conn:
             conn.execute(
                 jobs_table.update()
@@ -227,10 +248,8 @@ class Reindexer:
     def _start(self, reset: bool) -> dict[TopicPartition, int]:
         if reset:
             for processor in self.processors:
-                clear = getattr(processor, "reset", None)
-                if callable(clear):
-                    log.info("reindex %s: resetting the output of %s", self.job, processor.name)
-                    clear()
+                log.info("reindex %s: resetting the output of %s", self.job, processor.name)
+                processor.reset()
         heads = self.pillow.change_feed.latest_offsets()
         if not self.partial and heads:
             self.pillow.checkpoints.set(
@@ -319,7 +338,7 @@ class Reindexer:
             return 0
         task = bar.add_task(
             f"{self.pillow.name} ← {key}",
-            total=_count(store) if self.show_progress else None,
+            total=store.count_documents() if self.show_progress else None,
             completed=state.position,
         )
         documents = 0
@@ -330,6 +349,10 @@ class Reindexer:
                 documents += self._chunk(store, chunk)
                 self._finish_chunk(key, state, chunk, bar, task)
                 chunk = []
+                if self._stop.is_set():
+                    return documents
+        if self._stop.is_set():
+            return documents
         if chunk:
             documents += self._chunk(store, chunk)
             self._finish_chunk(key, state, chunk, bar, task)
@@ -357,13 +380,12 @@ class Reindexer:
                 0,
                 self._offset,
                 ChangeMeta(doc_id, store.data_source_type, store.data_source_name),
-                store=store,
             )
             change.set_document(doc)
             changes.append(change)
             self._offset += 1
         if changes:
-            self._failures += self._runner.process_batch(changes).failures
+            self._failures += self._runner.process(changes).failures
         return len(changes)
 
     # -- the catch-up pass -------------------------------------------------------------
@@ -377,28 +399,27 @@ class Reindexer:
         if total == 0:
             return 0
         task = bar.add_task(f"{self.pillow.name} ← log (changes during the reindex)", total=total)
-        batch: dict[Any, Change] = {}
+        batch: list[Change] = []
         read = 0
-        for change in self.pillow.change_feed.iter_changes(since, forever=False):
-            if change is None:
+        for changes in self.pillow.change_feed.iter_change_batches(since, forever=False):
+            if changes is None:
                 continue
-            meta = change.metadata
-            key = (
-                (meta.data_source_name, change.id)
-                if meta is not None
-                else (change.topic, change.offset)
-            )
-            batch.pop(key, None)
-            batch[key] = change
-            read += 1
+            batch += changes
+            read += len(changes)
             if len(batch) >= self.chunk_size:
-                self._failures += self._runner.process_batch(list(batch.values())).failures
-                batch.clear()
+                self._process_log_batch(batch)
+                batch = []
                 bar.update(task, completed=min(read, total))
+                if self._stop.is_set():
+                    return read
         if batch:
-            self._failures += self._runner.process_batch(list(batch.values())).failures
+            self._process_log_batch(batch)
         bar.update(task, completed=total)
         return read
+
+    def _process_log_batch(self, batch: list[Change]) -> None:
+        """Changes read from the log, deduplicated as the pillow does (same key)."""
+        self._failures += self._runner.process(latest_per_document(batch)).failures
 
     def _progress_bar(self) -> Progress:
         return Progress(
@@ -414,18 +435,8 @@ class Reindexer:
         )
 
 
-def _count(store: DocumentStore) -> int:
-    """How many documents a store holds, for the progress bar (one pass over the ids)."""
-    if isinstance(store, Sized):
-        return len(store)
-    count = getattr(store, "count_documents", None)
-    if callable(count):
-        return int(count())
-    return sum(1 for _ in store.iter_document_ids())
-
-
 def reindex(
-    app: App,
+    app: PillowSource,
     pillow_name: str,
     *,
     resume: bool | None = None,
@@ -446,7 +457,8 @@ def reindex(
         show_progress=show_progress,
     )
     try:
-        return reindexer.run(resume=resume, reset=reset)
+        with stop_on_signals(reindexer.stop, f"reindex {pillow_name}"):
+            return reindexer.run(resume=resume, reset=reset)
     finally:
         for processor in pillow.processors:
             processor.close()

@@ -11,45 +11,30 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from changefeed.change import TopicPartition
+from changefeed.lifecycle import Health, StopFlag
+
+__all__ = [
+    "Health",
+    "NotScalableError",
+    "Runnable",
+    "StopFlag",
+    "check_split",
+    "run_runnable",
+    "stop_on_signals",
+    "stride",
+]
 
 log = logging.getLogger("changefeed.runner")
 
 
 class NotScalableError(ValueError):
     """A runnable that reads one stream cannot be split across processes."""
-
-
-@dataclass(slots=True)
-class Health:
-    """What a runnable reports about itself (for the supervisor, status and dashboards)."""
-
-    name: str
-    kind: str
-    state: str = "idle"
-    """``idle`` (not started), ``running``, ``backing-off`` or ``stopped``."""
-    processed: int = 0
-    last_progress_at: float | None = None
-    error: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "state": self.state,
-            "processed": self.processed,
-            "last_progress_at": self.last_progress_at,
-            "error": self.error,
-            **self.detail,
-        }
 
 
 @runtime_checkable
@@ -76,27 +61,6 @@ class Runnable(Protocol):
     def health(self) -> Health:
         """A snapshot of how the runnable is doing."""
         ...
-
-
-class StopFlag:
-    """A thread- and signal-safe stop request with an interruptible sleep, shared by the
-    run loops so each does not write its own."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def set(self) -> None:
-        self._event.set()
-
-    def clear(self) -> None:
-        self._event.clear()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def sleep(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``; True when woken by a stop request."""
-        return self._event.wait(seconds)
 
 
 def stride(
@@ -158,8 +122,3 @@ def run_runnable(
         return runnable.run(
             forever=forever, num_processes=num_processes, process_number=process_number
         )
-
-
-def now() -> float:
-    """Wall-clock time for health reports (a function so tests can patch one place)."""
-    return time.time()

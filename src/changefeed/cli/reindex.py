@@ -15,6 +15,11 @@ REBUILD_ERRORS = (ReindexError, ReportSchemaError)
 
 def describe(result: ReindexResult) -> str:
     how = "resumed, " if result.resumed else ""
+    if result.interrupted:
+        return (
+            f"{result.job}: stopped after {result.documents} documents ({how}progress saved); "
+            f"run `changefeed reindex {result.pillow} --resume` to continue"
+        )
     return (
         f"{result.job}: {how}{result.documents} documents from the stores, "
         f"{result.caught_up} changes replayed from the log, {result.failures} failures "

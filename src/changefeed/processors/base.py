@@ -29,6 +29,14 @@ class Processor(ABC):
     needs_documents: bool = True
     """False when the processor only needs stubs (no document fetch for its sake)."""
 
+    dependency_errors: tuple[type[BaseException], ...] = ()
+    """Exception classes of this processor that mean its sink is down (the pillow backs
+    off), beyond those `changefeed.failures.is_dependency_failure` knows."""
+
+    document_errors: tuple[type[BaseException], ...] = ()
+    """Exception classes of this processor that mean the document is bad (queued alone),
+    even where they would otherwise look like a dependency's."""
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -39,6 +47,11 @@ class Processor(ABC):
 
     def bootstrap(self) -> None:  # noqa: B027 - optional hook
         """One-time setup before the pillow runs (create an index or table). Idempotent."""
+
+    def reset(self) -> None:  # noqa: B027 - optional hook
+        """Clear this processor's output before a rebuild from the document stores
+        (``changefeed reindex --reset``). Processors that keep no output of their own (a
+        cache invalidator, a republisher) have nothing to clear: the default does nothing."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -51,6 +51,11 @@ class DocumentStore(ABC):
     def iter_document_ids(self) -> Iterator[str]:
         """Every live document id, for reindexing."""
 
+    def count_documents(self) -> int:
+        """How many live documents the store holds (a reindex's progress bar). The default
+        counts the ids; stores that can ask their database override it."""
+        return sum(1 for _ in self.iter_document_ids())
+
     def get_document(self, doc_id: str) -> Fetched:
         found = self.get_documents([doc_id])
         try:

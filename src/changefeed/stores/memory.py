@@ -54,5 +54,8 @@ class MemoryDocumentStore(DocumentStore):
     def iter_document_ids(self) -> Iterator[str]:
         yield from sorted(self._docs)
 
+    def count_documents(self) -> int:
+        return len(self)
+
     def __len__(self) -> int:
         return len(self._docs)

@@ -180,6 +180,12 @@ class SQLDocumentStore(DocumentStore):
                         out[doc_id] = doc
         return out
 
+    def count_documents(self) -> int:
+        t = self.table
+        query = sa.select(sa.func.count()).select_from(t).where(t.c.deleted.is_(False))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def iter_document_ids(self) -> Iterator[str]:
         """Live ids in id order, paged by key so a long reindex holds no big result set."""
         t = self.table

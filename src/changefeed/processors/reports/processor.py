@@ -119,7 +119,7 @@ class ReportTableProcessor(BulkProcessor):
         by_count: dict[int, list[str]] = {}
         failures: list[ChangeFailure] = []
         for doc_id, change in latest.items():
-            document = None if change.deleted else change.get_document()
+            document = None if change.deleted else change.document
             if document is None:
                 gone.append(doc_id)
                 continue

@@ -1,0 +1,224 @@
+"""One batch of changes through fetch and processors, with the failure policy.
+
+The pillow, reindex, the error retry and ``changefeed run --docs`` all hand their changes to
+a `BatchRunner`, so deduplication, bulk fetching, processor calls and the sorting of failures
+into "this document" and "a dependency" happen in one place, the same way for all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import Any
+
+from changefeed.change import Change, InvalidChangeError, TopicPartition
+from changefeed.errors import ErrorQueue, ErrorRecord, RetryPolicy
+from changefeed.failures import (
+    FETCH,
+    INVALID_STUB,
+    DependencyDownError,
+    Failure,
+    is_dependency_failure,
+)
+from changefeed.processors.base import BulkProcessor, Processor
+from changefeed.stores.fetch import DocumentFetcher
+
+log = logging.getLogger("changefeed.pillow")
+
+_id_of = attrgetter("id")
+_metadata_of = attrgetter("metadata")
+
+
+def dedupe_key(change: Change) -> Any:
+    """What makes two changes "the same document": its store and id. Invalid stubs are
+    never merged (each is keyed by its place in the log)."""
+    meta = change.metadata
+    if meta is None:
+        return (change.topic, change.partition, change.offset)
+    return (meta.data_source_type, meta.data_source_name, change.id)
+
+
+def latest_per_document(changes: list[Change]) -> list[Change]:
+    """One change per document (its latest, in the place of its latest), so a document
+    changed many times in a batch is fetched and processed once. Checked in a C loop first:
+    when no document id repeats (the usual case) there is nothing to drop."""
+    if len(set(map(_id_of, changes))) == len(changes):
+        return changes
+    latest: dict[Any, Change] = {}
+    for change in changes:
+        key = dedupe_key(change)
+        if key in latest:
+            del latest[key]
+        latest[key] = change
+    return list(latest.values())
+
+
+@dataclass(slots=True)
+class BatchReport:
+    """What one batch did; handed to listeners (metrics, dashboards)."""
+
+    pillow: str
+    changes: int
+    unique: int
+    failures: int
+    duration: float
+    processor_seconds: dict[str, float] = field(default_factory=dict)
+    checkpoint: dict[TopicPartition, int] = field(default_factory=dict)
+    retries: int = 0
+
+
+class BatchRunner:
+    """Runs changes through a pillow's fetch and processors and queues what failed."""
+
+    def __init__(
+        self,
+        name: str,
+        processors: Sequence[Processor],
+        *,
+        fetcher: DocumentFetcher,
+        error_queue: ErrorQueue,
+        retry_policy: RetryPolicy,
+    ) -> None:
+        self.name = name
+        self.processors = list(processors)
+        self.fetcher = fetcher
+        self.error_queue = error_queue
+        self.retry_policy = retry_policy
+        self.needs_documents = any(p.needs_documents for p in self.processors)
+
+    def with_processors(self, processors: Sequence[Processor]) -> BatchRunner:
+        """The same runner for a subset of processors (partial reindex)."""
+        return BatchRunner(
+            self.name,
+            processors,
+            fetcher=self.fetcher,
+            error_queue=self.error_queue,
+            retry_policy=self.retry_policy,
+        )
+
+    def process(self, changes: Sequence[Change]) -> BatchReport:
+        """Fetch documents once, run every processor, queue failures. Raises
+        `DependencyDownError` when the batch failed as a whole."""
+        failures: list[Failure] = []
+        if all(map(_metadata_of, changes)):  # valid stubs only (checked in C)
+            ready = list(changes)
+        else:
+            ready = [change for change in changes if change.metadata is not None]
+            failures.extend(
+                Failure(
+                    change, INVALID_STUB, InvalidChangeError(change.error or "invalid stub"), False
+                )
+                for change in changes
+                if change.metadata is None
+            )
+        if self.needs_documents and ready:
+            ready = self.fetcher.fetch(ready, failures)
+        seconds: dict[str, float] = {}
+        for processor in self.processors:
+            t0 = time.perf_counter()
+            self.run_processor(processor, ready, failures)
+            seconds[processor.name] = time.perf_counter() - t0
+        self.queue(failures)
+        return BatchReport(self.name, len(changes), len(changes), len(failures), 0.0, seconds)
+
+    def queue(self, failures: Iterable[Failure]) -> None:
+        """Put failures into the error queue (retryable ones on the retry schedule)."""
+        failures = list(failures)
+        if not failures:
+            return
+        for change, where, exc, _ in failures:
+            log.warning(
+                "pillow %s: %s failed for %s at %s[%d]@%d: %s",
+                self.name,
+                where,
+                change.id,
+                change.topic,
+                change.partition,
+                change.offset,
+                exc,
+            )
+        retryable = [(c, w, e) for c, w, e, r in failures if r]
+        final = [(c, w, e) for c, w, e, r in failures if not r]
+        self.error_queue.add_many(self.name, retryable, policy=self.retry_policy)
+        self.error_queue.add_many(self.name, final, retryable=False, policy=self.retry_policy)
+
+    def run_processor(
+        self, processor: Processor, changes: list[Change], failures: list[Failure]
+    ) -> None:
+        """Run one processor on the ready changes. Failures that belong to a document are
+        added to ``failures`` with their own exception; one that belongs to a dependency
+        raises `DependencyDownError`, whatever the batch size. A bulk call that fails as a
+        whole for an unclear reason is isolated: re-run change by change, so only the bad
+        documents fail."""
+        if not changes:
+            return
+        name = processor.name
+        if isinstance(processor, BulkProcessor):
+            try:
+                result = processor.process_changes(changes)
+            except Exception as exc:  # noqa: BLE001 - classified, then isolated
+                self._raise_if_dependency(processor, exc)
+                log.info("pillow %s: bulk %s failed, isolating change by change", self.name, name)
+            else:
+                for failure in result:
+                    if failure.retryable:
+                        self._raise_if_dependency(processor, failure.exception)
+                failures.extend(Failure(f.change, name, f.exception, f.retryable) for f in result)
+                return
+        for change in changes:
+            try:
+                processor.process_change(change)
+            except Exception as exc:  # noqa: BLE001 - one bad change must not stop the pillow
+                self._raise_if_dependency(processor, exc)
+                failures.append(Failure(change, name, exc, True))
+
+    @staticmethod
+    def _raise_if_dependency(processor: Processor, exc: BaseException) -> None:
+        if is_dependency_failure(exc, processor.dependency_errors, processor.document_errors):
+            raise DependencyDownError(processor.name, exc) from exc
+
+    # -- the error queue ---------------------------------------------------------------
+
+    def retry_errors(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
+        """Re-process due error-queue entries. Returns (succeeded, failed again)."""
+        ok = failed = 0
+        for record in self.error_queue.due(self.name, limit=limit, now=now):
+            if self.retry(record):
+                ok += 1
+            else:
+                failed += 1
+        return ok, failed
+
+    def retry(self, record: ErrorRecord) -> bool:
+        """Re-process one error-queue entry through the processor that failed (all of them
+        when the fetch or the stub failed); True when it went through."""
+        change = Change.from_raw(
+            record.topic, record.partition, record.offset, record.stub, record.document_id
+        )
+        if change.metadata is None:
+            self.error_queue.record_failure(
+                record, InvalidChangeError(change.error or "invalid stub"), self.retry_policy
+            )
+            return False
+        # A retried change says so: processors can tell a retry from a first try.
+        change.metadata.attempts = max(change.metadata.attempts, record.attempts)
+        failures: list[Failure] = []
+        processors = [p for p in self.processors if p.name == record.processor]
+        if record.processor in (FETCH, INVALID_STUB) or not processors:
+            processors = self.processors
+        try:
+            ready = [change]
+            if any(p.needs_documents for p in processors):
+                ready = self.fetcher.fetch([change], failures)
+            for processor in processors:
+                self.run_processor(processor, ready, failures)
+        except DependencyDownError as exc:
+            failures.append(Failure(change, exc.where, exc.cause, True))
+        if failures:
+            self.error_queue.record_failure(record, failures[0].exception, self.retry_policy)
+            return False
+        self.error_queue.resolve(record.id)
+        return True

@@ -1,0 +1,164 @@
+"""Bulk document fetching for a batch of changes, with stale-read handling.
+
+A stub announces a version (``version`` or the generation of ``document_rev``); a store
+replica may still hold an older one. Such a read is retried a few times after a short wait,
+and if still old the change is failed as stale (retried later from the error queue): a
+processor never sees a document older than its change.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from changefeed.change import Change, InvalidChangeError
+from changefeed.failures import (
+    FETCH,
+    INVALID_STUB,
+    DependencyDownError,
+    Failure,
+    InvalidDocumentError,
+    StaleReadError,
+)
+from changefeed.stores.base import DocumentDeleted, DocumentNotFoundError, DocumentStore, rev_number
+from changefeed.stores.registry import DocumentStoreRegistry
+
+log = logging.getLogger("changefeed.pillow")
+
+
+class DocumentFetcher:
+    """Fetches the documents of a batch once per store and hands them to the changes."""
+
+    def __init__(
+        self,
+        stores: DocumentStoreRegistry,
+        *,
+        stale_read_retries: int = 2,
+        stale_read_delay: float = 0.05,
+        sleep: Callable[[float], Any],
+    ) -> None:
+        self.stores = stores
+        self.stale_read_retries = stale_read_retries
+        self.stale_read_delay = stale_read_delay
+        self.sleep = sleep
+
+    def fetch(self, changes: Iterable[Change], failures: list[Failure]) -> list[Change]:
+        """The changes ready for processors (documents set, deletions marked); the others
+        are appended to ``failures``. Raises `DependencyDownError` when a store fails as a
+        whole (it is then down, not the documents bad)."""
+        ready: list[Change] = []
+        by_store: dict[int, tuple[DocumentStore, list[Change]]] = {}
+        for change in changes:
+            meta = change.metadata
+            assert meta is not None
+            if change.has_document:
+                ready.append(change)
+                continue
+            try:
+                store = self.stores.for_change(meta)
+            except LookupError as exc:
+                failures.append(Failure(change, FETCH, exc, True))
+                continue
+            if meta.document_rev is not None and rev_number(meta.document_rev) is None:
+                bad = InvalidChangeError(
+                    f"document_rev {meta.document_rev!r} is not a revision of the form N-hash"
+                )
+                failures.append(Failure(change, INVALID_STUB, bad, False))
+                continue
+            if change.deleted and wanted_version(change) is None:
+                # Nothing to compare with: the deletion is applied as announced.
+                change.set_document(None)
+                ready.append(change)
+                continue
+            by_store.setdefault(id(store), (store, []))[1].append(change)
+        for store, group in by_store.values():
+            self._fetch_from(store, group, ready, failures)
+        return ready
+
+    @staticmethod
+    def _check_deletion(
+        store: DocumentStore, change: Change, doc: object, ready: list[Change]
+    ) -> None:
+        """A deletion is applied unless the store holds a live document newer than the
+        stub: then the document was re-created, the deletion is late, and the newer change
+        that follows it in the log is what counts (CommCare HQ checks the same)."""
+        if isinstance(doc, dict):
+            have = store.document_version(doc)
+            wanted = wanted_version(change)
+            if have is not None and wanted is not None and have > wanted:
+                log.info(
+                    "skipping late deletion of %r: the store holds version %d, the stub %d",
+                    change.id,
+                    have,
+                    wanted,
+                )
+                return
+        change.set_document(None)
+        ready.append(change)
+
+    def _fetch_from(
+        self,
+        store: DocumentStore,
+        pending: list[Change],
+        ready: list[Change],
+        failures: list[Failure],
+    ) -> None:
+        where = f"{store.data_source_type}/{store.data_source_name}"
+        for attempt in range(self.stale_read_retries + 1):
+            if attempt:
+                self.sleep(self.stale_read_delay)
+            try:
+                found = store.get_documents([c.id for c in pending])
+            except Exception as exc:  # noqa: BLE001 - the store as a whole is failing
+                raise DependencyDownError(f"{FETCH} {where}", exc) from exc
+            stale: list[Change] = []
+            for change in pending:
+                doc = found.get(change.id)
+                if change.deleted:
+                    self._check_deletion(store, change, doc, ready)
+                elif doc is None:
+                    missing = DocumentNotFoundError(f"document {change.id!r} not found in {where}")
+                    failures.append(Failure(change, FETCH, missing, True))
+                elif doc is DocumentDeleted:
+                    change.deleted = True
+                    change.set_document(None)
+                    ready.append(change)
+                elif not isinstance(doc, dict):
+                    bad = InvalidDocumentError(
+                        f"document {change.id!r} in {where} is a {type(doc).__name__}, "
+                        "not a JSON object"
+                    )
+                    failures.append(Failure(change, FETCH, bad, True))
+                elif is_stale(store, change, doc):
+                    stale.append(change)
+                else:
+                    change.set_document(doc)
+                    ready.append(change)
+            pending = stale
+            if not pending:
+                return
+        for change in pending:
+            meta = change.metadata
+            assert meta is not None
+            error = StaleReadError(
+                f"document {change.id!r} is older than its change "
+                f"(version={meta.version} rev={meta.document_rev})"
+            )
+            failures.append(Failure(change, FETCH, error, True))
+
+
+def wanted_version(change: Change) -> int | None:
+    """The version a stub announces (``version``, else the generation of its revision)."""
+    meta = change.metadata
+    assert meta is not None
+    return meta.version if meta.version is not None else rev_number(meta.document_rev)
+
+
+def is_stale(store: DocumentStore, change: Change, doc: dict[str, Any]) -> bool:
+    """True when the store's document is older than the version the stub announced."""
+    wanted = wanted_version(change)
+    if wanted is None:
+        return False
+    have = store.document_version(doc)
+    return have is not None and have < wanted

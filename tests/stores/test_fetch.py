@@ -1,0 +1,101 @@
+"""Bulk fetching for a batch: once per store, deletions, not-found and stale reads."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from changefeed.change import Change, ChangeMeta
+from changefeed.failures import FETCH, DependencyDownError, Failure, StaleReadError
+from changefeed.stores.base import DocumentDeleted, DocumentNotFoundError, DocumentStore, Fetched
+from changefeed.stores.fetch import DocumentFetcher
+from changefeed.stores.registry import DocumentStoreRegistry
+
+
+class CountingStore(DocumentStore):
+    """A fake store counting bulk calls and serving a scripted sequence of versions."""
+
+    data_source_type = "memory"
+    data_source_name = "count"
+
+    def __init__(self, docs: dict[str, Fetched], fail: bool = False) -> None:
+        self.docs = docs
+        self.calls = 0
+        self.fail = fail
+
+    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
+        self.calls += 1
+        if self.fail:
+            raise ConnectionError("store down")
+        return {i: self.docs[i] for i in doc_ids if i in self.docs}
+
+    def iter_document_ids(self) -> Iterator[str]:
+        return iter(sorted(self.docs))
+
+
+def _fetcher(store: DocumentStore, sleeps: list[float] | None = None) -> DocumentFetcher:
+    registry = DocumentStoreRegistry()
+    registry.register(store)
+    return DocumentFetcher(
+        registry, stale_read_retries=2, stale_read_delay=0.01, sleep=(sleeps if sleeps is not None else []).append
+    )
+
+
+def _change(doc_id: str, **meta: object) -> Change:
+    return Change("form", 0, 0, ChangeMeta(doc_id, "memory", "count", **meta))  # type: ignore[arg-type]
+
+
+def test_one_bulk_call_sets_every_document() -> None:
+    store = CountingStore({"a": {"n": 1}, "b": {"n": 2}})
+    failures: list[Failure] = []
+    ready = _fetcher(store).fetch([_change("a"), _change("b")], failures)
+    assert store.calls == 1 and not failures
+    assert [c.document for c in ready] == [{"n": 1}, {"n": 2}]
+
+
+def test_deletion_stub_is_not_fetched() -> None:
+    store = CountingStore({"a": {"n": 1}})
+    failures: list[Failure] = []
+    ready = _fetcher(store).fetch([_change("a", is_deletion=True)], failures)
+    assert store.calls == 0 and ready[0].deleted and ready[0].document is None
+
+
+def test_change_that_has_its_document_is_not_fetched() -> None:
+    store = CountingStore({"a": {"n": 1}})
+    change = _change("a")
+    change.set_document({"n": 2})
+    ready = _fetcher(store).fetch([change], [])
+    assert store.calls == 0 and ready[0].document == {"n": 2}
+
+
+def test_store_reporting_deleted_marks_the_change_deleted() -> None:
+    store = CountingStore({"a": DocumentDeleted})
+    ready = _fetcher(store).fetch([_change("a")], [])
+    assert ready[0].deleted and ready[0].document is None
+
+
+def test_not_found_is_a_fetch_failure_of_that_document() -> None:
+    store = CountingStore({"a": {"n": 1}})
+    failures: list[Failure] = []
+    ready = _fetcher(store).fetch([_change("a"), _change("gone")], failures)
+    assert [c.id for c in ready] == ["a"]
+    assert [(f.change.id, f.where) for f in failures] == [("gone", FETCH)]
+    assert isinstance(failures[0].exception, DocumentNotFoundError)
+
+
+def test_stale_read_is_retried_then_failed() -> None:
+    store = CountingStore({"a": {"_version": 1}})
+    failures: list[Failure] = []
+    sleeps: list[float] = []
+    ready = _fetcher(store, sleeps).fetch([_change("a", version=2)], failures)
+    assert not ready and store.calls == 3 and sleeps == [0.01, 0.01]
+    assert isinstance(failures[0].exception, StaleReadError)
+
+
+def test_store_failing_as_a_whole_is_a_dependency_failure() -> None:
+    store = CountingStore({}, fail=True)
+    try:
+        _fetcher(store).fetch([_change("a")], [])
+    except DependencyDownError as exc:
+        assert "memory/count" in exc.where
+    else:
+        raise AssertionError("expected DependencyDownError")
