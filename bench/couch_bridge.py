@@ -145,14 +145,15 @@ def throughput(url: str, n: int, rounds: int) -> None:
 CHILD = """
 import sys, time
 from changefeed.app import App
+from changefeed.runner import stop_on_signals
 from changefeed.sources.couch_bridge import get_change_feed_pillow_for_db
 tmp, db_url, max_wait = sys.argv[1], sys.argv[2], float(sys.argv[3])
 app = App(f"sqlite:///{tmp}/log.db", f"sqlite:///{tmp}/state.db")
 bridge = get_change_feed_pillow_for_db(app, db_url, max_wait=max_wait)
 bridge.bootstrap()
-bridge.install_signal_handlers()
-print("ready", flush=True)
-bridge.run()
+with stop_on_signals(bridge.stop, bridge.name):
+    print("ready", flush=True)
+    bridge.run()
 app.close()
 """
 

@@ -19,6 +19,7 @@ from changefeed.app import App
 from changefeed.change import ChangeMeta
 from changefeed.pillow import Pillow
 from changefeed.processors import FunctionProcessor
+from changefeed.runner import Runnable, run_runnable
 from changefeed.sources.couch import CouchChange
 from changefeed.sources.couch_bridge import (
     CLASSIFY,
@@ -28,7 +29,6 @@ from changefeed.sources.couch_bridge import (
     add_couch_bridge,
     get_change_feed_pillow_for_db,
 )
-from changefeed.status import pillow_status
 
 
 @pytest.fixture
@@ -111,16 +111,20 @@ def test_bridge_classifies_routes_publishes_and_checkpoints(app: App, couch_db: 
 
     saved = bridge.checkpoint
     assert saved is not None and saved.position == 7
-    status = pillow_status(app, bridge)  # type: ignore[arg-type]
-    assert [(p.topic, p.checkpoint, p.lag) for p in status.partitions] == [
+    status = bridge.health().to_dict()  # what `changefeed status` shows for the bridge
+    assert [(p["topic"], p["checkpoint"], p["lag"]) for p in status["partitions"]] == [
         (f"couch:{db_name}", 7, 0)
     ]
-    assert status.errors_parked == 1
+    assert status["errors_parked"] == 1
+    assert status["seq"] == saved.seq and status["processed"] == 7
+    # The same positions through the explicit surface (``changefeed checkpoint``).
+    assert app.checkpoints.get(bridge.name) == {tp: 7 for tp in bridge.topic_partitions()}
+    assert bridge.latest_offsets() == {tp: 7 for tp in bridge.topic_partitions()}
 
     # Restart: only what is new is published.
     _bulk(couch_db, [{"_id": "c3", "doc_type": "case"}])
     again = get_change_feed_pillow_for_db(app, couch_db)
-    assert pillow_status(app, again).lag == 1  # type: ignore[arg-type]
+    assert again.health().detail["lag"] == 1 and again.pending() == 1
     assert again.run(forever=False) == 1
     assert [m.document_id for _, m in _log(app)].count("c1") == 1
     assert "c3" in {m.document_id for _, m in _log(app)}
@@ -192,8 +196,8 @@ def test_operator_reset_to_zero_replays_from_the_start(app: App, couch_db: str) 
     _bulk(couch_db, [{"_id": "a", "doc_type": "case"}])
     bridge = get_change_feed_pillow_for_db(app, couch_db)
     bridge.run(forever=False)
-    (tp,) = bridge.change_feed.topic_partitions()
-    assert bridge.change_feed.earliest_offsets() == {tp: 0}  # `checkpoint reset` uses it
+    (tp,) = bridge.topic_partitions()
+    assert bridge.earliest_offsets() == {tp: 0}  # `checkpoint reset` uses it
     app.checkpoints.set(bridge.name, {tp: 0}, reason="replay")
     assert bridge.checkpoint is None
     assert bridge.run(forever=False) == 1
@@ -218,6 +222,35 @@ def test_helper_needs_a_server_for_bare_names(app: App, monkeypatch: pytest.Monk
     assert isinstance(bridge, CouchBridgePillow) and bridge.topic == "couch:cases"
     with pytest.raises(ValueError, match="one process"):
         bridge.run(num_processes=2)
+    with pytest.raises(ValueError, match="one process"):
+        run_runnable(bridge, num_processes=2)
+
+
+def test_bridge_is_a_runnable_registered_with_the_app(app: App, couch_db: str) -> None:
+    """Not a pillow: registered as a runnable, built and run through ``get_runnable``, with
+    signals handled by the runner; its health reports the seq checkpoint and progress."""
+    name = add_couch_bridge(app, couch_db, name="the-bridge")
+    assert name not in app.pillow_names and name in app.runnable_names
+    _bulk(couch_db, [{"_id": "a", "doc_type": "case"}, {"_id": "b", "doc_type": "form"}])
+    bridge = app.get_runnable(name)
+    assert isinstance(bridge, CouchBridgePillow) and isinstance(bridge, Runnable)
+    assert bridge.scalable is False
+    before = bridge.health()
+    assert (before.kind, before.state, before.processed) == ("couch-bridge", "idle", 0)
+    assert before.detail["checkpoint"] is None and before.detail["lag"] == 2
+    assert run_runnable(bridge, forever=False) == 2
+    after = bridge.health()
+    assert (after.state, after.processed, after.error) == ("stopped", 2, None)
+    assert after.last_progress_at is not None
+    assert after.detail["checkpoint"] == 2 and after.detail["lag"] == 0
+    assert after.detail["published"] == 2 and after.detail["seq"] is not None
+
+
+def test_health_reports_an_unreachable_couchdb(app: App) -> None:
+    bridge = get_change_feed_pillow_for_db(app, "http://127.0.0.1:1/cases")
+    health = bridge.health()
+    assert health.detail["lag"] is None and health.error is not None
+    assert health.error.startswith("lag unknown: ConnectError")
 
 
 def test_cli_runs_and_reports_the_bridge(

@@ -10,18 +10,16 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from changefeed.backoff import Backoff
+from changefeed.couchdb import CouchDatabase, CouchError, CouchUnavailableError
 from changefeed.sources.couch import (
-    Backoff,
     CouchChange,
     CouchChangeFeed,
-    CouchDatabase,
-    CouchError,
-    CouchUnavailableError,
     seq_param,
 )
 from tests.harness.couchdb import TcpProxy
 
-FAST = Backoff(initial=0.05, maximum=0.2)
+FAST = Backoff(base=0.05, cap=0.2)
 
 
 def _put(db_url: str, doc_id: str, **fields: object) -> None:

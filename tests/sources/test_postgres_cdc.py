@@ -372,3 +372,93 @@ def test_cdc_killed_at_random_points_loses_nothing(
     first_seen = list(dict.fromkeys(got))
     assert first_seen == sorted(first_seen)  # one writer: commit order
     assert slot_status(pg_dsn, slot)["active"] is False
+
+
+# -- retry decisions by SQLSTATE, and the relay as a registered runnable ----------------------
+
+
+def test_retry_decisions_use_sqlstate_not_message_text() -> None:
+    from changefeed.sources.postgres_cdc import retryable, sqlstate
+
+    # What does not exist needs an operator, whatever the message says (or its language).
+    assert not retryable(CDCError("replication slot 's' existiert nicht", sqlstate="42704"))
+    assert not retryable(psycopg.errors.UndefinedTable("relation missing"))
+    assert not retryable(psycopg.errors.UndefinedObject("no such slot"))
+    # A message that merely reads "does not exist" decides nothing.
+    assert retryable(CDCError("something does not exist"))
+    # Transient: slot briefly in use, server going away, the log down.
+    assert retryable(psycopg.errors.ObjectInUse("slot is active"))
+    assert retryable(psycopg.OperationalError("server closed the connection"))
+    assert retryable(PublishError("log unavailable"))
+    assert sqlstate(psycopg.errors.ObjectInUse("x")) == "55006"
+
+
+def test_a_slot_dropped_under_a_running_relay_ends_it(
+    pg_dsn: str, db: psycopg.Connection, slot: str, log: SQLiteLog
+) -> None:
+    """Retrying cannot bring a slot back: the relay raises instead of backing off forever."""
+    publisher = log.publisher()
+    cdc = PostgresCDC(pg_dsn, slot, [PATIENTS], publisher, mode="poll", poll_interval=0.02)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            cdc.run()
+        except BaseException as exc:  # noqa: BLE001 - inspected below
+            errors.append(exc)
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    try:
+        db.execute("INSERT INTO patients VALUES ('x1', 'd', 1, 'n')")
+        deadline = time.monotonic() + 30
+        while ids_in_log(log) != ["x1"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for _ in range(100):  # between two peeks the slot is not active
+            try:
+                drop_slot(pg_dsn, slot)
+                break
+            except CDCError:
+                time.sleep(0.01)
+        runner.join(30)
+    finally:
+        cdc.stop()
+        runner.join(10)
+        publisher.close()
+    assert not runner.is_alive()
+    (error,) = errors
+    assert isinstance(error, CDCError) and error.sqlstate == "42704"
+    health = cdc.health()
+    assert health.state == "stopped" and health.error is not None and health.processed == 1
+
+
+def test_cdc_relay_registered_with_the_helper_runs_through_get_runnable(
+    pg_dsn: str, db: psycopg.Connection, tmp_path: Path
+) -> None:
+    from changefeed.app import App
+    from changefeed.runner import Runnable, run_runnable
+    from changefeed.sources.postgres_cdc import add_cdc_relay
+
+    name = f"s_{uuid.uuid4().hex[:12]}"
+    app = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
+    try:
+        assert add_cdc_relay(app, "cdc", pg_dsn, name, [PATIENTS], create_slot=True) == "cdc"
+        assert app.replication_slots == [(pg_dsn, name)]  # its lag shows in `status`
+        with pytest.raises(CDCError, match="invalid replication slot name"):
+            add_cdc_relay(app, "bad", pg_dsn, "Bad-Slot", [PATIENTS])
+        relay = app.get_runnable("cdc")
+        assert isinstance(relay, PostgresCDC) and isinstance(relay, Runnable)
+        assert relay.scalable is False and relay.router is app.router
+        assert run_runnable(relay, forever=False) == 0  # bootstrap created the slot
+        db.execute("INSERT INTO patients VALUES ('r1', 'd', 1, 'n'), ('r2', 'd', 1, 'n')")
+        relay = app.get_runnable("cdc")
+        assert run_runnable(relay, forever=False) == 2
+        health = relay.health()
+        assert (health.kind, health.state, health.processed) == ("cdc-relay", "stopped", 2)
+        assert health.detail["slot"] == name and health.detail["last_lsn"] is not None
+        assert relay.slot_status()["exists"] is True
+        assert ids_in_log(app.backend) == ["r1", "r2"]  # type: ignore[arg-type]
+    finally:
+        app.close()
+        if slot_status(pg_dsn, name)["exists"]:
+            drop_slot(pg_dsn, name)

@@ -85,7 +85,7 @@ def test_bad_urls_and_missing_database(couchdb_url: str) -> None:
         CouchDocumentStore(couchdb_url)
     with pytest.raises(ValueError, match="invalid CouchDB database name"):
         CouchDocumentStore(f"{couchdb_url}/Bad")
-    from changefeed.sources.couch import CouchError
+    from changefeed.couchdb import CouchError
 
     store = CouchDocumentStore(f"{couchdb_url}/does_not_exist")
     with pytest.raises(CouchError, match="HTTP 404"):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
-from types import FrameType
 from typing import Any
 
 import click
@@ -13,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.runner import run_runnable
 from changefeed.sources.postgres_cdc import (
     CDCError,
     CDCTable,
@@ -162,8 +161,6 @@ def run_cmd(
             raise UserError("no tables: give --table SPEC or --config FILE")
         if not slot:
             raise UserError("no slot: give --slot NAME (or 'slot' in the config file)")
-        if create_missing and not slot_status(dsn, slot)["exists"]:
-            create_slot(dsn, slot)
     app = get_app(ctx)
     with user_errors(CDCError):
         cdc = PostgresCDC(
@@ -175,19 +172,14 @@ def run_cmd(
             topic=topic,
             batch_size=batch_size,
             poll_interval=poll_interval,
+            create_slot=create_missing,
         )
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        cdc.stop()
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
         with user_errors(CDCError):
-            total = cdc.run(forever=not once)
+            # bootstrap creates a missing slot with --create-slot; signals stop after the batch
+            total = run_runnable(cdc, forever=not once)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         app.close()
     elapsed = time.monotonic() - started
     click.echo(f"cdc slot {slot}: {total} stubs published in {elapsed:.1f}s", err=True)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import time
-from types import FrameType
 
 import click
 import sqlalchemy as sa
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
 from changefeed.db import make_engine
+from changefeed.runner import run_runnable
 from changefeed.sources.outbox import (
     DEFAULT_TABLE,
     Outbox,
@@ -114,17 +113,10 @@ def relay_cmd(
         poll_interval=poll_interval,
         delete=not mark,
     )
-
-    def _stop(signum: int, _frame: FrameType | None) -> None:
-        relay.stop()
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.monotonic()
     try:
-        total = relay.run(forever=not once)
+        total = run_runnable(relay, forever=not once)  # signals stop it after the batch
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         app.close()
     elapsed = time.monotonic() - started
     click.echo(f"outbox {outbox.name}: {total} stubs relayed in {elapsed:.1f}s", err=True)

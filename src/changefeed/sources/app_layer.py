@@ -16,17 +16,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session, sessionmaker
 
 from changefeed.backends.base import Publisher
 from changefeed.change import ChangeMeta
+from changefeed.sources.host import PublishingHost
 from changefeed.topics import TopicRouter
-
-if TYPE_CHECKING:
-    from changefeed.app import App
 
 log = logging.getLogger("changefeed.sources.app_layer")
 
@@ -49,7 +47,7 @@ def _open_savepoints(session: Session) -> tuple[Any, ...]:
 
 
 def publish_change(
-    target: App | Publisher,
+    target: PublishingHost | Publisher,
     meta: ChangeMeta,
     *,
     topic: str | None = None,
@@ -68,7 +66,10 @@ def publish_change(
 
 
 def publish_changes(
-    target: App | Publisher, metas: list[ChangeMeta], *, router: TopicRouter | None = None
+    target: PublishingHost | Publisher,
+    metas: list[ChangeMeta],
+    *,
+    router: TopicRouter | None = None,
 ) -> None:
     """Publish several stubs in one round trip."""
     if not metas:
@@ -140,7 +141,7 @@ class SessionPublisher:
 
     def __init__(
         self,
-        target: App | Publisher,
+        target: PublishingHost | Publisher,
         *,
         router: TopicRouter | None = None,
         on_error: Callable[[Exception, list[ChangeMeta]], None] | None = None,

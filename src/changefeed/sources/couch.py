@@ -17,90 +17,40 @@ the server exactly as received and never compared or incremented.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 import orjson
+
+from changefeed.backoff import Backoff
+from changefeed.couchdb import (
+    CouchDatabase,
+    CouchError,
+    CouchUnavailableError,
+    as_database,
+    check_response,
+)
+
+__all__ = [
+    "COUCH_BACKOFF",
+    "CouchChange",
+    "CouchChangeFeed",
+    "CouchDatabase",
+    "CouchError",
+    "CouchUnavailableError",
+    "Seq",
+    "seq_param",
+]
 
 log = logging.getLogger("changefeed.sources.couch")
 
 Seq = Any
 """A CouchDB update sequence: opaque (int on pouchdb-server, str on CouchDB 2/3)."""
-
-_DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
-
-
-class CouchError(RuntimeError):
-    """CouchDB answered with an error that retrying will not fix (bad name, no access)."""
-
-
-class CouchUnavailableError(CouchError):
-    """CouchDB could not be reached (or kept failing) after every retry."""
-
-
-class CouchDatabase:
-    """One database on one server: where to send requests, and how to name it in messages.
-
-    ``url`` is the database URL (``http://host:5984/dbname``), or the server URL when ``name``
-    is given. Credentials in the URL become basic auth and never appear in ``display``.
-    """
-
-    def __init__(self, url: str, name: str | None = None) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"CouchDB URL must be http(s)://host[:port]/db, got {_redact(url)!r}")
-        path = parts.path.rstrip("/")
-        if name is None:
-            head, _, tail = path.rpartition("/")
-            if not tail:
-                raise ValueError(f"CouchDB URL has no database name: {_redact(url)!r}")
-            path, name = head, _unquote(tail)
-        if not _DB_NAME.match(name):
-            raise ValueError(
-                f"invalid CouchDB database name {name!r}: lowercase letters, digits and "
-                "_$()+-/ , starting with a letter"
-            )
-        self.name = name
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        self.server_url = urlunsplit((parts.scheme, netloc, path, "", ""))
-        self.auth: httpx.BasicAuth | None = (
-            httpx.BasicAuth(_unquote(parts.username), _unquote(parts.password or ""))
-            if parts.username
-            else None
-        )
-        self.path = "/" + quote(name, safe="")
-        self.display = f"{self.server_url}{self.path}"
-        """The URL without credentials, for logs and errors."""
-
-    def client(self, timeout: httpx.Timeout | float = 30.0) -> httpx.Client:
-        return httpx.Client(base_url=self.server_url, auth=self.auth, timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"CouchDatabase({self.display!r})"
-
-
-def as_database(db: CouchDatabase | str) -> CouchDatabase:
-    return db if isinstance(db, CouchDatabase) else CouchDatabase(db)
-
-
-def _unquote(text: str) -> str:
-    from urllib.parse import unquote
-
-    return unquote(text)
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    netloc = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, f"***@{netloc}", parts.path, parts.query, ""))
 
 
 def seq_param(seq: Seq) -> str:
@@ -110,21 +60,6 @@ def seq_param(seq: Seq) -> str:
     if isinstance(seq, int) and not isinstance(seq, bool):
         return str(seq)
     return orjson.dumps(seq).decode()
-
-
-def check_response(db: CouchDatabase, response: httpx.Response) -> None:
-    """Raise `CouchError` for answers retrying cannot fix; 5xx become `httpx.HTTPStatusError`
-    (transient, retried by callers)."""
-    if response.status_code < 400:
-        return
-    if response.status_code >= 500:
-        response.raise_for_status()
-    try:
-        body = orjson.loads(response.read())
-        reason = f"{body.get('error')}: {body.get('reason')}"
-    except (orjson.JSONDecodeError, AttributeError):
-        reason = response.text[:200]
-    raise CouchError(f"{db.display}: HTTP {response.status_code} ({reason})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,17 +95,8 @@ class CouchChange:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff between reconnects: ``initial * factor**(n-1)``, capped."""
-
-    initial: float = 0.5
-    factor: float = 2.0
-    maximum: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.maximum, self.initial * self.factor ** max(0, attempt - 1))
-
+COUCH_BACKOFF = Backoff(base=0.5, factor=2.0, cap=30.0)
+"""How the feed waits between reconnects (0.5 s, doubling, at most 30 s)."""
 
 _TRANSIENT = (httpx.TransportError, httpx.HTTPStatusError, orjson.JSONDecodeError, KeyError)
 
@@ -210,8 +136,12 @@ class CouchChangeFeed:
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
         self.page_size = page_size
-        self.backoff = backoff or Backoff()
-        self.max_retries = max_retries
+        backoff = backoff or COUCH_BACKOFF
+        if max_retries is not None:
+            backoff = dataclasses.replace(backoff, retries=max_retries)
+        self.backoff = backoff
+        """Waits between reconnects; its ``retries`` (``max_retries``) bounds them."""
+        self.max_retries = backoff.retries
         self._client = client or self.db.client()
         self._own_client = client is None
         self._stop = threading.Event()
@@ -261,7 +191,7 @@ class CouchChangeFeed:
             except _TRANSIENT as exc:
                 failures += 1
                 self.reconnects += 1
-                if self.max_retries is not None and failures > self.max_retries:
+                if self.backoff.exhausted(failures):
                     raise CouchUnavailableError(
                         f"{self.db.display}: _changes failed {failures} times: "
                         f"{type(exc).__name__}: {exc}"

@@ -10,9 +10,12 @@ runtime reads topic partitions at integer offsets and fetches documents, while `
 has one stream, opaque seqs and the documents inline. Inventing integer offsets for seqs
 would make checkpoints meaningless to operators. The loop keeps the pillow's guarantees
 (batch on size or max wait, publish before checkpoint: at least once, per-document order)
-and its surface (``run``, ``stop``, ``bootstrap``, ``install_signal_handlers``, a checkpoint
-row and ``change_feed.latest_offsets`` for ``changefeed status``), so ``changefeed run``
-runs it like any pillow.
+and is a ``changefeed.runner.Runnable`` (``scalable = False``: one stream), registered with
+``app.add_runnable``, so ``changefeed run`` and the supervisor run it like any pillow. For
+``changefeed status`` it keeps a checkpoint row for the pseudo partition ``(couch:<db>, 0)``
+(offset = changes read) and reports, in `CouchBridgePillow.health`, that checkpoint, the
+source's head and the lag; `latest_offsets`/`earliest_offsets` give the same positions to
+``changefeed checkpoint``.
 """
 
 from __future__ import annotations
@@ -20,140 +23,54 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from types import FrameType
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
 import orjson
 
 from changefeed.backends.base import Publisher
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
+from changefeed.couchdb import CouchDatabase
 from changefeed.errors import ErrorQueue
 from changefeed.identifiers import object_name
-from changefeed.sources.couch import CouchChange, CouchChangeFeed, CouchDatabase, Seq
+from changefeed.lifecycle import Health
+from changefeed.sources.couch import CouchChange, CouchChangeFeed, Seq
+from changefeed.sources.couch_classifier import (
+    CLASSIFY,
+    Classifier,
+    CouchDocumentClassifier,
+    UnclassifiableDocumentError,
+)
+from changefeed.sources.host import SourceHost, check_one_process
 from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from changefeed.stores.base import UnknownDocumentStoreError
 from changefeed.stores.couch import CouchDocumentStore
 from changefeed.topics import TopicRouter
 
-if TYPE_CHECKING:
-    from changefeed.app import App
-    from changefeed.pillow import Pillow
+__all__ = [
+    "CLASSIFY",
+    "Classifier",
+    "CouchBridgePillow",
+    "CouchDocumentClassifier",
+    "UnclassifiableDocumentError",
+    "add_couch_bridge",
+    "get_change_feed_pillow_for_db",
+]
 
 log = logging.getLogger("changefeed.sources.couch_bridge")
 
-CLASSIFY = "classify"
-"""The pseudo processor name under which unclassifiable documents are queued."""
-
-
-class UnclassifiableDocumentError(ValueError):
-    """A document the classifier cannot turn into a stub (no type, wrong field types)."""
-
-
-Classifier = Callable[[CouchChange, str], ChangeMeta]
-"""``classify(change, data_source_name) -> ChangeMeta``; raises `UnclassifiableDocumentError`."""
-
-
-@dataclass(frozen=True, slots=True)
-class CouchDocumentClassifier:
-    """The default classifier: doc type from the first of ``type_fields`` present, subtype
-    and domain from their fields, deletion from ``_changes`` (or a soft-delete doc type
-    ending in ``deleted_suffix``, as pillowtop's ``CommCareCase-Deleted``).
-
-    A hard-deleted document's tombstone usually has no fields: its deletion is still
-    published, with the type the tombstone carries or none (routed to the default topic).
-    """
-
-    type_fields: Sequence[str] = ("doc_type", "type")
-    subtype_fields: Sequence[str] = ("subtype", "type_subtype")
-    domain_field: str | None = "domain"
-    deleted_suffix: str | None = "-Deleted"
-    data_source_type: str = "couch"
-
-    def __call__(self, change: CouchChange, data_source_name: str) -> ChangeMeta:
-        doc = change.doc
-        if doc is None and not change.deleted:
-            raise UnclassifiableDocumentError("no document in the change (include_docs off?)")
-        doc = doc or {}
-        doc_type = self._first(doc, self.type_fields, "type")
-        is_deletion = change.deleted
-        if doc_type is None and not is_deletion:
-            fields = " or ".join(repr(f) for f in self.type_fields)
-            raise UnclassifiableDocumentError(f"document has no {fields} field")
-        suffix = self.deleted_suffix
-        if doc_type is not None and suffix and doc_type.endswith(suffix):
-            doc_type = doc_type[: -len(suffix)] or None
-            is_deletion = True
-        domain = None
-        if self.domain_field is not None:
-            domain = doc.get(self.domain_field)
-            if domain is not None and not isinstance(domain, str):
-                raise UnclassifiableDocumentError(
-                    f"{self.domain_field!r} must be a string, got {type(domain).__name__}"
-                )
-        return ChangeMeta(
-            change.id,
-            self.data_source_type,
-            data_source_name,
-            document_type=doc_type,
-            document_subtype=self._first(doc, self.subtype_fields, "subtype"),
-            domain=domain or None,
-            is_deletion=is_deletion,
-            document_rev=change.rev,
-        )
-
-    @staticmethod
-    def _first(doc: dict[str, Any], fields: Sequence[str], what: str) -> str | None:
-        for name in fields:
-            value = doc.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, str) or not value:
-                raise UnclassifiableDocumentError(
-                    f"{what} field {name!r} must be a non-empty string, got {value!r}"
-                )
-            return value
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class BridgeStep:
-    """Names the bridge's steps where pillows list their processors."""
-
-    name: str
-
-
-class BridgeFeedView:
-    """What ``changefeed pillows``/``status`` read from a pillow's ``change_feed``: the
-    source as one pseudo partition whose head is the checkpoint plus the pending changes."""
-
-    def __init__(self, bridge: CouchBridgePillow) -> None:
-        self._bridge = bridge
-        self.topics = (bridge.topic,)
-
-    def topic_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(self._bridge.topic, 0)]
-
-    def earliest_offsets(self) -> dict[TopicPartition, int]:
-        """0: a checkpoint reset to it replays the database from the start."""
-        return {TopicPartition(self._bridge.topic, 0): 0}
-
-    def latest_offsets(self) -> dict[TopicPartition, int]:
-        saved = self._bridge.checkpoint
-        pending = self._bridge.feed.pending(saved.seq if saved else None)
-        position = saved.position if saved else 0
-        return {TopicPartition(self._bridge.topic, 0): position + (pending or 0)}
-
-    def close(self) -> None:
-        self._bridge.feed.close()
-
 
 class CouchBridgePillow:
-    """Publishes one CouchDB database's changes as stubs, checkpointed by seq."""
+    """Publishes one CouchDB database's changes as stubs, checkpointed by seq.
+
+    A runnable, not a `Pillow` (see the module docs); the name is the one pillowtop users
+    know from ``get_change_feed_pillow_for_db``.
+    """
+
+    kind = "couch-bridge"
+    scalable = False
+    """One ``_changes`` stream: it cannot be split across processes."""
 
     def __init__(
         self,
@@ -185,18 +102,20 @@ class CouchBridgePillow:
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.skip_design_docs = skip_design_docs
-        self.processors = (BridgeStep(CLASSIFY), BridgeStep("publish"))
-        self.change_feed = BridgeFeedView(self)
         self.published = 0
         self.unclassifiable = 0
+        self.read = 0
+        """Changes read by this object's runs (all of them, design documents included)."""
         self._batch: dict[str, tuple[str, ChangeMeta]] = {}
         self._failures: list[tuple[Change, str, BaseException]] = []
         self._seen = 0
         self._seq: Seq = None
         self._position = 0
         self._stopping = False
+        self._state = "idle"
+        self._last_progress_at: float | None = None
 
-    # -- lifecycle, as a pillow --------------------------------------------------------
+    # -- Runnable ----------------------------------------------------------------------
 
     def bootstrap(self) -> None:
         """Create the checkpoint tables."""
@@ -211,26 +130,20 @@ class CouchBridgePillow:
         self._stopping = True
         self.feed.stop()
 
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info(
-                "couch bridge %s: signal %s, stopping after the current batch", self.name, signum
-            )
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
-
     # -- the loop ----------------------------------------------------------------------
 
     def run(self, *, forever: bool = True, num_processes: int = 1, process_number: int = 0) -> int:
         """Publish changes until stopped (or, without ``forever``, until caught up).
         Returns the number of changes read."""
-        if num_processes != 1 or process_number != 0:
-            raise ValueError(
-                f"couch bridge {self.name} reads one _changes stream: run it as one process"
-            )
+        check_one_process(f"couch bridge {self.name}", num_processes, process_number)
         self._stopping = False
+        self._state = "running"
+        try:
+            return self._run(forever)
+        finally:
+            self._state = "stopped"
+
+    def _run(self, forever: bool) -> int:
         saved = self.checkpoint
         self._seq = saved.seq if saved else None
         self._position = saved.position if saved else 0
@@ -258,6 +171,7 @@ class CouchBridgePillow:
         return total
 
     def _add(self, change: CouchChange) -> None:
+        self.read += 1
         self._seen += 1
         self._position += 1
         self._seq = change.seq
@@ -295,6 +209,7 @@ class CouchBridgePillow:
             self.error_queue.add_many(self.name, self._failures, retryable=False)
             self.unclassifiable += len(self._failures)
         self.seq_checkpoints.commit(self.name, self.topic, self._seq, self._position)
+        self._last_progress_at = time.time()
         self._batch.clear()
         self._failures.clear()
         self._seen = 0
@@ -330,6 +245,73 @@ class CouchBridgePillow:
             store.close()
         return ok, failed
 
+    # -- where it stands: for ``changefeed status`` and ``changefeed checkpoint`` -------
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """The pseudo topic the checkpoint row is kept under (``couch:<db>``)."""
+        return (self.topic,)
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        """The source as one pseudo partition."""
+        return [TopicPartition(self.topic, 0)]
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        """0: a checkpoint reset to it replays the database from the start."""
+        return {TopicPartition(self.topic, 0): 0}
+
+    def pending(self) -> int | None:
+        """Changes after the saved seq, asked from CouchDB (None: the server cannot tell)."""
+        saved = self.checkpoint
+        return self.feed.pending(saved.seq if saved else None)
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        """The head of the pseudo partition: changes read so far plus those pending."""
+        saved = self.checkpoint
+        position = saved.position if saved else 0
+        pending = self.feed.pending(saved.seq if saved else None)
+        return {TopicPartition(self.topic, 0): position + (pending or 0)}
+
+    def health(self) -> Health:
+        """State and counters of this object, plus what is durable: the saved seq and its
+        checkpoint row, the head and lag (one request to CouchDB; when that fails, ``lag``
+        is None and ``error`` says why) and the error queue's counts. ``partitions`` has the
+        shape of a pillow's status partitions."""
+        now = time.time()
+        saved = self.checkpoint
+        error: str | None = None
+        try:
+            head: int | None = self.latest_offsets()[TopicPartition(self.topic, 0)]
+        except Exception as exc:  # noqa: BLE001 - reported, a health check must not raise
+            head, error = None, f"lag unknown: {type(exc).__name__}: {exc}"
+        checkpoint = saved.position if saved else None
+        position = {
+            "topic": self.topic,
+            "partition": 0,
+            "checkpoint": checkpoint,
+            "head": head,
+            "lag": None if head is None else max(0, head - (checkpoint or 0)),
+            "checkpoint_age": None if saved is None else max(0.0, now - saved.updated_at),
+        }
+        counts = self.error_queue.counts(self.name)
+        return Health(
+            self.name,
+            self.kind,
+            state=self._state,
+            processed=self.read,
+            last_progress_at=self._last_progress_at,
+            error=error,
+            detail={
+                **position,
+                "seq": saved.seq if saved else None,
+                "partitions": [position],
+                "published": self.published,
+                "unclassifiable": self.unclassifiable,
+                "errors_pending": counts.get("pending", 0),
+                "errors_parked": counts.get("parked", 0),
+            },
+        )
+
     def close(self) -> None:
         self.feed.close()
 
@@ -338,7 +320,7 @@ _NOT_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def get_change_feed_pillow_for_db(
-    app: App,
+    app: SourceHost,
     db_url_or_name: str,
     *,
     couch_url: str | None = None,
@@ -386,15 +368,16 @@ def get_change_feed_pillow_for_db(
     )
 
 
-def add_couch_bridge(app: App, db_url_or_name: str, **options: Any) -> str:
-    """Register the bridge for a database as one of ``app``'s pillows, so ``changefeed run``
-    and ``status`` know it. Returns the pillow name."""
+def add_couch_bridge(app: SourceHost, db_url_or_name: str, **options: Any) -> str:
+    """Register the bridge for a database as one of ``app``'s runnables, so ``changefeed
+    run``, ``run --all``, the supervisor and ``status`` know it. ``options`` go to
+    `get_change_feed_pillow_for_db`. Returns the bridge's name."""
 
-    def factory(app: App) -> CouchBridgePillow:
-        return get_change_feed_pillow_for_db(app, db_url_or_name, **options)
+    def factory(host: SourceHost) -> CouchBridgePillow:
+        return get_change_feed_pillow_for_db(host, db_url_or_name, **options)
 
     db = CouchDatabase(db_url_or_name) if "://" in db_url_or_name else None
     db_name = db.name if db else db_url_or_name
     name = options.get("name") or f"couch-bridge-{_NOT_NAME.sub('_', db_name)}"
-    app.add_pillow(name, cast("Callable[[App], Pillow]", factory))
+    app.add_runnable(name, factory)
     return name

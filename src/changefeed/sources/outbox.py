@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -41,9 +39,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.orm import Session
 
 from changefeed.backends.base import Publisher
+from changefeed.backoff import Backoff
 from changefeed.change import ChangeMeta, InvalidChangeError
 from changefeed.db import make_engine
-from changefeed.identifiers import sql_identifier, topic_name
+from changefeed.identifiers import object_name, sql_identifier, topic_name
+from changefeed.sources.host import SourceHost
+from changefeed.sources.relay import Relay, RelayBatch, RelayStats
 from changefeed.topics import TopicRouter
 
 log = logging.getLogger("changefeed.sources.outbox")
@@ -204,21 +205,22 @@ def outbox_status(engine: sa.Engine | str, outbox: Outbox | None = None) -> Outb
 
 
 @dataclass(slots=True)
-class RelayStats:
-    published: int = 0
-    batches: int = 0
+class OutboxStats(RelayStats):
     failed_rows: int = 0
-    last_batch_at: float | None = None
+    """Rows flagged with an error (kept in the outbox for an operator)."""
 
 
-class OutboxRelay:
+class OutboxRelay(Relay):
     """Moves committed outbox rows to the log, in commit order, at least once.
 
     One poll: read up to ``batch_size`` visible rows in id order, publish them, wait until
     the log acknowledged them (``flush``), then delete them (or set ``published_at`` when
-    ``delete=False``). A full batch is followed by the next one at once; an empty poll
-    sleeps ``poll_interval``, which bounds the commit-to-log latency of a quiet outbox.
+    ``delete=False``). A poll that found rows is followed by the next one at once; an empty
+    poll sleeps ``poll_interval``, which bounds the commit-to-log latency of a quiet outbox.
+    The loop, backoff after failures and health come from `Relay`.
     """
+
+    kind = "outbox-relay"
 
     def __init__(
         self,
@@ -230,20 +232,24 @@ class OutboxRelay:
         batch_size: int = 1000,
         poll_interval: float = 0.05,
         delete: bool = True,
+        name: str | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if poll_interval < 0:
-            raise ValueError("poll_interval must not be negative")
+        self.outbox = outbox or DEFAULT_OUTBOX
+        self.stats: OutboxStats
+        super().__init__(
+            name or f"outbox-relay-{self.outbox.name}",
+            poll_interval=poll_interval,
+            backoff=backoff,
+            stats=OutboxStats(),
+        )
         self.engine = make_engine(engine)
         self.publisher = publisher
-        self.outbox = outbox or DEFAULT_OUTBOX
         self.router = router or TopicRouter()
         self.batch_size = batch_size
-        self.poll_interval = poll_interval
         self.delete = delete
-        self.stats = RelayStats()
-        self._stop = threading.Event()
         self._conn: sa.Connection | None = None
         self._postgres = self.engine.dialect.name == "postgresql"
         t = self.outbox.table
@@ -270,7 +276,7 @@ class OutboxRelay:
         return f"changefeed.outbox:{self.outbox.name}"
 
     def _connect(self, wait: bool) -> sa.Connection | None:
-        """Our connection, holding the relay lock; None if another relay has it (no wait)."""
+        """Our connection, holding the relay lock; None if stopped while standing by."""
         if self._conn is not None:
             return self._conn
         announced = False
@@ -294,7 +300,7 @@ class OutboxRelay:
             if not announced:
                 log.info("outbox %s: another relay is active; standing by", self.outbox.name)
                 announced = True
-            self._stop.wait(max(self.poll_interval, 0.5))
+            self._stop.sleep(max(self.poll_interval, 0.5))
         return None
 
     def _disconnect(self) -> None:
@@ -308,9 +314,20 @@ class OutboxRelay:
 
     def relay_once(self, *, wait: bool = False) -> int:
         """Relay one batch; returns how many stubs were published."""
+        return self._relay(wait).published
+
+    def relay_batch(self, forever: bool) -> RelayBatch:
+        """One poll for `Relay.run`: a standby waits for the lock only when running forever."""
+        return self._relay(wait=forever)
+
+    def retryable(self, exc: Exception) -> bool:
+        """Another active relay is not a failure to retry: ``--once`` reports it."""
+        return not isinstance(exc, RelayBusyError)
+
+    def _relay(self, wait: bool) -> RelayBatch:
         conn = self._connect(wait)
         if conn is None:
-            return 0
+            return RelayBatch(0, 0, drained=True)
         try:
             return self._relay_batch(conn)
         except sa.exc.DBAPIError as exc:
@@ -318,11 +335,11 @@ class OutboxRelay:
                 self._disconnect()  # reconnect (and re-take the lock) next time
             raise
 
-    def _relay_batch(self, conn: sa.Connection) -> int:
+    def _relay_batch(self, conn: sa.Connection) -> RelayBatch:
         with conn.begin():
             rows = conn.execute(self._select).all()
         if not rows:
-            return 0
+            return RelayBatch(0, 0, drained=True)
         items: list[tuple[str, ChangeMeta]] = []
         ids: list[int] = []
         bad: list[tuple[int, str]] = []
@@ -352,50 +369,20 @@ class OutboxRelay:
                 )
         for row_id, reason in bad:
             log.error("outbox %s row %s cannot be published: %s", self.outbox.name, row_id, reason)
-        self.stats.published += len(items)
         self.stats.failed_rows += len(bad)
-        self.stats.batches += 1
-        self.stats.last_batch_at = time.time()
-        return len(items)
+        self.count_batch(len(items))
+        return RelayBatch(len(rows), len(items), drained=False)
 
-    def run(self, forever: bool = True) -> int:
-        """Relay until stopped (``forever``) or until the outbox is empty; returns the count.
+    def status(self) -> OutboxStatus:
+        """What waits in this relay's outbox (a query: for status pages, not hot loops)."""
+        return outbox_status(self.engine, self.outbox)
 
-        A failing log or database is retried with backoff, since the rows stay in the outbox.
-        """
-        total = 0
-        backoff = 0.0
-        try:
-            while not self._stop.is_set():
-                try:
-                    n = self.relay_once(wait=forever)
-                    backoff = 0.0
-                except RelayBusyError:
-                    raise
-                except Exception as exc:
-                    if not forever:
-                        raise
-                    backoff = min(30.0, max(0.5, backoff * 2))
-                    log.warning(
-                        "outbox %s: relay failed (%s: %s); retrying in %.1fs",
-                        self.outbox.name, type(exc).__name__, exc, backoff,
-                    )  # fmt: skip
-                    self._stop.wait(backoff)
-                    continue
-                total += n
-                if n >= self.batch_size:
-                    continue
-                if not forever and n == 0:
-                    break
-                if n == 0:
-                    self._stop.wait(self.poll_interval)
-        finally:
-            self._disconnect()
-        return total
-
-    def stop(self) -> None:
-        """Ask `run` to return after the batch in hand (safe from signal handlers)."""
-        self._stop.set()
+    def health_detail(self) -> dict[str, object]:
+        return {
+            "outbox": self.outbox.name,
+            "failed_rows": self.stats.failed_rows,
+            "holds_lock": self._conn is not None,
+        }
 
     def close(self) -> None:
         self._disconnect()
@@ -415,3 +402,36 @@ def purge_published(
             t.delete().where(t.c.published_at.is_not(None), t.c.published_at < cutoff)
         )
     return int(result.rowcount)
+
+
+def add_outbox_relay(
+    app: SourceHost,
+    name: str,
+    engine: sa.Engine | str,
+    *,
+    outbox: Outbox | None = None,
+    batch_size: int = 1000,
+    poll_interval: float = 0.05,
+    delete: bool = True,
+) -> str:
+    """Register a relay for ``engine``'s outbox as one of ``app``'s runnables, so
+    ``changefeed run NAME``, ``run --all`` and the supervisor run it like a pillow. It
+    publishes with the app's publisher and routes with the app's router. Returns ``name``."""
+    object_name(name, "relay name")
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+
+    def factory(host: SourceHost) -> OutboxRelay:
+        return OutboxRelay(
+            engine,
+            host.publisher(),
+            outbox=outbox,
+            router=host.router,
+            batch_size=batch_size,
+            poll_interval=poll_interval,
+            delete=delete,
+            name=name,
+        )
+
+    app.add_runnable(name, factory)
+    return name

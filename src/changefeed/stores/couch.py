@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import orjson
 
-from changefeed.sources.couch import CouchDatabase, as_database, check_response
+from changefeed.couchdb import CouchDatabase, as_database, check_response
 from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
 
 
