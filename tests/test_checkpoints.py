@@ -5,9 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from changefeed.change import TopicPartition
-from changefeed.checkpoints import CheckpointStore, current_actor
+from changefeed.checkpoints import (
+    HISTORY_KINDS,
+    RETENTION,
+    SET,
+    UNDO,
+    CheckpointStore,
+    current_actor,
+    history_table,
+)
 
 TP0 = TopicPartition("form", 0)
 TP1 = TopicPartition("form", 1)
@@ -113,3 +122,67 @@ def test_history_limit(store: CheckpointStore) -> None:
         store.set("p", {TP0: i}, reason=f"step {i}")
     history = store.history("p", limit=3)
     assert [h.new_offset for h in history] == [4, 3, 2]
+
+
+def test_history_records_the_kind_of_move(store: CheckpointStore) -> None:
+    (operator,) = store.set("p", {TP0: 5}, reason="replay")
+    (jump,) = store.set("p", {TP0: 9}, reason="offset 5 removed; jumped to 9", kind=RETENTION)
+    undo = store.undo(jump.id)
+    assert (operator.kind, jump.kind, undo.kind) == (SET, RETENTION, UNDO)
+    assert [h.kind for h in store.history("p")] == [UNDO, RETENTION, SET]
+    assert store.history("p")[1].to_dict()["kind"] == RETENTION
+    assert {"set", "reset", "to-head", "retention", "undo", "import"} == HISTORY_KINDS
+    with pytest.raises(ValueError, match="kind"):
+        store.set("p", {TP0: 1}, reason="r", kind="whatever")
+
+
+def old_history_table() -> sa.Table:
+    """The history table as changefeed created it before entries had a ``kind``."""
+    columns = [
+        sa.Column(
+            c.name,
+            c.type,
+            primary_key=c.primary_key,
+            nullable=c.nullable,
+            autoincrement=c.autoincrement,
+        )
+        for c in history_table.columns
+        if c.name != "kind"
+    ]
+    return sa.Table(history_table.name, sa.MetaData(), *columns)
+
+
+def test_state_database_from_before_history_kinds_is_migrated(state_url: str) -> None:
+    """A history table without ``kind`` gets the column; old entries are classified from the
+    reasons changefeed wrote, so ``changefeed status`` still finds old retention jumps."""
+    engine = sa.create_engine(state_url)
+    reasons = [
+        "set by operator",
+        "offset 3 removed by retention; jumped to earliest 10",
+        "reset to earliest by operator",
+        "moved to head by operator",
+        "undo #2",
+        "my own reason",
+    ]
+    old = old_history_table()
+    old.create(engine)
+    with engine.begin() as conn:
+        for i, reason in enumerate(reasons, start=1):
+            conn.execute(
+                old.insert().values(
+                    pillow="p",
+                    topic="form",
+                    partition=0,
+                    new_offset=i,
+                    changed_at=1.0,
+                    changed_by="old@host:1",
+                    reason=reason,
+                )
+            )
+    engine.dispose()
+    store = CheckpointStore(state_url)
+    kinds = [h.kind for h in reversed(store.history("p"))]
+    assert kinds == ["set", "retention", "reset", "to-head", "undo", "set"]
+    (entry,) = store.set("p", {TP0: 1}, reason="after the migration", kind="reset")
+    assert store.history("p", limit=1)[0].kind == "reset" == entry.kind
+    CheckpointStore(state_url).create()  # a second process finds the column there

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from changefeed.backoff import DEPENDENCY_BACKOFF
 from changefeed.change import Change, ChangeMeta
-from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy, next_delay
+from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy
 
 
 class Clock:
@@ -48,8 +49,8 @@ def fail(msg: str = "boom") -> ValueError:
 
 def test_policy_delays() -> None:
     assert [POLICY.delay(n) for n in range(1, 6)] == [10.0, 20.0, 35.0, 35.0, 35.0]
-    assert [next_delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
-    assert next_delay(100) == 60.0
+    assert [DEPENDENCY_BACKOFF.delay(n) for n in (1, 2, 3)] == [1.0, 2.0, 4.0]
+    assert DEPENDENCY_BACKOFF.delay(100) == 60.0
 
 
 def test_add_stores_everything_needed_to_retry(queue: ErrorQueue) -> None:

@@ -127,6 +127,83 @@ def test_backoff_grows_and_caps() -> None:
     assert [backoff.delay(n) for n in range(1, 6)] == [1.0, 2.0, 4.0, 5.0, 5.0]
 
 
+def test_one_backoff_policy_everywhere() -> None:
+    """Sinks, the error queue, the supervisor and the pillow's dependency wait share one class
+    with their own numbers."""
+    import changefeed.errors
+    from changefeed import backoff, processors
+    from changefeed.errors import RetryPolicy
+    from changefeed.processors.backoff import SINK_BACKOFF, SinkRetrier
+    from changefeed.supervisor import RESTART_BACKOFF
+
+    one = backoff.Backoff
+    assert Backoff is one and processors.backoff.Backoff is one
+    assert one(base=0.2, factor=2.0, cap=5.0, retries=3) == SINK_BACKOFF
+    assert SinkRetrier("sink").backoff is SINK_BACKOFF
+    assert one(base=1.0, factor=2.0, cap=60.0) == RESTART_BACKOFF
+    assert Supervisor([]).backoff is RESTART_BACKOFF and Supervisor([]).reset_after == 60.0
+    policy = RetryPolicy()
+    assert isinstance(policy.backoff, one)
+    assert (policy.backoff.base, policy.backoff.factor, policy.backoff.cap) == (10.0, 2.0, 3600.0)
+    assert policy.max_attempts == 8
+    assert [policy.delay(n) for n in (1, 2, 9, 100)] == [10.0, 20.0, 2560.0, 3600.0]
+    assert (backoff.DEPENDENCY_BACKOFF.base, backoff.DEPENDENCY_BACKOFF.cap) == (1.0, 60.0)
+    assert not hasattr(changefeed.errors, "next_delay")
+    with pytest.raises(ValueError, match="bound"):
+        SinkRetrier("sink", one())  # unbounded retries would never fail fast
+
+
+def test_retry_runner_is_a_runnable() -> None:
+    from changefeed.retry_runner import RetryRunner
+    from changefeed.runner import NotScalableError, Runnable, run_runnable
+
+    class FakePillow:
+        def __init__(self, name: str) -> None:
+            self.name, self.calls = name, 0
+
+        def retry_errors(self, limit: int = 500) -> tuple[int, int]:
+            self.calls += 1
+            return (2, 1) if self.calls == 1 else (0, 0)
+
+    class FakeApp:
+        pillow_names = ["a", "b"]
+
+        def get_pillow(self, name: str) -> FakePillow:
+            return FakePillow(name)
+
+    runner = RetryRunner(FakeApp(), interval=0.01)  # type: ignore[arg-type]
+    assert isinstance(runner, Runnable)
+    assert (runner.name, runner.scalable) == (RETRY_RUNNER, False)
+    assert runner.health().state == "idle"
+    assert run_runnable(runner, forever=False) == 6
+    health = runner.health()
+    assert (health.kind, health.state, health.processed) == ("retry-runner", "stopped", 6)
+    assert health.detail["resolved"] == 4 and health.detail["failed_again"] == 2
+    with pytest.raises(NotScalableError):
+        run_runnable(runner, num_processes=2)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    runner.stop()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_runtime_modules_do_not_import_the_application() -> None:
+    """The retry runner and the lag throttle are runtime: they declare what they need of the
+    app as protocols instead of importing it (or the status module above it)."""
+    import ast
+
+    import changefeed.lag
+    import changefeed.retry_runner
+
+    for module in (changefeed.retry_runner, changefeed.lag):
+        assert module.__file__ is not None
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        assert not imported & {"changefeed.app", "changefeed.status"}, module.__name__
+
+
 def test_crashed_child_is_restarted_with_exponential_backoff() -> None:
     crasher = ChildSpec("crasher", (sys.executable, "-c", "import sys; sys.exit(3)"))
     sup = Supervisor([crasher], backoff=Backoff(base=0.05, factor=2.0, cap=0.2), poll_interval=0.01)
@@ -148,7 +225,7 @@ def test_backoff_resets_after_a_healthy_run() -> None:
         "flaky", (sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(1)")
     )
     sup = Supervisor(
-        [flaky], backoff=Backoff(base=0.05, factor=10.0, reset_after=0.2), poll_interval=0.01
+        [flaky], backoff=Backoff(base=0.05, factor=10.0), reset_after=0.2, poll_interval=0.01
     )
     thread = run_in_thread(sup)
     try:
@@ -167,6 +244,15 @@ def test_pillow_children_commands() -> None:
     assert children[2].argv[-7:] == ("--app", "m:app", RETRY_RUNNER, "--interval", "2.0", "a", "b")
     with pytest.raises(ValueError, match="unique"):
         Supervisor([children[0], children[0]])
+
+
+def test_other_runnables_are_children_without_progress_checks() -> None:
+    children = pillow_children(["a"], runnables=["couch-bridge-x"], global_args=["--app", "m:app"])
+    assert [c.name for c in children] == ["a", "couch-bridge-x", RETRY_RUNNER]
+    assert children[1].argv[-4:] == ("--app", "m:app", "run", "couch-bridge-x")
+    assert children[1].pillow is None  # no partition checkpoints to watch
+    assert children[2].argv[-1] == "a"  # the retry runner works on pillows' error queues
+    assert [c.name for c in pillow_children([], runnables=["r"])] == ["r"]
 
 
 # -- graceful stop -------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Checkpoints: per (pillow, topic, partition), the next offset to read.
 
 Progress writes are plain upserts (one per batch). Operator changes and automatic jumps (an
-offset removed by retention) also go to a history table with who, when and the old value,
-so a bad reset can be undone.
+offset removed by retention) also go to a history table with who, when, the old value and
+what kind of move it was, so a bad reset can be undone and ``changefeed status`` can point
+out retention jumps without reading the free-text reason.
 """
 
 from __future__ import annotations
@@ -44,7 +45,32 @@ history_table = sa.Table(
     sa.Column("changed_at", sa.Float, nullable=False),
     sa.Column("changed_by", sa.String(255), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False, server_default="set"),
 )
+
+SET = "set"
+"""An operator set a partition's checkpoint to a given offset."""
+RESET = "reset"
+"""An operator moved checkpoints back to the earliest offset (everything is re-read)."""
+TO_HEAD = "to-head"
+"""An operator moved checkpoints to the head (unread changes are skipped)."""
+RETENTION = "retention"
+"""The pillow jumped to the earliest offset because retention removed its position."""
+UNDO = "undo"
+"""An earlier history entry was undone."""
+IMPORT = "import"
+"""Checkpoints were imported from another system (e.g. pillowtop)."""
+HISTORY_KINDS = frozenset({SET, RESET, TO_HEAD, RETENTION, UNDO, IMPORT})
+"""What a checkpoint history entry can record (the ``kind`` column)."""
+
+_KIND_FROM_REASON = [
+    (history_table.c.reason.like("%retention%"), RETENTION),
+    (history_table.c.reason.like("undo #%"), UNDO),
+    (history_table.c.reason == "reset to earliest by operator", RESET),
+    (history_table.c.reason == "moved to head by operator", TO_HEAD),
+]
+"""How entries written before the ``kind`` column are classified when it is added: from the
+reasons changefeed itself wrote (an operator's own ``--reason`` stays ``set``)."""
 
 
 def current_actor() -> str:
@@ -73,6 +99,7 @@ class HistoryEntry:
     changed_at: float
     changed_by: str
     reason: str
+    kind: str = SET
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form, for the CLI and the dashboard."""
@@ -86,7 +113,14 @@ class HistoryEntry:
             "changed_at": self.changed_at,
             "changed_by": self.changed_by,
             "reason": self.reason,
+            "kind": self.kind,
         }
+
+
+def partition_lag(head: int, checkpoint: int | None) -> int:
+    """Changes in a partition not yet checkpointed (a partition never read lags by its head).
+    One definition, so ``changefeed status``, metrics and writers' throttles agree."""
+    return max(0, head - (checkpoint or 0))
 
 
 def _rows(pillow: str, offsets: Mapping[TopicPartition, int], now: float) -> list[dict[str, Any]]:
@@ -113,6 +147,7 @@ class CheckpointStore:
     def create(self) -> None:
         if not self._created:
             create_tables(self.engine, metadata)
+            _add_kind_column(self.engine)
             self._created = True
 
     def get(self, pillow: str) -> dict[TopicPartition, int]:
@@ -168,9 +203,13 @@ class CheckpointStore:
         offsets: Mapping[TopicPartition, int],
         *,
         reason: str,
+        kind: str = SET,
         changed_by: str | None = None,
     ) -> list[HistoryEntry]:
-        """Move checkpoints on purpose, recording the old values in the history."""
+        """Move checkpoints on purpose, recording the old values in the history under
+        ``kind`` (one of `HISTORY_KINDS`) with the human-readable ``reason``."""
+        if kind not in HISTORY_KINDS:
+            raise ValueError(f"unknown checkpoint history kind {kind!r}")
         self.create()
         actor = changed_by or current_actor()
         now = self.clock()
@@ -196,12 +235,21 @@ class CheckpointStore:
                         changed_at=now,
                         changed_by=actor,
                         reason=reason,
+                        kind=kind,
                     )
                 )
                 pk = res.inserted_primary_key
                 entries.append(
                     HistoryEntry(
-                        int(pk[0]) if pk else 0, pillow, tp, old.get(tp), new, now, actor, reason
+                        int(pk[0]) if pk else 0,
+                        pillow,
+                        tp,
+                        old.get(tp),
+                        new,
+                        now,
+                        actor,
+                        reason,
+                        kind,
                     )
                 )
             upsert(conn, t, _rows(pillow, offsets, now), ["pillow", "topic", "partition"])
@@ -225,6 +273,7 @@ class CheckpointStore:
                 r.changed_at,
                 r.changed_by,
                 r.reason,
+                r.kind,
             )
             for r in rows
         ]
@@ -258,6 +307,7 @@ class CheckpointStore:
                         changed_at=self.clock(),
                         changed_by=changed_by or current_actor(),
                         reason=f"undo #{entry_id}",
+                        kind=UNDO,
                     )
                 )
             pk = res.inserted_primary_key
@@ -270,9 +320,14 @@ class CheckpointStore:
                 self.clock(),
                 changed_by or current_actor(),
                 f"undo #{entry_id}",
+                UNDO,
             )
         return self.set(
-            row.pillow, {tp: row.old_offset}, reason=f"undo #{entry_id}", changed_by=changed_by
+            row.pillow,
+            {tp: row.old_offset},
+            reason=f"undo #{entry_id}",
+            kind=UNDO,
+            changed_by=changed_by,
         )[0]
 
     def pillows(self) -> list[str]:
@@ -282,3 +337,23 @@ class CheckpointStore:
             return [
                 r[0] for r in conn.execute(sa.select(t.c.pillow).distinct().order_by(t.c.pillow))
             ]
+
+
+def _add_kind_column(engine: sa.Engine) -> None:
+    """Migrate a state database made before history entries had a ``kind``: add the column
+    and classify the old entries. Safe when another process does the same at the same time."""
+    h = history_table
+    if "kind" in {c["name"] for c in sa.inspect(engine).get_columns(h.name)}:
+        return
+    column = h.c.kind.type.compile(dialect=engine.dialect)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(f"ALTER TABLE {h.name} ADD COLUMN kind {column} NOT NULL DEFAULT '{SET}'")
+            )
+            for where, kind in _KIND_FROM_REASON:
+                conn.execute(h.update().where(where).values(kind=kind))
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # Another process added it first; anything else is a real failure.
+        if "kind" not in {c["name"] for c in sa.inspect(engine).get_columns(h.name)}:
+            raise

@@ -8,14 +8,14 @@ until `RetryPolicy.max_attempts`, then parked for an operator (``changefeed erro
 from __future__ import annotations
 
 import builtins
-import math
 import time
 import traceback as tb
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
+from changefeed.backoff import Backoff
 from changefeed.change import Change
 from changefeed.db import create_tables, make_engine
 
@@ -54,15 +54,30 @@ errors_table = sa.Table(
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    """Exponential backoff: ``base * factor**(attempts-1)``, capped, parked after max."""
+    """When a failed change is tried again: the one `Backoff` (``base_delay *
+    factor**(attempts-1)``, capped at ``max_delay``), parked after ``max_attempts``.
+
+    The fields stay the queue's own vocabulary (they are what users configure); the
+    arithmetic is `backoff`'s, shared with every other wait in changefeed."""
 
     base_delay: float = 10.0
     factor: float = 2.0
     max_delay: float = 3600.0
     max_attempts: int = 8
+    backoff: Backoff = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        backoff = Backoff(
+            base=self.base_delay,
+            factor=self.factor,
+            cap=self.max_delay,
+            retries=max(0, self.max_attempts - 1),
+        )
+        object.__setattr__(self, "backoff", backoff)
 
     def delay(self, attempts: int) -> float:
-        return min(self.max_delay, self.base_delay * self.factor ** max(0, attempts - 1))
+        """Seconds until the next try of a change that has failed ``attempts`` times."""
+        return self.backoff.delay(attempts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,8 +323,3 @@ class ErrorQueue:
             stmt = stmt.where(t.c.created_at < self.clock() - older_than)
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
-
-
-def next_delay(attempts: int, base: float = 1.0, cap: float = 60.0) -> float:
-    """Backoff for whole-batch retries when a dependency is down."""
-    return min(cap, base * math.pow(2, max(0, attempts - 1)))

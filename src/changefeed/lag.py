@@ -9,6 +9,10 @@ pillow's lag is above a threshold. Lag reads are cached for ``cache_seconds`` so
     for chunk in chunks:
         throttle.wait()          # or: with throttle: ...
         save_and_publish(chunk)
+
+The lag is the one `changefeed.checkpoints.partition_lag` that ``changefeed status`` also
+sums, read here from the pillow's feed and the checkpoint store, so this runtime module needs
+nothing from the application layer but the small `LagSource` it declares.
 """
 
 from __future__ import annotations
@@ -16,13 +20,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from changefeed.status import pillow_status
+from changefeed.checkpoints import CheckpointStore, partition_lag
 
 if TYPE_CHECKING:
-    from changefeed.app import App
     from changefeed.pillow import Pillow
+
+
+class LagSource(Protocol):
+    """What a throttle needs from the application (an `App` is one): the checkpoint store and
+    the pillows by name."""
+
+    @property
+    def checkpoints(self) -> CheckpointStore: ...
+
+    def get_pillow(self, name: str) -> Pillow: ...
+
+
+def pillow_lag(checkpoints: CheckpointStore, pillow: Pillow) -> int:
+    """Changes in the pillow's topics not yet checkpointed, over all its partitions."""
+    saved = checkpoints.get(pillow.name)
+    heads = pillow.change_feed.latest_offsets()
+    return sum(partition_lag(head, saved.get(tp)) for tp, head in heads.items())
 
 
 class LagTimeoutError(TimeoutError):
@@ -38,7 +58,7 @@ class LagThrottle:
 
     def __init__(
         self,
-        app: App,
+        app: LagSource,
         pillows: Sequence[str | Pillow],
         max_lag: int,
         *,
@@ -75,7 +95,8 @@ class LagThrottle:
         """Lag per pillow, read at most once per ``cache_seconds`` unless ``fresh``."""
         now = self.clock()
         if fresh or self._read_at is None or now - self._read_at >= self.cache_seconds:
-            self._lag = {p.name: pillow_status(self.app, p).lag for p in self._pillows}
+            checkpoints = self.app.checkpoints
+            self._lag = {p.name: pillow_lag(checkpoints, p) for p in self._pillows}
             self._read_at = now
             self.reads += 1
         return dict(self._lag)

@@ -1,16 +1,25 @@
 """Where a pillow stands: per partition checkpoint, head, lag and checkpoint age.
 
 Shared by ``changefeed status``, the metrics exporter and the dashboard, so all three agree.
+Other runnables (bridges, relays) report through their `Health`; replication slots through a
+probe the caller supplies, so this module knows no particular source.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from changefeed.app import App
+from changefeed.checkpoints import RETENTION, partition_lag
 from changefeed.pillow import Pillow
+from changefeed.runner import Runnable
+
+SlotProbe = Callable[[], Mapping[str, Any]]
+"""Reads one replication slot's state (``exists``, ``lag_bytes``, ``retained_bytes``,
+``active``, ...); raises when the database cannot be reached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +66,7 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
                 tp.partition,
                 offset,
                 head,
-                max(0, head - (offset or 0)),
+                partition_lag(head, offset),
                 None if cp is None else max(0.0, now - cp.updated_at),
             )
         )
@@ -65,19 +74,36 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
     status.errors_pending = counts.get("pending", 0)
     status.errors_parked = counts.get("parked", 0)
     for entry in app.checkpoints.history(pillow.name, limit=20):
-        if "retention" in entry.reason:
+        if entry.kind == RETENTION:
             status.notes.append(
                 f"{entry.tp}: {entry.reason} at {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(entry.changed_at))}Z"
             )
     return status
 
 
-def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
-    """A CDC slot's lag (see `changefeed.sources.postgres_cdc.slot_status`); an unreachable
-    database is reported, not raised, so one bad slot does not hide the pillows' status."""
-    from changefeed.sources.postgres_cdc import slot_status
-
+def replication_slot_report(slot: str, probe: SlotProbe) -> dict[str, Any]:
+    """A replication slot's state as ``probe`` reads it; an unreachable database is reported,
+    not raised, so one bad slot does not hide the pillows' status."""
     try:
-        return {"replication_slot": slot, **slot_status(database_url, slot)}
+        return {"replication_slot": slot, **probe()}
     except Exception as exc:  # noqa: BLE001 - shown to the operator instead
         return {"replication_slot": slot, "exists": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def runnable_status(runnable: Runnable) -> dict[str, Any]:
+    """A runnable that is not a pillow (a bridge, a relay), as its `Health` reports it.
+
+    Read in the asking process, so liveness (``state``) says what this instance knows; the
+    durable parts (a bridge's checkpoint, pending work) are what the runnable exposes in
+    ``health().detail``. A runnable that cannot report is shown with its error."""
+    try:
+        health = runnable.health().to_dict()
+    except Exception as exc:  # noqa: BLE001 - shown to the operator instead
+        return {
+            "runnable": runnable.name,
+            "name": runnable.name,
+            "kind": "unknown",
+            "state": "unknown",
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+    return {"runnable": runnable.name, **health}

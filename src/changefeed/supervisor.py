@@ -1,7 +1,8 @@
-"""The supervisor: runs many pillows (and the error retry runner) as child processes.
+"""The supervisor: runs many runnables (pillows, bridges, relays, and the error retry runner)
+as child processes.
 
-Each child is a plain ``changefeed run NAME`` process, so a pillow behaves the same under the
-supervisor as when started by hand, and a crash takes down one pillow, not all. A child that
+Each child is a plain ``changefeed run NAME`` process, so a runnable behaves the same under
+the supervisor as when started by hand, and a crash takes down one child, not all. A child that
 exits unexpectedly is restarted after an exponential backoff (reset once it has stayed up for
 a while); SIGTERM or SIGINT stops every child with SIGTERM, which lets each finish and
 checkpoint its batch, and kills the ones that do not exit in time.
@@ -24,8 +25,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from changefeed.backoff import Backoff
+from changefeed.retry_runner import RETRY_RUNNER
+
+__all__ = [
+    "RESTART_BACKOFF",
+    "RETRY_RUNNER",
+    "Backoff",
+    "Child",
+    "ChildSpec",
+    "ProgressTracker",
+    "Supervisor",
+    "changefeed_command",
+    "pillow_children",
+    "serve_health",
+]
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -36,8 +52,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("changefeed.supervisor")
 
-RETRY_RUNNER = "retry-runner"
-"""Name of the error retry runner child."""
 
 CLI_BOOT = "from changefeed.cli import main; main()"
 
@@ -60,18 +74,21 @@ class ChildSpec:
 def pillow_children(
     pillow_names: Sequence[str],
     *,
+    runnables: Sequence[str] = (),
     global_args: Sequence[str] = (),
     run_args: Sequence[str] = (),
     retry_runner: bool = True,
     retry_interval: float = 5.0,
 ) -> list[ChildSpec]:
-    """One ``changefeed run NAME`` child per pillow, plus the retry runner."""
-    children = [
-        ChildSpec(
-            name, tuple(changefeed_command("run", *run_args, name, global_args=global_args)), name
-        )
-        for name in pillow_names
-    ]
+    """One ``changefeed run NAME`` child per pillow and per other runnable (``runnables``:
+    bridges, relays), plus the retry runner over the pillows' error queues. Only pillows get
+    progress checks: they are the ones with checkpoints per partition to compare."""
+
+    def run(name: str) -> tuple[str, ...]:
+        return tuple(changefeed_command("run", *run_args, name, global_args=global_args))
+
+    children = [ChildSpec(name, run(name), name) for name in pillow_names]
+    children += [ChildSpec(name, run(name)) for name in runnables]
     if retry_runner and pillow_names:
         argv = changefeed_command(
             RETRY_RUNNER, "--interval", str(retry_interval), *pillow_names, global_args=global_args
@@ -80,18 +97,12 @@ def pillow_children(
     return children
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Restart delay ``base * factor**(failures-1)`` capped at ``cap``; a child that stayed up
-    ``reset_after`` seconds counts as healthy again."""
+RESTART_BACKOFF = Backoff(base=1.0, factor=2.0, cap=60.0)
+"""How long a crashed child waits before its restart (the one `Backoff` policy)."""
 
-    base: float = 1.0
-    factor: float = 2.0
-    cap: float = 60.0
-    reset_after: float = 60.0
-
-    def delay(self, failures: int) -> float:
-        return min(self.cap, self.base * self.factor ** max(0, failures - 1))
+RESET_AFTER = 60.0
+"""A child that stayed up this many seconds counts as healthy again: its next crash starts
+the backoff over (a supervisor setting, not part of the policy)."""
 
 
 class ProgressTracker:
@@ -162,7 +173,8 @@ class Supervisor:
         children: Sequence[ChildSpec],
         *,
         app: App | None = None,
-        backoff: Backoff | None = None,
+        backoff: Backoff = RESTART_BACKOFF,
+        reset_after: float = RESET_AFTER,
         stuck_after: float = 300.0,
         restart_stuck: bool = False,
         health_interval: float = 5.0,
@@ -177,7 +189,8 @@ class Supervisor:
             raise ValueError("child names must be unique")
         self.children = [Child(spec) for spec in children]
         self.app = app
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff
+        self.reset_after = reset_after
         self.stuck_after = stuck_after
         self.restart_stuck = restart_stuck
         self.health_interval = health_interval
@@ -239,7 +252,7 @@ class Supervisor:
             self.on_exit(child)
         if self._stop.is_set():
             return
-        if now - child.started_at >= self.backoff.reset_after:
+        if now - child.started_at >= self.reset_after:
             child.failures = 0
         child.failures += 1
         delay = self.backoff.delay(child.failures)
@@ -295,7 +308,8 @@ class Supervisor:
         return self.shutdown()
 
     def stop(self) -> None:
-        """Ask the supervisor to stop (thread- and signal-safe)."""
+        """Ask the supervisor to stop (thread- and signal-safe; run it under
+        `changefeed.runner.stop_on_signals` so SIGTERM/SIGINT do this)."""
         self._stop.set()
 
     def shutdown(self) -> int:
@@ -323,14 +337,6 @@ class Supervisor:
                     self.on_exit(child)
                 clean = clean and code == 0
         return 0 if clean else 1
-
-    def install_signal_handlers(self) -> None:
-        def handler(signum: int, _frame: FrameType | None) -> None:
-            log.info("supervisor: signal %s, stopping all children", signum)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
 
     # -- health ------------------------------------------------------------------------
 

@@ -177,3 +177,40 @@ def test_demo_small_run_proves_tables_match(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK: every report table matches its source documents" in result.stdout
     assert "250 document writes, 250 changes published" in result.stdout
+
+
+# -- runnables that are not pillows ----------------------------------------------------------
+
+
+@pytest.fixture
+def ticker_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    return {**env, "CHANGEFEED_APP": "tests.apps.ticker:app", "TICKER_OUT": str(tmp_path / "t")}
+
+
+def test_run_a_runnable_that_is_not_a_pillow(ticker_env: dict[str, str], tmp_path: Path) -> None:
+    result = cf(ticker_env, "run", "ticker", "--once")
+    assert result.returncode == 0, result.stderr
+    assert "ticker: 3 items read" in result.stderr
+    assert (tmp_path / "t").read_text().splitlines() == ["bootstrap", "run forever=False 1 0"]
+
+    listed = cf(ticker_env, "pillows")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].startswith("noop\ttopics=records")
+    assert "ticker\tkind=ticker" in listed.stdout.splitlines()
+
+    status = json.loads(cf(ticker_env, "status", "--json").stdout)
+    assert [s.get("pillow") or s.get("runnable") for s in status] == ["noop", "ticker"]
+    assert status[1]["kind"] == "ticker" and status[1]["seq"] == "7-abc"
+    text = cf(ticker_env, "status", "ticker")
+    assert text.returncode == 0 and "ticker (ticker): idle" in text.stdout
+
+
+def test_splitting_a_runnable_that_is_not_scalable_is_one_line_exit_2(
+    ticker_env: dict[str, str], tmp_path: Path
+) -> None:
+    result = cf(ticker_env, "run", "ticker", "--num-processes", "2", "--process-number", "1")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("changefeed: error:")
+    assert "cannot be split" in lines[0]
+    assert not (tmp_path / "t").exists()  # refused before bootstrap

@@ -9,11 +9,10 @@ from pathlib import Path
 import psycopg
 from click.testing import CliRunner
 
-import changefeed.cli.pillows  # noqa: F401 - registers the status command
 from changefeed import App
 from changefeed.cli.common import cli
+from changefeed.cli.pillows import replication_slot_status  # also registers the status command
 from changefeed.sources.postgres_cdc import create_slot, drop_slot
-from changefeed.status import replication_slot_status
 
 
 def test_slot_lag_in_status(pg_dsn: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from changefeed.change import TopicPartition
+from changefeed.checkpoints import RESET, SET, TO_HEAD
 from changefeed.cli.common import UserError, cli, get_app, user_errors
 from changefeed.pillow import Pillow
 
@@ -73,11 +74,13 @@ def set_cmd(
     tp = TopicPartition(topic, partition)
     if tp not in set(p.change_feed.topic_partitions()):
         raise UserError(f"pillow {pillow!r} does not read {tp}")
-    _apply(ctx, p, {tp: offset}, reason)
+    _apply(ctx, p, {tp: offset}, reason, SET)
 
 
-def _apply(ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str) -> None:
-    for entry in get_app(ctx).checkpoints.set(p.name, offsets, reason=reason):
+def _apply(
+    ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str, kind: str
+) -> None:
+    for entry in get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind=kind):
         old = "-" if entry.old_offset is None else entry.old_offset
         click.echo(f"#{entry.id} {entry.tp}: {old} -> {entry.new_offset}")
     click.echo("undo with: changefeed checkpoint undo ID", err=True)
@@ -91,9 +94,10 @@ def _move_all(ctx: click.Context, pillow: str, topic: str | None, to_head: bool)
     offsets = {tp: off for tp, off in where.items() if topic in (None, tp.topic)}
     if not offsets:
         raise UserError(f"pillow {pillow!r} has no partitions of topic {topic!r}")
-    _apply(
-        ctx, p, offsets, "moved to head by operator" if to_head else "reset to earliest by operator"
-    )
+    if to_head:
+        _apply(ctx, p, offsets, "moved to head by operator", TO_HEAD)
+    else:
+        _apply(ctx, p, offsets, "reset to earliest by operator", RESET)
 
 
 @checkpoint_group.command("reset")
@@ -120,7 +124,7 @@ def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: bool) -> None:
-    """Past checkpoint moves: who, when, old and new offset, why."""
+    """Past checkpoint moves: who, when, old and new offset, what kind of move, why."""
     entries = get_app(ctx).checkpoints.history(pillow, limit=limit)
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
@@ -129,7 +133,8 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
         old = "-" if e.old_offset is None else e.old_offset
         new = "-" if e.new_offset is None else e.new_offset
         click.echo(
-            f"#{e.id}\t{_when(e.changed_at)}\t{e.pillow}\t{e.tp}\t{old} -> {new}\t{e.changed_by}\t{e.reason}"
+            f"#{e.id}\t{_when(e.changed_at)}\t{e.pillow}\t{e.tp}\t{old} -> {new}\t{e.changed_by}"
+            f"\t{e.kind}\t{e.reason}"
         )
 
 

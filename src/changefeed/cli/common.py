@@ -11,6 +11,7 @@ import click
 from changefeed.app import App, ConfigError, load_app
 from changefeed.backends import BackendURLError
 from changefeed.identifiers import InvalidIdentifierError
+from changefeed.runner import Runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,10 +81,17 @@ def cli(
     ctx.obj = State(app_spec, log_url, state_url)
 
 
-pass_state = click.make_pass_decorator(State)
-
-
 def get_app(ctx: click.Context) -> App:
     state = ctx.find_object(State)
     assert state is not None
     return state.app
+
+
+def get_runnable(app: App, name: str) -> Runnable:
+    """A pillow or other runnable by name; an unknown name is a user error (worded for
+    pillows first: that is what most names are)."""
+    if name not in app.runnable_names:
+        known = ", ".join(app.runnable_names) or "none"
+        raise UserError(f"unknown pillow {name!r} or other runnable (known: {known})")
+    with user_errors():
+        return app.get_runnable(name)

@@ -5,22 +5,40 @@ from __future__ import annotations
 import json
 import os
 import time
+from functools import partial
 from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
-from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.status import PillowStatus, pillow_status, replication_slot_status
+from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
+from changefeed.pillow import Pillow
+from changefeed.runner import NotScalableError, Runnable, check_split, run_runnable
+from changefeed.status import (
+    PillowStatus,
+    pillow_status,
+    replication_slot_report,
+    runnable_status,
+)
+
+
+def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
+    """A PostgreSQL CDC slot's lag (`changefeed.sources.postgres_cdc.slot_status`), for
+    ``status``; an unreachable database is reported, not raised. The face knows the CDC
+    module so that `changefeed.status` does not have to."""
+    from changefeed.sources.postgres_cdc import slot_status
+
+    return replication_slot_report(slot, partial(slot_status, database_url, slot))
 
 
 @cli.command("pillows")
 @click.pass_context
 def pillows_cmd(ctx: click.Context) -> None:
-    """List the pillows the app defines, with their topics."""
+    """List the pillows the app defines, with their topics, and its other runnables (Couch
+    bridges, relays) with their kind."""
     app = get_app(ctx)
-    if not app.pillow_names:
+    if not app.runnable_names:
         click.echo("no pillows defined (point --app or CHANGEFEED_APP at your changefeed.App)")
         return
     for name in app.pillow_names:
@@ -28,11 +46,19 @@ def pillows_cmd(ctx: click.Context) -> None:
             pillow = app.get_pillow(name)
         procs = ", ".join(p.name for p in pillow.processors)
         click.echo(f"{name}\ttopics={','.join(pillow.change_feed.topics)}\tprocessors={procs}")
+    for name in app.runnable_names:
+        if name not in app.pillow_names:
+            click.echo(f"{name}\tkind={get_runnable(app, name).health().kind}")
 
 
 @cli.command("run")
-@click.argument("pillow_names", nargs=-1, metavar="PILLOW...")
-@click.option("--all", "all_pillows", is_flag=True, help="Run every pillow under the supervisor.")
+@click.argument("pillow_names", nargs=-1, metavar="NAME...")
+@click.option(
+    "--all",
+    "all_pillows",
+    is_flag=True,
+    help="Run every pillow and other runnable under the supervisor.",
+)
 @click.option("--num-processes", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--process-number", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option("--once", is_flag=True, help="Stop when caught up instead of running forever.")
@@ -53,14 +79,15 @@ def run_cmd(
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
-    """Run one pillow in this process (SIGTERM/SIGINT stop it after the current batch).
+    """Run one pillow, Couch bridge or relay in this process (SIGTERM/SIGINT stop it after
+    the current batch).
 
     With --all or several names, run each as a child process of the supervisor."""
     if process_number >= num_processes:
         raise UserError(f"--process-number must be below --num-processes ({num_processes})")
     if all_pillows or len(pillow_names) > 1:
         if once or num_processes != 1:
-            raise UserError("--once and --num-processes apply to one pillow, not to --all")
+            raise UserError("--once and --num-processes apply to one runnable, not to --all")
         from changefeed.cli.supervise import run_supervised
 
         code = run_supervised(
@@ -75,28 +102,55 @@ def run_cmd(
     if len(pillow_names) != 1:
         raise UserError("run takes a pillow name (or several, or --all for every pillow)")
     app = get_app(ctx)
-    with user_errors():
-        pillow = app.get_pillow(pillow_names[0])
-    if metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from changefeed.metrics import PillowMetrics, StatusCollector, serve
+    runnable = get_runnable(app, pillow_names[0])
+    if isinstance(runnable, Pillow):
+        if metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from changefeed.metrics import PillowMetrics, StatusCollector, serve
 
-        metrics = PillowMetrics().attach(pillow)
-        if metrics_port is not None:
-            metrics.registry.register(StatusCollector(app, [pillow.name]))
-            try:
-                serve(metrics.registry, metrics_port, metrics_host)
-            except OSError as exc:
-                raise UserError(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
-    if not no_bootstrap:
-        pillow.bootstrap()
-    pillow.install_signal_handlers()
+            metrics = PillowMetrics().attach(runnable)
+            if metrics_port is not None:
+                metrics.registry.register(StatusCollector(app, [runnable.name]))
+                try:
+                    serve(metrics.registry, metrics_port, metrics_host)
+                except OSError as exc:
+                    raise UserError(
+                        f"cannot listen on {metrics_host}:{metrics_port}: {exc}"
+                    ) from None
+    elif metrics_port is not None:
+        raise UserError(f"--metrics-port applies to pillows; {runnable.name!r} is not one")
+    with user_errors(NotScalableError):
+        check_split(num_processes, process_number, runnable.scalable)
     started = time.monotonic()
-    total = pillow.run(forever=not once, num_processes=num_processes, process_number=process_number)
+    total = run_runnable(
+        runnable,
+        forever=not once,
+        num_processes=num_processes,
+        process_number=process_number,
+        bootstrap=not no_bootstrap,
+    )
     elapsed = time.monotonic() - started
-    click.echo(f"{pillow.name}: {total} changes read in {elapsed:.1f}s", err=True)
+    what = "changes" if isinstance(runnable, Pillow) else "items"
+    click.echo(f"{runnable.name}: {total} {what} read in {elapsed:.1f}s", err=True)
 
 
-def _render(statuses: list[PillowStatus], slots: list[dict[str, Any]]) -> None:
+_HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "last_progress_at", "error")
+
+
+def _render_runnable(console: Console, row: dict[str, Any]) -> None:
+    """One line per non-pillow runnable: kind, state, and whatever detail its health adds
+    (a bridge's checkpoint, a relay's backlog)."""
+    parts = [f"{row['runnable']} ({row.get('kind', '?')}): {row.get('state', '?')}"]
+    if row.get("processed"):
+        parts.append(f"processed {row['processed']}")
+    parts += [f"{key} {value}" for key, value in row.items() if key not in _HEALTH_KEYS]
+    if row.get("error"):
+        parts.append(f"error: {row['error']}")
+    console.print(", ".join(parts), markup=False)
+
+
+def _render(
+    statuses: list[PillowStatus], others: list[dict[str, Any]], slots: list[dict[str, Any]]
+) -> None:
     console = Console()
     table = Table("pillow", "topic", "partition", "checkpoint", "head", "lag", "checkpoint age")
     for st in statuses:
@@ -118,6 +172,8 @@ def _render(statuses: list[PillowStatus], slots: list[dict[str, Any]]) -> None:
         )
         for note in st.notes:
             console.print(f"  note: {note}")
+    for row in others:
+        _render_runnable(console, row)
     for slot in slots:
         if slot.get("exists"):
             console.print(
@@ -131,7 +187,7 @@ def _render(statuses: list[PillowStatus], slots: list[dict[str, Any]]) -> None:
 
 
 @cli.command("status")
-@click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
+@click.argument("pillow_names", nargs=-1, metavar="[NAME]...")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--watch",
@@ -161,41 +217,53 @@ def status_cmd(
     slot_names: tuple[str, ...],
     cdc_db: str | None,
 ) -> None:
-    """Per partition: checkpoint, head, lag and checkpoint age; error counts; the lag of
-    the app's watched CDC replication slots. With --json, slots follow the pillows in the
-    list as objects with a "replication_slot" key."""
+    """Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of
+    the other runnables (Couch bridges, relays); the lag of the app's watched CDC replication
+    slots. With --json, other runnables follow the pillows in the list as objects with a
+    "runnable" key, then slots as objects with a "replication_slot" key."""
     if slot_names and not cdc_db:
         raise UserError("--slot needs --cdc-db URL (or $CHANGEFEED_CDC_DB)")
     app = get_app(ctx)
     slot_specs = [*app.replication_slots, *((cdc_db or "", name) for name in slot_names)]
-    names = list(pillow_names) or app.pillow_names
-    pillows = []
+    names = list(pillow_names) or app.runnable_names
+    pillows: list[Pillow] = []
+    others: list[Runnable] = []
     for name in names:
-        with user_errors():
-            pillows.append(app.get_pillow(name))
+        runnable = get_runnable(app, name)
+        if isinstance(runnable, Pillow):
+            pillows.append(runnable)
+        else:
+            others.append(runnable)
 
-    def slots() -> list[dict[str, Any]]:
-        return [replication_slot_status(url, name) for url, name in slot_specs]
+    def snapshot() -> tuple[list[PillowStatus], list[dict[str, Any]], list[dict[str, Any]]]:
+        return (
+            [pillow_status(app, pillow) for pillow in pillows],
+            [runnable_status(runnable) for runnable in others],
+            [replication_slot_status(url, name) for url, name in slot_specs],
+        )
+
+    def as_list(statuses: list[PillowStatus], *rest: list[dict[str, Any]]) -> list[Any]:
+        return [*(s.to_dict() for s in statuses), *(row for rows in rest for row in rows)]
 
     if watch is None:
-        statuses = [pillow_status(app, pillow) for pillow in pillows]
+        statuses, rows, slots = snapshot()
         if as_json:
-            click.echo(json.dumps([*(s.to_dict() for s in statuses), *slots()], indent=2))
+            click.echo(json.dumps(as_list(statuses, rows, slots), indent=2, default=str))
         else:
-            _render(statuses, slots())
+            _render(statuses, rows, slots)
         return
     console = Console()
     try:
         while True:
-            statuses = [pillow_status(app, pillow) for pillow in pillows]
+            statuses, rows, slots = snapshot()
             if as_json:
-                click.echo(json.dumps([*(s.to_dict() for s in statuses), *slots()]))
+                click.echo(json.dumps(as_list(statuses, rows, slots), default=str))
             else:
                 console.clear()
                 console.print(
                     f"every {watch:g}s: {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)"
                 )
-                _render(statuses, slots())
+                _render(statuses, rows, slots)
             time.sleep(watch)
     except KeyboardInterrupt:
         return

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import click
 
-from changefeed.cli.common import State, UserError, cli, get_app, user_errors
+from changefeed.cli.common import State, UserError, cli, get_app, get_runnable, user_errors
+from changefeed.runner import run_runnable, stop_on_signals
 
 
 def global_args(ctx: click.Context) -> list[str]:
@@ -42,21 +43,25 @@ def run_supervised(
     backoff_max: float = 60.0,
     run_args: Sequence[str] = (),
 ) -> int:
-    """Run pillows (and the retry runner) under a `Supervisor` until SIGTERM/SIGINT."""
+    """Run pillows and other runnables (and the retry runner) under a `Supervisor` until
+    SIGTERM/SIGINT."""
+    from changefeed.backoff import Backoff
     from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
-    from changefeed.supervisor import Backoff, Supervisor, pillow_children, serve_health
+    from changefeed.supervisor import RESTART_BACKOFF, Supervisor, pillow_children, serve_health
 
     app = get_app(ctx)
     if all_pillows and pillow_names:
         raise UserError("give pillow names or --all, not both")
-    names = app.pillow_names if all_pillows else list(dict.fromkeys(pillow_names))
+    names = app.runnable_names if all_pillows else list(dict.fromkeys(pillow_names))
     if not names:
         raise UserError("no pillows to run (name some, or use --all with an app that defines some)")
-    with user_errors():
-        for name in names:
-            app.get_pillow(name)  # unknown names fail here, before any child starts
+    for name in names:
+        get_runnable(app, name)  # unknown names fail here, before any child starts
+    pillows = [name for name in names if name in app.pillow_names]
+    others = [name for name in names if name not in app.pillow_names]
     children = pillow_children(
-        names,
+        pillows,
+        runnables=others,
         global_args=global_args(ctx),
         run_args=run_args,
         retry_runner=retry_runner,
@@ -70,7 +75,7 @@ def run_supervised(
     supervisor = Supervisor(
         children,
         app=app,
-        backoff=Backoff(base=backoff_base, cap=backoff_max),
+        backoff=Backoff(base=backoff_base, factor=RESTART_BACKOFF.factor, cap=backoff_max),
         stuck_after=stuck_after,
         restart_stuck=restart_stuck,
         stop_timeout=stop_timeout,
@@ -82,7 +87,7 @@ def run_supervised(
         if metrics_port is not None:
             assert metrics_dir is not None
             registry = multiprocess_registry(metrics_dir)
-            registry.register(StatusCollector(app, names))
+            registry.register(StatusCollector(app, pillows))
             try:
                 server = serve_health(supervisor, metrics_port, metrics_host, registry)
             except OSError as exc:
@@ -92,8 +97,8 @@ def run_supervised(
                 f"and /healthz",
                 err=True,
             )
-        supervisor.install_signal_handlers()
-        code = supervisor.run()
+        with stop_on_signals(supervisor.stop, "supervisor"):
+            code = supervisor.run()
     finally:
         if server is not None:
             server.shutdown()
@@ -114,7 +119,12 @@ def _mark_dead(child: object) -> None:
 
 @cli.command("supervise")
 @click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
-@click.option("--all", "all_pillows", is_flag=True, help="Run every pillow the app defines.")
+@click.option(
+    "--all",
+    "all_pillows",
+    is_flag=True,
+    help="Run every pillow and other runnable the app defines.",
+)
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--no-retry-runner", is_flag=True, help="Do not run the error retry runner.")
@@ -145,7 +155,8 @@ def supervise_cmd(
     backoff_base: float,
     backoff_max: float,
 ) -> None:
-    """Run pillows and the error retry runner as child processes, restarting crashed ones.
+    """Run pillows, other runnables and the error retry runner as child processes,
+    restarting crashed ones.
 
     SIGTERM/SIGINT stop every child after its current batch."""
     code = run_supervised(
@@ -186,5 +197,4 @@ def retry_runner_cmd(
         for name, (ok, failed) in runner.run_once().items():
             click.echo(f"{name}: {ok} resolved, {failed} failed again")
         return
-    runner.install_signal_handlers()
-    runner.run()
+    run_runnable(runner)

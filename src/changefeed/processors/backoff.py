@@ -13,8 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
+
+from changefeed.backoff import Backoff
+
+__all__ = ["SINK_BACKOFF", "Backoff", "SinkRetrier", "SinkUnavailableError"]
 
 log = logging.getLogger("changefeed.processors")
 
@@ -32,21 +35,9 @@ class SinkUnavailableError(ConnectionError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """``retries`` extra attempts after the first, waiting ``base * 2**(n-1)`` capped at ``cap``."""
-
-    retries: int = 3
-    base: float = 0.2
-    cap: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.retries < 0 or self.base < 0 or self.cap < 0:
-            raise ValueError("backoff retries, base and cap must not be negative")
-
-    def delay(self, retry: int) -> float:
-        """Seconds to wait before retry number ``retry`` (1-based)."""
-        return min(self.cap, self.base * 2 ** max(0, retry - 1))
+SINK_BACKOFF = Backoff(base=0.2, factor=2.0, cap=5.0, retries=3)
+"""A sink's retries inside a batch: few and short, since the pillow's own dependency backoff
+takes over once they are spent."""
 
 
 class SinkRetrier:
@@ -59,7 +50,10 @@ class SinkRetrier:
         sleep: Callable[[float], None] | None = None,
     ) -> None:
         self.sink = sink
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or SINK_BACKOFF
+        if self.backoff.retries is None:
+            raise ValueError("a sink's backoff needs a bound on retries (it must fail fast)")
+        self.retries: int = self.backoff.retries
         self.sleep = sleep or time.sleep
         self.down: SinkUnavailableError | None = None
 
@@ -79,7 +73,7 @@ class SinkRetrier:
 
     def give_up(self, cause: BaseException | str) -> SinkUnavailableError:
         """The error to raise once retries are exhausted; later calls in the batch fail fast."""
-        self.down = SinkUnavailableError(self.sink, cause, self.backoff.retries + 1)
+        self.down = SinkUnavailableError(self.sink, cause, self.retries + 1)
         return self.down
 
     def call(self, func: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
@@ -91,7 +85,7 @@ class SinkRetrier:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                if retry >= self.backoff.retries:
+                if retry >= self.retries:
                     raise self.give_up(exc) from exc
                 retry += 1
                 self.wait(retry, exc)

@@ -314,7 +314,7 @@ class ElasticProcessor(BulkProcessor):
             except Exception as exc:
                 if not _is_transient(exc):
                     raise
-                if retry >= self._retrier.backoff.retries:
+                if retry >= self._retrier.retries:
                     raise self._retrier.give_up(exc) from exc
                 retry += 1
                 self._retrier.wait(retry, exc)
@@ -347,7 +347,7 @@ class ElasticProcessor(BulkProcessor):
             if not again:
                 return failures
             reason = f"{len(again)} of {len(pending)} documents rejected for now (e.g. 429)"
-            if retry >= self._retrier.backoff.retries:
+            if retry >= self._retrier.retries:
                 raise self._retrier.give_up(reason)
             retry += 1
             self._retrier.wait(retry, reason)
