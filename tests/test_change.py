@@ -171,10 +171,12 @@ def test_constructor_rejects_missing_required() -> None:
         ChangeMeta("", "sql", "s")
 
 
-def test_stamped_keeps_original_publication() -> None:
-    meta = ChangeMeta("d", "sql", "s").stamped(100.0)
+def test_stamp_unset_keeps_original_publication() -> None:
+    meta = ChangeMeta("d", "sql", "s")
+    meta.stamp_unset(100.0)
     assert (meta.publish_timestamp, meta.original_publication_timestamp) == (100.0, 100.0)
-    meta.stamped(200.0)
+    meta.publish_timestamp = None  # published again, as the republish processor does
+    meta.stamp_unset(200.0)
     assert (meta.publish_timestamp, meta.original_publication_timestamp) == (200.0, 100.0)
 
 

@@ -8,7 +8,6 @@ Encoding is strict on the fields we know and lenient on the ones we do not (kept
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
@@ -128,14 +127,6 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
             self.publish_timestamp = now
         if self.original_publication_timestamp is None:
             self.original_publication_timestamp = now
-
-    def stamped(self, now: float | None = None) -> ChangeMeta:
-        """Set publish timestamps (the original one only on first publication)."""
-        ts = time.time() if now is None else now
-        self.publish_timestamp = ts
-        if self.original_publication_timestamp is None:
-            self.original_publication_timestamp = ts
-        return self
 
     def copy(self) -> ChangeMeta:
         """An independent copy (``extra`` copied too), for changing before re-publishing."""

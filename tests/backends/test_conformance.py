@@ -311,7 +311,7 @@ def test_retention_removed_offsets_jump_to_earliest(backend: Backend) -> None:
     assert 0 < earliest <= 20
     assert feed.latest_offsets()[tp] == 30
     resets: list[tuple[TopicPartition, int, int]] = []
-    feed.on_offset_reset = lambda tp_, needed, first: resets.append((tp_, needed, first))  # type: ignore[attr-defined]
+    feed.set_offset_reset_handler(lambda tp_, needed, first: resets.append((tp_, needed, first)))
     changes = read_all(feed, {tp: 3})
     feed.close()
     retained.close()
@@ -346,7 +346,7 @@ class Collect(BulkProcessor):
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         failures = []
         for c in changes:
-            doc = c.get_document()
+            doc = c.document
             if doc is not None and doc.get("fail"):
                 failures.append(ChangeFailure(c, ValueError("marked to fail")))
             else:

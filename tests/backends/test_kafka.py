@@ -386,7 +386,7 @@ def test_retention_removing_offsets_while_reading(backend: KafkaBackend) -> None
     ktp = [KafkaTopicPartition(topic, 0)]
     feed = backend.change_feed([topic], idle_timeout=IDLE, batch_rows=1)
     resets: list[tuple[TopicPartition, int, int]] = []
-    feed.on_offset_reset = lambda tp_, needed, first: resets.append((tp_, needed, first))
+    feed.set_offset_reset_handler(lambda tp_, needed, first: resets.append((tp_, needed, first)))
     offsets = []
     for change in feed.iter_changes({tp: 0}, forever=True):
         if change is None:

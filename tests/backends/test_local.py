@@ -79,7 +79,7 @@ def _log(tmp_path: Path, query: str) -> SQLiteLog:
 
 def _offsets(log: SQLiteLog, topic: str) -> list[int]:
     feed = log.change_feed([topic])
-    feed.on_offset_reset = lambda *_: None
+    feed.set_offset_reset_handler(lambda *_: None)
     out = [c.offset for c in feed.iter_changes({TopicPartition(topic, 0): 0}) if c]
     feed.close()
     return out
@@ -205,3 +205,25 @@ def test_record_batches_decode_with_unknown_fields_and_say_where_they_end(
     (tail,) = [c for c in feed.iter_change_batches({TopicPartition("t", 0): 5}) if c]
     assert [(c.id, c.offset) for c in tail] == [("z", 5)]
     assert tail.next_offsets == {TopicPartition("t", 0): 6}  # type: ignore[attr-defined]
+
+
+def test_raw_records_keep_their_key_and_exact_bytes(tmp_path: Path) -> None:
+    """A record that is not a stub (another producer's bytes) is kept as it was written and
+    named by its key, like a Kafka message."""
+    log = _log(tmp_path, "partitions=1")
+    value = b"\xff\x00{not json \xe9"
+    with log.publisher() as pub:
+        pub.publish("t", ChangeMeta("before", "memory", "docs"))
+        pub.append_raw([("t", "k\u00e9y", value), ("t", "ok", b'{"document_id": "x"}')])
+        pub.publish("t", ChangeMeta("after", "memory", "docs"))
+    feed = log.change_feed(["t"])
+    changes = [c for c in feed.iter_changes({TopicPartition("t", 0): 0}) if c]
+    feed.close()
+    assert [(c.offset, c.id, c.is_valid) for c in changes] == [
+        (0, "before", True),
+        (1, "k\u00e9y", False),
+        (2, "ok", False),
+        (3, "after", True),
+    ]
+    assert changes[1].raw == value and changes[1].error and "JSON" in changes[1].error
+    assert changes[2].error and "data_source_type" in changes[2].error

@@ -74,7 +74,10 @@ class RepublishProcessor(BulkProcessor):
         """A copy of the change's stub, stamped as published now (original time kept)."""
         meta = change.metadata
         assert meta is not None, "the pillow never hands invalid stubs to processors"
-        return meta.copy().stamped(now)
+        stub = meta.copy()
+        stub.publish_timestamp = None  # published anew: now; the original time stays
+        stub.stamp_unset(now)
+        return stub
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         self._retrier.begin_batch()

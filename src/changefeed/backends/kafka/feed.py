@@ -16,8 +16,8 @@ the feed is idle and on close): each costs librdkafka more CPU than a batch of n
 
 Offsets removed by retention are detected before reading (checkpoint below the earliest
 offset) and while reading (``auto.offset.reset=error``): ``strict`` raises
-`OffsetOutOfRangeError`, otherwise the feed calls ``on_offset_reset`` and reads on from the
-earliest offset.
+`OffsetOutOfRangeError`, otherwise the feed reports the jump to the handler set with
+`set_offset_reset_handler` and reads on from the earliest offset.
 """
 
 from __future__ import annotations
@@ -38,14 +38,12 @@ from changefeed.backends.base import (
     OffsetOutOfRangeError,
     RebalanceListener,
 )
-from changefeed.backends.kafka_admin import KafkaMetadata
-from changefeed.backends.kafka_config import KafkaConfig
+from changefeed.backends.kafka.admin import KafkaMetadata
+from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.identifiers import topic_name
 
 log = logging.getLogger("changefeed.kafka")
-
-OffsetResetHandler = Callable[[TopicPartition, int, int], None]
 
 CONSUMER_DEFAULTS: dict[str, Any] = {
     "enable.auto.commit": False,
@@ -98,9 +96,8 @@ class KafkaChangeFeed(BatchedChangeFeed):
         self.idle_timeout = idle_timeout
         self.strict = strict
         self.group_id = group_id
-        self.uses_consumer_group = group_id is not None
+        self._grouped = group_id is not None
         self.batch_rows = batch_rows
-        self.on_offset_reset: OffsetResetHandler | None = None
         self._commit_enabled = commit_offsets
         self.commit_interval = commit_interval
         self._uncommitted: dict[TopicPartition, int] = {}
@@ -128,6 +125,11 @@ class KafkaChangeFeed(BatchedChangeFeed):
 
     def earliest_offsets(self) -> dict[TopicPartition, int]:
         return self._metadata.offsets(self.topic_partitions(), "earliest")
+
+    @property
+    def uses_consumer_group(self) -> bool:
+        """True with a ``group_id``: Kafka's consumer group decides which partitions we read."""
+        return self._grouped
 
     @property
     def assignment(self) -> list[TopicPartition]:
@@ -162,7 +164,7 @@ class KafkaChangeFeed(BatchedChangeFeed):
         if err is not None:
             log.debug("kafka: offset commit not accepted (our checkpoint still holds): %s", err)
 
-    def set_rebalance_listener(self, listener: RebalanceListener) -> None:
+    def set_rebalance_listener(self, listener: RebalanceListener | None) -> None:
         """The pillow that decides starting offsets and finishes work on revocation."""
         self._listener = listener
 
@@ -177,8 +179,7 @@ class KafkaChangeFeed(BatchedChangeFeed):
             tp,
             earliest,
         )
-        if self.on_offset_reset is not None:
-            self.on_offset_reset(tp, needed, earliest)
+        self._offset_reset(tp, needed, earliest)
         return earliest
 
     def _checked(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
@@ -362,7 +363,7 @@ class KafkaChangeFeed(BatchedChangeFeed):
 
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[list[Change] | None]:
+    ) -> Iterator[ChangeList | None]:
         """`iter_changes`, one non-empty list per ``consume()`` call (``None`` when idle): the
         pillow then does its bookkeeping per list instead of per change. The next
         ``consume()`` (where rebalance callbacks run) happens only after the list was taken."""
@@ -392,7 +393,7 @@ class KafkaChangeFeed(BatchedChangeFeed):
                 else:
                     rebalanced = False
                 got = False
-                changes: list[Change] | None = None
+                changes: ChangeList | None = None
                 if msgs:
                     flags: list[KafkaError | None] = []
                     if any(map(_message_error, msgs)):
@@ -406,25 +407,27 @@ class KafkaChangeFeed(BatchedChangeFeed):
                             msgs = list(compress(msgs, map(not_, flags)))
                             flags = []
                     if not any(flags):
-                        fast = _fast_changes(msgs, only_topic)
-                        if fast and not rebalanced:
-                            # Where the consumer stands now: every message before that is
-                            # handed over in this list, so the pillow can checkpoint there.
-                            fast.next_offsets = self._positions()
-                        changes = fast
-                if changes is None:
-                    changes = []
+                        # After a rebalance the consumer's positions may be of partitions
+                        # just assigned: the list then says where its own changes end.
+                        changes = _fast_changes(
+                            msgs, only_topic, None if rebalanced else self._positions
+                        )
+                if changes is None and msgs:
+                    # Each list's end is worked out from its changes (`ChangeList`): the
+                    # consumer may already stand past an error not handled yet.
+                    pending: list[Change] = []
                     for msg in msgs:
                         if msg.error() is not None:
-                            if changes and msg.error().code() != _EOF:  # type: ignore[union-attr]
+                            if pending and msg.error().code() != _EOF:  # type: ignore[union-attr]
                                 # What came before an error is handed over before it is
                                 # handled (it may raise, or reset a partition).
-                                yield changes
+                                yield ChangeList(pending)
                                 got = True
-                                changes = []
+                                pending = []
                             self._handle_error(msg)
                             continue
-                        changes.append(_change_of(msg))
+                        pending.append(_change_of(msg))
+                    changes = ChangeList(pending)
                 if changes:
                     yield changes
                     got = True
@@ -466,25 +469,30 @@ _decoded = Change.decoded
 _decode_many = ChangeMeta.decode_many
 
 
-def _fast_changes(msgs: list[Message], only_topic: str | None) -> ChangeList | None:
+def _fast_changes(
+    msgs: list[Message],
+    only_topic: str | None,
+    positions: Callable[[], Mapping[TopicPartition, int]] | None,
+) -> ChangeList | None:
     """The changes of data messages, built in C loops (``map``): about twice as fast as a
     Python loop over the messages. None when a stub needs the one-by-one path
-    (`_change_of`)."""
+    (`_change_of`). ``positions`` gives where the consumer stands after them (every message
+    before that is in the list, so a pillow can checkpoint there); without it the list
+    works that out from its changes."""
     if not msgs:
         return ChangeList()
     metas = _decode_many(map(_message_value, msgs))  # type: ignore[arg-type]
     if metas is None:
         return None
     topics = repeat(only_topic) if only_topic is not None else map(_message_topic, msgs)
-    return ChangeList(
-        map(
-            _decoded,  # type: ignore[arg-type]
-            topics,
-            map(_message_partition, msgs),
-            map(_message_offset, msgs),
-            metas,
-        )
+    changes = map(
+        _decoded,  # type: ignore[arg-type]
+        topics,
+        map(_message_partition, msgs),
+        map(_message_offset, msgs),
+        metas,
     )
+    return ChangeList(changes, positions() if positions is not None else None)
 
 
 def _change_of(msg: Message) -> Change:

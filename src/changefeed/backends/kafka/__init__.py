@@ -2,9 +2,9 @@
 embedded SQLite log.
 
 ``kafka://host:port,host:port?client_id=...&security_protocol=SASL_SSL&sasl_mechanism=PLAIN
-&sasl_username=...&sasl_password=...&ssl_ca_location=...`` (see `kafka_config` for every
-option). The pieces live in their own modules: `kafka_publisher`, `kafka_feed`,
-`kafka_admin`; this one only ties them to a URL.
+&sasl_username=...&sasl_password=...&ssl_ca_location=...`` (see `config` for every
+option). The pieces live in their own modules: `publisher`, `feed`, `admin`; this one only
+ties them to a URL.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from changefeed.backends.base import Backend
-from changefeed.backends.kafka_admin import KafkaTopicAdmin, TopicDescription
-from changefeed.backends.kafka_config import KafkaConfig, parse_kafka_url
-from changefeed.backends.kafka_feed import KafkaChangeFeed
-from changefeed.backends.kafka_publisher import KafkaPublisher
+from changefeed.backends.kafka.admin import KafkaTopicAdmin, TopicDescription
+from changefeed.backends.kafka.config import KafkaConfig, parse_kafka_url
+from changefeed.backends.kafka.feed import KafkaChangeFeed
+from changefeed.backends.kafka.publisher import KafkaPublisher
 
 
 class KafkaBackend(Backend):

@@ -23,7 +23,7 @@ from confluent_kafka.admin import (
 )
 
 from changefeed.backends.base import TopicAdmin, TopicInfo, UnknownTopicError
-from changefeed.backends.kafka_config import KafkaConfig
+from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
 

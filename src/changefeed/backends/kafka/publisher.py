@@ -19,8 +19,8 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from changefeed import gctune
 from changefeed.backends.base import Publisher, PublishError
-from changefeed.backends.kafka_admin import KafkaTopicAdmin
-from changefeed.backends.kafka_config import KafkaConfig
+from changefeed.backends.kafka.admin import KafkaTopicAdmin
+from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import ChangeMeta
 from changefeed.identifiers import topic_name
 
@@ -165,8 +165,7 @@ class KafkaPublisher(Publisher):
             raise PublishError("publisher is closed")
         if topic not in self._known_topics:
             self._ensure_topics((topic,))
-        if meta.publish_timestamp is None or meta.original_publication_timestamp is None:
-            meta.stamped()
+        meta.stamp_unset(time.time())
         if self.asynchronous:
             self._produce(topic, meta.document_id, meta.encode(), None)
             self._producer.poll(0)

@@ -1,0 +1,62 @@
+"""`SQLiteAdmin`: creating, listing and growing topics of the embedded log."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from changefeed.backends.base import TopicAdmin, TopicInfo, UnknownTopicError
+from changefeed.backends.local.schema import ensure_topic
+from changefeed.identifiers import topic_name
+
+if TYPE_CHECKING:
+    from changefeed.backends.local.log import SQLiteLog
+
+
+class SQLiteAdmin(TopicAdmin):
+    def __init__(self, log: SQLiteLog) -> None:
+        self.log = log
+
+    def create_topic(self, name: str, partitions: int = 1) -> None:
+        topic_name(name)
+        if partitions < 1:
+            raise ValueError("partitions must be at least 1")
+        conn = self.log.connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            _, existing = ensure_topic(conn, name, partitions)
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+        if existing < partitions:
+            self.add_partitions(name, partitions)
+
+    def list_topics(self) -> list[TopicInfo]:
+        conn = self.log.connect()
+        try:
+            rows = conn.execute("SELECT name, partitions FROM topics ORDER BY name").fetchall()
+        finally:
+            conn.close()
+        return [TopicInfo(name, parts) for name, parts in rows]
+
+    def add_partitions(self, name: str, total: int) -> None:
+        conn = self.log.connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT id, partitions FROM topics WHERE name=?", (name,)).fetchone()
+            if row is None:
+                conn.execute("ROLLBACK")
+                raise UnknownTopicError(f"unknown topic {name!r}")
+            tid, current = row
+            if total < current:
+                conn.execute("ROLLBACK")
+                raise ValueError(
+                    f"topic {name!r} has {current} partitions; cannot shrink to {total}"
+                )
+            conn.executemany(
+                "INSERT INTO heads (topic_id, partition, next_offset) VALUES (?, ?, 0)",
+                [(tid, p) for p in range(current, total)],
+            )
+            conn.execute("UPDATE topics SET partitions=? WHERE id=?", (total, tid))
+            conn.execute("COMMIT")
+        finally:
+            conn.close()

@@ -1,0 +1,177 @@
+"""`SQLiteChangeFeed`: reads the embedded log from given positions (static striding; the
+embedded log has no consumer groups), one `ChangeList` per stored batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from changefeed.backends.base import BatchedChangeFeed, ChangeList, OffsetOutOfRangeError
+from changefeed.backends.local.records import decode_batch
+from changefeed.change import TopicPartition
+from changefeed.identifiers import topic_name
+
+if TYPE_CHECKING:
+    from changefeed.backends.local.log import SQLiteLog
+
+
+class SQLiteChangeFeed(BatchedChangeFeed):
+    """Reads partitions round-robin in chunks; wakes on commits by other processes.
+
+    ``PRAGMA data_version`` changes whenever another connection commits, so an idle feed
+    polls that (cheap) instead of re-running queries on every partition.
+    """
+
+    def __init__(
+        self,
+        log: SQLiteLog,
+        topics: Sequence[str],
+        *,
+        idle_timeout: float = 1.0,
+        strict: bool = False,
+        poll_interval: float = 0.01,
+        read_batches: int = 4,
+    ) -> None:
+        if not topics:
+            raise ValueError("a change feed needs at least one topic")
+        self.log = log
+        self.topics = tuple(topic_name(t) for t in topics)
+        self.idle_timeout = idle_timeout
+        self.strict = strict
+        self.poll_interval = poll_interval
+        self.read_batches = read_batches
+        self._conn = log.connect()
+        self._lock = threading.Lock()
+
+    def _topic_ids(self) -> dict[str, tuple[int, int]]:
+        out: dict[str, tuple[int, int]] = {}
+        for topic in self.topics:
+            row = self._conn.execute(
+                "SELECT id, partitions FROM topics WHERE name=?", (topic,)
+            ).fetchone()
+            if row is not None:
+                out[topic] = (int(row[0]), int(row[1]))
+        return out
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        with self._lock:
+            ids = self._topic_ids()
+        return sorted(TopicPartition(t, p) for t, (_, n) in ids.items() for p in range(n))
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        with self._lock:
+            ids = self._topic_ids()
+            out: dict[TopicPartition, int] = {}
+            for topic, (tid, _) in ids.items():
+                for part, head in self._conn.execute(
+                    "SELECT partition, next_offset FROM heads WHERE topic_id=?", (tid,)
+                ):
+                    out[TopicPartition(topic, part)] = head
+        return out
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        heads = self.latest_offsets()
+        with self._lock:
+            ids = self._topic_ids()
+            out: dict[TopicPartition, int] = {}
+            for tp, head in heads.items():
+                row = self._conn.execute(
+                    "SELECT MIN(base_offset) FROM batches WHERE topic_id=? AND partition=?",
+                    (ids[tp.topic][0], tp.partition),
+                ).fetchone()
+                out[tp] = head if row is None or row[0] is None else int(row[0])
+        return out
+
+    def _out_of_range(self, tp: TopicPartition, needed: int, earliest: int) -> int:
+        """Where to read on when ``needed`` was removed by retention (strict: raise)."""
+        if self.strict:
+            raise OffsetOutOfRangeError(tp, needed, earliest)
+        self._offset_reset(tp, needed, earliest)
+        return earliest
+
+    def _read(self, tid: int, partition: int, pos: int) -> tuple[list[tuple[int, int, bytes]], int]:
+        """Batches holding offsets from ``pos`` on (the first may start before it) and the
+        head, read in one snapshot: a head read separately could run ahead of the batches
+        and make a fresh append look like a gap."""
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    "SELECT base_offset, count, payload FROM batches "
+                    "WHERE topic_id=?1 AND partition=?2 AND base_offset >= ("
+                    "  SELECT COALESCE(MAX(base_offset), 0) FROM batches"
+                    "  WHERE topic_id=?1 AND partition=?2 AND base_offset <= ?3"
+                    ") ORDER BY base_offset LIMIT ?4",
+                    (tid, partition, pos, self.read_batches),
+                ).fetchall()
+                head = conn.execute(
+                    "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?",
+                    (tid, partition),
+                ).fetchone()
+            finally:
+                conn.execute("COMMIT")
+        return rows, int(head[0]) if head else 0
+
+    def iter_change_batches(
+        self, since: Mapping[TopicPartition, int], forever: bool = False
+    ) -> Iterator[ChangeList | None]:
+        """One list per stored record batch, each ending where that batch ends."""
+        positions = dict(since)
+        conn = self._conn
+        last_activity = time.monotonic()
+        ids: dict[str, tuple[int, int]] = {}
+        while True:
+            if len(ids) < len({tp.topic for tp in positions}):
+                with self._lock:
+                    ids = self._topic_ids()
+            with self._lock:
+                seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            got_any = False
+            for tp in sorted(positions):
+                info = ids.get(tp.topic)
+                if info is None:
+                    continue
+                tid = info[0]
+                pos = positions[tp]
+                batches, head = self._read(tid, tp.partition, pos)
+                # Skip batches wholly before pos (the one holding pos-1 when pos is a boundary).
+                while batches and batches[0][0] + batches[0][1] <= pos:
+                    batches.pop(0)
+                if not batches:
+                    if pos < head:
+                        # Everything from pos to the head is gone; read on from the head.
+                        positions[tp] = self._out_of_range(tp, pos, head)
+                    continue
+                if batches[0][0] > pos:
+                    pos = positions[tp] = self._out_of_range(tp, pos, batches[0][0])
+                got_any = True
+                topic, part = tp.topic, tp.partition
+                for base, count, payload in batches:
+                    skip = pos - base if pos > base else 0
+                    yield decode_batch(topic, part, base, payload, skip, {tp: base + count})
+                    pos = positions[tp] = base + count
+            if got_any:
+                last_activity = time.monotonic()
+                continue
+            if not forever:
+                return
+            # Idle: wait for another connection to commit, yielding the sentinel regularly.
+            while True:
+                now = time.monotonic()
+                if now - last_activity >= self.idle_timeout:
+                    last_activity = now
+                    yield None
+                    break
+                time.sleep(self.poll_interval)
+                with self._lock:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen_version:
+                    break
+            ids = {}
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

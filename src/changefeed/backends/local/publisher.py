@@ -1,0 +1,115 @@
+"""`SQLitePublisher`: appends stubs to the embedded log, one transaction per call."""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from changefeed import gctune
+from changefeed.backends.base import Publisher
+from changefeed.backends.local.records import (
+    BATCH_FORMAT,
+    MAX_BATCH_RECORDS,
+    encode_batch,
+    encode_record,
+)
+from changefeed.backends.local.schema import ensure_topic
+from changefeed.change import ChangeMeta
+
+if TYPE_CHECKING:
+    from changefeed.backends.local.log import SQLiteLog
+
+
+class SQLitePublisher(Publisher):
+    """Appends stubs; a call is one transaction, durable when ``publish_many`` returns."""
+
+    _RETENTION_EVERY = 50_000
+
+    def __init__(self, log: SQLiteLog) -> None:
+        self.log = log
+        self._conn = log.connect()
+        self._lock = threading.Lock()
+        self._since_retention = 0
+
+    def publish(self, topic: str, meta: ChangeMeta) -> None:
+        self.publish_many(((topic, meta),))
+
+    def publish_many(self, items: Iterable[tuple[str, ChangeMeta]]) -> None:
+        now = time.time()
+        with gctune.paused():
+            records = []
+            for topic, meta in items:
+                meta.stamp_unset(now)
+                records.append((topic, meta.document_id, meta.encode()))
+        self._append(records, now)
+
+    def append_raw(self, records: Sequence[tuple[str, str, bytes]]) -> None:
+        """Append (topic, key, value) records whose value may not be a valid stub, as
+        another producer could write them: for tests of how bad records are handled."""
+        self._append(
+            [(topic, key, encode_record(key, value)) for topic, key, value in records],
+            time.time(),
+        )
+
+    def _append(self, records: Sequence[tuple[str, str, bytes]], ts: float) -> None:
+        """Append (topic, key, array element) records in one transaction."""
+        if not records:
+            return
+        crc32 = zlib.crc32
+        # Group by partition first: same key, same partition (CRC32 of the key, as
+        # librdkafka's default partitioner), order kept within it.
+        with self._lock:
+            conn = self._conn
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                topics: dict[str, tuple[int, int]] = {}
+                groups: dict[tuple[int, int], list[bytes]] = {}
+                for topic, key, element in records:
+                    info = topics.get(topic)
+                    if info is None:
+                        info = topics[topic] = ensure_topic(
+                            conn, topic, self.log.default_partitions
+                        )
+                    tid, nparts = info
+                    hk = (tid, crc32(key.encode()) % nparts if nparts > 1 else 0)
+                    group = groups.get(hk)
+                    if group is None:
+                        group = groups[hk] = []
+                    group.append(element)
+                rows = []
+                heads = []
+                for (tid, part), group in groups.items():
+                    head = conn.execute(
+                        "SELECT next_offset FROM heads WHERE topic_id=? AND partition=?",
+                        (tid, part),
+                    ).fetchone()[0]
+                    for start in range(0, len(group), MAX_BATCH_RECORDS):
+                        chunk = group[start : start + MAX_BATCH_RECORDS]
+                        rows.append(
+                            (tid, part, head, len(chunk), BATCH_FORMAT, ts, encode_batch(chunk))
+                        )
+                        head += len(chunk)
+                    heads.append((head, tid, part))
+                conn.executemany(
+                    "INSERT INTO batches (topic_id, partition, base_offset, count, format, ts, "
+                    "payload) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                conn.executemany(
+                    "UPDATE heads SET next_offset=? WHERE topic_id=? AND partition=?", heads
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._since_retention += len(records)
+            if self._since_retention >= self._RETENTION_EVERY:
+                self._since_retention = 0
+                self.log.apply_retention()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
