@@ -6,7 +6,7 @@ import pytest
 
 from changefeed.change import ChangeMeta
 from changefeed.identifiers import InvalidIdentifierError, topic_name
-from changefeed.topics import CASE, FORM, META, TopicRouter
+from changefeed.topics import CASE, FORM, HQ_ROUTES, HQ_TOPICS, META, TopicRouter
 
 
 def test_default_routes() -> None:
@@ -40,3 +40,41 @@ def test_invalid_topic_names_rejected(bad: object) -> None:
 @pytest.mark.parametrize("good", ["form", "a.b-c_d", "T1", "x" * 249])
 def test_valid_topic_names(good: str) -> None:
     assert topic_name(good) == good
+
+
+@pytest.mark.parametrize(
+    "doc_type, topic",
+    [
+        ("CommCareCase", "case-sql"),
+        ("CommCareCase-Deleted", "case-sql"),
+        ("XFormInstance", "form-sql"),
+        ("XFormArchived", "form-sql"),
+        ("XFormInstance-Deleted", "form-sql"),
+        ("SubmissionErrorLog", "form-sql"),
+        ("Domain", "domain"),
+        ("Domain-DUPLICATE", "domain"),
+        ("CommCareUser", "commcare-user"),
+        ("WebUser-Deleted", "web-user"),
+        ("Group", "group"),
+        ("Application", "app"),
+        ("LinkedApplication-Deleted", "app"),
+        ("SQLLocation", "location"),
+        ("ledger", "ledger"),
+        ("sms", "sms"),
+        ("location", "location"),
+        ("CommCareBuild", "meta"),
+        ("form", "meta"),
+        (None, "meta"),
+    ],
+)
+def test_hq_preset_routes_as_hq_does(doc_type: str | None, topic: str) -> None:
+    router = TopicRouter.hq()
+    assert router.topic_for(doc_type) == topic
+    assert router.topic_for(ChangeMeta("d", "sql", "s", document_type=doc_type)) == topic
+
+
+def test_hq_preset_covers_every_hq_topic() -> None:
+    assert sorted(TopicRouter.hq().topics) == sorted(HQ_TOPICS)
+    assert len(set(HQ_TOPICS)) == len(HQ_TOPICS) == 11
+    assert all(topic_name(t) == t for t in HQ_TOPICS)
+    assert set(HQ_ROUTES.values()) <= set(HQ_TOPICS)

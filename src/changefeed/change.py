@@ -9,6 +9,8 @@ Encoding is strict on the fields we know and lenient on the ones we do not (kept
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC as _UTC
+from datetime import datetime as _datetime
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import msgspec
@@ -34,15 +36,57 @@ class TopicPartition(NamedTuple):
 
 
 _REQUIRED_STR = ("document_id", "data_source_type", "data_source_name")
-_OPTIONAL_STR = ("document_type", "document_subtype", "domain", "document_rev")
-_OPTIONAL_NUM = ("publish_timestamp", "original_publication_timestamp")
-_KNOWN = frozenset(
-    (*_REQUIRED_STR, *_OPTIONAL_STR, *_OPTIONAL_NUM, "is_deletion", "version", "attempts", "v")
+_OPTIONAL_STR = (
+    "document_type",
+    "document_subtype",
+    "domain",
+    "document_rev",
+    "associated_document_id",
 )
+_OPTIONAL_TIME = ("publish_timestamp", "original_publication_timestamp")
+_KNOWN = frozenset(
+    (*_REQUIRED_STR, *_OPTIONAL_STR, *_OPTIONAL_TIME, "is_deletion", "version", "attempts", "v")
+)
+
+HQ_ORIGINAL_PUBLICATION = "original_publication_datetime"
+"""CommCare HQ's name for ``original_publication_timestamp`` (an ISO 8601 string there)."""
+
+HQ_SQL_SOURCE_NAMES = frozenset(
+    ("form-sql", "case-sql", "sms", "ledger-v2", "ledger-v1", "location", "synclog-sql")
+)
+"""HQ's SQL data source names. Older HQ stubs put one of them in ``data_source_type`` (HQ's
+own lookup still checks both fields); the lenient decoder, which every HQ stub takes (HQ
+writes datetimes as strings), moves it to ``data_source_name`` with type ``sql``, so one
+registered store serves old and new stubs. The pair as sent is kept in ``extra`` under
+`HQ_LEGACY_SOURCE`. Not checked on the C path: that would cost our own stubs ~5%."""
+
+HQ_LEGACY_SOURCE = "hq_legacy_data_source"
+"""Key in ``extra`` keeping the (type, name) pair of a legacy HQ stub as it was sent."""
 
 
 def _bad_type(name: str, expected: str, value: object) -> InvalidChangeError:
     return InvalidChangeError(f"{name!r} must be {expected}, got {value!r}")
+
+
+def parse_timestamp(name: str, value: object) -> float | None:
+    """A stub timestamp as POSIX seconds: a number, or an ISO 8601 string as CommCare HQ
+    writes them (``Z`` or an offset or none, which means UTC as in HQ; any fraction).
+
+    Floats keep microseconds exactly for dates of this era (a double has ~0.2 µs there), so
+    an HQ datetime survives decode and re-encode unchanged."""
+    if value is None:
+        return None
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            parsed = _datetime.fromisoformat(value)
+        except ValueError:
+            raise _bad_type(name, "a number or an ISO 8601 datetime", value) from None
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=_UTC)
+        return parsed.timestamp()
+    raise _bad_type(name, "a number or an ISO 8601 datetime", value)
 
 
 class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
@@ -66,6 +110,8 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     publish_timestamp: float | None = None
     original_publication_timestamp: float | None = None
     attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    associated_document_id: str | None = None
+    """Another document the change came from (HQ: for a case, the form that changed it)."""
     extra: Annotated[dict[str, Any], msgspec.Meta(max_length=0)] = {}
     """Fields this version does not know, kept for re-publishing. (On the wire an ``extra``
     key is just another unknown field: the C decoder refuses a non-empty one.)"""
@@ -111,6 +157,8 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
             out["original_publication_timestamp"] = self.original_publication_timestamp
         if self.attempts:
             out["attempts"] = self.attempts
+        if self.associated_document_id is not None:
+            out["associated_document_id"] = self.associated_document_id
         return out
 
     def encode(self) -> bytes:
@@ -135,7 +183,11 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChangeMeta:
         """Validate and build a stub from a parsed JSON object: the lenient path, which keeps
-        unknown fields in ``extra`` and words every error for the error queue."""
+        unknown fields in ``extra`` and words every error for the error queue.
+
+        Also reads CommCare HQ's stubs (`changefeed.wire`): ISO 8601 datetimes for timestamps,
+        ``original_publication_datetime``, ``null`` for optional fields, and a source name in
+        ``data_source_type`` (see `HQ_SQL_SOURCE_NAMES`)."""
         if not isinstance(data, Mapping):
             raise InvalidChangeError(f"stub must be a JSON object, got {type(data).__name__}")
         get = data.get
@@ -147,34 +199,48 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
             value = get(name)
             if value is not None and type(value) is not str:
                 raise _bad_type(name, "a string", value)
-        for name in _OPTIONAL_NUM:
-            value = get(name)
-            if value is not None and type(value) is not float and type(value) is not int:
-                raise _bad_type(name, "a number", value)
+        publish_ts = parse_timestamp("publish_timestamp", get("publish_timestamp"))
+        original_ts = parse_timestamp(
+            "original_publication_timestamp", get("original_publication_timestamp")
+        )
+        skip: frozenset[str] | set[str] = _KNOWN
+        if original_ts is None and HQ_ORIGINAL_PUBLICATION in data:
+            original_ts = parse_timestamp(HQ_ORIGINAL_PUBLICATION, data[HQ_ORIGINAL_PUBLICATION])
+            skip = _KNOWN | {HQ_ORIGINAL_PUBLICATION}
         version = get("version")
         if version is not None and type(version) is not int:
             raise _bad_type("version", "an integer", version)
-        is_deletion = get("is_deletion", False)
-        if type(is_deletion) is not bool:
+        is_deletion = get("is_deletion")
+        if is_deletion is None:
+            is_deletion = False
+        elif type(is_deletion) is not bool:
             raise _bad_type("is_deletion", "a boolean", is_deletion)
-        attempts = get("attempts", 0)
-        if type(attempts) is not int or attempts < 0:
+        attempts = get("attempts")
+        if attempts is None:
+            attempts = 0
+        elif type(attempts) is not int or attempts < 0:
             raise _bad_type("attempts", "a non-negative integer", attempts)
+        extra = {k: x for k, x in data.items() if k not in skip}
+        source_type, source_name = data["data_source_type"], data["data_source_name"]
+        if source_type in HQ_SQL_SOURCE_NAMES:
+            extra[HQ_LEGACY_SOURCE] = [source_type, source_name]
+            source_type, source_name = "sql", source_type
         schema = get("v")
         return cls(
             data["document_id"],
-            data["data_source_type"],
-            data["data_source_name"],
+            source_type,
+            source_name,
             document_type=get("document_type"),
             document_subtype=get("document_subtype"),
             domain=get("domain"),
             is_deletion=is_deletion,
             document_rev=get("document_rev"),
             version=version,
-            publish_timestamp=get("publish_timestamp"),
-            original_publication_timestamp=get("original_publication_timestamp"),
+            publish_timestamp=publish_ts,
+            original_publication_timestamp=original_ts,
             attempts=attempts,
-            extra={k: x for k, x in data.items() if k not in _KNOWN},
+            associated_document_id=get("associated_document_id"),
+            extra=extra,
             schema_version=schema if type(schema) is int else SCHEMA_VERSION,
         )
 

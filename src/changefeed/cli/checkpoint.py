@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -147,3 +149,141 @@ def undo_cmd(ctx: click.Context, entry_id: int) -> None:
         entry = get_app(ctx).checkpoints.undo(entry_id)
     new = "-" if entry.new_offset is None else entry.new_offset
     click.echo(f"#{entry.id} {entry.pillow} {entry.tp}: {entry.old_offset} -> {new}")
+
+
+# -- import-pillowtop: take over where a CommCare HQ pillow stopped ------------------------
+
+PILLOWTOP_CHECKPOINT_TABLE = "pillowtop_kafkacheckpoint"
+"""HQ's Kafka checkpoint table: one row per (checkpoint_id, topic, partition) holding the next
+offset to read, the same meaning as ours, so offsets are copied unchanged."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of a database error, without SQLAlchemy's background link."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def read_pillowtop_checkpoints(
+    url: str, checkpoint_id: str, table: str = PILLOWTOP_CHECKPOINT_TABLE
+) -> dict[TopicPartition, int]:
+    """HQ's checkpoint rows for ``checkpoint_id``, read with SQLAlchemy Core (no HQ code).
+
+    Raises `UserError` for a URL that cannot be used or reached and a missing table."""
+    import sqlalchemy as sa
+
+    from changefeed.identifiers import sql_identifier
+
+    with user_errors():
+        sql_identifier(table, "table name")
+    try:
+        parsed = sa.engine.make_url(url)
+        shown = parsed.render_as_string(hide_password=True)
+        if parsed.get_backend_name() == "sqlite":
+            path = parsed.database or ""
+            if path in ("", ":memory:") or not Path(path).is_file():
+                raise UserError(f"cannot read pillowtop checkpoints: no SQLite file at {shown}")
+            args: dict[str, Any] = {}
+        else:
+            args = {"connect_timeout": 10} if parsed.get_backend_name() == "postgresql" else {}
+        engine = sa.create_engine(parsed, connect_args=args)
+    except UserError:
+        raise
+    except (sa.exc.ArgumentError, ImportError, ValueError) as exc:
+        raise UserError(f"bad database URL for --from: {_one_line(exc)}") from None
+    t = sa.table(
+        table,
+        sa.column("checkpoint_id"),
+        sa.column("topic"),
+        sa.column("partition"),
+        sa.column("offset"),
+    )
+    try:
+        with engine.connect() as conn:
+            if not sa.inspect(conn).has_table(table):
+                raise UserError(f"no table {table!r} in {shown}: is this CommCare HQ's database?")
+            rows = conn.execute(
+                sa.select(t.c.topic, t.c.partition, t.c.offset).where(
+                    t.c.checkpoint_id == checkpoint_id
+                )
+            ).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise UserError(
+            f"cannot read pillowtop checkpoints from {shown}: {_one_line(exc)}"
+        ) from None
+    finally:
+        engine.dispose()
+    return {TopicPartition(str(topic), int(part)): int(off) for topic, part, off in rows}
+
+
+def _describe(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(str(tp) for tp in sorted(tps))
+
+
+@checkpoint_group.command("import-pillowtop")
+@click.option(
+    "--from", "source_url", required=True, metavar="URL", help="SQLAlchemy URL of HQ's database."
+)
+@click.option("--pillow", "pillow", required=True, help="The changefeed pillow taking over.")
+@click.option(
+    "--checkpoint-id", help="HQ's checkpoint id (default: the pillow's name).", metavar="ID"
+)
+@click.option(
+    "--table", default=PILLOWTOP_CHECKPOINT_TABLE, show_default=True, help="HQ's checkpoint table."
+)
+@click.option("--dry-run", is_flag=True, help="Show the offsets, change nothing.")
+@click.pass_context
+def import_pillowtop_cmd(
+    ctx: click.Context,
+    source_url: str,
+    pillow: str,
+    checkpoint_id: str | None,
+    table: str,
+    dry_run: bool,
+) -> None:
+    """Set a pillow's checkpoints to where a CommCare HQ pillow stopped.
+
+    Reads HQ's Kafka checkpoint rows (``pillowtop_kafkacheckpoint``) and sets every
+    partition the pillow reads to HQ's offset, recorded in the history (undo restores the
+    old ones). Refuses when HQ's rows and the pillow's topics and partitions differ.
+    """
+    p = _pillow(ctx, pillow)
+    cid = checkpoint_id or p.name
+    offsets = read_pillowtop_checkpoints(source_url, cid, table)
+    if not offsets:
+        raise UserError(f"no pillowtop checkpoint rows for checkpoint id {cid!r} in {table}")
+    feed = p.change_feed
+    reads = set(feed.topic_partitions())
+    unknown, missing = set(offsets) - reads, reads - set(offsets)
+    if unknown or missing:
+        parts = []
+        if unknown:
+            parts.append(f"HQ has {_describe(unknown)} which the pillow does not read")
+        if missing:
+            parts.append(f"HQ has no checkpoint for {_describe(missing)}")
+        raise UserError(f"checkpoint {cid!r} does not match pillow {p.name!r}: {'; '.join(parts)}")
+    heads = feed.latest_offsets()
+    ahead = {tp: off for tp, off in offsets.items() if off > heads.get(tp, 0)}
+    if ahead:
+        where = ", ".join(
+            f"{tp}={off} (head {heads.get(tp, 0)})" for tp, off in sorted(ahead.items())
+        )
+        raise UserError(f"checkpoint {cid!r} is past the head of the log ({where}): wrong log?")
+    earliest = feed.earliest_offsets()
+    for tp, off in sorted(offsets.items()):
+        if off < earliest.get(tp, 0):
+            click.echo(
+                f"warning: {tp} offset {off} is before the earliest kept ({earliest[tp]})",
+                err=True,
+            )
+    if dry_run:
+        for tp, off in sorted(offsets.items()):
+            click.echo(f"{tp}: would set {off}")
+        return
+    reason = f"imported from pillowtop checkpoint {cid!r}"
+    entries = get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind="import")
+    for entry in entries:
+        old = "-" if entry.old_offset is None else entry.old_offset
+        click.echo(f"#{entry.id} {entry.tp}: {old} -> {entry.new_offset}")
+    click.echo("undo with: changefeed checkpoint undo ID (one per partition)", err=True)
