@@ -9,7 +9,6 @@ import orjson
 import pytest
 
 from changefeed.change import SCHEMA_VERSION, Change, ChangeMeta, InvalidChangeError
-from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
 
 
 def full_meta() -> ChangeMeta:
@@ -180,61 +179,13 @@ def test_stamp_unset_keeps_original_publication() -> None:
     assert (meta.publish_timestamp, meta.original_publication_timestamp) == (200.0, 100.0)
 
 
-class CountingStore(DocumentStore):
-    """A fake store counting calls: the lazy fetch must hit it at most once."""
-
-    data_source_type = "memory"
-    data_source_name = "count"
-
-    def __init__(self, docs: dict[str, Fetched]) -> None:
-        self.docs = docs
-        self.calls = 0
-
-    def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
-        self.calls += 1
-        return {i: self.docs[i] for i in doc_ids if i in self.docs}
-
-    def iter_document_ids(self) -> Iterator[str]:
-        return iter(sorted(self.docs))
-
-
-def test_change_fetches_document_lazily_once() -> None:
-    store = CountingStore({"doc-1": {"_id": "doc-1", "n": 1}})
-    change = Change("form", 0, 5, ChangeMeta("doc-1", "memory", "count"), store=store)
-    assert store.calls == 0 and not change.has_document
-    assert change.document == {"_id": "doc-1", "n": 1}
-    assert change.get_document() == {"_id": "doc-1", "n": 1}
-    assert store.calls == 1
-    assert change.has_document
+def test_change_holds_the_document_it_is_given() -> None:
+    change = Change("form", 0, 5, ChangeMeta("doc-1", "memory", "count"))
+    assert not change.has_document and change.document is None
+    change.set_document({"n": 2})
+    assert change.has_document and change.document == {"n": 2}
     assert (change.topic, change.partition, change.offset, change.id) == ("form", 0, 5, "doc-1")
     assert change.topic_partition == ("form", 0)
-
-
-def test_set_document_prevents_fetch() -> None:
-    store = CountingStore({"doc-1": {"n": 1}})
-    change = Change("form", 0, 0, ChangeMeta("doc-1", "memory", "count"), store=store)
-    change.set_document({"n": 2})
-    assert change.document == {"n": 2}
-    assert store.calls == 0
-
-
-def test_deletion_stub_never_fetches() -> None:
-    store = CountingStore({"doc-1": {"n": 1}})
-    change = Change(
-        "form", 0, 0, ChangeMeta("doc-1", "memory", "count", is_deletion=True), store=store
-    )
-    assert change.deleted
-    assert change.document is None
-    assert store.calls == 0
-
-
-def test_store_reporting_deleted_sets_flag() -> None:
-    store = CountingStore({"doc-1": DocumentDeleted})
-    change = Change("form", 0, 0, ChangeMeta("doc-1", "memory", "count"), store=store)
-    assert not change.deleted
-    assert change.document is None
-    assert change.deleted
-    assert store.calls == 1
 
 
 def test_from_raw_invalid_stub_carries_error() -> None:

@@ -168,12 +168,15 @@ class BatchRunner:
                         self._raise_if_dependency(processor, failure.exception)
                 failures.extend(Failure(f.change, name, f.exception, f.retryable) for f in result)
                 return
+        errors: list[Failure] = []
         for change in changes:
             try:
                 processor.process_change(change)
             except Exception as exc:  # noqa: BLE001 - one bad change must not stop the pillow
-                self._raise_if_dependency(processor, exc)
-                failures.append(Failure(change, name, exc, True))
+                errors.append(Failure(change, name, exc, True))
+        for failure in errors:
+            self._raise_if_dependency(processor, failure.exception)
+        failures.extend(errors)
 
     @staticmethod
     def _raise_if_dependency(processor: Processor, exc: BaseException) -> None:

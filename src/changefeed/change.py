@@ -11,13 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from datetime import UTC as _UTC
 from datetime import datetime as _datetime
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 import orjson
-
-if TYPE_CHECKING:
-    from changefeed.stores.base import DocumentStore
 
 SCHEMA_VERSION = 1
 """Version of the stub format; written as ``"v"``. Newer stubs still decode (extra fields kept)."""
@@ -292,8 +289,8 @@ _new_object = object.__new__
 class Change:
     """One change as a pillow sees it: the stub, where it sits in the log, and its document.
 
-    The document is fetched lazily, at most once; pillows fetch documents for a whole batch in
-    bulk and hand them over with `set_document`, so processors never trigger their own fetches.
+    A change holds its document, it never fetches one: the pillow fetches documents for a
+    whole batch in bulk (`changefeed.stores.fetch`) and hands each over with `set_document`.
     A change whose stub could not be decoded has ``metadata is None`` and carries the reason in
     ``error`` and the undecoded bytes in ``raw``; the pillow routes it to the error queue.
     """
@@ -308,7 +305,6 @@ class Change:
         "error",
         "_document",
         "_fetched",
-        "_store",
         "deleted",
     )
 
@@ -322,7 +318,6 @@ class Change:
         raw: bytes | None = None,
         error: str | None = None,
         document_id: str | None = None,
-        store: DocumentStore | None = None,
     ) -> None:
         self.topic = topic
         self.partition = partition
@@ -334,7 +329,6 @@ class Change:
         self.deleted: bool = metadata.is_deletion if metadata is not None else False
         self._document: dict[str, Any] | None = None
         self._fetched = False
-        self._store = store
 
     @classmethod
     def from_dict(cls, topic: str, partition: int, offset: int, data: Any, key: str = "") -> Change:
@@ -378,7 +372,6 @@ class Change:
         self.deleted = metadata.is_deletion
         self._document = None
         self._fetched = False
-        self._store = None
         return self
 
     @property
@@ -391,35 +384,17 @@ class Change:
 
     @property
     def document(self) -> dict[str, Any] | None:
-        return self.get_document()
+        """The full document, as the pillow fetched it (None when deleted or not fetched)."""
+        return self._document
 
     def set_document(self, document: dict[str, Any] | None) -> None:
         self._document = document
         self._fetched = True
 
-    def set_store(self, store: DocumentStore) -> None:
-        self._store = store
-
     @property
     def has_document(self) -> bool:
+        """True once a document (or its absence, for a deletion) has been set."""
         return self._fetched
-
-    def get_document(self) -> dict[str, Any] | None:
-        """The full document, fetched once from the document store (None when deleted)."""
-        if not self._fetched:
-            self._fetched = True
-            if self.deleted or self._store is None:
-                self._document = None
-            else:
-                from changefeed.stores.base import DocumentDeleted
-
-                found = self._store.get_document(self.id)
-                if found is DocumentDeleted:
-                    self.deleted = True
-                    self._document = None
-                else:
-                    self._document = found  # type: ignore[assignment]
-        return self._document
 
     def __repr__(self) -> str:
         return f"Change({self.topic}[{self.partition}]@{self.offset} id={self.id!r} deleted={self.deleted})"

@@ -18,13 +18,16 @@ import sqlalchemy as sa
 from changefeed.backoff import Backoff
 from changefeed.change import Change
 from changefeed.db import create_tables, make_engine
+from changefeed.failures import (  # noqa: F401 - the failure types live with the queue
+    FETCH,
+    INVALID_STUB,
+    DependencyDownError,
+    Failure,
+    StaleReadError,
+)
 
 PENDING = "pending"
 PARKED = "parked"
-
-INVALID_STUB = "(invalid stub)"
-FETCH = "(fetch)"
-"""Pseudo processor names for failures before any processor ran."""
 
 metadata = sa.MetaData()
 

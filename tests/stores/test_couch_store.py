@@ -7,6 +7,7 @@ import httpx
 import pytest
 
 from changefeed.pillow import Pillow
+from changefeed.stores.fetch import is_stale
 from changefeed.stores import DocumentDeleted, DocumentNotFoundError
 from changefeed.stores.couch import CouchDocumentStore
 from changefeed.stores.registry import DocumentStoreRegistry
@@ -76,7 +77,7 @@ def test_stale_read_detected_from_rev(couch_db: str) -> None:
     change = Change(
         "case", 0, 0, ChangeMeta("s", "couch", store.data_source_name, document_rev="2-abc")
     )
-    assert Pillow._is_stale(store, change, doc)
+    assert is_stale(store, change, doc)
     store.close()
 
 

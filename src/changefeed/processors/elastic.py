@@ -80,6 +80,12 @@ class ElasticDocumentError(RuntimeError):
         self.error = error
 
 
+class ElasticIndexMissingError(ElasticDocumentError):
+    """The index or alias to write to does not exist (yet): the sink is not set up, so the
+    pillow backs off until ``changefeed bootstrap`` creates it, instead of queuing every
+    document."""
+
+
 def index_name(name: object, what: str = "index name") -> str:
     """An Elasticsearch index or alias name: lowercase, no separators or wildcards."""
     if (
@@ -143,6 +149,8 @@ class ElasticProcessor(BulkProcessor):
     picks each write's external version (default: `stub_version`); a change without one is
     written unversioned, last write wins.
     """
+
+    dependency_errors = (ElasticIndexMissingError,)
 
     def __init__(
         self,
@@ -336,10 +344,16 @@ class ElasticProcessor(BulkProcessor):
                 if status in RETRY_STATUSES:
                     again.append(op)
                     continue
+                missing = (
+                    status == 404
+                    and isinstance(error, Mapping)
+                    and error.get("type") == "index_not_found_exception"
+                )
+                error_class = ElasticIndexMissingError if missing else ElasticDocumentError
                 failures.append(
                     ChangeFailure(
                         op.change,
-                        ElasticDocumentError(op.change.id, status, error),
+                        error_class(op.change.id, status, error),
                         # 400s are the document's fault and will not heal by retrying
                         retryable=status != 400,
                     )
