@@ -165,11 +165,14 @@ def test_retry_runner_is_a_runnable() -> None:
             self.calls += 1
             return (2, 1) if self.calls == 1 else (0, 0)
 
-    class FakeApp:
-        pillow_names = ["a", "b"]
+    class FakeRelay:  # a runnable that queues nothing: not visited
+        name = "relay"
 
-        def get_pillow(self, name: str) -> FakePillow:
-            return FakePillow(name)
+    class FakeApp:
+        runnable_names = ["a", "b", "relay"]
+
+        def get_runnable(self, name: str) -> FakePillow | FakeRelay:
+            return FakeRelay() if name == "relay" else FakePillow(name)
 
     runner = RetryRunner(FakeApp(), interval=0.01)  # type: ignore[arg-type]
     assert isinstance(runner, Runnable)
@@ -251,8 +254,10 @@ def test_other_runnables_are_children_without_progress_checks() -> None:
     assert [c.name for c in children] == ["a", "couch-bridge-x", RETRY_RUNNER]
     assert children[1].argv[-4:] == ("--app", "m:app", "run", "couch-bridge-x")
     assert children[1].pillow is None  # no partition checkpoints to watch
-    assert children[2].argv[-1] == "a"  # the retry runner works on pillows' error queues
-    assert [c.name for c in pillow_children([], runnables=["r"])] == ["r"]
+    # The retry runner visits every runnable that queues failures (pillows, the bridge).
+    assert children[2].argv[-2:] == ("a", "couch-bridge-x")
+    assert [c.name for c in pillow_children([], runnables=["r"])] == ["r", RETRY_RUNNER]
+    assert [c.name for c in pillow_children([], runnables=["r"], retry_runner=False)] == ["r"]
 
 
 # -- graceful stop -------------------------------------------------------------------------

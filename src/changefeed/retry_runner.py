@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
-from changefeed.runner import Health, StopFlag
-
-if TYPE_CHECKING:
-    from changefeed.pillow import Pillow
+from changefeed.runner import ErrorRetrier, Health, Runnable, StopFlag
 
 log = logging.getLogger("changefeed.retry_runner")
 
@@ -25,17 +22,18 @@ RETRY_RUNNER = "retry-runner"
 
 
 class PillowSource(Protocol):
-    """What the retry runner needs from the application: which pillows there are and how to
-    build one. Declared here so the runtime does not import the application layer."""
+    """What the retry runner needs from the application: what is registered and how to
+    build it. Declared here so the runtime does not import the application layer."""
 
     @property
-    def pillow_names(self) -> list[str]: ...
+    def runnable_names(self) -> list[str]: ...
 
-    def get_pillow(self, name: str) -> Pillow: ...
+    def get_runnable(self, name: str) -> Runnable: ...
 
 
 class RetryRunner:
-    """Calls `Pillow.retry_errors` for each pillow every ``interval`` seconds."""
+    """Calls ``retry_errors`` every ``interval`` seconds on each registered runnable that
+    queues failures (an `ErrorRetrier`: pillows and the Couch bridge)."""
 
     name = RETRY_RUNNER
     scalable = False
@@ -52,10 +50,10 @@ class RetryRunner:
         if interval <= 0:
             raise ValueError("interval must be positive")
         self.app = app
-        self.pillow_names = list(pillow_names) if pillow_names else app.pillow_names
+        self.pillow_names = list(pillow_names) if pillow_names else app.runnable_names
         self.interval = interval
         self.limit = limit
-        self._pillows: dict[str, Pillow] = {}
+        self._targets: dict[str, ErrorRetrier | None] = {}
         self._stop = StopFlag()
         self._state = "idle"
         self._resolved = 0
@@ -63,11 +61,12 @@ class RetryRunner:
         self._last_progress_at: float | None = None
         self._error: str | None = None
 
-    def pillow(self, name: str) -> Pillow:
-        pillow = self._pillows.get(name)
-        if pillow is None:
-            pillow = self._pillows[name] = self.app.get_pillow(name)
-        return pillow
+    def target(self, name: str) -> ErrorRetrier | None:
+        """The runnable called ``name`` if it queues failures, else None (e.g. a relay)."""
+        if name not in self._targets:
+            runnable = self.app.get_runnable(name)
+            self._targets[name] = runnable if isinstance(runnable, ErrorRetrier) else None
+        return self._targets[name]
 
     def bootstrap(self) -> None:
         """Nothing to set up: the error queue's table is made on first use."""
@@ -79,7 +78,10 @@ class RetryRunner:
             if self._stop.is_set():
                 break
             try:
-                ok, failed = self.pillow(name).retry_errors(limit=self.limit)
+                target = self.target(name)
+                if target is None:
+                    continue
+                ok, failed = target.retry_errors(limit=self.limit)
             except Exception as exc:  # noqa: BLE001 - one pillow's trouble must not stop the rest
                 log.error("retry runner: pillow %s: %s: %s", name, type(exc).__name__, exc)
                 self._error = f"{name}: {type(exc).__name__}: {exc}"

@@ -24,6 +24,7 @@ __all__ = [
     "NotScalableError",
     "Runnable",
     "StopFlag",
+    "ErrorRetrier",
     "check_split",
     "run_runnable",
     "stop_on_signals",
@@ -60,6 +61,18 @@ class Runnable(Protocol):
 
     def health(self) -> Health:
         """A snapshot of how the runnable is doing."""
+        ...
+
+
+@runtime_checkable
+class ErrorRetrier(Protocol):
+    """A runnable that queues failures and can re-process them (pillows, the Couch bridge);
+    the retry runner visits every registered runnable that is one."""
+
+    name: str
+
+    def retry_errors(self, limit: int = 500) -> tuple[int, int]:
+        """Re-process due error-queue entries: (succeeded, failed again)."""
         ...
 
 

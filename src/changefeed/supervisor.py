@@ -81,7 +81,7 @@ def pillow_children(
     retry_interval: float = 5.0,
 ) -> list[ChildSpec]:
     """One ``changefeed run NAME`` child per pillow and per other runnable (``runnables``:
-    bridges, relays), plus the retry runner over the pillows' error queues. Only pillows get
+    bridges, relays), plus the retry runner over their error queues (pillows, the Couch bridge). Only pillows get
     progress checks: they are the ones with checkpoints per partition to compare."""
 
     def run(name: str) -> tuple[str, ...]:
@@ -89,9 +89,10 @@ def pillow_children(
 
     children = [ChildSpec(name, run(name), name) for name in pillow_names]
     children += [ChildSpec(name, run(name)) for name in runnables]
-    if retry_runner and pillow_names:
+    retried = [*pillow_names, *runnables]  # the runner skips those that queue nothing
+    if retry_runner and retried:
         argv = changefeed_command(
-            RETRY_RUNNER, "--interval", str(retry_interval), *pillow_names, global_args=global_args
+            RETRY_RUNNER, "--interval", str(retry_interval), *retried, global_args=global_args
         )
         children.append(ChildSpec(RETRY_RUNNER, tuple(argv)))
     return children

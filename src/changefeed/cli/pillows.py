@@ -129,8 +129,7 @@ def run_cmd(
         bootstrap=not no_bootstrap,
     )
     elapsed = time.monotonic() - started
-    what = "changes" if isinstance(runnable, Pillow) else "items"
-    click.echo(f"{runnable.name}: {total} {what} read in {elapsed:.1f}s", err=True)
+    click.echo(f"{runnable.name}: {total} changes read in {elapsed:.1f}s", err=True)
 
 
 _HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "last_progress_at", "error")
