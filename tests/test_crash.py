@@ -16,9 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
+
+pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "records"

@@ -263,6 +263,7 @@ def test_other_runnables_are_children_without_progress_checks() -> None:
 # -- graceful stop -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_stops_all_children_after_their_batch(
     app: App, workdir: Path, child_env: dict[str, str]
 ) -> None:
@@ -325,6 +326,7 @@ def test_progress_tracker_flags_no_progress_while_lag_grows() -> None:
     assert not tracker.observe(_status(6, 31), now=45)
 
 
+@pytest.mark.slow
 def test_supervisor_reports_and_restarts_a_stuck_pillow(
     app: App, workdir: Path, child_env: dict[str, str]
 ) -> None:

@@ -25,6 +25,8 @@ from changefeed.pillow import Pillow, stride
 from tests.backends.test_kafka import Recorder, make_pillow, stub, unique, wait_until
 from tests.harness.kafka import KafkaBroker
 
+pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
+
 GROUP_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 

@@ -295,6 +295,7 @@ def test_relay_killed_between_publish_and_delete(engine: sa.Engine, log: SQLiteL
     assert ids_in_log(log) == ["d0", "d1", "d2", "d0", "d1", "d2", "d3", "d4"]
 
 
+@pytest.mark.slow
 def test_relay_killed_at_random_points_loses_nothing(
     engine: sa.Engine, log: SQLiteLog, tmp_path: Path
 ) -> None:

@@ -15,6 +15,8 @@ from changefeed.change import ChangeMeta
 from changefeed.sources.outbox import Outbox, OutboxRelay, write_change
 from changefeed.sources.postgres_cdc import CDCTable, PostgresCDC, create_slot, drop_slot
 
+pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
+
 
 @pytest.fixture
 def kafka(kafka_url: str) -> Iterator[Backend]:

@@ -338,6 +338,7 @@ def test_cdc_killed_between_publish_and_advance(
     assert ids_in_log(log) == ["d0", "d0", "d1", "d2"]  # re-delivered, none lost, in order
 
 
+@pytest.mark.slow
 def test_cdc_killed_at_random_points_loses_nothing(
     pg_dsn: str, db: psycopg.Connection, slot: str, log: SQLiteLog, tmp_path: Path
 ) -> None:

@@ -14,6 +14,8 @@ import pytest
 from tests.harness._util import unavailable
 from tests.web.conftest import Site
 
+pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
+
 CHROMIUM = os.environ.get("CHANGEFEED_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox",
