@@ -27,8 +27,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import orjson
-import sqlalchemy as sa
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -42,10 +40,10 @@ from rich.progress import (
 
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, TopicPartition
-from changefeed.db import upsert
 from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
+from changefeed.reindex_jobs import ReindexJobs, StoreProgress
 from changefeed.runner import stop_on_signals
 from changefeed.stores.base import DocumentStore
 
@@ -60,30 +58,6 @@ log = logging.getLogger("changefeed.reindex")
 
 REINDEX_TOPIC = "reindex"
 """The topic name reindex changes carry (they come from a store, not from the log)."""
-
-metadata = sa.MetaData()
-
-jobs_table = sa.Table(
-    "changefeed_reindex_jobs",
-    metadata,
-    sa.Column("job", sa.String(400), primary_key=True),
-    sa.Column("pillow", sa.String(128), nullable=False),
-    sa.Column("heads", sa.Text, nullable=False),
-    sa.Column("started_at", sa.Float, nullable=False),
-    sa.Column("finished_at", sa.Float, nullable=True),
-)
-
-progress_table = sa.Table(
-    "changefeed_reindex_progress",
-    metadata,
-    sa.Column("job", sa.String(400), primary_key=True),
-    sa.Column("store", sa.String(400), primary_key=True),
-    sa.Column("last_id", sa.String(255), nullable=True),
-    sa.Column("position", sa.BigInteger, nullable=False),
-    sa.Column("ordered", sa.Boolean, nullable=False),
-    sa.Column("done", sa.Boolean, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
 
 
 class ReindexError(RuntimeError):
@@ -103,14 +77,6 @@ class ReindexResult:
     seconds: float
     interrupted: bool = False
     """Stopped (Ctrl-C, SIGTERM) after a finished chunk; ``--resume`` continues from there."""
-
-
-@dataclass(slots=True)
-class _StoreProgress:
-    last_id: str | None = None
-    position: int = 0
-    ordered: bool = True
-    done: bool = False
 
 
 def store_key(store: DocumentStore) -> str:
@@ -191,8 +157,8 @@ class Reindexer:
         on resuming, False starts over. ``reset`` clears the processors' output first (only
         when starting over), e.g. drops and recreates report tables."""
         started = time.monotonic()
-        metadata.create_all(self.engine, checkfirst=True)
-        heads = self._unfinished_heads()
+        self.jobs = ReindexJobs(self.engine, self.job, self.pillow.name, self.clock)
+        heads = self.jobs.unfinished_heads()
         resumed = heads is not None and resume is not False
         if resume is True and heads is None:
             raise ReindexError(f"no interrupted reindex of {self.job!r} to resume")
@@ -219,12 +185,7 @@ class Reindexer:
                 time.monotonic() - started,
                 interrupted=True,
             )
-        with self.engine.begin() as conn:
-            conn.execute(
-                jobs_table.update()
-                .where(jobs_table.c.job == self.job)
-                .values(finished_at=self.clock())
-            )
+        self.jobs.finish()
         return ReindexResult(
             self.pillow.name,
             self.job,
@@ -234,16 +195,6 @@ class Reindexer:
             self._failures,
             time.monotonic() - started,
         )
-
-    def _unfinished_heads(self) -> dict[TopicPartition, int] | None:
-        j = jobs_table
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(j.c.heads).where(j.c.job == self.job, j.c.finished_at.is_(None))
-            ).first()
-        if row is None:
-            return None
-        return {TopicPartition(t, p): o for t, p, o in orjson.loads(row[0])}
 
     def _start(self, reset: bool) -> dict[TopicPartition, int]:
         if reset:
@@ -256,60 +207,14 @@ class Reindexer:
                 self.pillow.name,
                 heads,
                 reason="reindex: moved to the head; older changes are rebuilt from the document stores",
+                kind="to-head",
             )
-        encoded = orjson.dumps([[tp.topic, tp.partition, off] for tp, off in sorted(heads.items())])
-        with self.engine.begin() as conn:
-            conn.execute(progress_table.delete().where(progress_table.c.job == self.job))
-            upsert(
-                conn,
-                jobs_table,
-                [
-                    {
-                        "job": self.job,
-                        "pillow": self.pillow.name,
-                        "heads": encoded.decode(),
-                        "started_at": self.clock(),
-                        "finished_at": None,
-                    }
-                ],
-                ["job"],
-            )
+        self.jobs.start(heads)
         return heads
 
     # -- reading the stores ------------------------------------------------------------------
 
-    def _load_progress(self, key: str) -> _StoreProgress:
-        p = progress_table
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(p.c.last_id, p.c.position, p.c.ordered, p.c.done).where(
-                    p.c.job == self.job, p.c.store == key
-                )
-            ).first()
-        if row is None:
-            return _StoreProgress()
-        return _StoreProgress(row.last_id, int(row.position), bool(row.ordered), bool(row.done))
-
-    def _save_progress(self, key: str, state: _StoreProgress) -> None:
-        with self.engine.begin() as conn:
-            upsert(
-                conn,
-                progress_table,
-                [
-                    {
-                        "job": self.job,
-                        "store": key,
-                        "last_id": state.last_id,
-                        "position": state.position,
-                        "ordered": state.ordered,
-                        "done": state.done,
-                        "updated_at": self.clock(),
-                    }
-                ],
-                ["job", "store"],
-            )
-
-    def _remaining_ids(self, store: DocumentStore, state: _StoreProgress) -> Iterator[str]:
+    def _remaining_ids(self, store: DocumentStore, state: StoreProgress) -> Iterator[str]:
         """The store's ids after the last finished chunk. Resuming by id needs a store that
         lists ids in order (SQL, memory and CouchDB stores do); for one that does not, the
         store is read again from the start."""
@@ -333,7 +238,7 @@ class Reindexer:
 
     def _reindex_store(self, store: DocumentStore, bar: Progress) -> int:
         key = store_key(store)
-        state = self._load_progress(key)
+        state = self.jobs.load(key)
         if state.done:
             return 0
         task = bar.add_task(
@@ -357,15 +262,15 @@ class Reindexer:
             documents += self._chunk(store, chunk)
             self._finish_chunk(key, state, chunk, bar, task)
         state.done = True
-        self._save_progress(key, state)
+        self.jobs.save(key, state)
         return documents
 
     def _finish_chunk(
-        self, key: str, state: _StoreProgress, chunk: list[str], bar: Progress, task: Any
+        self, key: str, state: StoreProgress, chunk: list[str], bar: Progress, task: Any
     ) -> None:
         state.last_id = chunk[-1]
         state.position += len(chunk)
-        self._save_progress(key, state)
+        self.jobs.save(key, state)
         bar.update(task, completed=state.position)
 
     def _chunk(self, store: DocumentStore, ids: list[str]) -> int:
