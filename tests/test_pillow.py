@@ -162,12 +162,24 @@ def env(tmp_path: Path) -> Iterator[Env]:
     e.publisher.close()
 
 
+class FakeClock:
+    """The pillow's batching clock, moved by the script instead of by sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class ScriptedFeed(ChangeFeed):
-    """Yields a script of changes, idle sentinels (None) and pauses (floats, in seconds)."""
+    """Yields a script of changes, idle sentinels (None) and pauses (floats, in seconds:
+    they advance ``clock``, which the pillow under test is given, so nobody sleeps)."""
 
     def __init__(self, script: Sequence[Change | None | float]) -> None:
         self.topics = (TOPIC,)
         self.script = script
+        self.clock = FakeClock()
 
     def topic_partitions(self) -> list[TopicPartition]:
         return [TopicPartition(TOPIC, 0)]
@@ -177,7 +189,7 @@ class ScriptedFeed(ChangeFeed):
     ) -> Iterator[Change | None]:
         for item in self.script:
             if isinstance(item, float):
-                time.sleep(item)
+                self.clock.now += item
             else:
                 yield item
 
@@ -223,6 +235,7 @@ def test_partial_batch_flushes_after_max_wait(tmp_path: Path) -> None:
         checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
         batch_size=100,
         max_wait=0.1,
+        clock=feed.clock,
     )
     pillow.run(forever=True)
     assert [[i for i, _ in b] for b in proc.batches] == [["d0", "d1"], ["d2"]]
