@@ -131,7 +131,16 @@ def test_history_records_the_kind_of_move(store: CheckpointStore) -> None:
     assert (operator.kind, jump.kind, undo.kind) == (SET, RETENTION, UNDO)
     assert [h.kind for h in store.history("p")] == [UNDO, RETENTION, SET]
     assert store.history("p")[1].to_dict()["kind"] == RETENTION
-    assert {"set", "reset", "to-head", "retention", "undo", "import"} == HISTORY_KINDS
+    assert {
+        "set",
+        "reset",
+        "to-head",
+        "retention",
+        "undo",
+        "import",
+        "copy",
+        "merge",
+    } == HISTORY_KINDS
     with pytest.raises(ValueError, match="kind"):
         store.set("p", {TP0: 1}, reason="r", kind="whatever")
 

@@ -60,7 +60,11 @@ UNDO = "undo"
 """An earlier history entry was undone."""
 IMPORT = "import"
 """Checkpoints were imported from another system (e.g. pillowtop)."""
-HISTORY_KINDS = frozenset({SET, RESET, TO_HEAD, RETENTION, UNDO, IMPORT})
+COPY = "copy"
+"""An operator copied another pillow's checkpoints onto this one."""
+MERGE = "merge"
+"""An operator merged several pillows' checkpoints (minimum per partition) onto this one."""
+HISTORY_KINDS = frozenset({SET, RESET, TO_HEAD, RETENTION, UNDO, IMPORT, COPY, MERGE})
 """What a checkpoint history entry can record (the ``kind`` column)."""
 
 _KIND_FROM_REASON = [
@@ -143,6 +147,9 @@ class CheckpointStore:
         self.clock = clock
         self._created = False
         self._commit_stmt: Any = None
+        self._known: dict[str, dict[TopicPartition, int]] = {}
+        """Per pillow, the offsets this store last read or wrote for it: a stored row that
+        differs was moved by someone else (an operator) and must not be overwritten."""
 
     def create(self) -> None:
         if not self._created:
@@ -151,7 +158,11 @@ class CheckpointStore:
             self._created = True
 
     def get(self, pillow: str) -> dict[TopicPartition, int]:
-        return {tp: cp.offset for tp, cp in self.get_detailed(pillow).items()}
+        offsets = {tp: cp.offset for tp, cp in self.get_detailed(pillow).items()}
+        known = self._known.setdefault(pillow, {})
+        for tp, off in offsets.items():
+            known.setdefault(tp, off)  # the value a pillow starts from
+        return offsets
 
     def get_detailed(self, pillow: str) -> dict[TopicPartition, Checkpoint]:
         self.create()
@@ -183,19 +194,82 @@ class CheckpointStore:
             )
         return self._commit_stmt
 
-    def commit(self, pillow: str, offsets: Mapping[TopicPartition, int]) -> None:
-        """Record progress (no history: this happens after every batch)."""
+    def commit(
+        self, pillow: str, offsets: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Record progress (no history: this happens after every batch).
+
+        A partition whose stored offset is no longer the one this store last read or wrote
+        for ``pillow`` was moved by someone else (``checkpoint reset`` while the pillow
+        runs): it is not overwritten, and returned as ``{partition: stored offset}`` so the
+        caller reads on from there. Without that, the move would be silently undone while
+        the history claims it happened."""
         if not offsets:
-            return
+            return {}
         self.create()
         now = self.clock()
-        rows = _rows(pillow, offsets, now)
+        known = self._known.setdefault(pillow, {})
         stmt = self._commit_statement()
+        t = checkpoints_table
+        moved: dict[TopicPartition, int] = {}
         with self.engine.begin() as conn:
-            if stmt is not None:
+            if any(tp in known for tp in offsets):
+                query = sa.select(t.c.topic, t.c.partition, t.c.offset).where(t.c.pillow == pillow)
+                if self.engine.dialect.name == "postgresql":
+                    query = query.with_for_update()
+                for topic, part, off in conn.execute(query):
+                    tp = TopicPartition(topic, part)
+                    if tp in offsets and tp in known and known[tp] != off:
+                        moved[tp] = off
+            write = {tp: off for tp, off in offsets.items() if tp not in moved}
+            rows = _rows(pillow, write, now)
+            if rows and stmt is not None:
                 conn.execute(stmt, rows)
-            else:  # pragma: no cover - other dialects
-                upsert(conn, checkpoints_table, rows, ["pillow", "topic", "partition"])
+            elif rows:  # pragma: no cover - other dialects
+                upsert(conn, t, rows, ["pillow", "topic", "partition"])
+        known.update(write)
+        known.update(moved)
+        return moved
+
+    def moved(
+        self, pillow: str, expected: Mapping[TopicPartition, int]
+    ) -> dict[TopicPartition, int]:
+        """Partitions whose stored offset differs from ``expected`` (what a reader with its
+        own position store last wrote): ``{partition: stored offset}``. A missing row counts
+        as offset 0 (an operator deleted or reset it)."""
+        stored = self.get_detailed(pillow)
+        out = {}
+        for tp, off in expected.items():
+            cp = stored.get(tp)
+            now = cp.offset if cp else 0
+            if now != off:
+                out[tp] = now
+        return out
+
+    def rewinds(self, pillow: str) -> dict[TopicPartition, tuple[int, int]]:
+        """Partitions whose checkpoint is behind the offset of their latest history entry:
+        ``{partition: (offset the history last set, offset now)}``. Progress only moves a
+        checkpoint forwards and every deliberate move is in the history, so this is a rewind
+        nobody recorded (e.g. a stale process wrote an old offset)."""
+        self.create()
+        h = history_table
+        latest = (
+            sa.select(h.c.topic, h.c.partition, sa.func.max(h.c.id).label("id"))
+            .where(h.c.pillow == pillow)
+            .group_by(h.c.topic, h.c.partition)
+            .subquery()
+        )
+        query = sa.select(h.c.topic, h.c.partition, h.c.new_offset).join(
+            latest, h.c.id == latest.c.id
+        )
+        with self.engine.connect() as conn:
+            last = {TopicPartition(t, p): off for t, p, off in conn.execute(query)}
+        current = {tp: cp.offset for tp, cp in self.get_detailed(pillow).items()}
+        return {
+            tp: (off, current[tp])
+            for tp, off in sorted(last.items())
+            if off is not None and tp in current and current[tp] < off
+        }
 
     def set(
         self,
@@ -253,6 +327,9 @@ class CheckpointStore:
                     )
                 )
             upsert(conn, t, _rows(pillow, offsets, now), ["pillow", "topic", "partition"])
+        # A move made through this store (the pillow's own retention jump, a reindex) is
+        # known to it; only moves by other stores (another process's CLI) are detected.
+        self._known.setdefault(pillow, {}).update(offsets)
         return entries
 
     def history(self, pillow: str | None = None, limit: int = 100) -> list[HistoryEntry]:

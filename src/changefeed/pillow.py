@@ -323,7 +323,10 @@ class Pillow:
                 if self._stop.is_set():
                     return False
         checkpoint = self._pending
-        self.checkpoints.commit(self.name, checkpoint)
+        moved = self.checkpoints.commit(self.name, checkpoint)
+        if moved:  # an operator moved these while we ran: keep their value, re-read from it
+            log.warning("pillow %s: checkpoint moved by someone else: %s", self.name, moved)
+            checkpoint = {tp: off for tp, off in checkpoint.items() if tp not in moved}
         self.change_feed.commit_offsets(checkpoint)  # e.g. Kafka: mirror for lag tools
         self._batch = []
         self._pending = {}
@@ -339,6 +342,9 @@ class Pillow:
         health.last_progress_at = self.clock()
         for listener in self.listeners:
             listener.on_batch(self, report)
+        if moved:  # the loop re-reads the checkpoints (`run` restarts on ``_restart``)
+            self._restart = True
+            return False
         return True
 
     # -- rebalancing feeds (Kafka consumer groups) ----------------------------------------

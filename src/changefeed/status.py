@@ -68,11 +68,14 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
                 head,
                 partition_lag(head, offset),
                 None if cp is None else max(0.0, now - cp.updated_at),
+                beyond,
             )
         )
     counts = app.error_queue.counts(pillow.name)
     status.errors_pending = counts.get("pending", 0)
     status.errors_parked = counts.get("parked", 0)
+    for tp, (was, now_at) in app.checkpoints.rewinds(pillow.name).items():
+        status.notes.append(f"{tp}: REWIND: checkpoint {now_at} is behind {was} set in the history")
     for entry in app.checkpoints.history(pillow.name, limit=20):
         if entry.kind == RETENTION:
             status.notes.append(

@@ -20,6 +20,8 @@ from changefeed.cli.common import UserError, cli
 COMMAND_MODULES = (
     "pillows",
     "checkpoint",
+    "surgery",
+    "changes",
     "errors",
     "tail",
     "demo",

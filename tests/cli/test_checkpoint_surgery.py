@@ -1,0 +1,217 @@
+"""Checkpoint surgery (issue 13 part 5): validate, copy, merge, dump-remaining, rewinds, and
+an operator's move on a running pillow that the pillow honours instead of overwriting.
+
+The CLI runs through the real entry point in a subprocess against an app module written
+into the test's directory (three pillows on one two-partition topic of the embedded log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from changefeed import App, BulkProcessor, Change, ChangeFailure, ChangeMeta
+from changefeed.change import TopicPartition
+from changefeed.checkpoints import CheckpointStore
+
+ROOT = Path(__file__).resolve().parents[2]
+TOPIC = "records"
+
+APP_SOURCE = """
+from changefeed import App, BulkProcessor
+
+class Nothing(BulkProcessor):
+    needs_documents = False
+    def process_changes(self, changes):
+        return []
+
+app = App()
+for _name in ("alpha", "beta", "gamma"):
+    app.add_pillow(_name, lambda a, n=_name: a.constructed_pillow(n, ["records"], Nothing()))
+"""
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "surgery_app.py").write_text(APP_SOURCE)
+    out = {
+        **os.environ,
+        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=2",
+        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
+        "CHANGEFEED_APP": "surgery_app:app",
+        "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT / 'src'}{os.pathsep}{ROOT}",
+    }
+    out.pop("CHANGEFEED_DEBUG", None)
+    return out
+
+
+def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "changefeed", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def app_of(env: dict[str, str]) -> App:
+    return App(env["CHANGEFEED_LOG"], env["CHANGEFEED_STATE"])
+
+
+def publish(app: App, n: int, start: int = 0) -> dict[TopicPartition, int]:
+    with app.backend.publisher() as pub:
+        pub.publish_many((TOPIC, ChangeMeta(f"doc-{i}", "memory", "docs")) for i in range(start, n))
+    feed = app.change_feed([TOPIC])
+    try:
+        return feed.latest_offsets()
+    finally:
+        feed.close()
+
+
+P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+
+
+def test_validate_copy_merge_and_undo(env: dict[str, str]) -> None:
+    app = app_of(env)
+    heads = publish(app, 40)
+    cps = app.checkpoints
+    cps.set("alpha", {P0: 5, P1: 7}, reason="test")
+    cps.set("beta", {P0: 9, P1: 3}, reason="test")
+    cps.set("gamma", {P0: heads[P0], P1: heads[P1] + 5}, reason="test")
+
+    r = cf(env, "checkpoint", "validate")
+    assert r.returncode == 1, r.stderr
+    assert "gamma" in r.stderr and "alpha" not in r.stderr
+    assert f"beyond head {heads[P1]}" in r.stdout
+    assert cf(env, "checkpoint", "validate", "alpha", "beta").returncode == 0
+
+    r = cf(env, "checkpoint", "merge", "alpha", "beta", "gamma")
+    assert r.returncode == 0, r.stderr
+    assert cps.get("gamma") == {P0: 5, P1: 3}
+    reprocessed = (heads[P0] - 5) + (heads[P1] + 5 - 3)
+    assert f"{reprocessed} change(s) will be processed again" in r.stdout
+    assert cps.history("gamma", limit=1)[0].kind == "merge"
+
+    r = cf(env, "checkpoint", "copy", "beta", "alpha")
+    assert r.returncode == 0, r.stderr
+    assert cps.get("alpha") == {P0: 9, P1: 3}
+    entries = cps.history("alpha", limit=2)
+    assert {e.kind for e in entries} == {"copy"}
+    for e in entries:
+        assert cf(env, "checkpoint", "undo", str(e.id)).returncode == 0
+    assert cps.get("alpha") == {P0: 5, P1: 7}
+
+
+def test_merge_refuses_different_partitions_and_bad_input(env: dict[str, str]) -> None:
+    app = app_of(env)
+    publish(app, 10)
+    app.checkpoints.set("alpha", {P0: 1, P1: 1}, reason="test")
+    app.checkpoints.set("beta", {P0: 1}, reason="test")
+    r = cf(env, "checkpoint", "merge", "alpha", "beta", "gamma")
+    assert r.returncode == 2
+    assert "different partitions" in r.stderr and "Traceback" not in r.stderr
+    assert app.checkpoints.get("gamma") == {}
+    r = cf(env, "checkpoint", "copy", "nope", "alpha")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert cf(env, "checkpoint", "merge", "alpha").returncode == 2
+
+
+def test_dump_remaining(env: dict[str, str]) -> None:
+    app = app_of(env)
+    heads = publish(app, 30)
+    app.checkpoints.set("alpha", {P0: heads[P0] - 2, P1: heads[P1]}, reason="test")
+    r = cf(env, "checkpoint", "dump-remaining", "alpha")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [(x["partition"], x["offset"]) for x in lines] == [
+        (0, heads[P0] - 2),
+        (0, heads[P0] - 1),
+    ]
+    assert lines[0]["stub"]["document_id"].startswith("doc-")
+
+
+def test_status_flags_a_rewind(env: dict[str, str]) -> None:
+    app = app_of(env)
+    publish(app, 10)
+    cps = app.checkpoints
+    cps.set("alpha", {P0: 4}, reason="test")
+    assert cps.rewinds("alpha") == {}
+    cps.commit("alpha", {P0: 6})
+    assert cps.rewinds("alpha") == {}
+    # A stale writer (another store, so nothing to compare with) writes an old offset.
+    CheckpointStore(env["CHANGEFEED_STATE"]).commit("alpha", {P0: 2})
+    assert cps.rewinds("alpha") == {P0: (4, 2)}
+    r = cf(env, "status", "--json")
+    assert "REWIND" in r.stdout, r.stdout + r.stderr
+
+
+class Recording(BulkProcessor):
+    needs_documents = False
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        self.seen.extend((c.partition, c.offset) for c in changes)
+        time.sleep(0.01)
+        return []
+
+
+def wait_for(check: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():  # type: ignore[operator]
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("in_process", [False, True])
+def test_reset_on_a_running_pillow_is_replayed(env: dict[str, str], in_process: bool) -> None:
+    """``checkpoint reset`` while the pillow runs: the pillow notices at its next commit,
+    does not overwrite the operator's value and reads everything again."""
+    app = app_of(env)
+    heads = publish(app, 50)
+    recording = Recording()
+    pillow = app.constructed_pillow("alpha", [TOPIC], recording, batch_size=5, max_wait=0.05)
+    thread = threading.Thread(target=pillow.run, kwargs={"forever": True}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: app.checkpoints.get("alpha") == heads)
+        assert len(recording.seen) == 50
+        if in_process:  # an operator's own store on the same database, no subprocess
+            CheckpointStore(env["CHANGEFEED_STATE"]).set(
+                "alpha", {P0: 0, P1: 0}, reason="test reset", kind="reset"
+            )
+        else:
+            r = cf(env, "checkpoint", "reset", "alpha")
+            assert r.returncode == 0, r.stderr
+        publish(app, 60, start=50)  # the pillow's next commit comes after the reset
+        heads = publish(app, 0)
+        wait_for(lambda: len(recording.seen) >= 110)
+        wait_for(lambda: app.checkpoints.get("alpha") == heads)
+    finally:
+        pillow.stop()
+        thread.join(10)
+    # Every change of the log was processed again after the reset.
+    again = recording.seen[50:]
+    assert {(p, o) for p, o in again} >= {
+        (tp.partition, o) for tp, head in heads.items() for o in range(head)
+    }
+    history = app.checkpoints.history("alpha")
+    assert history[0].kind == "reset"
+
+
+def test_moved_compares_with_what_a_reader_wrote(env: dict[str, str]) -> None:
+    cps = app_of(env).checkpoints
+    cps.commit("alpha", {P0: 3})
+    assert cps.moved("alpha", {P0: 3}) == {}
+    CheckpointStore(env["CHANGEFEED_STATE"]).set("alpha", {P0: 0}, reason="test", kind="reset")
+    assert cps.moved("alpha", {P0: 3, P1: 0}) == {P0: 0}
