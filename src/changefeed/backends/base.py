@@ -198,6 +198,13 @@ class ChangeFeed(ABC):
         if self._offset_reset_handler is not None:
             self._offset_reset_handler(tp, needed, earliest)
 
+    def offsets_for_time(self, when: float) -> dict[TopicPartition, int]:
+        """Per partition, the first offset published at or after ``when`` (Unix seconds), or
+        the head when nothing was: where a search by time starts without reading the log
+        from its start (Kafka's ``offsets_for_times``). The default, the earliest offsets,
+        is correct for any feed, only slower: callers still filter by publish time."""
+        return self.earliest_offsets()
+
     def commit_offsets(self, offsets: Mapping[TopicPartition, int]) -> None:  # noqa: B027
         """Called after the caller durably wrote ``offsets`` as its checkpoint: a feed may
         mirror them to the broker for standard lag tools. Our checkpoint store stays the

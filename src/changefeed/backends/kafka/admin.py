@@ -107,6 +107,30 @@ class KafkaMetadata:
         counts = self.partition_counts(topics)
         return sorted(TopicPartition(t, p) for t, n in counts.items() for p in range(n))
 
+    def offsets_for_time(
+        self, partitions: Iterable[TopicPartition], when: float
+    ) -> dict[TopicPartition, int]:
+        """Per partition, the first offset whose timestamp is at or after ``when`` (Unix
+        seconds), asked of the broker's time index (ListOffsets by timestamp); the head
+        when no message is that recent."""
+        parts = list(partitions)
+        spec = OffsetSpec.for_timestamp(int(when * 1000))
+        request = {KafkaTopicPartition(tp.topic, tp.partition): spec for tp in parts}
+        if not request:
+            return {}
+        timeout = self.config.timeout
+        futures = self.client.list_offsets(request, request_timeout=timeout)
+        heads = self.offsets(parts, "latest")
+        out: dict[TopicPartition, int] = {}
+        for ktp, fut in futures.items():
+            tp = TopicPartition(ktp.topic, ktp.partition)
+            try:
+                offset = int(_wait(fut, timeout).offset)
+            except KafkaException as exc:
+                raise _rejected(f"offsets for time of {tp}", exc) from None
+            out[tp] = heads.get(tp, 0) if offset < 0 else offset
+        return out
+
     def offsets(
         self, partitions: Iterable[TopicPartition], which: str
     ) -> dict[TopicPartition, int]:

@@ -126,6 +126,10 @@ class KafkaChangeFeed(BatchedChangeFeed):
     def earliest_offsets(self) -> dict[TopicPartition, int]:
         return self._metadata.offsets(self.topic_partitions(), "earliest")
 
+    def offsets_for_time(self, when: float) -> dict[TopicPartition, int]:
+        """The broker's time index (`KafkaMetadata.offsets_for_time`)."""
+        return self._metadata.offsets_for_time(self.topic_partitions(), when)
+
     @property
     def uses_consumer_group(self) -> bool:
         """True with a ``group_id``: Kafka's consumer group decides which partitions we read."""

@@ -84,6 +84,18 @@ class SQLiteChangeFeed(BatchedChangeFeed):
                 out[tp] = head if row is None or row[0] is None else int(row[0])
         return out
 
+    def offsets_for_time(self, when: float) -> dict[TopicPartition, int]:
+        """A binary search of the stored batches by publish time (`times.first_offset_at`)."""
+        from changefeed.backends.local.times import first_offset_at
+
+        heads = self.latest_offsets()
+        with self._lock:
+            ids = self._topic_ids()
+            return {
+                tp: first_offset_at(self._conn, ids[tp.topic][0], tp.partition, when, head)
+                for tp, head in heads.items()
+            }
+
     def _out_of_range(self, tp: TopicPartition, needed: int, earliest: int) -> int:
         """Where to read on when ``needed`` was removed by retention (strict: raise)."""
         if self.strict:
