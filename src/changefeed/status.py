@@ -68,7 +68,6 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
                 head,
                 partition_lag(head, offset),
                 None if cp is None else max(0.0, now - cp.updated_at),
-                beyond,
             )
         )
     counts = app.error_queue.counts(pillow.name)
