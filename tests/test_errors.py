@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
+from changefeed import errors
 from changefeed.backoff import DEPENDENCY_BACKOFF
 from changefeed.change import Change, ChangeMeta
 from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy
@@ -149,7 +155,8 @@ def test_make_due_operator_retry(queue: ErrorQueue, clock: Clock) -> None:
     queue.add("q", change("c"), "proc", fail(), retryable=False)
     assert queue.make_due("p", parked_only=True) == 1
     due = queue.due("p")
-    assert [(r.document_id, r.attempts, r.status) for r in due] == [("a", 0, PENDING)]
+    # The attempt count is kept: a manual retry that fails again counts.
+    assert [(r.document_id, r.attempts, r.status) for r in due] == [("a", 1, PENDING)]
     assert queue.make_due(ids=[queue.list("q")[0].id]) == 1
     assert [r.document_id for r in queue.due("q")] == ["c"]
     assert queue.make_due() == 3
@@ -180,3 +187,210 @@ def test_purge(queue: ErrorQueue, clock: Clock) -> None:
     assert [r.document_id for r in queue.list()] == ["b"]
     assert queue.purge(ids=[queue.list()[0].id]) == 1
     assert queue.list() == []
+
+
+# -- values every database must store (issue 11, item 1) --------------------------------
+
+
+@pytest.mark.parametrize(
+    "doc_id",
+    ["x" * 300, "a\x00b", "\ud800lone", "é" * 5000],
+    ids=["300-chars", "nul", "surrogate", "long-unicode"],
+)
+def test_any_document_id_is_stored_and_found_again(queue: ErrorQueue, doc_id: str) -> None:
+    queue.add("p", change(doc_id), "proc", fail("first"))
+    queue.add("p", change(doc_id, offset=5), "proc", fail("second"))
+    (rec,) = queue.list()
+    assert rec.attempts == 2 and rec.message == "second"
+    assert len(rec.document_id) >= len(doc_id)  # whole, escaped where needed
+    assert "\x00" not in rec.document_id
+
+
+def test_unstorable_text_is_escaped_and_bounded(queue: ErrorQueue) -> None:
+    long_name = "report:" + "n" * 200
+    queue.add("p", change(), long_name, fail("nul \x00 in message " + "m" * 100_000))
+    (rec,) = queue.list()
+    assert len(rec.processor) <= errors.NAME_CHARS
+    assert rec.processor == errors.bounded(long_name)
+    assert rec.message.startswith("nul \\x00 in message")
+    assert len(rec.message) <= errors.TEXT_CHARS and len(rec.traceback) <= errors.TEXT_CHARS
+
+
+def test_invalid_stub_with_long_nul_key(queue: ErrorQueue) -> None:
+    bad = Change.from_raw("meta", 0, 3, b"\x00garbage", key="k\x00" * 200)
+    queue.add("p", bad, "(invalid stub)", ValueError(bad.error), retryable=False)
+    (rec,) = queue.list()
+    assert rec.stub == b"\x00garbage" and rec.document_id.startswith("k\\x00")
+
+
+def test_replayed_invalid_stub_is_not_queued_twice(queue: ErrorQueue) -> None:
+    for _ in range(3):
+        bad = Change.from_raw("meta", 0, 7, b"junk", key="k")
+        queue.add("p", bad, "(invalid stub)", ValueError(bad.error), retryable=False)
+    (rec,) = queue.list()
+    assert rec.attempts == 1
+
+
+def test_bounded_is_stable_and_distinct() -> None:
+    a, b = "x" * 200 + "a", "x" * 200 + "b"
+    assert errors.bounded(a) == errors.bounded(a) != errors.bounded(b)
+    assert len(errors.bounded(a)) == errors.NAME_CHARS
+    assert errors.bounded("short") == "short"
+
+
+def test_ids_are_never_reused_after_purge(queue: ErrorQueue) -> None:
+    queue.add("p", change("a"), "proc", fail())
+    queue.add("p", change("b"), "proc", fail())
+    last = max(r.id for r in queue.list())
+    assert queue.purge() == 2
+    queue.add("p", change("c"), "proc", fail())
+    assert queue.list()[0].id > last
+
+
+def test_orphaned_entries_listed_and_purged(queue: ErrorQueue) -> None:
+    queue.add("p", change("a"), "proc", fail())
+    queue.add("gone", change("b"), "proc", fail())
+    assert queue.pillows() == {"gone": 1, "p": 1}
+    assert [r.pillow for r in queue.list(not_pillows=["p"])] == ["gone"]
+    assert queue.purge(not_pillows=["p"]) == 1
+    assert queue.pillows() == {"p": 1}
+
+
+def test_iter_all_pages(queue: ErrorQueue) -> None:
+    for i in range(7):
+        queue.add("p", change(f"d{i}"), "proc", fail())
+    assert [r.document_id for r in queue.iter_all("p", page=3)] == [f"d{i}" for i in range(7)]
+
+
+OLD_TABLE = """CREATE TABLE changefeed_errors (
+    id {pk}, pillow VARCHAR(128) NOT NULL, processor VARCHAR(128) NOT NULL,
+    document_id VARCHAR(255) NOT NULL, topic VARCHAR(249) NOT NULL, partition INTEGER NOT NULL,
+    "offset" BIGINT NOT NULL, stub {blob} NOT NULL, error_type VARCHAR(255) NOT NULL,
+    message TEXT NOT NULL, traceback TEXT NOT NULL, attempts INTEGER NOT NULL,
+    status VARCHAR(16) NOT NULL, created_at FLOAT NOT NULL, last_attempt_at FLOAT NOT NULL,
+    next_attempt_at FLOAT)"""
+
+
+def test_migrates_an_old_state_database(queue: ErrorQueue) -> None:
+    """A table made by an older changefeed (fixed-length id, no doc_key, SQLite ids that
+    could be reused) is brought up to date with its entries kept and still merged."""
+    postgres = queue.engine.dialect.name == "postgresql"
+    with queue.engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE IF EXISTS changefeed_errors"))
+        conn.execute(
+            sa.text(
+                OLD_TABLE.format(
+                    pk="SERIAL PRIMARY KEY" if postgres else "INTEGER PRIMARY KEY",
+                    blob="BYTEA" if postgres else "BLOB",
+                )
+            )
+        )
+        conn.execute(
+            sa.text(
+                "CREATE INDEX ix_changefeed_errors_doc ON changefeed_errors "
+                "(pillow, processor, document_id)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO changefeed_errors (pillow, processor, document_id, topic, partition,"
+                ' "offset", stub, error_type, message, traceback, attempts, status, created_at,'
+                " last_attempt_at, next_attempt_at) VALUES ('p', 'proc', 'old', 'form', 0, 1,"
+                " :stub, 'builtins.ValueError', 'm', 't', 1, 'pending', 1.0, 1.0, 2.0)"
+            ),
+            {"stub": change("old").metadata.encode()},  # type: ignore[union-attr]
+        )
+    queue.add("p", change("old"), "proc", fail("again"))
+    queue.add("p", change("y" * 300), "proc", fail())
+    recs = queue.list()
+    assert [(r.document_id, r.attempts) for r in recs] == [("old", 2), ("y" * 300, 1)]
+    if not postgres:
+        queue.purge()
+        queue.add("p", change("z"), "proc", fail())
+        assert queue.list()[0].id > recs[-1].id
+
+
+# -- the errors commands (issue 12: retry exactly what was asked, unknown names) ----------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "changefeed", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    out = {
+        **os.environ,
+        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=1",
+        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
+        "CHANGEFEED_APP": "tests.apps.recorder:app",
+        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out.pop("CHANGEFEED_DEBUG", None)
+    return out
+
+
+def queued(cli_env: dict[str, str], pillow: str, *doc_ids: str) -> list[int]:
+    queue = ErrorQueue(cli_env["CHANGEFEED_STATE"])
+    for doc_id in doc_ids:
+        queue.add(pillow, change(doc_id), "nope", fail(), retryable=False)
+    return [r.id for r in queue.list(pillow)]
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], text: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_retry_by_id_retries_only_that_entry(cli_env: dict[str, str]) -> None:
+    first, second = queued(cli_env, "recorder", "a", "b")
+    result = cf(cli_env, "errors", "retry", "--id", str(first))
+    assert result.returncode == 0, result.stderr
+    assert "1 error(s) marked due" in result.stdout
+    queue = ErrorQueue(cli_env["CHANGEFEED_STATE"])
+    # "a" went through the recorder (any processor, since "nope" is not one): resolved.
+    assert [r.id for r in queue.list()] == [second]
+    assert queue.get(second).status == PARKED  # type: ignore[union-attr] - untouched
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [
+        (["errors", "retry", "--id", "999"], "no error #999"),
+        (["errors", "retry", "--pillow", "NOSUCH"], "unknown pillow 'NOSUCH'"),
+        (["errors", "list", "--pillow", "NOSUCH"], "unknown pillow 'NOSUCH'"),
+        (["errors", "purge", "--pillow", "NOSUCH"], "unknown pillow 'NOSUCH'"),
+    ],
+)
+def test_unknown_names_are_one_line_errors(
+    cli_env: dict[str, str], args: list[str], text: str
+) -> None:
+    one_line_error(cf(cli_env, *args), text)
+
+
+def test_orphaned_entries_are_shown_and_purged(cli_env: dict[str, str]) -> None:
+    (orphan,) = queued(cli_env, "retired-pillow", "x")
+    queued(cli_env, "recorder", "y")
+    listed = cf(cli_env, "errors", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert f"#{orphan}\tretired-pillow" in listed.stdout and "parked,orphaned" in listed.stdout
+    assert "errors purge --orphaned" in listed.stderr
+    as_json = json.loads(cf(cli_env, "errors", "list", "--json").stdout)
+    assert [e["orphaned"] for e in as_json] == [True, False]
+    one_line_error(cf(cli_env, "errors", "retry", "--id", str(orphan)), "orphaned")
+    one_line_error(cf(cli_env, "errors", "retry", "--pillow", "retired-pillow"), "orphaned")
+    assert cf(cli_env, "errors", "list", "--pillow", "retired-pillow").returncode == 0
+    purged = cf(cli_env, "errors", "purge", "--orphaned")
+    assert "1 error(s) purged" in purged.stdout
+    assert [r.pillow for r in ErrorQueue(cli_env["CHANGEFEED_STATE"]).list()] == ["recorder"]

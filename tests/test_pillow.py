@@ -520,7 +520,8 @@ def test_retry_of_invalid_stub_stays_failed(env: Env) -> None:
     env.errors.make_due()
     assert pillow.retry_errors() == (0, 1)
     (err,) = env.errors.list()
-    assert err.attempts == 1 and "not valid JSON" in err.message
+    # make_due keeps the count: the failed retry is the second attempt.
+    assert err.attempts == 2 and "not valid JSON" in err.message
 
 
 # -- stopping ---------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from operator import attrgetter
 from typing import Any
 
 from changefeed.change import Change, InvalidChangeError, TopicPartition
-from changefeed.errors import ErrorQueue, ErrorRecord, RetryPolicy
+from changefeed.errors import ErrorQueue, ErrorRecord, RetryPolicy, bounded
 from changefeed.failures import (
     FETCH,
     INVALID_STUB,
@@ -142,8 +142,15 @@ class BatchRunner:
             )
         retryable = [(c, w, e) for c, w, e, r in failures if r]
         final = [(c, w, e) for c, w, e, r in failures if not r]
-        self.error_queue.add_many(self.name, retryable, policy=self.retry_policy)
-        self.error_queue.add_many(self.name, final, retryable=False, policy=self.retry_policy)
+        try:
+            self.error_queue.add_many(self.name, retryable, policy=self.retry_policy)
+            self.error_queue.add_many(self.name, final, retryable=False, policy=self.retry_policy)
+        except Exception as exc:
+            # The queue's database is a dependency like any other: when it is down, the batch
+            # backs off (and its checkpoint waits) instead of the pillow stopping.
+            if is_dependency_failure(exc):
+                raise DependencyDownError("error queue", exc) from exc
+            raise
 
     def run_processor(
         self, processor: Processor, changes: list[Change], failures: list[Failure]
@@ -174,8 +181,8 @@ class BatchRunner:
                 processor.process_change(change)
             except Exception as exc:  # noqa: BLE001 - one bad change must not stop the pillow
                 errors.append(Failure(change, name, exc, True))
-        for failure in errors:
-            self._raise_if_dependency(processor, failure.exception)
+        for failed in errors:
+            self._raise_if_dependency(processor, failed.exception)
         failures.extend(errors)
 
     @staticmethod
@@ -185,10 +192,19 @@ class BatchRunner:
 
     # -- the error queue ---------------------------------------------------------------
 
-    def retry_errors(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
-        """Re-process due error-queue entries. Returns (succeeded, failed again)."""
+    def retry_errors(
+        self, limit: int = 500, now: float | None = None, ids: Sequence[int] | None = None
+    ) -> tuple[int, int]:
+        """Re-process due error-queue entries (at most ``limit``, read in one page), or with
+        ``ids`` exactly those entries of this pillow, due or not. Returns (succeeded, failed
+        again)."""
+        if ids is not None:
+            found = (self.error_queue.get(i) for i in ids)
+            records = [r for r in found if r is not None and r.pillow == self.name]
+        else:
+            records = self.error_queue.due(self.name, limit=limit, now=now)
         ok = failed = 0
-        for record in self.error_queue.due(self.name, limit=limit, now=now):
+        for record in records:
             if self.retry(record):
                 ok += 1
             else:
@@ -209,7 +225,8 @@ class BatchRunner:
         # A retried change says so: processors can tell a retry from a first try.
         change.metadata.attempts = max(change.metadata.attempts, record.attempts)
         failures: list[Failure] = []
-        processors = [p for p in self.processors if p.name == record.processor]
+        # Stored names are bounded: compare in the same form.
+        processors = [p for p in self.processors if bounded(p.name) == record.processor]
         if record.processor in (FETCH, INVALID_STUB) or not processors:
             processors = self.processors
         try:

@@ -26,6 +26,7 @@ from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, BadRequestError, Elasticsearch
 
 from changefeed.change import Change
+from changefeed.errors import bounded
 from changefeed.processors.backoff import Backoff, SinkRetrier
 from changefeed.processors.base import BulkProcessor, ChangeFailure
 from changefeed.stores.base import rev_number
@@ -191,7 +192,8 @@ class ElasticProcessor(BulkProcessor):
         self.max_chunk_bytes = max_chunk_bytes
         self.require_alias = require_alias
         self.refresh = refresh
-        self._name = name or f"elastic:{self.alias}"
+        # Bounded like every name the error queue stores (stable hash suffix when long).
+        self._name = bounded(name or f"elastic:{self.alias}")
         self._retrier = SinkRetrier(self._name, backoff, sleep)
         self._bootstrapped = False
 

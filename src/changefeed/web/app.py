@@ -142,7 +142,8 @@ class Dashboard:
                 pillow = self._retry_pillows.get(name)
                 if pillow is None:
                     pillow = self._retry_pillows[name] = self.app.get_pillow(name)
-                ok, failed = pillow.retry_errors()
+                # Exactly the rows asked for, not every due entry of the pillow.
+                ok, failed = pillow.runner.retry_errors(ids=pillow_ids)
                 results[name] = {"resolved": ok, "failed": failed}
         still = [i for i in ids if queue.get(i) is not None]
         return {"results": results, "resolved": [i for i in ids if i not in still], "open": still}

@@ -26,6 +26,7 @@ from sqlalchemy.schema import CreateColumn
 
 from changefeed.change import Change
 from changefeed.db import make_engine, upsert
+from changefeed.errors import bounded
 from changefeed.identifiers import sql_identifier
 from changefeed.processors.base import BulkProcessor, ChangeFailure
 from changefeed.processors.reports.config import (
@@ -105,7 +106,9 @@ class ReportTableProcessor(BulkProcessor):
 
     @property
     def name(self) -> str:
-        return f"report:{self.config.name}"
+        # Bounded like every name the error queue stores (a long data source name is
+        # shortened with a hash suffix, the same way every time).
+        return bounded(f"report:{self.config.name}")
 
     # -- writing -----------------------------------------------------------------------
 
