@@ -233,8 +233,10 @@ def changes_cmd(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """Find changes in TOPIC (e.g. every change of one document) with partition, offset
-    and publish time. Time bounds are looked up, not scanned for."""
+    """Find changes in TOPIC, with partition, offset and publish time.
+
+    For example every change of one document (``--doc-id``), or what was published in a
+    time range; time bounds are looked up, not scanned for."""
     with user_errors():
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)

@@ -83,7 +83,7 @@ def _readable(p: Pillow, offsets: dict[TopicPartition, int], what: str) -> None:
 @click.argument("dst")
 @click.pass_context
 def copy_cmd(ctx: click.Context, src: str, dst: str) -> None:
-    """Give pillow DST the checkpoints of SRC (e.g. a renamed pillow)."""
+    """Give pillow DST the checkpoints of SRC, for a renamed or split pillow."""
     if src == dst:
         raise UserError("source and destination are the same pillow")
     source, target = _pillow(ctx, src), _pillow(ctx, dst)
@@ -114,9 +114,10 @@ def merged_offsets(
 @click.argument("names", nargs=-1, required=True, metavar="SRC... DST")
 @click.pass_context
 def merge_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
-    """Set DST's checkpoints to the minimum offset per partition of the SRC pillows (e.g.
-    pillows merged into one): changes some sources processed are processed again, none is
-    skipped. Refuses when the sources' partition sets differ."""
+    """Set DST's checkpoints to the minimum offset per partition of the SRC pillows.
+
+    For pillows merged into one: changes some sources processed are processed again, none
+    is skipped. Refuses when the sources' partition sets differ."""
     if len(names) < 2:
         raise UserError("merge needs at least one SRC and a DST")
     *sources, dst = names
