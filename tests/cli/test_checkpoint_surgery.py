@@ -215,3 +215,48 @@ def test_moved_compares_with_what_a_reader_wrote(env: dict[str, str]) -> None:
     assert cps.moved("alpha", {P0: 3}) == {}
     CheckpointStore(env["CHANGEFEED_STATE"]).set("alpha", {P0: 0}, reason="test", kind="reset")
     assert cps.moved("alpha", {P0: 3, P1: 0}) == {P0: 0}
+
+
+def test_reset_on_a_running_couch_bridge_is_replayed(tmp_path: Path, couch_db: str) -> None:
+    """``checkpoint reset`` of a running Couch bridge (docs/couchdb.md's way to replay a
+    database): the bridge notices at its next commit and publishes everything again."""
+    import httpx
+
+    from changefeed.sources.couch_bridge import get_change_feed_pillow_for_db
+
+    app = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
+
+    def stubs() -> list[str]:
+        feed = app.change_feed(app.router.topics)
+        try:
+            since = dict.fromkeys(feed.topic_partitions(), 0)
+            return [c.id for c in feed.iter_changes(since) if c is not None]
+        finally:
+            feed.close()
+
+    def bulk(ids: list[str]) -> None:
+        docs = [{"_id": i, "doc_type": "case"} for i in ids]
+        httpx.post(f"{couch_db}/_bulk_docs", json={"docs": docs}).raise_for_status()
+
+    bulk([f"a{i}" for i in range(5)])
+    bridge = get_change_feed_pillow_for_db(app, couch_db, heartbeat=0.1, max_wait=0.05)
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(stubs()) == 5)
+        (tp,) = bridge.topic_partitions()
+        wait_for(lambda: app.checkpoints.get(bridge.name).get(tp) == 5)
+        CheckpointStore(f"sqlite:///{tmp_path}/state.db").set(
+            bridge.name, {tp: 0}, reason="replay the database", kind="reset"
+        )
+        bulk(["b0"])  # the bridge's next commit comes after the reset
+        wait_for(lambda: sorted(stubs()).count("a0") == 2 and "b0" in stubs())
+        wait_for(lambda: app.checkpoints.get(bridge.name).get(tp) == 6)
+    finally:
+        bridge.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    ids = stubs()
+    assert all(ids.count(f"a{i}") == 2 for i in range(5))
+    assert app.checkpoints.history(bridge.name)[0].kind == "reset"
+    app.close()

@@ -138,8 +138,14 @@ class CouchBridgePillow:
         check_one_process(f"couch bridge {self.name}", num_processes, process_number)
         self._stopping = False
         self._state = "running"
+        self._reseek = False
         try:
-            return self._run(forever)
+            total = self._run(forever)
+            while self._reseek and not self.feed._stop.is_set():  # not stopped by `stop`
+                # An operator moved the checkpoint (`flush`): read on from their seq.
+                self._reseek = self._stopping = False
+                total += self._run(forever)
+            return total
         finally:
             self._state = "stopped"
 
@@ -208,7 +214,22 @@ class CouchBridgePillow:
                 log.warning("couch bridge %s: cannot classify %s: %s", self.name, change.id, exc)
             self.error_queue.add_many(self.name, self._failures, retryable=False)
             self.unclassifiable += len(self._failures)
-        self.seq_checkpoints.commit(self.name, self.topic, self._seq, self._position)
+        tp = TopicPartition(self.topic, 0)
+        moved = self.checkpoints.moved(self.name, {tp: self._position - self._seen})
+        if moved.get(tp) == 0:
+            # Someone reset the checkpoint while we ran (`checkpoint reset` to replay the
+            # database): keep their value and read again from the start (`run`).
+            log.warning("couch bridge %s: checkpoint reset by someone else; replaying", self.name)
+            self._reseek = self._stopping = True
+        else:
+            if moved:  # a seq cannot be derived from a count: only a reset can be honoured
+                log.warning(
+                    "couch bridge %s: checkpoint set to %s by someone else ignored: only a "
+                    "reset to 0 can move a Couch bridge",
+                    self.name,
+                    moved[tp],
+                )
+            self.seq_checkpoints.commit(self.name, self.topic, self._seq, self._position)
         self._last_progress_at = time.time()
         self._batch.clear()
         self._failures.clear()
