@@ -195,7 +195,27 @@ class StatusCollector(Collector):
                         age.add_metric(labels, p.checkpoint_age)
                 queue.add_metric([st.pillow, "pending"], st.errors_pending)
                 queue.add_metric([st.pillow, "parked"], st.errors_parked)
-        return [lag, head, checkpoint, age, queue, up]
+        return [lag, head, checkpoint, age, queue, up, self._slot_lag()]
+
+    def _slot_lag(self) -> Metric:
+        """WAL held by each watched CDC slot (`App.watch_replication_slot`): a slot nobody
+        reads fills the database's disk, so alerts watch it beside the pillows."""
+        gauge = GaugeMetricFamily(
+            "changefeed_replication_slot_lag_bytes",
+            "WAL written since the slot's consumer last confirmed.",
+            labels=["slot"],
+        )
+        for database_url, slot in self.app.replication_slots:
+            from changefeed.sources.postgres_cdc import slot_status
+
+            try:
+                st = slot_status(database_url, slot)
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail as a whole
+                log.warning("replication slot %s: %s", slot, exc)
+                continue
+            if st.get("exists") and st.get("lag_bytes") is not None:
+                gauge.add_metric([slot], float(st["lag_bytes"]))
+        return gauge
 
 
 def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
