@@ -16,6 +16,8 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 import orjson
 
+from changefeed.identifiers import INT64_MAX, INT64_MIN
+
 SCHEMA_VERSION = 1
 """Version of the stub format; written as ``"v"``. Newer stubs still decode (extra fields kept)."""
 
@@ -103,10 +105,10 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
     domain: str | None = None
     is_deletion: bool = False
     document_rev: str | None = None
-    version: int | None = None
+    version: Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)] | None = None
     publish_timestamp: float | None = None
     original_publication_timestamp: float | None = None
-    attempts: Annotated[int, msgspec.Meta(ge=0)] = 0
+    attempts: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] = 0
     associated_document_id: str | None = None
     """Another document the change came from (HQ: for a case, the form that changed it)."""
     extra: Annotated[dict[str, Any], msgspec.Meta(max_length=0)] = {}
@@ -205,8 +207,10 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
             original_ts = parse_timestamp(HQ_ORIGINAL_PUBLICATION, data[HQ_ORIGINAL_PUBLICATION])
             skip = _KNOWN | {HQ_ORIGINAL_PUBLICATION}
         version = get("version")
-        if version is not None and type(version) is not int:
-            raise _bad_type("version", "an integer", version)
+        if version is not None and (
+            type(version) is not int or not INT64_MIN <= version <= INT64_MAX
+        ):
+            raise _bad_type("version", "a signed 64-bit integer", version)
         is_deletion = get("is_deletion")
         if is_deletion is None:
             is_deletion = False
@@ -215,8 +219,8 @@ class ChangeMeta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True,
         attempts = get("attempts")
         if attempts is None:
             attempts = 0
-        elif type(attempts) is not int or attempts < 0:
-            raise _bad_type("attempts", "a non-negative integer", attempts)
+        elif type(attempts) is not int or not 0 <= attempts <= INT64_MAX:
+            raise _bad_type("attempts", "a non-negative 64-bit integer", attempts)
         extra = {k: x for k, x in data.items() if k not in skip}
         source_type, source_name = data["data_source_type"], data["data_source_name"]
         if source_type in HQ_SQL_SOURCE_NAMES:

@@ -1,7 +1,9 @@
-"""Validation of names that end up in SQL, topic names and URLs.
+"""Validation of names that end up in SQL, topic names and URLs, and of the numbers that end
+up in 64-bit columns and fields (offsets, ids, versions).
 
 Identifiers are checked before use and always quoted by SQLAlchemy; nothing user-supplied is
-ever pasted into SQL text.
+ever pasted into SQL text. Numbers are checked against the signed 64-bit range once, here, so
+the CLI, the dashboard and the stub decoder refuse the same values with the same words.
 """
 
 from __future__ import annotations
@@ -13,8 +15,33 @@ _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+"""The signed 64-bit range: SQLite and PostgreSQL ``BIGINT``, Kafka offsets, Elasticsearch
+versions. A larger Python int would overflow in the driver (an error far from the input)."""
+
+
 class InvalidIdentifierError(ValueError):
     """A table, column, topic or pillow name that is not allowed."""
+
+
+class InvalidValueError(InvalidIdentifierError):
+    """A number outside the range its kind allows (a subclass, so every place that reports
+    bad names as user errors reports bad numbers the same way)."""
+
+
+def int64(value: object, what: str = "integer", minimum: int = INT64_MIN) -> int:
+    """An integer (not a bool) from ``minimum`` to 2^63-1."""
+    if type(value) is not int or not minimum <= value <= INT64_MAX:
+        raise InvalidValueError(
+            f"invalid {what} {value!r}: must be an integer from {minimum} to {INT64_MAX}"
+        )
+    return value
+
+
+def offset(value: object, what: str = "offset") -> int:
+    """A log offset (or any other count kept in a 64-bit column): 0 to 2^63-1."""
+    return int64(value, what, 0)
 
 
 def sql_identifier(name: object, what: str = "identifier") -> str:

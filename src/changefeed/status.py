@@ -31,6 +31,9 @@ class PartitionStatus:
     lag: int
     checkpoint_age: float | None
     """Seconds since the checkpoint was last written (None: never)."""
+    beyond_head: bool = False
+    """The checkpoint is past the head: the pillow will skip whatever is published up to it,
+    and the lag (0) hides that, so it is flagged on its own."""
 
 
 @dataclass(slots=True)
@@ -60,6 +63,12 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
         head = heads[tp]
         cp = saved.get(tp)
         offset = cp.offset if cp else None
+        beyond = offset is not None and offset > head
+        if beyond:
+            status.notes.append(
+                f"{tp}: checkpoint {offset} is beyond the head {head}; changes published up to "
+                "it will be skipped (wrong log, or set with --force?)"
+            )
         status.partitions.append(
             PartitionStatus(
                 tp.topic,
@@ -68,6 +77,7 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
                 head,
                 partition_lag(head, offset),
                 None if cp is None else max(0.0, now - cp.updated_at),
+                beyond,
             )
         )
     counts = app.error_queue.counts(pillow.name)

@@ -13,6 +13,7 @@ import click
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import RESET, SET, TO_HEAD
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.params import ENTRY_ID, LIMIT, OFFSET, PARTITION
 from changefeed.pillow import Pillow
 
 
@@ -64,18 +65,37 @@ def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
 @checkpoint_group.command("set")
 @click.argument("pillow")
 @click.argument("topic")
-@click.argument("partition", type=click.IntRange(min=0))
-@click.argument("offset", type=click.IntRange(min=0))
+@click.argument("partition", type=PARTITION)
+@click.argument("offset", type=OFFSET)
 @click.option("--reason", default="set by operator", show_default=True)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Allow an offset past the head (changes published up to it will be skipped).",
+)
 @click.pass_context
 def set_cmd(
-    ctx: click.Context, pillow: str, topic: str, partition: int, offset: int, reason: str
+    ctx: click.Context,
+    pillow: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    reason: str,
+    force: bool,
 ) -> None:
-    """Set one partition's checkpoint to OFFSET."""
+    """Set one partition's checkpoint to OFFSET (at most the head unless --force)."""
     p = _pillow(ctx, pillow)
     tp = TopicPartition(topic, partition)
     if tp not in set(p.change_feed.topic_partitions()):
         raise UserError(f"pillow {pillow!r} does not read {tp}")
+    # Past the head the pillow would silently skip every change published up to OFFSET,
+    # and status would show no lag: almost always a typo or the wrong log.
+    head = p.change_feed.latest_offsets().get(tp, 0)
+    if offset > head and not force:
+        raise UserError(
+            f"offset {offset} is past the head of {tp} (head {head}); changes published up to "
+            "it would be skipped: give --force if that is what you want"
+        )
     _apply(ctx, p, {tp: offset}, reason, SET)
 
 
@@ -122,12 +142,17 @@ def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
 
 @checkpoint_group.command("history")
 @click.argument("pillow", required=False)
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=LIMIT, default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: bool) -> None:
     """Past checkpoint moves: who, when, old and new offset, what kind of move, why."""
-    entries = get_app(ctx).checkpoints.history(pillow, limit=limit)
+    app = get_app(ctx)
+    entries = app.checkpoints.history(pillow, limit=limit)
+    if pillow is not None and not entries and pillow not in app.runnable_names:
+        # A removed pillow keeps its history (shown above); a name never seen is a typo.
+        known = ", ".join(app.runnable_names) or "none"
+        raise UserError(f"unknown pillow {pillow!r} (known: {known}) and no history for it")
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
@@ -141,7 +166,7 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
 
 
 @checkpoint_group.command("undo")
-@click.argument("entry_id", type=click.IntRange(min=1))
+@click.argument("entry_id", type=ENTRY_ID)
 @click.pass_context
 def undo_cmd(ctx: click.Context, entry_id: int) -> None:
     """Put back the offset a history entry replaced."""

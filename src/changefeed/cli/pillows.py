@@ -159,7 +159,7 @@ def _render(
                 st.pillow,
                 p.topic,
                 str(p.partition),
-                "-" if p.checkpoint is None else str(p.checkpoint),
+                "-" if p.checkpoint is None else f"{p.checkpoint}{'!' * p.beyond_head}",
                 str(p.head),
                 str(p.lag),
                 age,

@@ -27,6 +27,8 @@ from elasticsearch import ApiError, BadRequestError, Elasticsearch
 
 from changefeed.change import Change
 from changefeed.errors import bounded
+from changefeed.failures import DocumentError
+from changefeed.identifiers import InvalidValueError, offset
 from changefeed.processors.backoff import Backoff, SinkRetrier
 from changefeed.processors.base import BulkProcessor, ChangeFailure
 from changefeed.stores.base import rev_number
@@ -79,6 +81,19 @@ class ElasticDocumentError(RuntimeError):
         super().__init__(f"document {document_id!r} rejected with status {status}: {reason}")
         self.status = status
         self.error = error
+
+
+class ElasticVersionError(DocumentError):
+    """A change's external version is outside what Elasticsearch accepts (0 to 2^63-1):
+    sending it would fail the whole request or be rejected, so the change fails alone."""
+
+
+def external_version(value: object) -> int:
+    """An Elasticsearch external version: an integer from 0 to 2^63-1."""
+    try:
+        return offset(value, "external version")
+    except InvalidValueError as exc:
+        raise ElasticVersionError(str(exc)) from None
 
 
 class ElasticIndexMissingError(ElasticDocumentError):
@@ -273,9 +288,14 @@ class ElasticProcessor(BulkProcessor):
             try:
                 op = self._op_for(change)
             except Exception as exc:  # noqa: BLE001 - a bad document fails alone
-                # a document that cannot be encoded as JSON will not heal by retrying
+                # a document that cannot be encoded as JSON, or a version out of range, will
+                # not heal by retrying (a newer change brings a newer version)
                 failures.append(
-                    ChangeFailure(change, exc, not isinstance(exc, orjson.JSONEncodeError))
+                    ChangeFailure(
+                        change,
+                        exc,
+                        not isinstance(exc, orjson.JSONEncodeError | ElasticVersionError),
+                    )
                 )
                 continue
             if chunk and (
@@ -299,7 +319,7 @@ class ElasticProcessor(BulkProcessor):
         header: dict[str, Any] = {"_index": self.alias, "_id": change.id}
         version = self.version(change)
         if version is not None:
-            header["version"] = version
+            header["version"] = external_version(version)
             header["version_type"] = self.version_type
         if body is None:
             return _Op(change, "delete", orjson.dumps({"delete": header}) + b"\n")

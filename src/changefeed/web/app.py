@@ -22,6 +22,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from changefeed.identifiers import InvalidValueError, int64
 from changefeed.web.live import LiveChanges
 from changefeed.web.monitor import PillowMonitor
 from changefeed.web.security import AccessMiddleware, SecurityHeadersMiddleware, same_origin
@@ -53,6 +54,15 @@ def _int(request: Request, name: str, default: int, maximum: int = MAX_LIMIT) ->
 
 class BadRequest(ValueError):
     pass
+
+
+def _error_id(value: object) -> int:
+    """An error-queue id as the queue stores it (BIGINT): anything else is the client's
+    mistake (400), not an overflow in the database driver (500)."""
+    try:
+        return int64(value, "error id", 1)
+    except InvalidValueError as exc:
+        raise BadRequest(str(exc)) from None
 
 
 class Dashboard:
@@ -93,7 +103,7 @@ class Dashboard:
         return JSON({"errors": [r.to_dict() for r in records], "counts": counts})
 
     def error_detail(self, request: Request) -> Response:
-        record = self.app.error_queue.get(int(request.path_params["error_id"]))
+        record = self.app.error_queue.get(_error_id(request.path_params["error_id"]))
         if record is None or record.pillow not in self.pillow_names:
             return JSON({"error": "no such error entry"}, 404)
         return JSON(record.to_dict(detail=True))
@@ -126,6 +136,10 @@ class Dashboard:
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         ):
             return JSON({"error": "give 'ids': a non-empty list of error ids"}, 400)
+        try:
+            ids = [_error_id(i) for i in ids]
+        except BadRequest as exc:
+            return JSON({"error": f"ids: {exc}"}, 400)
         return JSON(await asyncio.to_thread(self._retry, ids[:MAX_LIMIT]))
 
     def _retry(self, ids: list[int]) -> dict[str, Any]:

@@ -41,6 +41,13 @@ def host_of(host_header: str) -> str:
     return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
 
 
+def same_origin_path(path: str) -> str:
+    """``path`` as a redirect target that stays on this origin: one leading slash, so that
+    ``//evil.example/`` (a scheme-relative URL to a browser) becomes ``/evil.example/``.
+    (Backslashes and control characters are percent-encoded by `RedirectResponse`.)"""
+    return "/" + path.lstrip("/")
+
+
 class AccessMiddleware:
     """Rejects requests without the token (when one is set) or with a foreign Host header
     (when none is set)."""
@@ -76,7 +83,7 @@ class AccessMiddleware:
                 # Move the token from the URL (history, logs) into a cookie.
                 rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
                 response: Response = RedirectResponse(
-                    scope["path"] + (f"?{rest}" if rest else ""), 303
+                    same_origin_path(scope["path"]) + (f"?{rest}" if rest else ""), 303
                 )
                 self._set_cookie(response)
                 await response(scope, receive, send)

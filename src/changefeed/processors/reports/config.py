@@ -41,6 +41,16 @@ DOC_ID = "doc_id"
 ROW_NUM = "row_num"
 SYSTEM_COLUMNS = (DOC_ID, ROW_NUM)
 
+MAX_FILE_BYTES = 1 << 20
+"""A data source file is a few kilobytes; anything past 1 MiB is a mistake or an attack."""
+MAX_ALIASES = 100
+"""YAML aliases (``*name``) allowed in one file: enough to reuse expressions, too few for
+an alias bomb (nested aliases that expand to billions of nodes)."""
+MAX_DEPTH = 64
+"""Nesting of objects and lists in a spec; expressions nest a few levels, not thousands."""
+MAX_NODES = 100_000
+"""Objects, lists and values in a spec, counted as expanded (aliases count every time)."""
+
 Row = dict[str, Any]
 
 
@@ -118,23 +128,31 @@ class DataSourceConfig:
             if f.has("base_item_expression")
             else None
         )
+        _check_size(spec)
         specs = f.required("columns", list)
         if not specs:
             raise ReportConfigError("columns", "a data source needs at least one column")
         columns: list[ColumnConfig] = []
+        # Compared case-insensitively: PostgreSQL folds unquoted names and SQLite compares
+        # column names without case, so `Owner` next to `owner` would break the table.
         seen: dict[str, int] = {}
         for i, col_spec in enumerate(specs):
             column = _column(col_spec, index("columns", i))
-            if column.name in SYSTEM_COLUMNS:
-                raise ReportConfigError(
-                    f"columns[{i}].name", f"{column.name!r} is a system column; pick another name"
-                )
-            if column.name in seen:
+            folded = column.name.lower()
+            if folded in SYSTEM_COLUMNS:
                 raise ReportConfigError(
                     f"columns[{i}].name",
-                    f"duplicate column {column.name!r} (also columns[{seen[column.name]}])",
+                    f"{column.name!r} is a system column ({folded}, case does not matter); "
+                    "pick another name",
                 )
-            seen[column.name] = i
+            if folded in seen:
+                other = specs[seen[folded]]["name"]
+                case = "" if other == column.name else f" as {other!r}: case does not matter"
+                raise ReportConfigError(
+                    f"columns[{i}].name",
+                    f"duplicate column {column.name!r} (also columns[{seen[folded]}]{case})",
+                )
+            seen[folded] = i
             columns.append(column)
         f.done()
         return cls(name, table, tuple(columns), filter_, base, description, dict(f.spec))
@@ -164,20 +182,78 @@ def _column(spec: object, path: str) -> ColumnConfig:
     return ColumnConfig(name, kind, expression, indexed)
 
 
+def _check_size(spec: object) -> None:
+    """Refuse specs nested deeper than `MAX_DEPTH` or larger than `MAX_NODES` (counted as
+    expanded), walking iteratively so neither recursion nor an alias bomb can hang it."""
+    stack: list[tuple[object, int]] = [(spec, 0)]
+    nodes = 0
+    while stack:
+        value, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise ReportConfigError(
+                "", f"too large: more than {MAX_NODES} values (a YAML alias counts every use)"
+            )
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise ReportConfigError("", f"nested too deeply (more than {MAX_DEPTH} levels)")
+        stack.extend((child, depth + 1) for child in children)
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing more than `MAX_ALIASES` aliases per document."""
+
+    aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                raise ReportConfigError("", f"more than {MAX_ALIASES} YAML aliases (*name)")
+        return super().compose_node(parent, index)
+
+
+def _parse(text: str, kind: str) -> Any:
+    if kind == "JSON":
+        return json.loads(text)
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_data_source(path: str | Path) -> DataSourceConfig:
-    """Read and validate a data source from a ``.json``, ``.yaml`` or ``.yml`` file."""
+    """Read and validate a data source from a ``.json``, ``.yaml`` or ``.yml`` file.
+
+    Every way a file can be wrong (unreadable, over `MAX_FILE_BYTES`, not UTF-8, not
+    parseable, too many aliases, nested too deeply) is a `ReportConfigError`, so the CLI
+    reports it on one line instead of crashing or hanging."""
     p = Path(path)
+    kind = "JSON" if p.suffix.lower() == ".json" else "YAML"
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ReportConfigError("", f"cannot read {p}: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ReportConfigError("", f"file larger than {MAX_FILE_BYTES >> 20} MiB", p.name)
     try:
-        spec = json.loads(text) if p.suffix.lower() == ".json" else yaml.safe_load(text)
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ReportConfigError(
+            "", f"not UTF-8 text (byte {exc.start}: {data[exc.start : exc.start + 1]!r})", p.name
+        ) from None
+    try:
+        spec = _parse(text, kind)
+    except ReportConfigError as exc:
+        raise exc.in_source(p.name) from None
+    except RecursionError:
+        raise ReportConfigError("", f"not valid {kind}: nested too deeply", p.name) from None
     except (ValueError, yaml.YAMLError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ReportConfigError(
-            "", f"not valid {'JSON' if p.suffix == '.json' else 'YAML'}: {detail}", p.name
-        ) from None
+        raise ReportConfigError("", f"not valid {kind}: {detail}", p.name) from None
     try:
         return DataSourceConfig.from_dict(spec)
     except ReportConfigError as exc:

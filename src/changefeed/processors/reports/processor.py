@@ -48,6 +48,28 @@ class ReportSchemaError(RuntimeError):
     """The existing table cannot be brought in line with the config without losing data."""
 
 
+# Config column types by the generic SQLAlchemy class each database reflects them as
+# (subclasses first: Float is a Numeric, DateTime is not a Date).
+_KINDS: tuple[tuple[type[sa.types.TypeEngine[Any]], str], ...] = (
+    (sa.Boolean, "boolean"),
+    (sa.JSON, "json"),
+    (sa.DateTime, "datetime"),
+    (sa.Date, "date"),
+    (sa.Integer, "integer"),
+    (sa.Float, "float"),
+    (sa.Numeric, "decimal"),
+    (sa.String, "string"),
+)
+
+
+def reflected_kind(type_: Any) -> str | None:
+    """The config column type a reflected database type stores (None: not one of ours)."""
+    for cls, kind in _KINDS:
+        if isinstance(type_, cls):
+            return kind
+    return None
+
+
 def column_type(kind: str) -> sa.types.TypeEngine[Any]:
     types: dict[str, sa.types.TypeEngine[Any]] = {
         "string": sa.Text(),
@@ -236,13 +258,15 @@ class ReportTableProcessor(BulkProcessor):
         if not inspector.has_table(t.name, schema=t.schema):
             t.metadata.create_all(self.engine, checkfirst=True)
             return [f"created table {t.name}"]
-        existing = {c["name"] for c in inspector.get_columns(t.name, schema=t.schema)}
+        reflected = {c["name"]: c["type"] for c in inspector.get_columns(t.name, schema=t.schema)}
+        existing = set(reflected)
         lacking = [name for name in SYSTEM_COLUMNS if name not in existing]
         if lacking:
             raise ReportSchemaError(
                 f"table {t.name!r} exists but has no {', '.join(lacking)} column: it is not a "
                 f"report table of data source {self.config.name!r}; pick another table name"
             )
+        self._check_types(reflected)
         actions: list[str] = []
         preparer = self.engine.dialect.identifier_preparer
         with self.engine.begin() as conn:
@@ -265,6 +289,23 @@ class ReportTableProcessor(BulkProcessor):
             log.warning("report %s: %s", self.config.name, msg)
             actions.append(msg)
         return actions
+
+    def _check_types(self, reflected: Mapping[str, Any]) -> None:
+        """Refuse a table whose columns have another type than the config says: SQLite would
+        store the new values with the old affinity and PostgreSQL refuse every batch, and
+        changing a column's type in place could lose data, so a rebuild is the way."""
+        for column in self.config.columns:
+            if column.name not in reflected:
+                continue
+            old = reflected_kind(reflected[column.name])
+            if old is None or old == column.type:
+                continue
+            raise ReportSchemaError(
+                f"report {self.config.name!r}: column {column.name!r} of table "
+                f"{self.table.name!r} is {old} ({reflected[column.name]}) in the database but "
+                f"{column.type} in the config; rebuild the table with `changefeed reports "
+                f"rebuild {self.config.name}` (or `changefeed reindex PILLOW --reset`)"
+            )
 
     def reset(self) -> None:
         """Drop and recreate the table empty, for a rebuild from the document stores."""
