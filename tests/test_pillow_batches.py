@@ -179,3 +179,67 @@ def test_decoded_builds_the_same_change_as_the_constructor() -> None:
     assert {s: getattr(fast, s) for s in Change.__slots__} == {
         s: getattr(slow, s) for s in Change.__slots__
     }
+
+
+def run_adaptive(
+    tmp_path: Path, lists: Sequence[ChangeList], *, adaptive: bool = True
+) -> tuple[Record, list[int]]:
+    """Run a pillow (batch size 100, a clock that never moves, so ``max_wait`` never
+    elapses) over ``lists``; returns the processor and, for each list after the first, how
+    many batches had been processed when the pillow asked for it."""
+    proc = Record()
+    asked: list[int] = []
+
+    class Feed(ListFeed):
+        def iter_change_batches(
+            self, since: Mapping[TopicPartition, int], forever: bool = False
+        ) -> Iterator[ChangeList | None]:
+            for i, item in enumerate(lists):
+                if i:
+                    asked.append(len(proc.batches))
+                yield item
+
+    checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state-adaptive-{adaptive}.db")
+    pillow = Pillow(
+        "p",
+        Feed([]),
+        proc,
+        checkpoints=checkpoints,
+        batch_size=100,
+        max_wait=60,
+        clock=lambda: 1000.0,
+        adaptive=adaptive,
+    )
+    pillow.run(forever=True)
+    return proc, asked
+
+
+def test_a_caught_up_list_is_processed_at_once(tmp_path: Path) -> None:
+    backlog = ChangeList([change(0, 0, "a"), change(0, 1, "b")])
+    caught_up = ChangeList([change(0, 2, "c")], caught_up=True)
+    later = ChangeList([change(0, 3, "d")])
+    proc, asked = run_adaptive(tmp_path, [backlog, caught_up, later])
+    # The backlog list waits for more; the caught-up list flushes before the next read.
+    assert asked == [0, 1]
+    assert proc.batches == [[("a", 0, 0), ("b", 0, 1), ("c", 0, 2)], [("d", 0, 3)]]
+
+
+def test_an_empty_caught_up_list_flushes_the_batch_in_hand(tmp_path: Path) -> None:
+    # Kafka's end-of-partition events may come after the last messages.
+    first = ChangeList([change(0, 0, "a")])
+    told = ChangeList((), {}, caught_up=True)
+    later = ChangeList([change(0, 1, "b")])
+    proc, asked = run_adaptive(tmp_path, [first, told, later])
+    assert asked == [0, 1]
+    assert proc.batches == [[("a", 0, 0)], [("b", 0, 1)]]
+
+
+def test_without_adaptive_batching_a_caught_up_list_waits_for_a_full_batch(
+    tmp_path: Path,
+) -> None:
+    caught_up = ChangeList([change(0, 0, "a")], caught_up=True)
+    told = ChangeList((), {}, caught_up=True)
+    later = ChangeList([change(0, 1, "b")])
+    proc, asked = run_adaptive(tmp_path, [caught_up, told, later], adaptive=False)
+    assert asked == [0, 0]
+    assert proc.batches == [[("a", 0, 0), ("b", 0, 1)]]

@@ -59,6 +59,7 @@ class Pillow:
     Batching is adaptive: while the feed has a backlog, batches fill up to ``batch_size``;
     once a read reaches the end of the log, what is in hand is processed at once, so a
     change at low load waits milliseconds, not ``max_wait`` (which stays an upper bound).
+    ``adaptive=False`` waits for a full batch, ``max_wait`` or an idle feed (for comparison).
 
     A batch whose dependency is down is retried with backoff (1 s doubling to 60 s) up to
     ``max_batch_retries`` times (about five minutes with the default 10); then its changes go
@@ -88,6 +89,7 @@ class Pillow:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] | None = None,
         reindex_stores: Sequence[DocumentStore] | None = None,
+        adaptive: bool = True,
     ) -> None:
         self.name = object_name(name, "pillow name")
         self.change_feed = change_feed
@@ -103,6 +105,8 @@ class Pillow:
         self.document_stores = document_stores or DocumentStoreRegistry()
         self.batch_size = batch_size
         self.max_wait = max_wait
+        self.adaptive = adaptive
+        """Flush as soon as a read caught up with the log (`ChangeList.caught_up`)."""
         self.retry_policy = retry_policy or self.error_queue.policy
         self.max_batch_retries = max_batch_retries
         self.batch_backoff = batch_backoff
@@ -263,6 +267,13 @@ class Pillow:
         stop = self._stop
         clock = self.clock
         n = len(changes)
+        caught_up = self.adaptive and changes.caught_up
+        if not n:
+            # A feed may tell of a catch-up without changes (Kafka's end-of-partition events
+            # can come after the last messages): process what is in hand now.
+            if caught_up and self._seen and (not self.flush() or stop.is_set()):
+                return 0, True
+            return 0, False
         i = 0
         while i < n:
             # Re-read per slice: a flush (here, or on a rebalance inside the feed) starts a
@@ -282,7 +293,7 @@ class Pillow:
             self._seen = seen = seen + taken
             if (
                 seen < batch_size
-                and not (i == n and changes.caught_up)
+                and not (i == n and caught_up)
                 and clock() - self._started < self.max_wait
                 and not stop.is_set()
             ):

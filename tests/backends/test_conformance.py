@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from changefeed.backends import Backend, ChangeFeed, OffsetOutOfRangeError, open_backend
+from changefeed.backends.base import ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow
@@ -404,3 +405,47 @@ def test_pillow_end_to_end_with_checkpoints(backend: Backend, tmp_path: Path) ->
     change_docs(iter(range(100, 110)))
     second = run_pillow()
     assert sorted(doc_id for doc_id, _ in second.seen) == sorted(f"d{i}" for i in range(100, 110))
+
+
+# -- caught up: the end of the log is told with the lists (adaptive batching) -------------
+
+
+def read_lists_until_caught_up(feed: ChangeFeed, topic: str, expected: int) -> list[ChangeList]:
+    """The lists of a forever read of every partition from 0, up to the first list that says
+    it caught up after ``expected`` changes (or the idle sentinel, which fails the test)."""
+    lists: list[ChangeList] = []
+    seen = 0
+    since = {tp: 0 for tp in feed.topic_partitions() if tp.topic == topic}
+    for item in feed.iter_change_batches(since, forever=True):
+        assert item is not None, "went idle before a list said it caught up"
+        lists.append(item)
+        seen += len(item)
+        if item.caught_up:
+            assert seen == expected, "caught up before everything published was read"
+            break
+    feed.close()
+    return lists
+
+
+def test_a_catch_up_read_ends_with_a_caught_up_list(backend: Backend) -> None:
+    topic = make_topic(backend, partitions=2)
+    publish(backend, [(topic, meta(f"d{i}")) for i in range(10)])
+    lists = read_lists_until_caught_up(open_feed(backend, [topic]), topic, 10)
+    assert sorted(c.id for changes in lists for c in changes) == sorted(f"d{i}" for i in range(10))
+    # Kafka may tell of the end in an empty list right after the last changes.
+    with_changes = [changes for changes in lists if changes]
+    assert [c.caught_up for c in with_changes[:-1]] == [False] * (len(with_changes) - 1)
+    assert lists[-1].caught_up and all(not changes for changes in lists[len(with_changes) :])
+
+
+def test_a_backlog_comes_in_lists_not_caught_up_until_its_end(backend: Backend) -> None:
+    topic = make_topic(backend, partitions=2)
+    # 30 publishes of 400: more stored batches than the embedded log reads at once, more
+    # messages than one Kafka consume() returns.
+    for chunk in range(30):
+        publish(backend, [(topic, meta(f"d{chunk}-{i}")) for i in range(400)])
+    lists = read_lists_until_caught_up(open_feed(backend, [topic]), topic, 12000)
+    assert len(lists) > 1
+    assert not lists[0].caught_up
+    assert [changes.caught_up for changes in lists] == [False] * (len(lists) - 1) + [True]
+    assert sum(map(len, lists)) == 12000

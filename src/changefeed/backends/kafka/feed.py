@@ -348,6 +348,24 @@ class KafkaChangeFeed(BatchedChangeFeed):
         else:
             log.warning("kafka consumer: %s", err.str())
 
+    def _note_ends(self, msgs: list[Message], flags: list[KafkaError | None]) -> None:
+        """End-of-partition events and data, in the order consumed: a partition is at its
+        end when its last event in the batch was the end."""
+        eof = self._eof
+        for msg, err in zip(msgs, flags, strict=True):
+            tp = TopicPartition(msg.topic(), msg.partition())  # type: ignore[arg-type]
+            if err is None:
+                eof.discard(tp)
+            else:
+                eof.add(tp)
+
+    def _at_end(self) -> bool:
+        """Every partition we read is at its end (its last event was end-of-partition), so
+        the list just read is all the log holds for now (`ChangeList.caught_up`)."""
+        assigned = self._assigned
+        eof = self._eof
+        return bool(assigned) and len(eof) >= len(assigned) and all(tp in eof for tp in assigned)
+
     def _caught_up(self, heads: dict[TopicPartition, int]) -> bool:
         """Every assigned partition read to the head it had when the read began (or to an
         end-of-partition event, which also covers non-data records at the end)."""
@@ -384,11 +402,20 @@ class KafkaChangeFeed(BatchedChangeFeed):
             # One topic (the usual case): every change shares its name, no str per message.
             only_topic = self.topics[0] if len(self.topics) == 1 else None
             last_activity = monotonic()
+            owed = False  # a list went out with caught_up=False and no catch-up told since
             while True:
                 if not forever and not self.uses_consumer_group and not self._assigned:
                     return
-                wait = idle_timeout - (monotonic() - last_activity)
-                msgs = consume(batch_rows, max(0.005, min(wait, 1.0)))
+                # What is queued, without waiting; if nothing, wait for the first message
+                # only (``consume(n, t)`` waits for all n or the whole timeout, which at low
+                # load would hold changes back for up to a second), then take what came
+                # with it.
+                msgs = consume(batch_rows, 0)
+                if not msgs:
+                    wait = idle_timeout - (monotonic() - last_activity)
+                    msgs = consume(1, max(0.005, min(wait, 1.0)))
+                    if msgs and batch_rows > 1:
+                        msgs += consume(batch_rows - 1, 0)
                 if self._rebalanced:
                     self._rebalanced = False
                     assigned = self._assigned
@@ -406,10 +433,11 @@ class KafkaChangeFeed(BatchedChangeFeed):
                         if all(m.error().code() == _EOF for m in events):  # type: ignore[union-attr]
                             # End-of-partition events only (the usual error-event): noted
                             # here, and the data messages go the fast way.
-                            for msg in events:
-                                self._handle_error(msg)
+                            self._note_ends(msgs, flags)
                             msgs = list(compress(msgs, map(not_, flags)))
                             flags = []
+                    elif self._eof:
+                        self._eof.difference_update(_partitions_of(msgs, only_topic))
                     if not any(flags):
                         # After a rebalance the consumer's positions may be of partitions
                         # just assigned: the list then says where its own changes end.
@@ -420,21 +448,31 @@ class KafkaChangeFeed(BatchedChangeFeed):
                     # Each list's end is worked out from its changes (`ChangeList`): the
                     # consumer may already stand past an error not handled yet.
                     pending: list[Change] = []
+                    eof = self._eof
                     for msg in msgs:
                         if msg.error() is not None:
                             if pending and msg.error().code() != _EOF:  # type: ignore[union-attr]
                                 # What came before an error is handed over before it is
                                 # handled (it may raise, or reset a partition).
                                 yield ChangeList(pending)
-                                got = True
+                                got = owed = True
                                 pending = []
                             self._handle_error(msg)
                             continue
+                        if eof:
+                            eof.discard(TopicPartition(msg.topic(), msg.partition()))  # type: ignore[arg-type]
                         pending.append(_change_of(msg))
                     changes = ChangeList(pending)
+                at_end = self._at_end()
                 if changes:
+                    changes.caught_up = at_end
                     yield changes
                     got = True
+                    owed = not at_end
+                elif at_end and owed:
+                    # The end-of-partition events came after the last list: say so now.
+                    owed = False
+                    yield ChangeList((), {}, caught_up=True)
                 now = monotonic()
                 if got:
                     last_activity = now
@@ -497,6 +535,12 @@ def _fast_changes(
         metas,
     )
     return ChangeList(changes, positions() if positions is not None else None)
+
+
+def _partitions_of(msgs: list[Message], only_topic: str | None) -> set[tuple[str, int]]:
+    """The (topic, partition) pairs of ``msgs`` (equal to `TopicPartition`s), in C loops."""
+    topics = repeat(only_topic) if only_topic is not None else map(_message_topic, msgs)
+    return set(zip(topics, map(_message_partition, msgs), strict=False))  # type: ignore[arg-type]
 
 
 def _change_of(msg: Message) -> Change:

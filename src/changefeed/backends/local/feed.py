@@ -130,7 +130,11 @@ class SQLiteChangeFeed(BatchedChangeFeed):
     def iter_change_batches(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[ChangeList | None]:
-        """One list per stored record batch, each ending where that batch ends."""
+        """One list per stored record batch, each ending where that batch ends.
+
+        A round reads every partition before handing anything over, so the last list of a
+        round can say whether the round reached every head (`ChangeList.caught_up`): a
+        pillow then processes at once instead of waiting for a full batch."""
         positions = dict(since)
         conn = self._conn
         last_activity = time.monotonic()
@@ -141,7 +145,8 @@ class SQLiteChangeFeed(BatchedChangeFeed):
                     ids = self._topic_ids()
             with self._lock:
                 seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            got_any = False
+            reads: list[tuple[TopicPartition, int, list[tuple[int, int, bytes]]]] = []
+            at_head = True
             for tp in sorted(positions):
                 info = ids.get(tp.topic)
                 if info is None:
@@ -159,29 +164,39 @@ class SQLiteChangeFeed(BatchedChangeFeed):
                     continue
                 if batches[0][0] > pos:
                     pos = positions[tp] = self._out_of_range(tp, pos, batches[0][0])
-                got_any = True
-                topic, part = tp.topic, tp.partition
-                for base, count, payload in batches:
-                    skip = pos - base if pos > base else 0
-                    yield decode_batch(topic, part, base, payload, skip, {tp: base + count})
-                    pos = positions[tp] = base + count
-            if got_any:
+                reads.append((tp, pos, batches))
+                end = batches[-1][0] + batches[-1][1]
+                positions[tp] = end
+                if end < head:
+                    at_head = False
+            if reads:
+                last = len(reads) - 1
+                for i, (tp, pos, batches) in enumerate(reads):
+                    topic, part = tp.topic, tp.partition
+                    final = len(batches) - 1
+                    for j, (base, count, payload) in enumerate(batches):
+                        skip = pos - base if pos > base else 0
+                        changes = decode_batch(topic, part, base, payload, skip, {tp: base + count})
+                        changes.caught_up = at_head and i == last and j == final
+                        yield changes
                 last_activity = time.monotonic()
                 continue
             if not forever:
                 return
-            # Idle: wait for another connection to commit, yielding the sentinel regularly.
+            # Idle: wait for another connection to commit (checked before each sleep, so a
+            # commit during the round just read is seen at once), yielding the sentinel
+            # regularly.
             while True:
+                with self._lock:
+                    version = conn.execute("PRAGMA data_version").fetchone()[0]
+                if version != seen_version:
+                    break
                 now = time.monotonic()
                 if now - last_activity >= self.idle_timeout:
                     last_activity = now
                     yield None
                     break
                 time.sleep(self.poll_interval)
-                with self._lock:
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != seen_version:
-                    break
             ids = {}
 
     def close(self) -> None:
