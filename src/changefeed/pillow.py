@@ -319,9 +319,13 @@ class Pillow:
                     log.error(
                         "pillow %s: batch failed %d times, queueing its changes", self.name, attempt
                     )
-                    self.runner.queue(Failure(c, exc.where, exc.cause, True) for c in changes)
-                    report = BatchReport(self.name, seen, len(changes), len(changes), 0.0)
-                    break
+                    try:
+                        self.runner.queue(Failure(c, exc.where, exc.cause, True) for c in changes)
+                    except DependencyDownError as queue_down:
+                        exc = queue_down  # the error queue is down too: keep backing off
+                    else:
+                        report = BatchReport(self.name, seen, len(changes), len(changes), 0.0)
+                        break
                 delay = self.batch_backoff.delay(attempt)
                 log.warning("pillow %s: %s; retrying the batch in %.1fs", self.name, exc, delay)
                 self._health.state = "backing-off"
