@@ -32,6 +32,8 @@ COMMAND_MODULES = (
     "reindex",
     "supervise",
     "dashboard",
+    "verify",
+    "republish",
 )
 
 

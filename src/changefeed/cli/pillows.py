@@ -64,6 +64,12 @@ def pillows_cmd(ctx: click.Context) -> None:
 @click.option("--once", is_flag=True, help="Stop when caught up instead of running forever.")
 @click.option("--no-bootstrap", is_flag=True, help="Skip the processors' bootstrap.")
 @click.option(
+    "--docs",
+    metavar="F",
+    help="Process exactly these documents now (ids one per line, or JSON lines of stubs); "
+    "no log read, no checkpoint moved.",
+)
+@click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port."
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
@@ -76,6 +82,7 @@ def run_cmd(
     process_number: int,
     once: bool,
     no_bootstrap: bool,
+    docs: str | None,
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
@@ -83,6 +90,13 @@ def run_cmd(
     the current batch).
 
     With --all or several names, run each as a child process of the supervisor."""
+    if docs is not None:
+        from changefeed.cli.verify import run_docs_command
+
+        run_docs_command(
+            ctx, pillow_names, docs, bootstrap=not no_bootstrap, alone=not (all_pillows or once)
+        )
+        return
     if process_number >= num_processes:
         raise UserError(f"--process-number must be below --num-processes ({num_processes})")
     if all_pillows or len(pillow_names) > 1:

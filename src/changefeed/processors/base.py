@@ -9,7 +9,8 @@ once, and a replay must not regress data (upsert by id, use external versions).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from changefeed.change import Change
@@ -21,6 +22,23 @@ class ChangeFailure(NamedTuple):
     change: Change
     exception: BaseException
     retryable: bool = True
+
+
+@dataclass(slots=True)
+class OutputDrift:
+    """How a processor's output for some documents differs from what their stores say, by
+    document id (``changefeed verify``). ``clear`` lists ids whose output re-processing alone
+    cannot fix (the sink keeps a version it thinks newer): a repair deletes them first."""
+
+    missing: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+    stale: list[str] = field(default_factory=list)
+    different: list[str] = field(default_factory=list)
+    clear: list[str] = field(default_factory=list)
+
+    def ids(self) -> list[str]:
+        """Every drifted id, once."""
+        return list(dict.fromkeys([*self.missing, *self.extra, *self.stale, *self.different]))
 
 
 class Processor(ABC):
@@ -55,6 +73,18 @@ class Processor(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
+
+    def verify_output(self, changes: Sequence[Change]) -> OutputDrift | None:
+        """Compare this processor's output for these documents with what processing
+        ``changes`` would write: one change per document, built from its store (the document
+        set, or a deletion for an id no store holds live). None means "cannot be verified"
+        (the default: a cache invalidator or a republisher keeps no output to compare)."""
+        return None
+
+    def iter_output_ids(self, chunk_size: int = 1000) -> Iterator[list[str]]:
+        """The document ids present in the output, in chunks, so ``verify`` finds output for
+        documents the stores no longer hold (extra). Only meaningful with `verify_output`."""
+        return iter(())
 
 
 class BulkProcessor(Processor):

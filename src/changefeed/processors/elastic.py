@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -30,7 +30,7 @@ from changefeed.errors import bounded
 from changefeed.failures import DocumentError
 from changefeed.identifiers import InvalidValueError, offset
 from changefeed.processors.backoff import Backoff, SinkRetrier
-from changefeed.processors.base import BulkProcessor, ChangeFailure
+from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
 from changefeed.stores.base import rev_number
 
 log = logging.getLogger("changefeed.processors.elastic")
@@ -388,6 +388,71 @@ class ElasticProcessor(BulkProcessor):
             retry += 1
             self._retrier.wait(retry, reason)
             pending = again
+
+    # -- verification (``changefeed verify``) -------------------------------------------------
+
+    def verify_output(self, changes: Sequence[Change]) -> OutputDrift:
+        """Presence, external version and body of each document (one realtime ``mget``)
+        against what indexing its change would write. A body that differs while the index
+        holds a version at least the store's, or a version above the store's, cannot be fixed
+        by re-indexing (the write would be refused as old): such ids are to be cleared."""
+        wanted: dict[str, tuple[int | None, Any] | None] = {}
+        for change in changes:
+            doc = None if change.deleted else change.document
+            body = None if doc is None else self.transform(doc)
+            if body is None:
+                wanted[change.id] = None
+                continue
+            if not METADATA_FIELDS.isdisjoint(body):
+                body = {k: v for k, v in body.items() if k not in METADATA_FIELDS}
+            wanted[change.id] = (self.version(change), orjson.loads(orjson.dumps(body)))
+        drift = OutputDrift()
+        if not wanted:
+            return drift
+        response = self.client.mget(index=self.alias, ids=list(wanted))
+        hits = {hit["_id"]: hit for hit in response.get("docs", []) if hit.get("found")}
+        for doc_id, want in wanted.items():
+            hit = hits.get(doc_id)
+            if want is None:
+                if hit is not None:
+                    drift.extra.append(doc_id)
+                    drift.clear.append(doc_id)
+                continue
+            if hit is None:
+                drift.missing.append(doc_id)
+                continue
+            version, body = want
+            have = hit.get("_version")
+            if version is not None and isinstance(have, int) and have < version:
+                drift.stale.append(doc_id)
+            elif hit.get("_source") != body or (
+                version is not None and isinstance(have, int) and have > version
+            ):
+                drift.different.append(doc_id)
+                if version is not None:
+                    drift.clear.append(doc_id)
+        return drift
+
+    def iter_output_ids(self, chunk_size: int = 1000) -> Iterator[list[str]]:
+        """Every id in the index, by scroll (refreshed first, so recent writes are seen)."""
+        self.client.indices.refresh(index=self.alias)
+        response = self.client.search(
+            index=self.alias, scroll="2m", size=chunk_size, sort=["_doc"], source=False
+        )
+        scroll_id = response.get("_scroll_id")
+        try:
+            while True:
+                hits = response["hits"]["hits"]
+                if not hits:
+                    return
+                yield [hit["_id"] for hit in hits]
+                if scroll_id is None:
+                    return
+                response = self.client.scroll(scroll_id=scroll_id, scroll="2m")
+                scroll_id = response.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id is not None:
+                self.client.options(ignore_status=404).clear_scroll(scroll_id=scroll_id)
 
     def close(self) -> None:
         if self._owns_client:
