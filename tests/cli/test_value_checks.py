@@ -89,6 +89,10 @@ def test_status_flags_a_checkpoint_beyond_the_head(
         (["checkpoint", "set", "recorder", "records", BIG, "0"], BIG),
         (["checkpoint", "undo", BIG], BIG),
         (["checkpoint", "history", "--limit", BIG], BIG),
+        (["errors", "show", BIG], BIG),
+        (["errors", "list", "--limit", BIG], BIG),
+        (["errors", "retry", "--id", BIG], BIG),
+        (["errors", "purge", "--id", BIG], BIG),
     ],
 )
 def test_integers_beyond_64_bits_are_one_line_exit_2(

@@ -14,6 +14,7 @@ import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
 
 ORPHANED = "orphaned"
@@ -40,7 +41,7 @@ def errors_group() -> None:
 @click.option("--pillow")
 @click.option("--status", type=click.Choice([PENDING, PARKED]))
 @click.option("--orphaned", is_flag=True, help="Only entries of pillows not in the app.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=LIMIT, default=100, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def list_cmd(
@@ -93,7 +94,7 @@ def _line(r: ErrorRecord, orphaned: bool) -> str:
 
 
 @errors_group.command("show")
-@click.argument("error_id", type=click.IntRange(min=1))
+@click.argument("error_id", type=ENTRY_ID)
 @click.pass_context
 def show_cmd(ctx: click.Context, error_id: int) -> None:
     """One error with its stub and traceback."""
@@ -105,7 +106,9 @@ def show_cmd(ctx: click.Context, error_id: int) -> None:
 
 @errors_group.command("retry")
 @click.option("--pillow", help="Only this pillow's errors.")
-@click.option("--id", "ids", type=int, multiple=True, help="Exactly these errors (repeatable).")
+@click.option(
+    "--id", "ids", type=ENTRY_ID, multiple=True, help="Exactly these errors (repeatable)."
+)
 @click.option("--parked", "parked_only", is_flag=True, help="Only parked errors.")
 @click.option(
     "--now/--schedule",
@@ -185,7 +188,7 @@ def _retry_ids(app: App, ids: list[int], pillow: str | None, parked_only: bool, 
 
 @errors_group.command("purge")
 @click.option("--pillow")
-@click.option("--id", "ids", type=int, multiple=True)
+@click.option("--id", "ids", type=ENTRY_ID, multiple=True)
 @click.option("--status", type=click.Choice([PENDING, PARKED]))
 @click.option("--older-than", type=click.FloatRange(min=0), help="Seconds.")
 @click.option("--orphaned", is_flag=True, help="Entries of pillows not in the app.")
