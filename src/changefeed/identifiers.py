@@ -69,3 +69,15 @@ def object_name(name: object, what: str = "name") -> str:
             f"invalid {what} {name!r}: use letters, digits, '.', '_' and '-', at most 128"
         )
     return name
+
+
+_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^/?#\s]*@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&][^=&#\s]*(?:password|secret)[^=&#\s]*=)[^&#\s]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a message holding URLs) with passwords replaced by ``***``: the
+    ``user:password@`` part of any scheme and ``...password=``/``...secret=`` options, so an
+    error message or log line can name the URL it is about without leaking a credential."""
+    out = _URL_PASSWORD.sub(r"\g<head>:***@", url)
+    return _QUERY_SECRET.sub(r"\g<key>***", out)

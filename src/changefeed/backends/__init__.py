@@ -5,15 +5,19 @@ from __future__ import annotations
 import importlib
 
 from changefeed.backends.base import (
+    MAX_PARTITIONS,
     Backend,
     ChangeFeed,
+    CreatedTopic,
     OffsetOutOfRangeError,
     Publisher,
     PublishError,
     TopicAdmin,
     TopicInfo,
     UnknownTopicError,
+    partition_count,
 )
+from changefeed.identifiers import redact_url
 
 _SCHEMES = {
     "sqlite": "changefeed.backends.local:SQLiteLog",
@@ -30,21 +34,23 @@ def open_backend(url: str) -> Backend:
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in _SCHEMES:
         raise BackendURLError(
-            f"unsupported log URL {url!r}: use sqlite:///path or kafka://host:port[,host:port]"
+            f"unsupported log URL {redact_url(url)!r}: use sqlite:///path or kafka://host:port[,host:port]"
         )
     module, _, attr = _SCHEMES[scheme].partition(":")
     cls = getattr(importlib.import_module(module), attr)
     try:
         backend: Backend = cls.from_url(url)
     except ValueError as exc:
-        raise BackendURLError(str(exc)) from None
+        raise BackendURLError(redact_url(str(exc))) from None
     return backend
 
 
 __all__ = [
+    "MAX_PARTITIONS",
     "Backend",
     "BackendURLError",
     "ChangeFeed",
+    "CreatedTopic",
     "OffsetOutOfRangeError",
     "PublishError",
     "Publisher",
@@ -52,4 +58,5 @@ __all__ = [
     "TopicInfo",
     "UnknownTopicError",
     "open_backend",
+    "partition_count",
 ]

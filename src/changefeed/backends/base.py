@@ -13,6 +13,21 @@ from operator import attrgetter
 from typing import Protocol
 
 from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.wire import WireFormat
+
+MAX_PARTITIONS = 10_000
+"""The most partitions a topic may have on any backend: far beyond what one pillow group
+uses, and low enough that a typo (``-p 2000000000``) is refused instead of exhausting
+memory in the log or the broker."""
+
+
+def partition_count(value: object, what: str = "partitions") -> int:
+    """A partition count, 1..`MAX_PARTITIONS`; ValueError with a one-line reason."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    if not 1 <= value <= MAX_PARTITIONS:
+        raise ValueError(f"{what} must be at least 1 and at most {MAX_PARTITIONS}, got {value}")
+    return value
 
 
 class PublishError(RuntimeError):
@@ -40,6 +55,31 @@ class UnknownTopicError(LookupError):
 class TopicInfo:
     name: str
     partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedTopic:
+    """What `TopicAdmin.create_topic` did, so a caller can say it instead of assuming."""
+
+    name: str
+    partitions: int
+    """Partitions the topic has now."""
+    existed: bool = False
+    """The topic was there before the call."""
+    previous: int | None = None
+    """Its partitions before the call, when it existed."""
+
+    @property
+    def grown(self) -> bool:
+        return self.previous is not None and self.previous < self.partitions
+
+    def describe(self) -> str:
+        """One line for people: created, grown, or already there with its partitions."""
+        if not self.existed:
+            return f"created {self.name} ({self.partitions} partitions)"
+        if self.grown:
+            return f"topic {self.name} existed with {self.previous} partitions; grown to {self.partitions}"
+        return f"topic {self.name} exists ({self.partitions} partitions)"
 
 
 class Publisher(ABC):
@@ -236,8 +276,10 @@ class BatchedChangeFeed(ChangeFeed):
 
 class TopicAdmin(ABC):
     @abstractmethod
-    def create_topic(self, name: str, partitions: int = 1) -> None:
-        """Create a topic (no-op if it exists with at least that many partitions)."""
+    def create_topic(self, name: str, partitions: int = 1) -> CreatedTopic:
+        """Create a topic (an existing one with fewer partitions is grown, one with as many
+        or more is left alone); says which happened. ``partitions`` is checked with
+        `partition_count`."""
 
     @abstractmethod
     def list_topics(self) -> list[TopicInfo]: ...
@@ -253,7 +295,9 @@ class Backend(ABC):
     url: str
 
     @abstractmethod
-    def publisher(self) -> Publisher: ...
+    def publisher(self, *, wire: WireFormat | str | None = None) -> Publisher:
+        """A publisher writing the ``wire`` format (``changefeed`` or ``hq``); None: the
+        backend's own (its URL's ``wire=`` option, else ``changefeed``)."""
 
     @abstractmethod
     def change_feed(

@@ -87,8 +87,8 @@ def create_cmd(
         raise UserError(f"{options}: not supported by this log ({type(admin).__name__})")
     for name in names:
         with user_errors(ValueError):
-            admin.create_topic(name, partitions, **extra)
-        click.echo(f"created {name} ({partitions} partitions)")
+            created = admin.create_topic(name, partitions, **extra)
+        click.echo(created.describe())
 
 
 @topics_group.command("list")

@@ -17,6 +17,7 @@ from changefeed.backends.kafka.admin import KafkaTopicAdmin, TopicDescription
 from changefeed.backends.kafka.config import KafkaConfig, parse_kafka_url
 from changefeed.backends.kafka.feed import KafkaChangeFeed
 from changefeed.backends.kafka.publisher import KafkaPublisher
+from changefeed.wire import WireFormat
 
 
 class KafkaBackend(Backend):
@@ -25,6 +26,7 @@ class KafkaBackend(Backend):
     def __init__(self, config: KafkaConfig) -> None:
         self.config = config
         self.url = config.url
+        self.wire = config.wire
 
     @classmethod
     def from_url(cls, url: str) -> KafkaBackend:
@@ -36,13 +38,16 @@ class KafkaBackend(Backend):
         asynchronous: bool = False,
         delivery_timeout: float | None = None,
         client_id: str = "changefeed-publisher",
+        wire: WireFormat | str | None = None,
     ) -> KafkaPublisher:
-        """Synchronous by default (`publish` returns once the stub is durable)."""
+        """Synchronous by default (`publish` returns once the stub is durable); ``wire``
+        overrides the URL's stub format."""
         return KafkaPublisher(
             self.config,
             asynchronous=asynchronous,
             delivery_timeout=delivery_timeout,
             client_id=client_id,
+            wire=wire,
         )
 
     def change_feed(

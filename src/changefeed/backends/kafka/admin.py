@@ -22,7 +22,13 @@ from confluent_kafka.admin import (
     OffsetSpec,
 )
 
-from changefeed.backends.base import TopicAdmin, TopicInfo, UnknownTopicError
+from changefeed.backends.base import (
+    CreatedTopic,
+    TopicAdmin,
+    TopicInfo,
+    UnknownTopicError,
+    partition_count,
+)
 from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
@@ -165,11 +171,11 @@ class KafkaTopicAdmin(TopicAdmin):
         *,
         config: Mapping[str, str] | None = None,
         replication_factor: int | None = None,
-    ) -> None:
-        """Create a topic; an existing one with fewer partitions is grown to ``partitions``."""
+    ) -> CreatedTopic:
+        """Create a topic; an existing one with fewer partitions is grown to ``partitions``
+        (partitions are never removed); says which happened."""
         topic_name(name)
-        if partitions < 1:
-            raise ValueError("partitions must be at least 1")
+        partition_count(partitions)
         new = NewTopic(
             name,
             num_partitions=partitions,
@@ -191,6 +197,9 @@ class KafkaTopicAdmin(TopicAdmin):
             existing = self.metadata.partition_counts([name]).get(name, partitions)
             if existing < partitions:
                 self.add_partitions(name, partitions)
+                return CreatedTopic(name, partitions, existed=True, previous=existing)
+            return CreatedTopic(name, existing, existed=True, previous=existing)
+        return CreatedTopic(name, partitions)
 
     def list_topics(self) -> list[TopicInfo]:
         counts = self.metadata.partition_counts()
@@ -203,6 +212,7 @@ class KafkaTopicAdmin(TopicAdmin):
         return count
 
     def add_partitions(self, name: str, total: int) -> None:
+        partition_count(total, "total partitions")
         current = self.partition_count(name)
         if total < current:
             raise ValueError(f"topic {name!r} has {current} partitions; cannot shrink to {total}")

@@ -9,10 +9,15 @@ Secrets stay in the client configuration and never appear in `KafkaConfig.url` o
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
+
+from changefeed.backends.base import MAX_PARTITIONS, partition_count
+from changefeed.identifiers import redact_url
+from changefeed.wire import DEFAULT_WIRE_FORMAT, WireFormat, wire_format
 
 PASSTHROUGH = frozenset(
     {
@@ -63,13 +68,23 @@ CONSUMER_ONLY = frozenset(
 
 SECRET_OPTIONS = frozenset({"sasl_password", "ssl_key_password", "sasl_oauthbearer_config"})
 
-OWN_OPTIONS = frozenset({"partitions", "replication_factor", "auto_create_topics", "timeout"})
-"""URL options changefeed itself uses: defaults for topics it creates, admin timeout (s)."""
+OWN_OPTIONS = frozenset(
+    {"partitions", "replication_factor", "auto_create_topics", "timeout", "wire"}
+)
+"""URL options changefeed itself uses: defaults for topics it creates (``partitions``
+1..10000, ``replication_factor`` -1 or 1..32767), admin timeout in seconds (finite, positive,
+at most a day), and the stub format publishers write (``wire``: ``changefeed`` or ``hq``)."""
+
+MAX_REPLICATION_FACTOR = 32767
+"""Kafka's replication factor is a signed 16-bit field."""
+
+MAX_TIMEOUT = 86400.0
+"""A day: longer admin timeouts are typos, and librdkafka takes milliseconds as int32."""
 
 CLIENT_LOG = logging.getLogger("changefeed.kafka.client")
 """librdkafka's own log lines (connection failures, retries) go here, not to stderr."""
 
-_HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:\d{1,5}$")
+_HOST = re.compile(r"^[A-Za-z0-9._\-\[\]:]+:(?P<port>\d{1,5})$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,8 @@ class KafkaConfig:
     auto_create_topics: bool = True
     timeout: float = 10.0
     """Seconds to wait for metadata and admin requests."""
+    wire: WireFormat = DEFAULT_WIRE_FORMAT
+    """The stub format publishers write unless they are given another."""
     url: str = ""
     """The URL with secrets masked: safe to print."""
 
@@ -119,12 +136,20 @@ def parse_kafka_url(url: str) -> KafkaConfig:
     parts = urlsplit(url)
     if parts.scheme != "kafka":
         raise ValueError(f"not a kafka URL: {_mask(url)!r}")
+    if "@" in parts.netloc:
+        raise ValueError(
+            "kafka URL takes no user:password@ part: use the sasl_username and sasl_password "
+            "options"
+        )
     hosts = [h.strip() for h in parts.netloc.split(",") if h.strip()]
     if not hosts:
         raise ValueError("kafka URL needs at least one broker: kafka://host:port[,host:port]")
     for host in hosts:
-        if not _HOST.match(host):
+        match = _HOST.match(host)
+        if not match:
             raise ValueError(f"bad broker address {host!r} in kafka URL: use host:port")
+        if not 1 <= int(match["port"]) <= 65535:
+            raise ValueError(f"bad broker port in {host!r}: ports are 1..65535")
     if parts.path not in ("", "/"):
         raise ValueError("kafka URL takes no path: kafka://host:port[,host:port]?options")
     client: dict[str, Any] = {}
@@ -137,16 +162,25 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         else:
             allowed = ", ".join(sorted(PASSTHROUGH | OWN_OPTIONS))
             raise ValueError(f"unknown kafka URL option {key!r} (allowed: {allowed})")
+    partitions = partition_count(
+        _int_option(own, "partitions", 1, MAX_PARTITIONS), "option partitions"
+    )
+    replication = _int_option(own, "replication_factor", -1, MAX_REPLICATION_FACTOR)
+    if replication != -1 and not 1 <= replication <= MAX_REPLICATION_FACTOR:
+        raise ValueError(
+            f"option replication_factor must be -1 (the broker's default) or "
+            f"1..{MAX_REPLICATION_FACTOR}, got {replication}"
+        )
     try:
-        partitions = int(own.get("partitions", 1))
-        replication = int(own.get("replication_factor", -1))
         timeout = float(own.get("timeout", 10.0))
-    except ValueError as exc:
-        raise ValueError(f"bad kafka URL option: {exc}") from None
-    if partitions < 1:
-        raise ValueError("option partitions must be at least 1")
-    if timeout <= 0:
-        raise ValueError("option timeout must be positive")
+    except ValueError:
+        raise ValueError(
+            f"option timeout must be a number of seconds, got {own['timeout']!r}"
+        ) from None
+    if not math.isfinite(timeout) or not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(
+            f"option timeout must be a positive number of seconds up to {MAX_TIMEOUT:.0f}, got {own['timeout']!r}"
+        )
     return KafkaConfig(
         bootstrap_servers=",".join(hosts),
         client=client,
@@ -154,15 +188,27 @@ def parse_kafka_url(url: str) -> KafkaConfig:
         replication_factor=replication,
         auto_create_topics=_bool("auto_create_topics", own.get("auto_create_topics", "true")),
         timeout=timeout,
+        wire=wire_format(own.get("wire")),
         url=_mask(url),
     )
 
 
+def _int_option(own: dict[str, str], name: str, default: int, most: int) -> int:
+    """An integer option, its digits bounded before conversion (nothing beyond 64 bits)."""
+    text = own.get(name)
+    if text is None:
+        return default
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit() or len(digits) > len(str(most)):
+        raise ValueError(f"option {name} must be a whole number of at most {most}, got {text!r}")
+    return int(text)
+
+
 def _mask(url: str) -> str:
-    """The URL with secret option values replaced by ``***``."""
-    base, sep, query = url.partition("?")
+    """The URL with secret option values (and any user:password@) replaced by ``***``."""
+    base, sep, query = redact_url(url).partition("?")
     if not sep:
-        return url
+        return base
     out = []
     for key, value in parse_qsl(query, keep_blank_values=True):
         shown = "***" if key in SECRET_OPTIONS else value

@@ -4,10 +4,18 @@ Synchronous by default, because a caller that saved a document must know its stu
 log: `KafkaPublisher.publish` waits for the broker's acknowledgement and raises
 `PublishError` otherwise. The asynchronous mode queues and returns at once; every delivery
 report is checked and failures are raised from the next `publish` or `flush`, never dropped.
+
+A fatal producer error (librdkafka's word for "this producer can never send again", e.g.
+the broker answering ``OUT_OF_ORDER_SEQUENCE_NUMBER`` to an idempotent producer after a
+restart) is raised as `PublishError` like any other failure, and the next call runs on a new
+producer: a publisher kept for life by a relay recovers without a restart. Stubs the failed
+producer had not confirmed are reported as failed, never as sent, so their source publishes
+them again (at least once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +31,7 @@ from changefeed.backends.kafka.admin import KafkaTopicAdmin
 from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import ChangeMeta
 from changefeed.identifiers import topic_name
+from changefeed.wire import WireFormat, encoder_for, wire_format
 
 log = logging.getLogger("changefeed.kafka")
 
@@ -37,6 +46,22 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 """Durable by default; URL options override all but ``acks`` and idempotence."""
 
 
+def is_fatal(err: KafkaError | None) -> bool:
+    """Whether ``err`` leaves the producer unusable, so it must be replaced: librdkafka flags
+    the causing error ``fatal`` and fails everything after it with ``_FATAL``."""
+    return err is not None and (bool(err.fatal()) or err.code() == KafkaError._FATAL)
+
+
+def _error_of(exc: KafkaException) -> KafkaError | None:
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
+def _reason(exc: KafkaException) -> str:
+    err = _error_of(exc)
+    return str(err.str()) if err is not None else str(exc)
+
+
 class KafkaPublisher(Publisher):
     """Puts stubs into Kafka topics.
 
@@ -44,6 +69,8 @@ class KafkaPublisher(Publisher):
     acknowledged by all in-sync replicas, or raise `PublishError`. ``asynchronous=True``:
     they return at once; call `flush` to wait, which raises if any delivery failed.
     ``delivery_timeout`` bounds how long a stub may wait for the broker (message.timeout.ms).
+    ``wire`` is the stub format (None: the URL's ``wire=``); the key is always the document id.
+    After a fatal producer error the next call replaces the producer (`replaced_total`).
     """
 
     def __init__(
@@ -53,22 +80,31 @@ class KafkaPublisher(Publisher):
         asynchronous: bool = False,
         delivery_timeout: float | None = None,
         client_id: str = "changefeed-publisher",
+        wire: WireFormat | str | None = None,
     ) -> None:
         self.config = config
         self.asynchronous = asynchronous
+        self.wire = config.wire if wire is None else wire_format(wire)
+        self._encode = encoder_for(self.wire)
         conf = dict(PRODUCER_DEFAULTS)
         conf.update(config.common(client_id, "producer"))
         if delivery_timeout is not None:
             conf["message.timeout.ms"] = int(delivery_timeout * 1000)
         conf["acks"] = "all"
         conf["enable.idempotence"] = True
-        conf["error_cb"] = self._on_client_error
+        # The producer holds its callbacks, so they reach us through a weak reference.
+        ref = weakref.ref(self)
+
+        def on_error(err: KafkaError) -> None:
+            publisher = ref()
+            if publisher is not None:
+                publisher._on_client_error(err)
+
+        conf["error_cb"] = on_error
         if asynchronous:
             # Reports only for failed deliveries (librdkafka drops the successful ones before
-            # Python sees them): a report per stub would cost more than producing it. The
-            # producer holds the callback, so it reaches us through a weak reference.
+            # Python sees them): a report per stub would cost more than producing it.
             conf["delivery.report.only.error"] = True
-            ref = weakref.ref(self)
 
             def on_delivery(err: KafkaError | None, msg: Message) -> None:
                 publisher = ref()
@@ -77,8 +113,12 @@ class KafkaPublisher(Publisher):
 
             conf["on_delivery"] = on_delivery
         self.delivery_timeout = float(conf["message.timeout.ms"]) / 1000.0
+        self._conf = conf
         self._producer = Producer(conf)
         self._lock = threading.Lock()
+        self._replace_lock = threading.Lock()
+        self._fatal: str | None = None
+        self._replaced_total = 0
         self._failures: list[tuple[str, str, str]] = []
         self._failed_total = 0
         self._known_topics: set[str] = set()
@@ -89,6 +129,8 @@ class KafkaPublisher(Publisher):
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
+            if is_fatal(err):
+                self._fatal = err.str()
             key = msg.key()
             doc = key.decode("utf-8", "replace") if isinstance(key, bytes) else str(key)
             log.error(
@@ -98,12 +140,65 @@ class KafkaPublisher(Publisher):
                 self._failures.append((str(msg.topic()), doc, err.str()))
                 self._failed_total += 1
 
-    @staticmethod
-    def _on_client_error(err: KafkaError) -> None:
-        if err.fatal():
+    def _on_client_error(self, err: KafkaError) -> None:
+        if is_fatal(err):
             log.error("kafka producer: fatal error: %s", err.str())
+            self._fatal = err.str()
         else:
             log.warning("kafka producer: %s", err.str())
+
+    # -- fatal errors ----------------------------------------------------------------------
+
+    def _failed(self, exc: KafkaException, what: str) -> PublishError:
+        """The `PublishError` for a client call that raised; a fatal error marks the producer
+        for replacement by the next call."""
+        err = _error_of(exc)
+        reason = _reason(exc)
+        if is_fatal(err):
+            self._fatal = reason
+            return PublishError(
+                f"{what}: the Kafka producer failed for good ({reason}); unconfirmed stubs are "
+                "not sent, and the next publish uses a new producer"
+            )
+        return PublishError(f"{what}: {reason}")
+
+    def _recover(self) -> None:
+        """Replace a producer that failed fatally (no-op otherwise).
+
+        What the old producer still holds is purged, and its delivery reports are served: a
+        purged stub's report is a failure, raised by the asynchronous mode's next check.
+        Stubs it holds whose reports never come are counted as failed too, so nothing
+        unconfirmed is reported as sent. (A synchronous call already raised for all of its
+        stubs, so their late reports are dropped.)"""
+        if self._fatal is None:
+            return
+        with self._replace_lock:
+            if self._fatal is None:
+                return
+            reason, old = self._fatal, self._producer
+            # A failed producer may raise its fatal error again: expected, not news.
+            with contextlib.suppress(KafkaException):
+                old.purge(True, True, False)
+            with contextlib.suppress(KafkaException):
+                old.poll(0)
+            unreported = len(old)
+            with self._lock:
+                if not self.asynchronous:
+                    self._failures.clear()
+                elif unreported:
+                    self._failures.append(
+                        ("(any)", f"{unreported} queued stub(s)", f"producer failed: {reason}")
+                    )
+                    self._failed_total += unreported
+            self._producer = Producer(self._conf)
+            self._fatal = None
+            self._replaced_total += 1
+        log.warning("kafka producer: replaced after a fatal error (%s)", reason)
+
+    @property
+    def replaced_total(self) -> int:
+        """Producers replaced after a fatal error since this publisher was made."""
+        return self._replaced_total
 
     def _raise_failures(self) -> None:
         with self._lock:
@@ -144,31 +239,40 @@ class KafkaPublisher(Publisher):
     def _produce(self, topic: str, key: str, value: bytes, callback: Any) -> None:
         """Produce, waiting while the local queue is full. ``callback``: a delivery report
         callback for this stub (None: the producer's own, asynchronous mode)."""
-        produce = self._producer.produce
+        producer = self._producer
         while True:
             try:
-                if callback is None:
-                    produce(topic, value, key)
-                else:
-                    produce(topic, value, key, on_delivery=callback)
-                return
-            except BufferError:
-                # The local queue is full: serve delivery reports to make room.
-                self._producer.poll(0.05)
+                try:
+                    if callback is None:
+                        producer.produce(topic, value, key)
+                    else:
+                        producer.produce(topic, value, key, on_delivery=callback)
+                    return
+                except BufferError:
+                    # The local queue is full: serve delivery reports to make room.
+                    producer.poll(0.05)
             except KafkaException as exc:
-                raise PublishError(
-                    f"could not publish stub for {key!r} to {topic!r}: {exc}"
+                raise self._failed(
+                    exc, f"could not publish stub for {key!r} to {topic!r}"
                 ) from None
+
+    def _poll(self) -> None:
+        """Serve delivery reports without waiting."""
+        try:
+            self._producer.poll(0)
+        except KafkaException as exc:
+            raise self._failed(exc, "could not publish") from None
 
     def publish(self, topic: str, meta: ChangeMeta) -> None:
         if self._closed:
             raise PublishError("publisher is closed")
+        self._recover()
         if topic not in self._known_topics:
             self._ensure_topics((topic,))
         meta.stamp_unset(time.time())
         if self.asynchronous:
-            self._produce(topic, meta.document_id, meta.encode(), None)
-            self._producer.poll(0)
+            self._produce(topic, meta.document_id, self._encode(meta), None)
+            self._poll()
             if self._failures:
                 self._raise_failures()
             return
@@ -184,7 +288,7 @@ class KafkaPublisher(Publisher):
                     err.str(),
                 )
 
-        self._produce(topic, meta.document_id, meta.encode(), delivered)
+        self._produce(topic, meta.document_id, self._encode(meta), delivered)
         self._wait(lambda: bool(result))
         if not result:
             raise PublishError(
@@ -202,33 +306,36 @@ class KafkaPublisher(Publisher):
         """Queue the whole batch, then (synchronous mode) wait and raise if any failed."""
         if self._closed:
             raise PublishError("publisher is closed")
+        self._recover()
         now = time.time()
+        encode = self._encode
         with gctune.paused():  # many small acyclic objects: no collector passes over them
             records = []
             for topic, meta in items:
                 meta.stamp_unset(now)
-                records.append((topic, meta.document_id, meta.encode()))
+                records.append((topic, meta.document_id, encode(meta)))
         self._ensure_topics({topic for topic, _, _ in records})
         callback = None if self.asynchronous else self._on_delivery
         produce = self._producer.produce
         poll = self._producer.poll
-        for n, (topic, key, value) in enumerate(records, 1):
-            try:
-                if callback is None:
-                    produce(topic, value, key)
-                else:
-                    produce(topic, value, key, on_delivery=callback)
-            except BufferError:
-                poll(0.05)
-                self._produce(topic, key, value, callback)
-            except KafkaException as exc:
-                raise PublishError(
-                    f"could not publish stub for {key!r} to {topic!r}: {exc}"
-                ) from None
-            if not n % 10000:
-                poll(0)  # serve delivery reports as we go
+        key = topic = ""
+        try:
+            for n, (topic, key, value) in enumerate(records, 1):
+                try:
+                    if callback is None:
+                        produce(topic, value, key)
+                    else:
+                        produce(topic, value, key, on_delivery=callback)
+                except BufferError:
+                    poll(0.05)
+                    self._produce(topic, key, value, callback)
+                if not n % 10000:
+                    poll(0)  # serve delivery reports as we go
+            if self.asynchronous:
+                poll(0)
+        except KafkaException as exc:
+            raise self._failed(exc, f"could not publish stub for {key!r} to {topic!r}") from None
         if self.asynchronous:
-            poll(0)
             if self._failures:
                 self._raise_failures()
         else:
@@ -237,17 +344,25 @@ class KafkaPublisher(Publisher):
     def _wait(self, done: Any) -> int:
         """Serve delivery reports until ``done()`` or the delivery timeout (plus a margin)."""
         deadline = time.monotonic() + self.delivery_timeout + 5.0
-        remaining = len(self._producer)
-        while not done() and time.monotonic() < deadline:
-            remaining = self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        producer = self._producer
+        remaining = len(producer)
+        try:
+            while not done() and time.monotonic() < deadline:
+                remaining = producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        except KafkaException as exc:
+            raise self._failed(exc, "could not publish") from None
         return remaining
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every queued stub is acknowledged; raise `PublishError` if any failed."""
+        self._recover()
         if timeout is None:
             remaining = self._wait(lambda: len(self._producer) == 0)
         else:
-            remaining = self._producer.flush(timeout)
+            try:
+                remaining = self._producer.flush(timeout)
+            except KafkaException as exc:
+                raise self._failed(exc, "could not publish") from None
         self._raise_failures()
         if remaining:
             raise PublishError(

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from changefeed.backends.base import TopicAdmin, TopicInfo, UnknownTopicError
+from changefeed.backends.base import (
+    CreatedTopic,
+    TopicAdmin,
+    TopicInfo,
+    UnknownTopicError,
+    partition_count,
+)
 from changefeed.backends.local.schema import ensure_topic
 from changefeed.identifiers import topic_name
 
@@ -16,19 +22,23 @@ class SQLiteAdmin(TopicAdmin):
     def __init__(self, log: SQLiteLog) -> None:
         self.log = log
 
-    def create_topic(self, name: str, partitions: int = 1) -> None:
+    def create_topic(self, name: str, partitions: int = 1) -> CreatedTopic:
         topic_name(name)
-        if partitions < 1:
-            raise ValueError("partitions must be at least 1")
+        partition_count(partitions)
         conn = self.log.connect()
         try:
             conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT partitions FROM topics WHERE name=?", (name,)).fetchone()
             _, existing = ensure_topic(conn, name, partitions)
             conn.execute("COMMIT")
         finally:
             conn.close()
+        if row is None:
+            return CreatedTopic(name, existing)
         if existing < partitions:
             self.add_partitions(name, partitions)
+            return CreatedTopic(name, partitions, existed=True, previous=existing)
+        return CreatedTopic(name, existing, existed=True, previous=existing)
 
     def list_topics(self) -> list[TopicInfo]:
         conn = self.log.connect()
@@ -39,6 +49,7 @@ class SQLiteAdmin(TopicAdmin):
         return [TopicInfo(name, parts) for name, parts in rows]
 
     def add_partitions(self, name: str, total: int) -> None:
+        partition_count(total, "total partitions")
         conn = self.log.connect()
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -3,6 +3,7 @@ the connections its publishers, feeds and admin use and applies retention."""
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -10,20 +11,51 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from changefeed.backends.base import Backend
+from changefeed.backends.base import MAX_PARTITIONS, Backend, partition_count
 from changefeed.backends.local.admin import SQLiteAdmin
 from changefeed.backends.local.feed import SQLiteChangeFeed
 from changefeed.backends.local.publisher import SQLitePublisher
 from changefeed.backends.local.retention import remove_expired
 from changefeed.backends.local.schema import SCHEMA
+from changefeed.identifiers import redact_url
+from changefeed.wire import WireFormat, wire_format
+
+MAX_RETENTION_COUNT = 2**63 - 1
+"""Records a partition may keep: SQLite's integers are signed 64-bit."""
+
+
+def _retention_seconds(value: float | None) -> float | None:
+    """None (keep forever) or a finite positive age: zero, a negative or NaN age would
+    remove records no reader has seen yet."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"retention_seconds must be a number, got {value!r}")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"retention_seconds must be a positive number of seconds, got {value}")
+    return float(value)
+
+
+def _retention_count(value: int | None) -> int | None:
+    """None (no bound) or at least one record kept per partition."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"retention_count must be a whole number, got {value!r}")
+    if not 1 <= value <= MAX_RETENTION_COUNT:
+        raise ValueError(
+            f"retention_count must be between 1 and {MAX_RETENTION_COUNT}, got {value}"
+        )
+    return value
 
 
 class SQLiteLog(Backend):
     """An embedded, durable, multi-process log in one SQLite file.
 
     URL form: ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` with optional
-    query options ``partitions`` (for auto-created topics), ``retention_seconds``,
-    ``retention_count`` (per partition) and ``synchronous`` (``normal`` or ``full``).
+    query options ``partitions`` (for auto-created topics, 1..10000), ``retention_seconds``
+    (positive), ``retention_count`` (per partition, at least 1), ``synchronous`` (``normal``
+    or ``full``) and ``wire`` (the stub format publishers write: ``changefeed`` or ``hq``).
     """
 
     def __init__(
@@ -34,17 +66,18 @@ class SQLiteLog(Backend):
         retention_seconds: float | None = None,
         retention_count: int | None = None,
         synchronous: str = "normal",
+        wire: WireFormat | str | None = None,
         url: str | None = None,
     ) -> None:
-        if partitions < 1:
-            raise ValueError("partitions must be at least 1")
+        partition_count(partitions)
         if synchronous.lower() not in ("normal", "full"):
             raise ValueError("synchronous must be 'normal' or 'full'")
         self.path = Path(path)
         self.default_partitions = partitions
-        self.retention_seconds = retention_seconds
-        self.retention_count = retention_count
+        self.retention_seconds = _retention_seconds(retention_seconds)
+        self.retention_count = _retention_count(retention_count)
         self.synchronous = synchronous.upper()
+        self.wire = wire_format(wire)
         self.url = url or f"sqlite:///{self.path}"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
@@ -55,27 +88,27 @@ class SQLiteLog(Backend):
         parts = urlsplit(url)
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
-            raise ValueError(f"sqlite log URL needs a file path: {url!r}")
+            raise ValueError(f"sqlite log URL needs a file path: {redact_url(url)!r}")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        allowed = {"partitions", "retention_seconds", "retention_count", "synchronous"}
+        allowed = {"partitions", "retention_seconds", "retention_count", "synchronous", "wire"}
         unknown = set(query) - allowed
         if unknown:
             raise ValueError(f"unknown sqlite log option(s): {', '.join(sorted(unknown))}")
         try:
+            partitions = _url_int(query, "partitions", MAX_PARTITIONS)
             return cls(
                 path,
-                partitions=int(query.get("partitions", 1)),
+                partitions=1 if partitions is None else partitions,
                 retention_seconds=float(query["retention_seconds"])
                 if "retention_seconds" in query
                 else None,
-                retention_count=int(query["retention_count"])
-                if "retention_count" in query
-                else None,
+                retention_count=_url_int(query, "retention_count", MAX_RETENTION_COUNT),
                 synchronous=query.get("synchronous", "normal"),
+                wire=query.get("wire"),
                 url=url,
             )
         except ValueError as exc:
-            raise ValueError(f"bad sqlite log URL {url!r}: {exc}") from None
+            raise ValueError(f"bad sqlite log URL {redact_url(url)!r}: {exc}") from None
 
     def connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -86,8 +119,9 @@ class SQLiteLog(Backend):
         conn.execute("PRAGMA busy_timeout=60000")
         return conn
 
-    def publisher(self) -> SQLitePublisher:
-        return SQLitePublisher(self)
+    def publisher(self, *, wire: WireFormat | str | None = None) -> SQLitePublisher:
+        """A publisher writing ``wire`` (None: the URL's ``wire=``, else ``changefeed``)."""
+        return SQLitePublisher(self, wire=wire)
 
     def change_feed(
         self,
@@ -124,3 +158,15 @@ class SQLiteLog(Backend):
             return remove_expired(conn, cutoff=cutoff, keep_count=self.retention_count)
         finally:
             conn.close()
+
+
+def _url_int(query: dict[str, str], name: str, most: int) -> int | None:
+    """An integer URL option; its digits are bounded before conversion, so a value beyond
+    64 bits is refused with the option's name instead of being parsed."""
+    text = query.get(name)
+    if text is None:
+        return None
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit() or len(digits) > len(str(most)):
+        raise ValueError(f"{name} must be a whole number of at most {most}, got {text!r}")
+    return int(text)

@@ -18,18 +18,24 @@ from changefeed.backends.local.records import (
 )
 from changefeed.backends.local.schema import ensure_topic
 from changefeed.change import ChangeMeta
+from changefeed.wire import WireFormat, encoder_for, wire_format
 
 if TYPE_CHECKING:
     from changefeed.backends.local.log import SQLiteLog
 
 
 class SQLitePublisher(Publisher):
-    """Appends stubs; a call is one transaction, durable when ``publish_many`` returns."""
+    """Appends stubs; a call is one transaction, durable when ``publish_many`` returns.
+
+    ``wire`` is the stub format written (None: the log's URL option); the key is the
+    document id in every format."""
 
     _RETENTION_EVERY = 50_000
 
-    def __init__(self, log: SQLiteLog) -> None:
+    def __init__(self, log: SQLiteLog, *, wire: WireFormat | str | None = None) -> None:
         self.log = log
+        self.wire = log.wire if wire is None else wire_format(wire)
+        self._encode = encoder_for(self.wire)
         self._conn = log.connect()
         self._lock = threading.Lock()
         self._since_retention = 0
@@ -41,9 +47,18 @@ class SQLitePublisher(Publisher):
         now = time.time()
         with gctune.paused():
             records = []
-            for topic, meta in items:
-                meta.stamp_unset(now)
-                records.append((topic, meta.document_id, meta.encode()))
+            encode = self._encode
+            if self.wire is WireFormat.CHANGEFEED:
+                for topic, meta in items:
+                    meta.stamp_unset(now)
+                    records.append((topic, meta.document_id, encode(meta)))
+            else:
+                # Another format is stored as the exact bytes another producer would have
+                # written (a ``[key, value]`` element): readers decode it like HQ's own stubs.
+                for topic, meta in items:
+                    meta.stamp_unset(now)
+                    key = meta.document_id
+                    records.append((topic, key, encode_record(key, encode(meta))))
         self._append(records, now)
 
     def append_raw(self, records: Sequence[tuple[str, str, bytes]]) -> None:
