@@ -143,18 +143,19 @@ def percentile(values: list[float], q: float) -> float:
 
 def throughput(
     backend: Backend, state: str, topic: str, n: int, name: str, adaptive: bool
-) -> float:
+) -> tuple[float, float]:
+    """(changes per wall-clock second, changes per CPU second of this process)"""
     feed = backend.change_feed([topic], client_id=name)
     pillow = Pillow(
         name, feed, NoopProcessor(), checkpoints=CheckpointStore(state), adaptive=adaptive
     )
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     read = pillow.run(forever=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     feed.close()
     if read != n:
         raise RuntimeError(f"read {read} changes, expected {n}")
-    return n / elapsed
+    return n / elapsed, n / cpu
 
 
 def fill(backend: Backend, topic: str, n: int, partitions: int) -> None:
@@ -189,17 +190,25 @@ def run_backend(label: str, url: str, args: argparse.Namespace, n: int) -> None:
         fill(backend, topic, n, args.partitions)
         state = f"sqlite:///{state_dir}/full.db"
         rates: dict[bool, list[float]] = {True: [], False: []}
+        cpus: dict[bool, list[float]] = {True: [], False: []}
         print(f"\n## {label}: full-load throughput, {n:,} changes, {args.partitions} partitions")
         for r in range(args.rounds):
             for adaptive in (True, False) if r % 2 == 0 else (False, True):
-                rate = throughput(backend, state, topic, n, f"full-{r}-{adaptive}", adaptive)
+                rate, cpu = throughput(backend, state, topic, n, f"full-{r}-{adaptive}", adaptive)
                 rates[adaptive].append(rate)
+                cpus[adaptive].append(cpu)
                 mode = "adaptive" if adaptive else "fixed"
-                print(f"round {r + 1} {mode}: {rate:,.0f} changes/s", flush=True)
+                print(f"round {r + 1} {mode}: {rate:,.0f}/s ({cpu:,.0f}/CPU-s)", flush=True)
         a, f = statistics.median(rates[True]), statistics.median(rates[False])
         own = statistics.median(x / y for x, y in zip(rates[True], rates[False], strict=True))
         print(
             f"median adaptive {a:,.0f}/s, fixed {f:,.0f}/s, ratio {a / f:.3f} "
+            f"(median of the rounds' ratios {own:.3f})"
+        )
+        a, f = statistics.median(cpus[True]), statistics.median(cpus[False])
+        own = statistics.median(x / y for x, y in zip(cpus[True], cpus[False], strict=True))
+        print(
+            f"per CPU-second: adaptive {a:,.0f}, fixed {f:,.0f}, ratio {a / f:.3f} "
             f"(median of the rounds' ratios {own:.3f})"
         )
     backend.close()
