@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+
+import sqlalchemy as sa
 
 from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
 from changefeed.change import ChangeMeta
@@ -66,13 +69,30 @@ class App:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_backend(self.log_url)
+            try:
+                self._backend = open_backend(self.log_url)
+            except (OSError, sqlite3.Error) as exc:
+                raise ConfigError(f"cannot open log {self.log_url}: {_first_line(exc)}") from None
         return self._backend
 
     @property
     def checkpoints(self) -> CheckpointStore:
+        """The state database, opened (and its tables made) on first use, so that a bad,
+        unwritable or unreachable ``state_url`` is one `ConfigError` here rather than a
+        driver error from whichever command touched it first."""
         if self._checkpoints is None:
-            self._checkpoints = CheckpointStore(self.state_url)
+            try:
+                store = CheckpointStore(self.state_url)
+                store.create()
+            except (sa.exc.ArgumentError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                raise ConfigError(
+                    f"cannot open state database {self.state_url}: {_first_line(exc)}"
+                ) from None
+            except (OSError, ImportError, ValueError) as exc:
+                raise ConfigError(
+                    f"cannot open state database {self.state_url}: {_first_line(exc)}"
+                ) from None
+            self._checkpoints = store
         return self._checkpoints
 
     @property
@@ -208,6 +228,13 @@ class App:
             self._backend.close()
             self._backend = None
         self.document_stores.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    """A driver error's first line (psycopg adds hints, SQLAlchemy a background link)."""
+    orig = getattr(exc, "orig", None)
+    text = str(orig if orig is not None else exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def load_app(spec: str | None) -> App:

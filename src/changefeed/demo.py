@@ -78,6 +78,63 @@ class DemoResult:
         return all(m == e == d == 0 for _, m, e, d in self.tables.values())
 
 
+APP_MODULE = "demo_app"
+"""The module `write_app_module` writes into a kept demo's folder."""
+
+
+def _configure(
+    app: App, directory: Path
+) -> tuple[SQLDocumentStore, SQLDocumentStore, ReportTableProcessor, ReportTableProcessor]:
+    """The demo's document stores and pillows on ``app``, files under ``directory``: one
+    definition for the demo run and for the app module that inspects a kept demo."""
+    source = make_engine(f"sqlite:///{directory / 'documents.db'}")
+    cases = SQLDocumentStore(source, "cases", data_source_name="cases")
+    forms = SQLDocumentStore(source, "forms", data_source_name="forms")
+    for store in (cases, forms):
+        store.create()
+        app.document_stores.register(store)
+    reports_url = f"sqlite:///{directory / 'reports.db'}"
+    case_report = ReportTableProcessor(CASE_REPORT, reports_url)
+    form_report = ReportTableProcessor(FORM_REPORT, reports_url)
+    app.add_pillow(
+        "case-report",
+        lambda a: a.constructed_pillow(
+            "case-report", ["case"], case_report, batch_size=500, max_wait=0.2
+        ),
+    )
+    app.add_pillow(
+        "form-report",
+        lambda a: a.constructed_pillow(
+            "form-report", ["form"], form_report, batch_size=500, max_wait=0.2
+        ),
+    )
+    return cases, forms, case_report, form_report
+
+
+def build_app(directory: str | Path) -> App:
+    """The app of a demo kept in ``directory`` (``changefeed demo --dir``), so ``status``,
+    ``checkpoint``, ``errors`` and ``run`` work on its pillows afterwards."""
+    directory = Path(directory)
+    app = App(
+        f"sqlite:///{directory / 'log.db'}?partitions=4", f"sqlite:///{directory / 'state.db'}"
+    )
+    _configure(app, directory)
+    return app
+
+
+def write_app_module(directory: Path) -> Path:
+    """Write ``demo_app.py`` into a kept demo's folder: the app, found relative to the
+    module itself, so the folder can be moved."""
+    path = directory / f"{APP_MODULE}.py"
+    path.write_text(
+        '"""The app of a kept changefeed demo: changefeed --app demo_app:app status."""\n\n'
+        "from pathlib import Path\n\n"
+        "from changefeed.demo import build_app\n\n"
+        "app = build_app(Path(__file__).resolve().parent)\n"
+    )
+    return path
+
+
 class Demo:
     def __init__(
         self, directory: Path, *, cases: int, forms: int, updates: int, seed: int = 7
@@ -89,27 +146,8 @@ class Demo:
         self.app = App(
             f"sqlite:///{self.dir / 'log.db'}?partitions=4", f"sqlite:///{self.dir / 'state.db'}"
         )
-        source = make_engine(f"sqlite:///{self.dir / 'documents.db'}")
-        self.cases = SQLDocumentStore(source, "cases", data_source_name="cases")
-        self.forms = SQLDocumentStore(source, "forms", data_source_name="forms")
-        for store in (self.cases, self.forms):
-            store.create()
-            self.app.document_stores.register(store)
+        self.cases, self.forms, self.case_report, self.form_report = _configure(self.app, self.dir)
         self.reports_url = f"sqlite:///{self.dir / 'reports.db'}"
-        self.case_report = ReportTableProcessor(CASE_REPORT, self.reports_url)
-        self.form_report = ReportTableProcessor(FORM_REPORT, self.reports_url)
-        self.app.add_pillow(
-            "case-report",
-            lambda app: app.constructed_pillow(
-                "case-report", ["case"], self.case_report, batch_size=500, max_wait=0.2
-            ),
-        )
-        self.app.add_pillow(
-            "form-report",
-            lambda app: app.constructed_pillow(
-                "form-report", ["form"], self.form_report, batch_size=500, max_wait=0.2
-            ),
-        )
         self.published = 0
 
     # -- the application side: save a document, publish its change ------------------------

@@ -13,11 +13,14 @@ supervisor serves them all (prometheus-client's multiprocess mode) next to the s
 
 from __future__ import annotations
 
+import hmac
 import logging
 import os
+import socket
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -226,7 +229,51 @@ def multiprocess_registry(path: str | None = None) -> CollectorRegistry:
 
 
 def serve(
-    registry: CollectorRegistry, port: int, host: str = "127.0.0.1"
+    registry: CollectorRegistry, port: int, host: str = "127.0.0.1", token: str | None = None
 ) -> tuple[WSGIServer, threading.Thread]:
-    """Serve ``/metrics`` for ``registry`` on a daemon thread; returns (server, thread)."""
-    return start_http_server(port, addr=host, registry=registry)
+    """Serve ``/metrics`` for ``registry`` on a daemon thread; returns (server, thread).
+
+    With ``token`` every request must carry it (``Authorization: Bearer TOKEN`` or
+    ``?token=TOKEN``): metric labels name pillows, topics and processors, which is more
+    than an address reachable from other machines should tell anyone who asks."""
+    if token is None:
+        return start_http_server(port, addr=host, registry=registry)
+    from socketserver import ThreadingMixIn
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+    from prometheus_client import make_wsgi_app
+
+    metrics_app = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if not _token_ok(environ, token):
+            start_response(
+                "401 Unauthorized",
+                [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")],
+            )
+            return [b"token required\n"]
+        return metrics_app(environ, start_response)
+
+    class _Server(ThreadingMixIn, WSGIServer):
+        daemon_threads = True
+
+    class _Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """No access log on stderr."""
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server_class = type("_MetricsServer", (_Server,), {"address_family": family})
+    server: WSGIServer = make_server(host, port, app, server_class, handler_class=_Quiet)
+    thread = threading.Thread(target=server.serve_forever, name="metrics", daemon=True)
+    thread.start()
+    return server, thread
+
+
+def _token_ok(environ: dict[str, Any], token: str) -> bool:
+    """Whether the request carries ``token`` (compared in constant time)."""
+    header = str(environ.get("HTTP_AUTHORIZATION", ""))
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not given:
+        values = parse_qs(str(environ.get("QUERY_STRING", ""))).get("token", [])
+        given = values[0] if values else ""
+    return hmac.compare_digest(given.encode(), token.encode())

@@ -13,6 +13,7 @@ import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
+from changefeed.change import Change
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,7 +130,7 @@ def test_errors_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert listed[0]["processor"] == "(invalid stub)"
     assert listed[0]["status"] == "parked"
     assert "not valid JSON" in listed[0]["message"]
-    detail = json.loads(cf(env, "errors", "show", str(listed[0]["id"])).stdout)
+    detail = json.loads(cf(env, "errors", "show", "--json", str(listed[0]["id"])).stdout)
     assert detail["stub"] == "{not json"
     assert "InvalidChangeError" in detail["traceback"]
     # Retrying an invalid stub fails again and keeps it queued; purge removes it.
@@ -190,7 +191,7 @@ def ticker_env(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
 def test_run_a_runnable_that_is_not_a_pillow(ticker_env: dict[str, str], tmp_path: Path) -> None:
     result = cf(ticker_env, "run", "ticker", "--once")
     assert result.returncode == 0, result.stderr
-    assert "ticker: 3 items read" in result.stderr
+    assert "ticker: 3 changes read" in result.stderr
     assert (tmp_path / "t").read_text().splitlines() == ["bootstrap", "run forever=False 1 0"]
 
     listed = cf(ticker_env, "pillows")
@@ -214,3 +215,146 @@ def test_splitting_a_runnable_that_is_not_scalable_is_one_line_exit_2(
     assert len(lines) == 1 and lines[0].startswith("changefeed: error:")
     assert "cannot be split" in lines[0]
     assert not (tmp_path / "t").exists()  # refused before bootstrap
+
+
+# -- issue 12: unknown names, terminal safety, secrets, small things ----------------------
+
+
+def _queue_error(env: dict[str, str], document_id: str, message: str) -> None:
+    from changefeed.errors import ErrorQueue
+
+    queue = ErrorQueue(env["CHANGEFEED_STATE"])
+    change = Change("records", 0, 0, ChangeMeta(document_id, "memory", "docs"))
+    queue.add("recorder", change, "recorder", RuntimeError(message))
+
+
+def test_status_without_an_app_says_so(env: dict[str, str]) -> None:
+    env = {k: v for k, v in env.items() if k != "CHANGEFEED_APP"}
+    result = cf(env, "status")
+    assert result.returncode == 0, result.stderr
+    assert "no app was given" in result.stdout
+    assert "log.db" in result.stdout
+
+
+def test_control_characters_are_escaped_in_human_output_not_in_json(
+    env: dict[str, str],
+) -> None:
+    evil = "doc\x1b[31m\nforged"
+    _queue_error(env, evil, f"failed at postgresql://u:{'pw' * 4}@db/x \x1b[2J")
+    listed = cf(env, "errors", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout
+    assert "doc\\x1b[31m\\nforged" in listed.stdout
+    assert "pwpwpwpw" not in listed.stdout
+    as_json = json.loads(cf(env, "errors", "list", "--json").stdout)
+    assert as_json[0]["document_id"] == evil
+    shown = cf(env, "errors", "show", str(as_json[0]["id"]))
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout
+    assert "traceback:" in shown.stdout and "stub:" in shown.stdout
+    # The stub is readable JSON over several lines, not one escaped string.
+    assert '"document_id":' in shown.stdout or '"id":' in shown.stdout
+    assert "\\n" not in shown.stdout.split("traceback:")[1].splitlines()[1]
+
+
+def test_undo_hint_names_the_entry(env: dict[str, str]) -> None:
+    publish(env, 6)
+    result = cf(env, "checkpoint", "set", "recorder", "records", "0", "1")
+    assert result.returncode == 0, result.stderr
+    entry = result.stdout.split()[0].lstrip("#")
+    assert f"changefeed checkpoint undo {entry}" in result.stderr
+    assert "undo ID" not in result.stderr
+
+
+def test_run_prints_start_line_and_processed_and_queued(env: dict[str, str]) -> None:
+    publish(env, 3)
+    result = cf(env, "run", "recorder", "--once")
+    assert result.returncode == 0, result.stderr
+    first, *_, last = result.stderr.strip().splitlines()
+    assert first.startswith("recorder: topics records; partitions records[0] from the start")
+    assert "3 changes read" in last and "3 processed, 0 queued" in last
+
+
+def test_status_does_not_truncate_names_when_narrow(env: dict[str, str]) -> None:
+    publish(env, 1)
+    env = {**env, "COLUMNS": "40"}
+    result = cf(env, "status")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│")]
+    assert rows and all("recorder" in row and "records" in row for row in rows), result.stdout
+
+
+def test_log_lines_are_escaped_redacted_and_client_warnings_said_once() -> None:
+    import logging
+
+    from changefeed.cli.output import install_log_filters
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(self.format(record))
+
+    logger = logging.getLogger("edges-test")
+    logger.propagate = False
+    handler = Keep()
+    logger.addHandler(handler)
+    install_log_filters(logger)
+    logger.warning("change %s failed at %s", "id\x1b[2J\nforged", "kafka://u:pw@h:1")
+    for _ in range(4):
+        logging.getLogger("edges-test").warning("node http://es:9200 failed")
+    assert records[0] == "change id\\x1b[2J\\nforged failed at kafka://***@h:1"
+    assert records[1:] == ["node http://es:9200 failed"]
+
+
+def test_metrics_with_a_token_require_it() -> None:
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client import CollectorRegistry
+
+    from changefeed.metrics import serve
+
+    token = "t" * 20
+    server, _ = serve(CollectorRegistry(), 0, "127.0.0.1", token=token)
+    try:
+        base = f"http://127.0.0.1:{server.server_port}/metrics"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base, timeout=10)
+        assert refused.value.code == 401
+        with urllib.request.urlopen(f"{base}?token={token}", timeout=10) as ok:
+            assert ok.status == 200
+        request = urllib.request.Request(base, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as ok:
+            assert ok.status == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_couch_store_is_part_of_the_app_configuration() -> None:
+    from changefeed import App
+    from changefeed.sources.couch_bridge import add_couch_bridge
+
+    app = App("sqlite:///:memory:", "sqlite:///:memory:")
+    add_couch_bridge(app, "http://u:p@127.0.0.1:1/cases")
+    # No bridge built: a downstream pillow in its own process still finds the store.
+    assert app.document_stores.get("couch", "cases") is not None
+
+
+def test_kept_demo_prints_commands_that_work(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("CHANGEFEED_APP", None)
+    demo_dir = tmp_path / "kept"
+    args = ["demo", "--dir", str(demo_dir), "--cases", "5", "--forms", "3", "--updates", "5"]
+    result = cf(env, *args)
+    assert result.returncode == 0, result.stderr
+    commands = [line.strip() for line in result.stdout.splitlines() if "--app demo_app:app" in line]
+    assert commands
+    status = subprocess.run(
+        commands[0], shell=True, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert status.returncode == 0, status.stderr
+    assert "case-report" in status.stdout and "form-report" in status.stdout
+    gone = cf(env, "demo", "--cases", "2", "--forms", "2", "--updates", "0")
+    assert "changefeed-demo-" not in gone.stdout

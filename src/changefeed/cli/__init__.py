@@ -15,6 +15,7 @@ import sys
 import click
 
 from changefeed.cli.common import UserError, cli
+from changefeed.cli.output import human, install_log_filters
 
 # Command modules; each attaches its commands to `cli` when imported.
 COMMAND_MODULES = (
@@ -52,13 +53,14 @@ def main(argv: list[str] | None = None) -> None:
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    install_log_filters()
     try:
         code = cli.main(args=argv, prog_name="changefeed", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("changefeed: aborted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        click.echo(f"changefeed: error: {exc.format_message()}", err=True)
+        click.echo(f"changefeed: error: {human(exc.format_message())}", err=True)
         sys.exit(2)
     except UserError as exc:
         click.echo(f"changefeed: error: {exc}", err=True)
@@ -71,7 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         click.echo(
-            f"changefeed: failed: {type(exc).__name__}: {exc} (set CHANGEFEED_DEBUG=1 for details)",
+            f"changefeed: failed: {type(exc).__name__}: {human(exc)} "
+            "(set CHANGEFEED_DEBUG=1 for details)",
             err=True,
         )
         sys.exit(1)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import escape
 from changefeed.runner import run_runnable
 from changefeed.sources.postgres_cdc import (
     CDCError,
@@ -79,12 +80,18 @@ def slot_show_cmd(slot: str | None, dsn: str, as_json: bool) -> None:
     if not slots:
         click.echo("no replication slots")
         return
-    table = Table("slot", "plugin", "database", "active", "confirmed", "lag", "retained WAL")
+    table = Table()
+    for column in ("slot", "plugin", "database"):
+        # Names are never cut: two slots with one prefix must not both read "changefee…".
+        width = max([len(column), *(len(escape(s[column])) for s in slots)])
+        table.add_column(column, overflow="fold", min_width=width)
+    for column in ("active", "confirmed", "lag", "retained WAL"):
+        table.add_column(column)
     for s in slots:
         table.add_row(
-            s["slot"],
-            str(s["plugin"]),
-            str(s["database"]),
+            escape(s["slot"]),
+            escape(s["plugin"]),
+            escape(s["database"]),
             "yes" if s["active"] else "no",
             str(s["confirmed_flush_lsn"]),
             _fmt_bytes(s["lag_bytes"]),

@@ -13,6 +13,7 @@ import click
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import RESET, SET, TO_HEAD
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import escape, human
 from changefeed.cli.params import ENTRY_ID, LIMIT, OFFSET, PARTITION
 from changefeed.pillow import Pillow
 
@@ -102,10 +103,18 @@ def set_cmd(
 def _apply(
     ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str, kind: str
 ) -> None:
-    for entry in get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind=kind):
+    entries = get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind=kind)
+    for entry in entries:
         old = "-" if entry.old_offset is None else entry.old_offset
-        click.echo(f"#{entry.id} {entry.tp}: {old} -> {entry.new_offset}")
-    click.echo("undo with: changefeed checkpoint undo ID", err=True)
+        click.echo(f"#{entry.id} {escape(str(entry.tp))}: {old} -> {entry.new_offset}")
+    click.echo(_undo_hint([entry.id for entry in entries]), err=True)
+
+
+def _undo_hint(ids: list[int]) -> str:
+    """The exact undo command(s), with the entry numbers just written (one per partition)."""
+    if not ids:
+        return "nothing changed"
+    return "undo with: " + "; ".join(f"changefeed checkpoint undo {i}" for i in ids)
 
 
 def _move_all(ctx: click.Context, pillow: str, topic: str | None, to_head: bool) -> None:
@@ -160,8 +169,8 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
         old = "-" if e.old_offset is None else e.old_offset
         new = "-" if e.new_offset is None else e.new_offset
         click.echo(
-            f"#{e.id}\t{_when(e.changed_at)}\t{e.pillow}\t{e.tp}\t{old} -> {new}\t{e.changed_by}"
-            f"\t{e.kind}\t{e.reason}"
+            f"#{e.id}\t{_when(e.changed_at)}\t{escape(e.pillow)}\t{escape(str(e.tp))}\t"
+            f"{old} -> {new}\t{escape(e.changed_by)}\t{escape(e.kind)}\t{human(e.reason)}"
         )
 
 
@@ -311,4 +320,4 @@ def import_pillowtop_cmd(
     for entry in entries:
         old = "-" if entry.old_offset is None else entry.old_offset
         click.echo(f"#{entry.id} {entry.tp}: {old} -> {entry.new_offset}")
-    click.echo("undo with: changefeed checkpoint undo ID (one per partition)", err=True)
+    click.echo(_undo_hint([entry.id for entry in entries]), err=True)

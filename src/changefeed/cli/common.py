@@ -10,6 +10,7 @@ import click
 
 from changefeed.app import App, ConfigError, load_app
 from changefeed.backends import BackendURLError
+from changefeed.cli.output import human
 from changefeed.identifiers import InvalidIdentifierError
 from changefeed.runner import Runnable
 
@@ -17,7 +18,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class UserError(Exception):
-    """Bad input or configuration: reported on one line with exit code 2."""
+    """Bad input or configuration: reported on one line with exit code 2.
+
+    The message is made human-safe here (credentials redacted, control characters escaped,
+    so also one line), whichever command raised it."""
+
+    def __init__(self, message: object) -> None:
+        super().__init__(human(message))
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -33,7 +40,7 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (*USER_ERRORS, *extra) as exc:
-        raise UserError(str(exc)) from None
+        raise UserError(exc) from None
 
 
 class State:
@@ -59,7 +66,22 @@ class State:
         return self._app
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """The root group: a configuration error from wherever the app opens its log or state
+    (`App.backend`, `App.checkpoints` raise `ConfigError`) is a user error in every
+    command, and every message click itself prints (usage errors echo the bad argument,
+    which may be a URL with a password or hold control characters) is made human-safe."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            with user_errors():
+                return super().invoke(ctx)
+        except click.ClickException as exc:
+            exc.message = human(exc.message)
+            raise
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--app",
     "app_spec",

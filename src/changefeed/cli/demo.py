@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import cli
+from changefeed.cli.output import escape
 
 
 @cli.command("demo")
@@ -32,15 +34,16 @@ from changefeed.cli.common import cli
 def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> None:
     """Create sample cases and forms, publish their changes, keep two report tables in
     sync while documents keep changing, and prove the tables match the source."""
-    from changefeed.demo import Demo
+    from changefeed.demo import APP_MODULE, Demo, write_app_module
 
     console = Console()
     keep = directory is not None
     path = directory if directory is not None else Path(tempfile.mkdtemp(prefix="changefeed-demo-"))
     if keep and any(path.glob("*.db")):
         raise click.UsageError(f"{path} already holds a demo; pass an empty or new --dir")
+    where = f" in {escape(str(path))}" if keep else ""
     console.print(
-        f"[bold]changefeed demo[/bold]: embedded log, document store and report tables in {path}"
+        f"[bold]changefeed demo[/bold]: embedded log, document store and report tables{where}"
     )
     demo = Demo(path, cases=cases, forms=forms, updates=updates)
     try:
@@ -64,6 +67,15 @@ def demo_cmd(directory: Path | None, cases: int, forms: int, updates: int) -> No
         f"{result.writes} document writes, {result.published} changes published and processed "
         f"in {result.seconds:.1f}s"
     )
+    if keep:
+        write_app_module(path)
+        shown = shlex.quote(str(path.resolve()))
+        # Plain echo: the console would wrap a long path and break the commands to copy.
+        click.echo(f"The demo's files are kept in {escape(str(path))}; inspect them with:")
+        for command in ("status", "checkpoint history", "errors list"):
+            click.echo(f"  cd {escape(shown)} && changefeed --app {APP_MODULE}:app {command}")
+    else:
+        console.print("The demo's temporary files are removed; pass --dir DIR to keep them.")
     if result.ok:
         console.print(
             "[bold green]OK[/bold green]: every report table matches its source documents."

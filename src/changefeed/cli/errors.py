@@ -14,6 +14,7 @@ import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import escape, human, show_text
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
 
@@ -88,20 +89,26 @@ def _line(r: ErrorRecord, orphaned: bool) -> str:
     )
     status = f"{r.status},{ORPHANED}" if orphaned else r.status
     return (
-        f"#{r.id}\t{r.pillow}\t{r.processor}\t{r.document_id}\t{status}\t"
-        f"attempts={r.attempts}\tnext={when}\t{r.error_type.rsplit('.', 1)[-1]}: {r.message[:120]}"
+        f"#{r.id}\t{escape(r.pillow)}\t{escape(r.processor)}\t{escape(r.document_id)}\t{status}\t"
+        f"attempts={r.attempts}\tnext={when}\t{escape(r.error_type.rsplit('.', 1)[-1])}: "
+        f"{human(r.message[:120])}"
     )
 
 
 @errors_group.command("show")
 @click.argument("error_id", type=ENTRY_ID)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (exact values).")
 @click.pass_context
-def show_cmd(ctx: click.Context, error_id: int) -> None:
+def show_cmd(ctx: click.Context, error_id: int, as_json: bool) -> None:
     """One error with its stub and traceback."""
     record = get_app(ctx).error_queue.get(error_id)
     if record is None:
         raise UserError(f"no error #{error_id}")
-    click.echo(json.dumps(record.to_dict(detail=True), indent=2))
+    detail = record.to_dict(detail=True)
+    if as_json:
+        click.echo(json.dumps(detail, indent=2))
+        return
+    click.echo(show_text(detail))
 
 
 @errors_group.command("retry")

@@ -12,8 +12,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
-from changefeed.pillow import Pillow
+from changefeed.cli.output import escape, human, is_terminal
+from changefeed.pillow import Pillow, PillowListener
 from changefeed.runner import NotScalableError, Runnable, check_split, run_runnable
 from changefeed.status import (
     PillowStatus,
@@ -73,6 +75,12 @@ def pillows_cmd(ctx: click.Context) -> None:
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port."
 )
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--metrics-token",
+    envvar="CHANGEFEED_METRICS_TOKEN",
+    help="Token /metrics requires (needed when --metrics-host is not loopback; "
+    "env CHANGEFEED_METRICS_TOKEN).",
+)
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -85,6 +93,7 @@ def run_cmd(
     docs: str | None,
     metrics_port: int | None,
     metrics_host: str,
+    metrics_token: str | None,
 ) -> None:
     """Run one pillow, Couch bridge or relay in this process (SIGTERM/SIGINT stop it after
     the current batch).
@@ -99,9 +108,13 @@ def run_cmd(
         return
     if process_number >= num_processes:
         raise UserError(f"--process-number must be below --num-processes ({num_processes})")
+    if metrics_port is not None:
+        _check_metrics_access(metrics_host, metrics_token)
     if all_pillows or len(pillow_names) > 1:
         if once or num_processes != 1:
             raise UserError("--once and --num-processes apply to one runnable, not to --all")
+        if metrics_token is not None and metrics_port is not None:
+            raise UserError("--metrics-token applies to one pillow; run --all serves on loopback")
         from changefeed.cli.supervise import run_supervised
 
         code = run_supervised(
@@ -125,7 +138,7 @@ def run_cmd(
             if metrics_port is not None:
                 metrics.registry.register(StatusCollector(app, [runnable.name]))
                 try:
-                    serve(metrics.registry, metrics_port, metrics_host)
+                    serve(metrics.registry, metrics_port, metrics_host, token=metrics_token)
                 except OSError as exc:
                     raise UserError(
                         f"cannot listen on {metrics_host}:{metrics_port}: {exc}"
@@ -134,16 +147,112 @@ def run_cmd(
         raise UserError(f"--metrics-port applies to pillows; {runnable.name!r} is not one")
     with user_errors(NotScalableError):
         check_split(num_processes, process_number, runnable.scalable)
+    progress: _Progress | None = None
+    if isinstance(runnable, Pillow):
+        saved = app.checkpoints.get(runnable.name)
+        click.echo(_start_line(saved, runnable, num_processes, process_number, once), err=True)
+        progress = _Progress(live=is_terminal())
+        runnable.listeners.append(progress)
+    else:
+        until = "until caught up" if once else "(Ctrl-C to stop)"
+        click.echo(f"{escape(runnable.name)}: running {until}", err=True)
     started = time.monotonic()
-    total = run_runnable(
-        runnable,
-        forever=not once,
-        num_processes=num_processes,
-        process_number=process_number,
-        bootstrap=not no_bootstrap,
-    )
+    try:
+        total = run_runnable(
+            runnable,
+            forever=not once,
+            num_processes=num_processes,
+            process_number=process_number,
+            bootstrap=not no_bootstrap,
+        )
+    finally:
+        if progress is not None:
+            progress.clear()
     elapsed = time.monotonic() - started
-    click.echo(f"{runnable.name}: {total} changes read in {elapsed:.1f}s", err=True)
+    done = f"{escape(runnable.name)}: {total} changes read in {elapsed:.1f}s"
+    if progress is not None:
+        # Read is not done: with Elasticsearch down, 3 read can be 0 processed, 3 queued.
+        done += f": {progress.processed} processed, {progress.queued} queued as errors"
+    click.echo(done, err=True)
+
+
+def _check_metrics_access(host: str, token: str | None) -> None:
+    """Like the dashboard: an address other machines reach needs a token."""
+    from changefeed.cli.dashboard import MIN_TOKEN_LENGTH
+    from changefeed.web.security import is_loopback
+
+    if not is_loopback(host) and not token:
+        raise UserError(
+            f"--metrics-host {host} is reachable from other machines: give --metrics-token "
+            "(or CHANGEFEED_METRICS_TOKEN)"
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise UserError(f"--metrics-token must be at least {MIN_TOKEN_LENGTH} characters")
+
+
+def _start_line(
+    saved: dict[Any, int], pillow: Pillow, num_processes: int, process_number: int, once: bool
+) -> str:
+    """Which pillow reads what, from where: the first thing an operator wants to see."""
+    feed = pillow.change_feed
+    head = f"{escape(pillow.name)}: topics {escape(', '.join(feed.topics))}"
+    if feed.uses_consumer_group:
+        where = "partitions assigned by the consumer group"
+    else:
+        parts = pillow.assigned_partitions(num_processes, process_number)
+        where = "partitions " + (
+            ", ".join(
+                f"{escape(str(tp))} from {saved.get(tp, 'the start')}" for tp in sorted(parts)
+            )
+            or "none yet"
+        )
+    until = "until caught up" if once else "(Ctrl-C to stop)"
+    return f"{head}; {where}; running {until}"
+
+
+class _Progress(PillowListener):
+    """Counts what batches did, for the stop line and, on a terminal, a live line:
+    read, processed, queued, rate and lag (lag at most once a second: it asks the log)."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.read = self.processed = self.queued = 0
+        self.started = time.monotonic()
+        self._checkpoint: dict[Any, int] = {}
+        self._lag: int | None = None
+        self._lag_at = 0.0
+        self._shown = False
+
+    def on_batch(self, pillow: Pillow, report: BatchReport) -> None:
+        self.read += report.changes
+        self.queued += report.failures
+        self.processed += max(report.unique - report.failures, 0)
+        self._checkpoint.update(report.checkpoint)
+        if not self.live:
+            return
+        now = time.monotonic()
+        if now - self._lag_at >= 1.0:
+            self._lag_at = now
+            try:
+                heads = pillow.change_feed.latest_offsets()
+                self._lag = sum(
+                    max(head - self._checkpoint.get(tp, head), 0) for tp, head in heads.items()
+                )
+            except Exception:  # noqa: BLE001 - progress is a nicety; never stop the pillow
+                self._lag = None
+        rate = self.read / max(now - self.started, 1e-6)
+        lag = "?" if self._lag is None else str(self._lag)
+        line = (
+            f"read {self.read}, processed {self.processed}, queued {self.queued}, "
+            f"{rate:.0f}/s, lag {lag}"
+        )
+        click.echo(f"\r\x1b[2K{line}", nl=False, err=True)
+        self._shown = True
+
+    def clear(self) -> None:
+        if self._shown:
+            click.echo("\r\x1b[2K", nl=False, err=True)
+            self._shown = False
 
 
 _HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "last_progress_at", "error")
@@ -158,20 +267,29 @@ def _render_runnable(console: Console, row: dict[str, Any]) -> None:
     parts += [f"{key} {value}" for key, value in row.items() if key not in _HEALTH_KEYS]
     if row.get("error"):
         parts.append(f"error: {row['error']}")
-    console.print(", ".join(parts), markup=False)
+    console.print(human(", ".join(parts)), markup=False)
 
 
 def _render(
     statuses: list[PillowStatus], others: list[dict[str, Any]], slots: list[dict[str, Any]]
 ) -> None:
     console = Console()
-    table = Table("pillow", "topic", "partition", "checkpoint", "head", "lag", "checkpoint age")
+    table = Table()
+    for column, names in (
+        ("pillow", [st.pillow for st in statuses]),
+        ("topic", [p.topic for st in statuses for p in st.partitions]),
+    ):
+        # Names are never cut: two names with one prefix must stay two names when narrow.
+        width = max([len(column), *(len(escape(n)) for n in names)])
+        table.add_column(column, overflow="fold", min_width=width, no_wrap=False)
+    for column in ("partition", "checkpoint", "head", "lag", "checkpoint age"):
+        table.add_column(column)
     for st in statuses:
         for p in st.partitions:
             age = "never" if p.checkpoint_age is None else f"{p.checkpoint_age:.0f}s"
             table.add_row(
-                st.pillow,
-                p.topic,
+                escape(st.pillow),
+                escape(p.topic),
                 str(p.partition),
                 "-" if p.checkpoint is None else f"{p.checkpoint}{'!' * p.beyond_head}",
                 str(p.head),
@@ -181,22 +299,27 @@ def _render(
     console.print(table)
     for st in statuses:
         console.print(
-            f"{st.pillow}: lag {st.lag}, errors pending {st.errors_pending}, parked {st.errors_parked}"
+            f"{escape(st.pillow)}: lag {st.lag}, errors pending {st.errors_pending}, "
+            f"parked {st.errors_parked}",
+            markup=False,
         )
         for note in st.notes:
-            console.print(f"  note: {note}")
+            console.print(f"  note: {human(note)}", markup=False)
     for row in others:
         _render_runnable(console, row)
     for slot in slots:
         if slot.get("exists"):
             console.print(
-                f"replication slot {slot['replication_slot']}: lag {slot['lag_bytes']} bytes, "
-                f"retains {slot['retained_bytes']} bytes, "
-                f"{'active' if slot['active'] else 'NOT ACTIVE'}"
+                f"replication slot {escape(slot['replication_slot'])}: lag {slot['lag_bytes']} "
+                f"bytes, retains {slot['retained_bytes']} bytes, "
+                f"{'active' if slot['active'] else 'NOT ACTIVE'}",
+                markup=False,
             )
         else:
-            reason = slot.get("error") or "does not exist"
-            console.print(f"replication slot {slot['replication_slot']}: {reason}")
+            reason = human(slot.get("error") or "does not exist")
+            console.print(
+                f"replication slot {escape(slot['replication_slot'])}: {reason}", markup=False
+            )
 
 
 @cli.command("status")
@@ -239,6 +362,13 @@ def status_cmd(
     app = get_app(ctx)
     slot_specs = [*app.replication_slots, *((cdc_db or "", name) for name in slot_names)]
     names = list(pillow_names) or app.runnable_names
+    if not names and not slot_specs and not as_json:
+        # An empty table looks like "all is well"; say what was (not) looked at.
+        click.echo(
+            "no pillows to show: no app was given (--app or CHANGEFEED_APP) or it defines "
+            f"none; log {human(app.log_url)}, state {human(app.state_url)}"
+        )
+        return
     pillows: list[Pillow] = []
     others: list[Runnable] = []
     for name in names:

@@ -398,7 +398,17 @@ def add_couch_bridge(app: SourceHost, db_url_or_name: str, **options: Any) -> st
         return get_change_feed_pillow_for_db(host, db_url_or_name, **options)
 
     db = CouchDatabase(db_url_or_name) if "://" in db_url_or_name else None
+    server = options.get("couch_url") or os.environ.get("CHANGEFEED_COUCH_URL")
+    if db is None and server:
+        db = CouchDatabase(server, db_url_or_name)
     db_name = db.name if db else db_url_or_name
     name = options.get("name") or f"couch-bridge-{_NOT_NAME.sub('_', db_name)}"
     app.add_runnable(name, factory)
+    if db is not None and options.get("register_store", True):
+        # Part of the app's configuration, not of building the bridge: a downstream pillow
+        # run in its own process reads these documents without ever building the bridge.
+        try:
+            app.document_stores.get("couch", db.name)
+        except UnknownDocumentStoreError:
+            app.document_stores.register(CouchDocumentStore(db))
     return name
