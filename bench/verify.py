@@ -13,7 +13,7 @@ round, side by side:
 Both must report the same counts (checked, not timed). Rounds alternate; prints medians,
 docs checked per second and the ratio ours/hand-written.
 
-    python bench/verify.py [--docs 100000] [--rounds 3]
+    python bench/verify.py [--docs 100000] [--rounds 3] [--chunk-size 1000]
 """
 
 from __future__ import annotations
@@ -152,10 +152,10 @@ def setup(pg: TempPostgresCluster, docs: int, workdir: Path) -> tuple[App, str]:
     return app, dsn
 
 
-def ours(app: App) -> tuple[float, tuple[int, int, int, int]]:
+def ours(app: App, chunk_size: int) -> tuple[float, tuple[int, int, int, int]]:
     pillow = app.get_pillow("cases")
     started = time.perf_counter()
-    result = verify_pillow(pillow)
+    result = verify_pillow(pillow, chunk_size=chunk_size)
     seconds = time.perf_counter() - started
     (report,) = result.processors
     for processor in pillow.processors:
@@ -168,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk-size", type=int, default=1000, help="verify --chunk-size")
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -179,7 +180,7 @@ def main() -> None:
         hand_times: list[float] = []
         ratios: list[float] = []
         for r in range(args.rounds):
-            o_seconds, o_counts = ours(app)
+            o_seconds, o_counts = ours(app, args.chunk_size)
             started = time.perf_counter()
             h_counts = hand_compare(dsn)
             h_seconds = time.perf_counter() - started
@@ -196,7 +197,10 @@ def main() -> None:
         app.close()
     n = args.docs
     o_med, h_med = statistics.median(ours_times), statistics.median(hand_times)
-    print(f"\nverify --all over {n} documents, {args.rounds} alternating rounds")
+    print(
+        f"\nverify --all --chunk-size {args.chunk_size} over {n} documents, "
+        f"{args.rounds} alternating rounds"
+    )
     print(f"  ours         median {o_med:7.3f}s  {n / o_med:10,.0f} docs checked/s")
     print(f"  hand-written median {h_med:7.3f}s  {n / h_med:10,.0f} docs checked/s")
     print(f"  ratio ours/hand-written (medians): {h_med / o_med:.2f}x")

@@ -21,8 +21,9 @@ from changefeed.cli import main
 from changefeed.processors.base import NoopProcessor
 from changefeed.processors.elastic import ElasticProcessor
 from changefeed.processors.reports import ReportTableProcessor
+from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.sql import SQLDocumentStore
-from changefeed.verify import verify_pillow
+from changefeed.verify import _SortedIds, verify_pillow
 
 APP = "tests.test_verify:make_app"
 REPORT = {
@@ -249,3 +250,19 @@ def test_api_reports_in_chunks(world: World) -> None:
     assert result.documents == 11
     assert reports["report:cases"].extra == 1 and reports[f"elastic:{world.alias}"].extra == 1
     assert reports["report:cases"].checked == 12
+
+
+def test_live_id_walk_answers_only_what_the_listings_show() -> None:
+    """The output scan skips ids the stores list (a merge walk, no set of every id); an id
+    asked out of order is answered "unknown" so the caller looks it up."""
+    a, b = MemoryDocumentStore("a"), MemoryDocumentStore("b")
+    for i in (1, 3, 5):
+        a.save(f"d{i}", {})
+    for i in (2, 4):
+        b.save(f"d{i}", {})
+    b.save("d6", {})
+    b.delete("d6")
+    live = _SortedIds([a, b])
+    assert [live.contains(f"d{i}") for i in (0, 1, 2, 4, 6)] == [False, True, True, True, False]
+    live = _SortedIds([a])
+    assert live.contains("d3") and not live.contains("d1") and not live.contains("d5")

@@ -17,6 +17,7 @@ repaired chunk is verified again: "repaired" counts documents found clean afterw
 
 from __future__ import annotations
 
+import heapq
 import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -139,6 +140,37 @@ def reservoir(items: Iterable[Any], size: int, rng: random.Random) -> list[Any]:
             if j < size:
                 sample[j] = item
     return sample
+
+
+class _SortedIds:
+    """Membership in the stores' live ids for ascending queries, by a merge walk over the
+    stores' id listings (ids only, paged by the stores): no set of every id is held. When
+    a listing or the queries turn out not to be in order, it answers False from then on
+    (the caller then looks the ids up)."""
+
+    def __init__(self, stores: Sequence[DocumentStore]) -> None:
+        self._ids = heapq.merge(*(store.iter_document_ids() for store in stores))
+        self._head: str | None = None
+        self._last_query: str | None = None
+        self._ordered = True
+        self._advance()
+
+    def _advance(self) -> None:
+        previous = self._head
+        self._head = next(self._ids, None)
+        if previous is not None and self._head is not None and self._head < previous:
+            self._ordered = False
+
+    def contains(self, doc_id: str) -> bool:
+        if not self._ordered:
+            return False
+        if self._last_query is not None and doc_id < self._last_query:
+            self._ordered = False
+            return False
+        self._last_query = doc_id
+        while self._head is not None and self._head < doc_id:
+            self._advance()
+        return self._ordered and self._head == doc_id
 
 
 class Verifier:
@@ -284,8 +316,12 @@ class Verifier:
     def _scan_output(self, processor: Processor, bar: Progress) -> None:
         """Output for documents no store holds live: each is extra."""
         task = bar.add_task(f"{processor.name}: output ids", total=None)
+        live = _SortedIds(self.stores) if self.sample is None else None
         for ids in self._output_ids(processor):
-            changes = self._not_live(ids)
+            # Ids the stores list are live: skip them without fetching their documents
+            # (when both sides list ids in order; otherwise every id is looked up).
+            candidates = ids if live is None else [i for i in ids if not live.contains(i)]
+            changes = self._not_live(candidates) if candidates else []
             if changes:
                 self._check(processor, changes)
             bar.advance(task, len(ids))
