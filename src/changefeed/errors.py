@@ -3,15 +3,13 @@
 A failed change never stops a pillow and is never lost: it is stored with its stub, the
 processor that failed, the exception and traceback, and is retried with exponential backoff
 until `RetryPolicy.max_attempts`, then parked for an operator (``changefeed errors retry``).
+The table, the bounds on what is written to it and its migration are `errors_schema`.
 """
 
 from __future__ import annotations
 
 import builtins
-import hashlib
-import json
 import time
-import traceback as tb
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +19,27 @@ import sqlalchemy as sa
 from changefeed.backoff import Backoff
 from changefeed.change import Change
 from changefeed.db import create_tables, make_engine
-from changefeed.failures import (  # noqa: F401 - the failure types live with the queue
+from changefeed.errors_schema import (
+    ID_CHARS,
+    NAME_CHARS,
+    RECORD_COLUMNS,
+    STUB_BYTES,
+    TEXT_CHARS,
+    TOPIC_CHARS,
+    TYPE_CHARS,
+    bounded,
+    doc_key,
+    error_type_of,
+    errors_table,
+    head,
+    message_of,
+    metadata,
+    migrate,
+    storable,
+    stub_of,
+    traceback_of,
+)
+from changefeed.failures import (
     FETCH,
     INVALID_STUB,
     DependencyDownError,
@@ -29,105 +47,34 @@ from changefeed.failures import (  # noqa: F401 - the failure types live with th
     StaleReadError,
 )
 
+# Re-exported: the failure types live with the queue, and the table's names were
+# importable from here before `errors_schema` existed.
+__all__ = [
+    "FETCH",
+    "ID_CHARS",
+    "INVALID_STUB",
+    "NAME_CHARS",
+    "PARKED",
+    "PENDING",
+    "STUB_BYTES",
+    "TEXT_CHARS",
+    "TOPIC_CHARS",
+    "TYPE_CHARS",
+    "DependencyDownError",
+    "ErrorQueue",
+    "ErrorRecord",
+    "Failure",
+    "RetryPolicy",
+    "StaleReadError",
+    "bounded",
+    "doc_key",
+    "errors_table",
+    "metadata",
+    "storable",
+]
+
 PENDING = "pending"
 PARKED = "parked"
-
-NAME_CHARS = 128
-"""Longest pillow or processor name stored; longer ones are shortened by `bounded`."""
-TOPIC_CHARS = 249
-TYPE_CHARS = 255
-TEXT_CHARS = 64 * 1024
-"""Longest message or traceback stored (characters); a traceback keeps its end."""
-ID_CHARS = 1024 * 1024
-STUB_BYTES = 1024 * 1024
-
-metadata = sa.MetaData()
-
-errors_table = sa.Table(
-    "changefeed_errors",
-    metadata,
-    # AUTOINCREMENT on SQLite: an id is never handed out twice, even after a purge emptied
-    # the table (PostgreSQL sequences never reuse either), so "#N" always means one entry.
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("pillow", sa.String(NAME_CHARS), nullable=False),
-    sa.Column("processor", sa.String(NAME_CHARS), nullable=False),
-    # Kept whole (escaped) in a text column; found through doc_key, which an index can hold
-    # whatever the id's length.
-    sa.Column("document_id", sa.Text, nullable=False),
-    sa.Column("topic", sa.String(TOPIC_CHARS), nullable=False),
-    sa.Column("partition", sa.Integer, nullable=False),
-    sa.Column("offset", sa.BigInteger, nullable=False),
-    sa.Column("stub", sa.LargeBinary, nullable=False),
-    sa.Column("error_type", sa.String(TYPE_CHARS), nullable=False),
-    sa.Column("message", sa.Text, nullable=False),
-    sa.Column("traceback", sa.Text, nullable=False),
-    sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
-    sa.Column("created_at", sa.Float, nullable=False),
-    sa.Column("last_attempt_at", sa.Float, nullable=False),
-    sa.Column("next_attempt_at", sa.Float, nullable=True),
-    sa.Column("doc_key", sa.String(64), nullable=True),
-    sa.Index("ix_changefeed_errors_due", "pillow", "status", "next_attempt_at"),
-    sa.Index("ix_changefeed_errors_key", "pillow", "processor", "doc_key"),
-    sqlite_autoincrement=True,
-)
-
-_RECORD_COLUMNS = [c for c in errors_table.columns if c.name != "doc_key"]
-
-
-def storable(text: str) -> str:
-    """``text`` as every supported database stores it: lone surrogates (invalid UTF-8) and
-    NUL (refused by PostgreSQL) written as backslash escapes, e.g. ``\\x00``."""
-    if text.isascii() and "\x00" not in text:
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
-
-
-def bounded(text: str, limit: int = NAME_CHARS) -> str:
-    """``text`` made storable and at most ``limit`` characters: a longer one keeps its start
-    and ends in a hash of the whole, so two long names stay distinct and the same name always
-    shortens the same way (processor names derived from long data source names or aliases)."""
-    text = storable(text)
-    if len(text) <= limit:
-        return text
-    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    return f"{text[: limit - 17]}~{digest}"
-
-
-def _tail(text: str, limit: int = TEXT_CHARS) -> str:
-    text = storable(text)
-    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
-
-
-def _head(text: str, limit: int = TEXT_CHARS) -> str:
-    text = storable(text)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def doc_key(change: Change) -> str:
-    """What makes two failures of one processor "the same entry": the document, or for an
-    invalid stub (which may have no id) its place in the log, so a replay does not add it
-    twice."""
-    if change.metadata is None:
-        ident = f"stub\0{change.topic}\0{change.partition}\0{change.offset}"
-    else:
-        ident = f"doc\0{change.id}"
-    return hashlib.sha256(ident.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _error_type(exc: BaseException) -> str:
-    return bounded(f"{type(exc).__module__}.{type(exc).__qualname__}", TYPE_CHARS)
-
-
-def _trace(exc: BaseException) -> str:
-    return _tail("".join(tb.format_exception(type(exc), exc, exc.__traceback__)))
-
-
-def _message(exc: BaseException) -> str:
-    try:
-        return _head(str(exc))
-    except Exception:  # noqa: BLE001 - a broken __str__ must not stop the queue
-        return f"<{type(exc).__name__}: message not printable>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,16 +137,6 @@ class ErrorRecord:
         return out
 
 
-def _stub_bytes(change: Change) -> bytes:
-    if change.metadata is not None:
-        try:
-            return change.metadata.encode()
-        except (UnicodeEncodeError, TypeError, ValueError):
-            # e.g. a lone surrogate in an id: JSON can still escape it.
-            return json.dumps(change.metadata.to_dict(), default=str).encode()
-    return (change.raw or b"")[:STUB_BYTES]
-
-
 class ErrorQueue:
     """The error queue on SQLite or PostgreSQL. Every value written is bounded and escaped
     first (`storable`, `bounded`): the queue is written inside a batch, before its
@@ -219,7 +156,7 @@ class ErrorQueue:
     def create(self) -> None:
         if not self._created:
             create_tables(self.engine, metadata)
-            _migrate(self.engine)
+            migrate(self.engine)
             self._created = True
 
     def add(
@@ -272,10 +209,10 @@ class ErrorQueue:
                     "topic": bounded(change.topic, TOPIC_CHARS),
                     "partition": change.partition,
                     "offset": change.offset,
-                    "stub": _stub_bytes(change),
-                    "error_type": _error_type(exc),
-                    "message": _message(exc),
-                    "traceback": _trace(exc),
+                    "stub": stub_of(change),
+                    "error_type": error_type_of(exc),
+                    "message": message_of(exc),
+                    "traceback": traceback_of(exc),
                     "attempts": attempts,
                     "status": PARKED if parked else PENDING,
                     "last_attempt_at": now,
@@ -288,7 +225,7 @@ class ErrorQueue:
                         t.insert().values(
                             pillow=pillow,
                             processor=processor,
-                            document_id=_head(change.id or "", ID_CHARS),
+                            document_id=head(change.id or "", ID_CHARS),
                             doc_key=key,
                             created_at=now,
                             **values,
@@ -316,16 +253,16 @@ class ErrorQueue:
                 .values(
                     attempts=attempts,
                     status=PARKED if parked else PENDING,
-                    error_type=_error_type(exc),
-                    message=_message(exc),
-                    traceback=_trace(exc),
+                    error_type=error_type_of(exc),
+                    message=message_of(exc),
+                    traceback=traceback_of(exc),
                     last_attempt_at=now,
                     next_attempt_at=None if parked else now + policy.delay(attempts),
                 )
             )
 
     def _select(self) -> sa.Select[Any]:
-        return sa.select(*_RECORD_COLUMNS)
+        return sa.select(*RECORD_COLUMNS)
 
     def due(self, pillow: str, limit: int = 500, now: float | None = None) -> list[ErrorRecord]:
         self.create()
@@ -445,73 +382,3 @@ class ErrorQueue:
             stmt = stmt.where(t.c.pillow.not_in(not_pillows))
         with self.engine.begin() as conn:
             return int(conn.execute(stmt).rowcount)
-
-
-def _old_doc_key(document_id: str) -> str:
-    return hashlib.sha256(f"doc\0{document_id}".encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _migrate(engine: sa.Engine) -> None:
-    """Bring a state database made by an older changefeed up to this table: ``document_id``
-    as text, the ``doc_key`` column (filled in) and its index, and on SQLite ids that are
-    never reused (AUTOINCREMENT needs the table rebuilt)."""
-    inspector = sa.inspect(engine)
-    columns = {c["name"]: c for c in inspector.get_columns(errors_table.name)}
-    name = errors_table.name
-    if engine.dialect.name == "sqlite":
-        with engine.connect() as conn:
-            sql = conn.execute(
-                sa.text("SELECT sql FROM sqlite_master WHERE type='table' AND name=:n"),
-                {"n": name},
-            ).scalar_one()
-        if "doc_key" in columns and "AUTOINCREMENT" in sql.upper():
-            return
-        _rebuild_sqlite(engine)
-        return
-    if "doc_key" in columns and isinstance(columns["document_id"]["type"], sa.Text):
-        return
-    with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            conn.execute(sa.text(f"ALTER TABLE {name} ALTER COLUMN document_id TYPE TEXT"))
-            conn.execute(sa.text("DROP INDEX IF EXISTS ix_changefeed_errors_doc"))
-        if "doc_key" not in columns:
-            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN doc_key VARCHAR(64)"))
-        _fill_doc_keys(conn)
-        key_index = next(i for i in errors_table.indexes if i.name == "ix_changefeed_errors_key")
-        key_index.create(conn, checkfirst=True)
-
-
-def _fill_doc_keys(conn: sa.Connection) -> None:
-    t = errors_table
-    after = 0
-    while True:
-        rows = conn.execute(
-            sa.select(t.c.id, t.c.document_id)
-            .where((t.c.id > after) & t.c.doc_key.is_(None))
-            .order_by(t.c.id)
-            .limit(1000)
-        ).all()
-        if not rows:
-            return
-        for row in rows:
-            conn.execute(
-                t.update().where(t.c.id == row.id).values(doc_key=_old_doc_key(row.document_id))
-            )
-        after = rows[-1].id
-
-
-def _rebuild_sqlite(engine: sa.Engine) -> None:
-    old = f"{errors_table.name}_old"
-    with engine.begin() as conn:
-        columns = {c["name"] for c in sa.inspect(conn).get_columns(errors_table.name)}
-        conn.execute(sa.text(f"ALTER TABLE {errors_table.name} RENAME TO {old}"))
-        for index in ("ix_changefeed_errors_due", "ix_changefeed_errors_doc"):
-            conn.execute(sa.text(f"DROP INDEX IF EXISTS {index}"))
-        metadata.create_all(conn)
-        names = [c.name for c in errors_table.columns if c.name in columns]
-        listed = ", ".join(f'"{n}"' for n in names)
-        conn.execute(
-            sa.text(f"INSERT INTO {errors_table.name} ({listed}) SELECT {listed} FROM {old}")
-        )
-        conn.execute(sa.text(f"DROP TABLE {old}"))
-        _fill_doc_keys(conn)

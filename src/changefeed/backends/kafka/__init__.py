@@ -3,8 +3,8 @@ embedded SQLite log.
 
 ``kafka://host:port,host:port?client_id=...&security_protocol=SASL_SSL&sasl_mechanism=PLAIN
 &sasl_username=...&sasl_password=...&ssl_ca_location=...`` (see `config` for every
-option). The pieces live in their own modules: `publisher`, `feed`, `admin`; this one only
-ties them to a URL.
+option). The pieces live in their own modules: `publisher`, `feed` (reading, on top of
+`consumer` and `messages`), `admin`; this one only ties them to a URL.
 """
 
 from __future__ import annotations
