@@ -364,3 +364,82 @@ def test_supervisor_reports_and_restarts_a_stuck_pillow(
         sup.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+# -- the health server's token (issue 12: run --all --metrics-token) ------------------------
+
+TOKEN = "health-token-0123456789"
+
+
+def test_health_server_requires_the_token_when_given() -> None:
+    from changefeed.supervisor import serve_health
+
+    sup = Supervisor([ChildSpec("a", ("true",))])
+    server = serve_health(sup, 0, token=TOKEN)
+    base = f"http://127.0.0.1:{server.server_port}"
+    try:
+        for path in ("/healthz", "/livez", "/metrics"):
+            refused = httpx.get(base + path, timeout=5)
+            assert refused.status_code == 401, path
+            assert refused.headers["www-authenticate"] == "Bearer"
+            assert TOKEN not in refused.text
+        wrong = httpx.get(base + "/livez", headers={"Authorization": "Bearer nope"}, timeout=5)
+        assert wrong.status_code == 401
+        bearer = httpx.get(base + "/livez", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert bearer.status_code == 200
+        query = httpx.get(base + f"/healthz?token={TOKEN}", timeout=5)
+        assert query.status_code in (200, 503) and "children" in query.json()
+    finally:
+        server.shutdown()
+        server.server_close()
+    open_server = serve_health(sup, 0)  # no token: as before, loopback by default
+    try:
+        assert httpx.get(f"http://127.0.0.1:{open_server.server_port}/livez").status_code == 200
+    finally:
+        open_server.shutdown()
+        open_server.server_close()
+
+
+@pytest.mark.slow
+def test_run_all_serves_health_and_metrics_behind_the_token(
+    app: App, workdir: Path, child_env: dict[str, str]
+) -> None:
+    publish(app, "form", ["f1"])
+    port = free_port()
+    cmd = changefeed_command(
+        "run",
+        "--all",
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "0.0.0.0",
+        "--metrics-token",
+        TOKEN,
+        global_args=["--app", "cf_test_app:app"],
+    )
+    proc = subprocess.Popen(cmd, env=child_env, cwd=workdir, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+
+    def serving() -> bool:
+        assert proc.poll() is None, proc.communicate()[1].decode()
+        try:
+            return httpx.get(base + "/livez", timeout=2).status_code == 401
+        except httpx.TransportError:
+            return False
+
+    try:
+        wait_until(serving, what="the supervisor's health server")
+        assert httpx.get(base + "/healthz", timeout=5).status_code == 401
+        assert httpx.get(base + "/metrics", timeout=5).status_code == 401
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        health = httpx.get(base + "/healthz", headers=auth, timeout=5).json()
+        assert {c["name"] for c in health["children"]} >= {"slow", "quick", RETRY_RUNNER}
+        assert httpx.get(base + f"/metrics?token={TOKEN}", timeout=5).status_code == 200
+        # Children stop cleanly once they run (a SIGTERM during their start is a crash).
+        wait_until(lambda: app.checkpoints.get("quick") != {}, what="quick to checkpoint")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        stop_process(proc)  # type: ignore[arg-type]
+    assert proc.returncode == 0, err.decode()
+    assert TOKEN.encode() not in err

@@ -81,3 +81,23 @@ def redact_url(url: str) -> str:
     error message or log line can name the URL it is about without leaking a credential."""
     out = _URL_PASSWORD.sub(r"\g<head>:***@", url)
     return _QUERY_SECRET.sub(r"\g<key>***", out)
+
+
+# scheme://user:password@ or scheme://user@ (a token given as user name is a secret too).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s'\"]+@")
+# user:password@host without a scheme (a broker list, a DSN quoted in a message).
+_BARE_USERINFO = re.compile(r"(?<![\w/@:.+\-])[\w.%+\-]+:[^\s/@'\"]+@(?=[\w\[])")
+# key=value secrets in DSNs and messages (libpq's "password=...", "?token=...").
+_KEY_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|token|secret|api_key|apikey)=([^\s&'\"]+)")
+
+
+def redact_secrets(text: str) -> str:
+    """``text`` (a message, a status field, a log line) with every credential it may quote
+    replaced by ``***``: what `redact_url` hides, plus a whole ``user@`` part (a token given
+    as user name), ``user:password@host`` without a scheme and ``password=``/``token=``
+    values. The one redactor of what people and dashboards see; `redact_url` keeps the user
+    name for messages about a URL the operator typed."""
+    out = redact_url(text)
+    out = _URL_USERINFO.sub(r"\1***@", out)
+    out = _BARE_USERINFO.sub("***@", out)
+    return _KEY_SECRET.sub(r"\1=***", out)

@@ -14,8 +14,25 @@ from typing import Any
 
 from changefeed.app import App
 from changefeed.checkpoints import RETENTION, partition_lag
+from changefeed.identifiers import redact_secrets
 from changefeed.pillow import Pillow
 from changefeed.runner import Runnable
+
+
+def redacted(value: Any, redact: Callable[[str], str] = redact_secrets) -> Any:
+    """``value`` (a status row, an error entry: dicts, lists, strings) with every string
+    passed through ``redact``, so a URL's password never reaches a status page, JSON
+    output or the dashboard wherever in the row it is quoted. Everything else is kept
+    exactly (keys, numbers, strings without credentials), so machine consumers see the
+    same JSON."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, Mapping):
+        return {key: redacted(item, redact) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redacted(item, redact) for item in value]
+    return value
+
 
 SlotProbe = Callable[[], Mapping[str, Any]]
 """Reads one replication slot's state (``exists``, ``lag_bytes``, ``retained_bytes``,
@@ -51,6 +68,7 @@ class PillowStatus:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["lag"] = self.lag
+        out["notes"] = redacted(out["notes"])
         return out
 
 
@@ -93,13 +111,31 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
     return status
 
 
-def replication_slot_report(slot: str, probe: SlotProbe) -> dict[str, Any]:
-    """A replication slot's state as ``probe`` reads it; an unreachable database is reported,
-    not raised, so one bad slot does not hide the pillows' status."""
+def orphaned_errors(app: App) -> dict[str, int]:
+    """{name: entries} of error-queue entries whose pillow or runnable is not in ``app``: the
+    retry runner visits registered runnables only, so these stay pending forever unless an
+    operator removes them (``errors purge --orphaned``)."""
+    known = set(app.runnable_names)
+    return {name: n for name, n in app.error_queue.pillows().items() if name not in known}
+
+
+def replication_slot_report(
+    slot: str, probe: SlotProbe, database_url: str | None = None
+) -> dict[str, Any]:
+    """A replication slot's state as ``probe`` reads it, with its database (``database``,
+    credentials redacted); an unreachable database is reported, not raised, so one bad slot
+    does not hide the pillows' status."""
+    where = {} if database_url is None else {"database": database_url}
     try:
-        return {"replication_slot": slot, **probe()}
+        report = {"replication_slot": slot, **where, **probe()}
     except Exception as exc:  # noqa: BLE001 - shown to the operator instead
-        return {"replication_slot": slot, "exists": None, "error": f"{type(exc).__name__}: {exc}"}
+        report = {
+            "replication_slot": slot,
+            **where,
+            "exists": None,
+            "error": f"{type(exc).__name__}: {exc}",
+        }
+    return redacted(report)
 
 
 def runnable_status(runnable: Runnable) -> dict[str, Any]:
@@ -111,11 +147,11 @@ def runnable_status(runnable: Runnable) -> dict[str, Any]:
     try:
         health = runnable.health().to_dict()
     except Exception as exc:  # noqa: BLE001 - shown to the operator instead
-        return {
-            "runnable": runnable.name,
+        health = {
             "name": runnable.name,
             "kind": "unknown",
             "state": "unknown",
             "error": f"{type(exc).__name__}: {exc}",
         }
-    return {"runnable": runnable.name, **health}
+    # A bridge's or relay's error and detail may quote the database or Couch URL it uses.
+    return redacted({"runnable": runnable.name, **health})

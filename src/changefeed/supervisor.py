@@ -14,6 +14,7 @@ checkpoint has moved for ``stuck_after`` seconds while the lag grew), read from
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socket import AF_INET6
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 from changefeed.backoff import Backoff
 from changefeed.retry_runner import RETRY_RUNNER
@@ -376,13 +379,25 @@ def serve_health(
     port: int,
     host: str = "127.0.0.1",
     registry: CollectorRegistry | None = None,
+    token: str | None = None,
 ) -> ThreadingHTTPServer:
     """Serve ``/healthz`` (JSON; 200 when healthy, 503 otherwise), ``/livez`` (200 while the
-    supervisor runs) and, with a registry, ``/metrics`` on a daemon thread."""
+    supervisor runs) and, with a registry, ``/metrics`` on a daemon thread.
+
+    With ``token`` every request must carry it (``Authorization: Bearer TOKEN`` or
+    ``?token=TOKEN``; 401 otherwise), as a single pillow's ``/metrics`` does: the health
+    document names every child, its pid and its errors, which a host reachable from other
+    machines should not tell anyone who asks. (The CLI refuses a non-loopback host without
+    one.)"""
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
+            if token is not None and not _token_given(
+                self.headers.get("Authorization", ""), query, token
+            ):
+                self._send(401, b"token required\n", "text/plain", bearer=True)
+                return
             if path == "/healthz":
                 health = supervisor.health()
                 self._send(
@@ -397,9 +412,11 @@ def serve_health(
             else:
                 self._send(404, b"not found\n", "text/plain")
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+        def _send(self, code: int, body: bytes, content_type: str, bearer: bool = False) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
+            if bearer:
+                self.send_header("WWW-Authenticate", "Bearer")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
@@ -407,7 +424,20 @@ def serve_health(
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
             log.debug("health server: " + format, *args)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    class Server(ThreadingHTTPServer):
+        address_family = AF_INET6 if ":" in host else ThreadingHTTPServer.address_family
+
+    server = Server((host, port), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="changefeed-health", daemon=True).start()
     return server
+
+
+def _token_given(authorization: str, query: str, token: str) -> bool:
+    """Whether a request carries ``token`` as a bearer header or ``?token=`` (compared in
+    constant time, so response times do not reveal how much of a guess was right)."""
+    given = authorization[7:].strip() if authorization[:7].lower() == "bearer " else ""
+    if not given:
+        values = parse_qs(query).get("token", [])
+        given = values[0] if values else ""
+    return hmac.compare_digest(given.encode(), token.encode())

@@ -72,6 +72,12 @@ CASES = [
     ("out of range", "checkpoint set recorder records 0 99999999999999999999"),
     ("out of range", "errors show 99999999999999999999"),
     ("out of range", "topics create newtopic -p 2000000000"),
+    ("out of range", "tail records -n 99999999999999999999"),
+    ("out of range", "tail records --limit 99999999999999999999"),
+    ("out of range", "changes records --limit 99999999999999999999"),
+    ("out of range", "verify recorder --sample 99999999999999999999"),
+    ("out of range", "verify recorder --chunk-size 99999999999999999999"),
+    ("out of range", "retry-runner --once --limit 99999999999999999999"),
     # malformed URLs
     ("malformed URL", "--log bogus://x status"),
     ("malformed URL", "--state bogus://x status"),
@@ -107,6 +113,9 @@ CASES = [
     ("no token", "dashboard --host 0.0.0.0"),
     ("no token", "run recorder --metrics-port 0 --metrics-host 0.0.0.0"),
     ("no token", "run recorder --metrics-port 0 --metrics-host 0.0.0.0 --metrics-token short"),
+    ("no token", "run --all --metrics-port 0 --metrics-host 0.0.0.0"),
+    ("no token", "run --all --metrics-port 0 --metrics-host 0.0.0.0 --metrics-token short"),
+    ("no token", "supervise --all --metrics-port 0 --metrics-host 0.0.0.0"),
 ]
 
 

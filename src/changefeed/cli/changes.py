@@ -24,6 +24,7 @@ import orjson
 from changefeed.backends.base import Backend, ChangeFeed
 from changefeed.change import Change, TopicPartition
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.params import LIMIT
 from changefeed.identifiers import topic_name
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -217,7 +218,7 @@ def change_line(change: Change) -> dict[str, Any]:
 @cli.command("changes")
 @click.argument("topic")
 @filter_options
-@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many changes.")
+@click.option("--limit", type=LIMIT, help="Stop after this many changes.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 @click.pass_context
 def changes_cmd(

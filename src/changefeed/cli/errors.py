@@ -2,7 +2,8 @@
 
 Entries whose pillow is not in the app are *orphaned*: no retry runner visits them, so they
 would stay pending forever. ``errors list`` marks them and ``errors purge --orphaned``
-removes them.
+removes them. "In the app" means any registered runnable: the Couch bridge queues errors
+too, and the retry runner visits it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from changefeed.cli.common import UserError, cli, get_app, user_errors
 from changefeed.cli.output import escape, human, show_text
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
+from changefeed.pillow import Pillow
+from changefeed.runner import ErrorRetrier
 
 ORPHANED = "orphaned"
 RETRY_PAGE = 500
@@ -25,7 +28,7 @@ RETRY_PAGE = 500
 
 def _check_pillow(app: App, pillow: str | None) -> None:
     """A pillow that is neither in the app nor in the queue is a typo: say so (exit 2)."""
-    if pillow is None or pillow in app.pillow_names:
+    if pillow is None or pillow in app.runnable_names:
         return
     if pillow in app.error_queue.pillows():
         return
@@ -57,7 +60,7 @@ def list_cmd(
     orphaned (never retried; ``errors purge --orphaned`` removes them)."""
     app = get_app(ctx)
     _check_pillow(app, pillow)
-    names = app.pillow_names
+    names = app.runnable_names
     records = app.error_queue.list(pillow, status, limit, not_pillows=names if orphaned else None)
     if as_json:
         out = []
@@ -134,7 +137,7 @@ def retry_cmd(
     app = get_app(ctx)
     queue = app.error_queue
     _check_pillow(app, pillow)
-    if pillow is not None and pillow not in app.pillow_names:
+    if pillow is not None and pillow not in app.runnable_names:
         raise UserError(
             f"pillow {pillow!r} is not in this app: its errors are orphaned and cannot be "
             "retried (remove them with: changefeed errors purge --orphaned)"
@@ -149,14 +152,19 @@ def retry_cmd(
         return
     names = [pillow] if pillow else list(queue.pillows())
     for name in names:
-        if name not in app.pillow_names:
-            click.echo(f"{name}: not in this app (orphaned); not retried", err=True)
+        if name not in app.runnable_names:
+            click.echo(f"{escape(name)}: not in this app (orphaned); not retried", err=True)
             continue
         with user_errors():
-            runner = app.get_pillow(name).runner
+            target = app.get_runnable(name)
         ok = failed = 0
         while True:  # a page at a time; entries that fail again are due later, so this ends
-            done = runner.retry_errors(limit=RETRY_PAGE, now=started)
+            if isinstance(target, Pillow):
+                done = target.runner.retry_errors(limit=RETRY_PAGE, now=started)
+            elif isinstance(target, ErrorRetrier):  # the Couch bridge: due entries only
+                done = target.retry_errors(limit=RETRY_PAGE)
+            else:
+                break
             ok, failed = ok + done[0], failed + done[1]
             if sum(done) < RETRY_PAGE:
                 break
@@ -172,9 +180,14 @@ def _retry_ids(app: App, ids: list[int], pillow: str | None, parked_only: bool, 
             raise UserError(f"no error #{error_id}")
         if pillow is not None and record.pillow != pillow:
             raise UserError(f"error #{error_id} belongs to pillow {record.pillow!r}")
-        if record.pillow not in app.pillow_names:
+        if record.pillow not in app.runnable_names:
             raise UserError(
                 f"error #{error_id} is orphaned: pillow {record.pillow!r} is not in this app"
+            )
+        if record.pillow not in app.pillow_names:
+            raise UserError(
+                f"error #{error_id} belongs to {record.pillow!r}, which retries its errors "
+                f"all at once: changefeed errors retry --pillow {record.pillow}"
             )
         if parked_only and record.status != PARKED:
             continue
@@ -223,6 +236,6 @@ def purge_cmd(
             list(ids) or None,
             status,
             older_than,
-            not_pillows=app.pillow_names if orphaned else None,
+            not_pillows=app.runnable_names if orphaned else None,
         )
     click.echo(f"{n} error(s) purged")

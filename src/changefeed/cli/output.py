@@ -13,8 +13,9 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
+
+from changefeed.identifiers import redact_secrets
 
 __all__ = [
     "DedupeFilter",
@@ -31,13 +32,6 @@ __all__ = [
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
-# scheme://user:password@ or scheme://user@ (a token given as user name is a secret too).
-_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/@\s'\"]+@")
-# user:password@host without a scheme (a broker list, a DSN quoted in a message).
-_BARE_USERINFO = re.compile(r"(?<![\w/@:.+\-])[\w.%+\-]+:[^\s/@'\"]+@(?=[\w\[])")
-# key=value secrets in DSNs and messages (libpq's "password=...", "?token=...").
-_KEY_SECRET = re.compile(r"(?i)\b(password|passwd|pwd|token|secret|api_key|apikey)=([^\s&'\"]+)")
-
 
 def escape(text: object) -> str:
     """``text`` with control characters shown as escapes (``\\x1b``, ``\\n``)."""
@@ -53,26 +47,11 @@ def _escape_char(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
 
 
-def _shared_redactor() -> Callable[[str], str]:
-    """`changefeed.identifiers.redact_url`, the one URL redactor, where it exists."""
-    try:
-        from changefeed.identifiers import redact_url as shared
-    except ImportError:
-        return str
-    return shared
-
-
-_shared = _shared_redactor()
-
-
 def redact(text: object) -> str:
     """``text`` with the credentials of any URL in it, and ``password=`` style values,
-    replaced by ``***``: `changefeed.identifiers.redact_url`, then what a message holds
-    beyond URLs (a whole ``user@`` part, ``user:password@host`` without a scheme, tokens)."""
-    out = _shared(str(text))
-    out = _URL_USERINFO.sub(r"\1***@", out)
-    out = _BARE_USERINFO.sub("***@", out)
-    return _KEY_SECRET.sub(r"\1=***", out)
+    replaced by ``***`` (`changefeed.identifiers.redact_secrets`, the one redactor, which
+    `changefeed status --json` and the dashboard use too)."""
+    return redact_secrets(str(text))
 
 
 def redact_url(url: str) -> str:

@@ -15,11 +15,14 @@ from rich.table import Table
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
 from changefeed.cli.output import escape, human, is_terminal
+from changefeed.cli.supervise import check_metrics_access, run_supervised
 from changefeed.pillow import Pillow, PillowListener
 from changefeed.runner import NotScalableError, Runnable, check_split, run_runnable
 from changefeed.status import (
     PillowStatus,
+    orphaned_errors,
     pillow_status,
+    redacted,
     replication_slot_report,
     runnable_status,
 )
@@ -31,7 +34,9 @@ def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
     module so that `changefeed.status` does not have to."""
     from changefeed.sources.postgres_cdc import slot_status
 
-    return replication_slot_report(slot, partial(slot_status, database_url, slot))
+    return replication_slot_report(
+        slot, partial(slot_status, database_url, slot), database_url=database_url
+    )
 
 
 @cli.command("pillows")
@@ -109,13 +114,10 @@ def run_cmd(
     if process_number >= num_processes:
         raise UserError(f"--process-number must be below --num-processes ({num_processes})")
     if metrics_port is not None:
-        _check_metrics_access(metrics_host, metrics_token)
+        check_metrics_access(metrics_host, metrics_token)
     if all_pillows or len(pillow_names) > 1:
         if once or num_processes != 1:
             raise UserError("--once and --num-processes apply to one runnable, not to --all")
-        if metrics_token is not None and metrics_port is not None:
-            raise UserError("--metrics-token applies to one pillow; run --all serves on loopback")
-        from changefeed.cli.supervise import run_supervised
 
         code = run_supervised(
             ctx,
@@ -123,6 +125,7 @@ def run_cmd(
             all_pillows=all_pillows,
             metrics_port=metrics_port,
             metrics_host=metrics_host,
+            metrics_token=metrics_token,
             run_args=("--no-bootstrap",) if no_bootstrap else (),
         )
         ctx.exit(code)
@@ -174,20 +177,6 @@ def run_cmd(
         # Read is not done: with Elasticsearch down, 3 read can be 0 processed, 3 queued.
         done += f": {progress.processed} processed, {progress.queued} queued as errors"
     click.echo(done, err=True)
-
-
-def _check_metrics_access(host: str, token: str | None) -> None:
-    """Like the dashboard: an address other machines reach needs a token."""
-    from changefeed.cli.dashboard import MIN_TOKEN_LENGTH
-    from changefeed.web.security import is_loopback
-
-    if not is_loopback(host) and not token:
-        raise UserError(
-            f"--metrics-host {host} is reachable from other machines: give --metrics-token "
-            "(or CHANGEFEED_METRICS_TOKEN)"
-        )
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise UserError(f"--metrics-token must be at least {MIN_TOKEN_LENGTH} characters")
 
 
 def _start_line(
@@ -271,7 +260,10 @@ def _render_runnable(console: Console, row: dict[str, Any]) -> None:
 
 
 def _render(
-    statuses: list[PillowStatus], others: list[dict[str, Any]], slots: list[dict[str, Any]]
+    statuses: list[PillowStatus],
+    others: list[dict[str, Any]],
+    slots: list[dict[str, Any]],
+    orphans: list[dict[str, Any]] | None = None,
 ) -> None:
     console = Console()
     table = Table()
@@ -320,6 +312,13 @@ def _render(
             console.print(
                 f"replication slot {escape(slot['replication_slot'])}: {reason}", markup=False
             )
+    if orphans:
+        listed = ", ".join(f"{escape(o['orphaned_errors'])} ({o['entries']})" for o in orphans)
+        console.print(
+            f"orphaned errors (pillow not in this app, never retried): {listed}; "
+            "remove with: changefeed errors purge --orphaned",
+            markup=False,
+        )
 
 
 @cli.command("status")
@@ -355,8 +354,11 @@ def status_cmd(
 ) -> None:
     """Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of
     the other runnables (Couch bridges, relays); the lag of the app's watched CDC replication
-    slots. With --json, other runnables follow the pillows in the list as objects with a
-    "runnable" key, then slots as objects with a "replication_slot" key."""
+    slots; error-queue entries of pillows no longer in the app (orphaned). With --json, other
+    runnables follow the pillows in the list as objects with a "runnable" key, then slots as
+    objects with a "replication_slot" key, then orphaned entries as objects with an
+    "orphaned_errors" key (the pillow's name) and "entries". Credentials in any URL or
+    message are redacted."""
     if slot_names and not cdc_db:
         raise UserError("--slot needs --cdc-db URL (or $CHANGEFEED_CDC_DB)")
     app = get_app(ctx)
@@ -378,35 +380,42 @@ def status_cmd(
         else:
             others.append(runnable)
 
-    def snapshot() -> tuple[list[PillowStatus], list[dict[str, Any]], list[dict[str, Any]]]:
+    whole_app = not pillow_names
+
+    def snapshot() -> tuple[
+        list[PillowStatus], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]
+    ]:
+        orphans = orphaned_errors(app) if whole_app else {}
         return (
             [pillow_status(app, pillow) for pillow in pillows],
             [runnable_status(runnable) for runnable in others],
             [replication_slot_status(url, name) for url, name in slot_specs],
+            [{"orphaned_errors": name, "entries": n} for name, n in orphans.items()],
         )
 
     def as_list(statuses: list[PillowStatus], *rest: list[dict[str, Any]]) -> list[Any]:
-        return [*(s.to_dict() for s in statuses), *(row for rows in rest for row in rows)]
+        rows = [*(s.to_dict() for s in statuses), *(row for rows in rest for row in rows)]
+        return redacted(rows)  # exact JSON, but no credential
 
     if watch is None:
-        statuses, rows, slots = snapshot()
+        statuses, rows, slots, orphans = snapshot()
         if as_json:
-            click.echo(json.dumps(as_list(statuses, rows, slots), indent=2, default=str))
+            click.echo(json.dumps(as_list(statuses, rows, slots, orphans), indent=2, default=str))
         else:
-            _render(statuses, rows, slots)
+            _render(statuses, rows, slots, orphans)
         return
     console = Console()
     try:
         while True:
-            statuses, rows, slots = snapshot()
+            statuses, rows, slots, orphans = snapshot()
             if as_json:
-                click.echo(json.dumps(as_list(statuses, rows, slots), default=str))
+                click.echo(json.dumps(as_list(statuses, rows, slots, orphans), default=str))
             else:
                 console.clear()
                 console.print(
                     f"every {watch:g}s: {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)"
                 )
-                _render(statuses, rows, slots)
+                _render(statuses, rows, slots, orphans)
             time.sleep(watch)
     except KeyboardInterrupt:
         return

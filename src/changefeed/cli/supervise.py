@@ -10,6 +10,8 @@ from collections.abc import Sequence
 import click
 
 from changefeed.cli.common import State, UserError, cli, get_app, get_runnable, user_errors
+from changefeed.cli.output import escape
+from changefeed.cli.params import LIMIT
 from changefeed.runner import run_runnable, stop_on_signals
 
 
@@ -27,6 +29,21 @@ def global_args(ctx: click.Context) -> list[str]:
     return args
 
 
+def check_metrics_access(host: str, token: str | None) -> None:
+    """Like the dashboard: an address other machines reach needs a token (of
+    `MIN_TOKEN_LENGTH` characters at least, so it cannot be guessed)."""
+    from changefeed.cli.dashboard import MIN_TOKEN_LENGTH
+    from changefeed.web.security import is_loopback
+
+    if not is_loopback(host) and not token:
+        raise UserError(
+            f"--metrics-host {escape(host)} is reachable from other machines: give "
+            "--metrics-token (or CHANGEFEED_METRICS_TOKEN)"
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise UserError(f"--metrics-token must be at least {MIN_TOKEN_LENGTH} characters")
+
+
 def run_supervised(
     ctx: click.Context,
     pillow_names: Sequence[str],
@@ -34,6 +51,7 @@ def run_supervised(
     all_pillows: bool,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    metrics_token: str | None = None,
     retry_runner: bool = True,
     retry_interval: float = 5.0,
     stuck_after: float = 300.0,
@@ -44,11 +62,14 @@ def run_supervised(
     run_args: Sequence[str] = (),
 ) -> int:
     """Run pillows and other runnables (and the retry runner) under a `Supervisor` until
-    SIGTERM/SIGINT."""
+    SIGTERM/SIGINT; with ``metrics_port``, serve its health and metrics (behind
+    ``metrics_token`` when given)."""
     from changefeed.backoff import Backoff
     from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
     from changefeed.supervisor import RESTART_BACKOFF, Supervisor, pillow_children, serve_health
 
+    if metrics_port is not None:
+        check_metrics_access(metrics_host, metrics_token)
     app = get_app(ctx)
     if all_pillows and pillow_names:
         raise UserError("give pillow names or --all, not both")
@@ -89,12 +110,16 @@ def run_supervised(
             registry = multiprocess_registry(metrics_dir)
             registry.register(StatusCollector(app, pillows))
             try:
-                server = serve_health(supervisor, metrics_port, metrics_host, registry)
+                server = serve_health(
+                    supervisor, metrics_port, metrics_host, registry, token=metrics_token
+                )
             except OSError as exc:
                 raise UserError(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
+            shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
+            hint = " (send Authorization: Bearer TOKEN or ?token=TOKEN)" if metrics_token else ""
             click.echo(
-                f"metrics and health on http://{metrics_host}:{server.server_port}/metrics "
-                f"and /healthz",
+                f"metrics and health on http://{escape(shown)}:{server.server_port}/metrics "
+                f"and /healthz{hint}",
                 err=True,
             )
         with stop_on_signals(supervisor.stop, "supervisor"):
@@ -127,6 +152,12 @@ def _mark_dead(child: object) -> None:
 )
 @click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve /metrics and /healthz.")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--metrics-token",
+    envvar="CHANGEFEED_METRICS_TOKEN",
+    help="Token /metrics, /healthz and /livez require (needed when --metrics-host is not "
+    "loopback; env CHANGEFEED_METRICS_TOKEN).",
+)
 @click.option("--no-retry-runner", is_flag=True, help="Do not run the error retry runner.")
 @click.option("--retry-interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option(
@@ -147,6 +178,7 @@ def supervise_cmd(
     all_pillows: bool,
     metrics_port: int | None,
     metrics_host: str,
+    metrics_token: str | None,
     no_retry_runner: bool,
     retry_interval: float,
     stuck_after: float,
@@ -165,6 +197,7 @@ def supervise_cmd(
         all_pillows=all_pillows,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        metrics_token=metrics_token,
         retry_runner=not no_retry_runner,
         retry_interval=retry_interval,
         stuck_after=stuck_after,
@@ -179,7 +212,7 @@ def supervise_cmd(
 @cli.command("retry-runner")
 @click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
 @click.option("--interval", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True)
+@click.option("--limit", type=LIMIT, default=500, show_default=True)
 @click.option("--once", is_flag=True, help="One pass, then exit.")
 @click.pass_context
 def retry_runner_cmd(

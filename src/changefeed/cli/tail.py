@@ -9,6 +9,7 @@ import orjson
 from changefeed.change import TopicPartition
 from changefeed.cli.changes import change_line, filter_options, key_partitions, make_filter
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.params import COUNT, LIMIT
 from changefeed.identifiers import topic_name
 
 
@@ -18,13 +19,13 @@ from changefeed.identifiers import topic_name
 @click.option(
     "-n",
     "--last",
-    type=click.IntRange(min=0),
+    type=COUNT,
     default=10,
     show_default=True,
     help="Start this many changes before the head of each partition.",
 )
 @click.option("--follow/--no-follow", "-f", default=False, help="Keep printing new changes.")
-@click.option("--limit", type=click.IntRange(min=1), help="Stop after this many changes.")
+@click.option("--limit", type=LIMIT, help="Stop after this many changes.")
 @filter_options
 @click.pass_context
 def tail_cmd(

@@ -14,6 +14,7 @@ from rich.console import Console
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, InvalidChangeError
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.params import CHUNK, SAMPLE
 from changefeed.failures import DependencyDownError
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportSchemaError
@@ -66,7 +67,7 @@ def describe(result: VerifyResult) -> list[str]:
 @click.argument("pillow_name", metavar="PILLOW")
 @click.option(
     "--sample",
-    type=click.IntRange(min=1),
+    type=SAMPLE,
     metavar="N",
     help="Check N random documents (and N random output ids) instead of all.",
 )
@@ -79,7 +80,7 @@ def describe(result: VerifyResult) -> list[str]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable report on stdout.")
 @click.option(
     "--chunk-size",
-    type=click.IntRange(min=1),
+    type=CHUNK,
     default=1000,
     show_default=True,
     help="Documents compared per step.",

@@ -3,6 +3,10 @@
 Read-only except one route, ``POST /api/errors/retry``, which marks error-queue entries due
 (`ErrorQueue.make_due`) and retries them at once (`Pillow.retry_errors`) so the operator sees
 the outcome. That route only accepts same-origin JSON requests.
+
+Every string the API returns that can quote a URL (log and state URLs, status notes and
+errors, error-queue messages, stubs and tracebacks, history reasons) passes through
+`changefeed.status.redacted`: a dashboard is shown on screens and shared in screenshots.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from changefeed.identifiers import InvalidValueError, int64
+from changefeed.status import orphaned_errors, redacted
 from changefeed.web.live import LiveChanges
 from changefeed.web.monitor import PillowMonitor
 from changefeed.web.security import AccessMiddleware, SecurityHeadersMiddleware, same_origin
@@ -90,7 +95,14 @@ class Dashboard:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     def pillows(self, request: Request) -> Response:
-        return JSON({"pillows": self.monitor.snapshot(), "interval": self.monitor.interval})
+        return JSON(
+            {
+                "pillows": self.monitor.snapshot(),
+                "interval": self.monitor.interval,
+                "log": redacted(self.app.log_url),
+                "state": redacted(self.app.state_url),
+            }
+        )
 
     def errors(self, request: Request) -> Response:
         pillow = request.query_params.get("pillow") or None
@@ -100,13 +112,19 @@ class Dashboard:
         limit = _int(request, "limit", 100)
         records = self.app.error_queue.list(pillow=pillow, status=status, limit=limit)
         counts = {name: self.app.error_queue.counts(name) for name in self.pillow_names}
-        return JSON({"errors": [r.to_dict() for r in records], "counts": counts})
+        return JSON(
+            {
+                "errors": redacted([r.to_dict() for r in records]),
+                "counts": counts,
+                "orphaned": orphaned_errors(self.app),
+            }
+        )
 
     def error_detail(self, request: Request) -> Response:
         record = self.app.error_queue.get(_error_id(request.path_params["error_id"]))
         if record is None or record.pillow not in self.pillow_names:
             return JSON({"error": "no such error entry"}, 404)
-        return JSON(record.to_dict(detail=True))
+        return JSON(redacted(record.to_dict(detail=True)))
 
     def checkpoint_history(self, request: Request) -> Response:
         pillow = request.query_params.get("pillow") or None
@@ -116,7 +134,7 @@ class Dashboard:
             for e in self.app.checkpoints.history(pillow, limit=limit)
             if e.pillow in self.pillow_names
         ]
-        return JSON({"history": [e.to_dict() for e in entries]})
+        return JSON({"history": redacted([e.to_dict() for e in entries])})
 
     # -- the one write -------------------------------------------------------------------
 

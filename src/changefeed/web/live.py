@@ -19,12 +19,14 @@ from typing import Any
 
 from changefeed.backends.base import Backend, ChangeFeed
 from changefeed.change import Change, TopicPartition
+from changefeed.status import redacted
 
 log = logging.getLogger("changefeed.web.live")
 
 
 def change_event(change: Change) -> dict[str, Any]:
-    """What the stream shows of a change: where it is in the log and its stub fields."""
+    """What the stream shows of a change: where it is in the log and its stub fields
+    (credentials in any of them redacted, like every dashboard field)."""
     event: dict[str, Any] = {
         "topic": change.topic,
         "partition": change.partition,
@@ -38,7 +40,7 @@ def change_event(change: Change) -> dict[str, Any]:
         event["stub"] = stub
     else:
         event["error"] = change.error
-    return event
+    return redacted(event)
 
 
 @dataclass(eq=False)

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from changefeed.status import PillowStatus, pillow_status
+from changefeed.status import PillowStatus, pillow_status, redacted
 
 if TYPE_CHECKING:
     from changefeed.app import App
@@ -59,7 +59,8 @@ class PillowMonitor:
                 st = pillow_status(self.app, self.pillow(name), now=now)
             except Exception as exc:  # noqa: BLE001 - show the problem, keep sampling
                 with self._lock:
-                    self._errors[name] = f"{type(exc).__name__}: {exc}"
+                    # A database error may quote the state URL with its password.
+                    self._errors[name] = redacted(f"{type(exc).__name__}: {exc}")
                 continue
             done = sum(p.checkpoint or 0 for p in st.partitions)
             heads = sum(p.head for p in st.partitions)
