@@ -93,7 +93,7 @@ def test_bootstrap_list_and_rebuild(workdir: Path, capsys: pytest.CaptureFixture
     code, out, _ = run(capsys, "reports", "list")
     assert "cases\tpillow=cases\ttable=report_cases\tcolumns=owner:string, age:integer" in out
     code, _, err = run(capsys, "reports", "rebuild", "cases", "--no-progress")
-    assert code == 0 and "cases/report:cases: 30 documents from the stores" in err
+    assert code == 0 and "cases/report:cases: 30 documents into report_cases__shadow_" in err
     rows = table_rows(workdir)
     assert len(rows) == 20 and rows[0] == ("c001", "o1", 1)
     code, _, err = run(capsys, "reports", "rebuild", "nope")

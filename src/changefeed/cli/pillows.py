@@ -15,8 +15,10 @@ from rich.table import Table
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
 from changefeed.cli.output import escape, human, is_terminal
+from changefeed.cli.reindex import REBUILD_ERRORS
 from changefeed.cli.supervise import check_metrics_access, run_supervised
 from changefeed.pillow import Pillow, PillowListener
+from changefeed.rebuild import rebuilding
 from changefeed.runner import NotScalableError, Runnable, check_split, run_runnable
 from changefeed.status import (
     PillowStatus,
@@ -161,13 +163,24 @@ def run_cmd(
         click.echo(f"{escape(runnable.name)}: running {until}", err=True)
     started = time.monotonic()
     try:
-        total = run_runnable(
-            runnable,
-            forever=not once,
-            num_processes=num_processes,
-            process_number=process_number,
-            bootstrap=not no_bootstrap,
-        )
+        # A report table whose definition changed is rebuilt next to the running pillow.
+        with (
+            user_errors(*REBUILD_ERRORS),
+            rebuilding(
+                app,
+                runnable,
+                forever=not once,
+                num_processes=num_processes,
+                bootstrap=not no_bootstrap,
+            ),
+        ):
+            total = run_runnable(
+                runnable,
+                forever=not once,
+                num_processes=num_processes,
+                process_number=process_number,
+                bootstrap=not no_bootstrap,
+            )
     finally:
         if progress is not None:
             progress.clear()

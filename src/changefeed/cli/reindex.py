@@ -6,10 +6,13 @@ from __future__ import annotations
 import click
 
 from changefeed.cli.common import F, UserError, cli, get_app, user_errors
+from changefeed.pillow import Pillow
+from changefeed.processors.elastic import ElasticBootstrapError, ElasticProcessor
 from changefeed.processors.reports import ReportSchemaError
+from changefeed.rebuild import rebuild, rebuild_pending, swappable
 from changefeed.reindex import ReindexError, ReindexResult, reindex
 
-REBUILD_ERRORS = (ReindexError, ReportSchemaError)
+REBUILD_ERRORS = (ReindexError, ReportSchemaError, ElasticBootstrapError)
 """Errors of a rebuild that the user fixes (config, schema), reported without a traceback."""
 
 
@@ -52,6 +55,12 @@ def resume_options(func: F) -> F:
     is_flag=True,
     help="Clear the processors' output first (e.g. drop and recreate report tables).",
 )
+@click.option(
+    "--new-index",
+    is_flag=True,
+    help="Build new Elasticsearch indexes (and report tables) next to the live ones and "
+    "swap them in (automatic when an index's mappings or settings changed).",
+)
 @click.pass_context
 def reindex_cmd(
     ctx: click.Context,
@@ -60,12 +69,41 @@ def reindex_cmd(
     chunk_size: int,
     no_progress: bool,
     reset: bool,
+    new_index: bool,
 ) -> None:
     """Rebuild a pillow's output from its document stores (resumable; the live pillow may
-    keep running)."""
+    keep running).
+
+    With --new-index (or when an Elasticsearch processor's mappings or settings changed),
+    its Elasticsearch indexes and report tables are built next to the live ones and swapped
+    in atomically; other processors are left alone."""
     if reset and resume:
         raise UserError("--reset starts over: it cannot be combined with --resume")
+    if new_index and reset:
+        raise UserError("--new-index builds new output next to the old: it takes no --reset")
     app = get_app(ctx)
+    if not new_index and not reset:
+        with user_errors(*REBUILD_ERRORS):
+            new_index = _mapping_changed(app.get_pillow(pillow_name))
+        if new_index:
+            click.echo(
+                f"{pillow_name}: Elasticsearch mappings or settings changed: building new "
+                "indexes and swapping the aliases",
+                err=True,
+            )
+    if new_index:
+        with user_errors(*REBUILD_ERRORS):
+            results = rebuild(
+                app,
+                pillow_name,
+                resume=False if resume is None else resume,
+                chunk_size=chunk_size,
+                show_progress=not no_progress,
+                on_result=lambda r: click.echo(r.describe(), err=True),
+            )
+        if results and results[-1].interrupted:
+            click.echo(f"run `changefeed reindex {pillow_name} --new-index` again", err=True)
+        return
     with user_errors(*REBUILD_ERRORS):
         result = reindex(
             app,
@@ -78,12 +116,26 @@ def reindex_cmd(
     click.echo(describe(result), err=True)
 
 
+def _mapping_changed(pillow: Pillow) -> bool:
+    """True when an Elasticsearch processor's alias points at an index of other mappings."""
+    try:
+        return any(
+            isinstance(p, ElasticProcessor) and p.mapping_changed() for p in swappable(pillow)
+        )
+    finally:
+        for processor in pillow.processors:
+            processor.close()
+        pillow.change_feed.close()
+
+
 @cli.command("bootstrap")
 @click.argument("pillow_names", nargs=-1, metavar="[PILLOW]...")
 @click.pass_context
 def bootstrap_cmd(ctx: click.Context, pillow_names: tuple[str, ...]) -> None:
-    """Run the processors' one-time setup (create indexes, tables; add new columns) for the
-    given pillows, or all of them. ``changefeed run`` does this too before processing."""
+    """Run the processors' one-time setup (create indexes and tables) for the given pillows,
+    or all of them; a report table whose definition changed is rebuilt next to the live one
+    and swapped in (or refused, with auto_rebuild: false). ``changefeed run`` does this too
+    before processing."""
     app = get_app(ctx)
     names = list(pillow_names) or app.pillow_names
     if not names:
@@ -93,6 +145,8 @@ def bootstrap_cmd(ctx: click.Context, pillow_names: tuple[str, ...]) -> None:
             pillow = app.get_pillow(name)
             try:
                 pillow.bootstrap()
+                for result in rebuild_pending(pillow):
+                    click.echo(result.describe(), err=True)
             finally:
                 for processor in pillow.processors:
                     processor.close()

@@ -8,9 +8,9 @@ import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.reindex import REBUILD_ERRORS, describe, resume_options
+from changefeed.cli.reindex import REBUILD_ERRORS, resume_options
 from changefeed.processors.reports import ReportConfigError, ReportTableProcessor, load_data_source
-from changefeed.reindex import reindex
+from changefeed.rebuild import rebuild
 
 
 def report_processors(app: App) -> list[tuple[str, ReportTableProcessor]]:
@@ -67,11 +67,11 @@ def validate_cmd(files: tuple[Path, ...]) -> None:
 def rebuild_cmd(
     ctx: click.Context, name: str, resume: bool | None, chunk_size: int, no_progress: bool
 ) -> None:
-    """Drop and recreate one report table and fill it from the pillow's document stores.
+    """Rebuild one report table from the pillow's document stores without downtime.
 
-    The pillow's checkpoint is left alone (its other processors still need the log); changes
-    written during the rebuild are replayed from the log at the end. Readers see a partly
-    filled table until the rebuild ends.
+    A shadow table is filled with the configured definition while the live one keeps
+    serving, changes written meanwhile are replayed from the log, then the shadow replaces
+    the live table in one transaction. The pillow's checkpoint is left alone.
     """
     app = get_app(ctx)
     found = report_processors(app)
@@ -89,13 +89,15 @@ def rebuild_cmd(
         )
     pillow, proc = matches[0]
     with user_errors(*REBUILD_ERRORS):
-        result = reindex(
+        results = rebuild(
             app,
             pillow,
-            processors=[proc.name],
-            reset=True,
+            [proc.name],
             resume=resume,
             chunk_size=chunk_size,
             show_progress=not no_progress,
         )
-    click.echo(describe(result), err=True)
+    for result in results:
+        click.echo(result.describe(), err=True)
+        if result.interrupted:
+            click.echo(f"run `changefeed reports rebuild {name}` to resume", err=True)

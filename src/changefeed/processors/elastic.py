@@ -13,6 +13,7 @@ they persist the processor raises `SinkUnavailableError` and the pillow backs of
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -245,7 +246,7 @@ class ElasticProcessor(BulkProcessor):
         found = self.client.options(ignore_status=404).indices.get_alias(name=self.alias)
         if found.meta.status == 200 and found.body:
             current = sorted(found.body)
-            if self.index not in current:
+            if not any(self.is_version(name) for name in current):
                 log.warning(
                     "alias %s points to %s, not to %s (settings or mappings changed): "
                     "reindex to move it",
@@ -276,6 +277,81 @@ class ElasticProcessor(BulkProcessor):
                     ) from exc
         indices.put_alias(index=self.index, name=self.alias)
         log.info("pointed alias %s at existing index %s", self.alias, self.index)
+
+    # -- a new index behind the alias (``changefeed reindex --new-index``) ----------------
+
+    def is_version(self, name: str) -> bool:
+        """True for an index of these settings and mappings: ``self.index`` or one of its
+        rebuilt versions ``<index>_v<N>``."""
+        rest = name.removeprefix(self.index)
+        return rest == "" or (rest.startswith("_v") and rest[2:].isdigit())
+
+    def alias_indexes(self) -> list[str]:
+        """The indexes the alias points at now (none when it does not exist)."""
+        found = self.client.options(ignore_status=404).indices.get_alias(name=self.alias)
+        if found.meta.status != 200 or not found.body:
+            return []
+        return sorted(found.body)
+
+    def mapping_changed(self) -> bool:
+        """True when the alias points at an index made for other settings or mappings."""
+        current = self.alias_indexes()
+        return bool(current) and not any(self.is_version(name) for name in current)
+
+    def new_index(self) -> str:
+        """Create the next versioned index (``self.index``, then ``<index>_v2``, ...) that no
+        alias points at, with the settings and mappings; returns its name. An index of that
+        name left behind by an abandoned rebuild (behind no alias) is deleted first."""
+        current = set(self.alias_indexes())
+        indices = self.client.indices
+        n = 1
+        while True:
+            name = self.index if n == 1 else index_name(f"{self.index}_v{n}", "index name")
+            n += 1
+            if name in current:
+                continue
+            if indices.exists(index=name):
+                aliases = self.client.indices.get_alias(index=name).body.get(name, {})
+                if aliases.get("aliases"):
+                    continue
+                indices.delete(index=name)
+            indices.create(
+                index=name, settings=self.settings or None, mappings=self.mappings or None
+            )
+            return name
+
+    def writer_for(self, index: str) -> ElasticProcessor:
+        """A processor like this one that writes straight into ``index`` (not through the
+        alias), to fill a new index before `swap_alias`."""
+        other = copy.copy(self)
+        other.alias = index
+        other.require_alias = False
+        other._owns_client = False
+        other._bootstrapped = True
+        other._retrier = SinkRetrier(self._name, None, None)
+        return other
+
+    def swap_alias(self, index: str) -> list[str]:
+        """Point the alias at ``index`` alone in one ``update_aliases`` call (searches through
+        the alias answer from the old index or the new one, never from none), then delete
+        the indexes it pointed at before; returns their names."""
+        self.client.indices.refresh(index=index)
+        old = [name for name in self.alias_indexes() if name != index]
+        actions: list[Mapping[str, Any]] = [
+            {"remove": {"index": name, "alias": self.alias}} for name in old
+        ]
+        actions.append({"add": {"index": index, "alias": self.alias}})
+        self.client.indices.update_aliases(actions=actions)
+        for name in old:
+            self.client.options(ignore_status=404).indices.delete(index=name)
+        log.info("alias %s now points at %s (deleted %s)", self.alias, index, ", ".join(old))
+        return old
+
+    def delete_index(self, index: str) -> None:
+        """Delete an index no alias points at (an abandoned rebuild's)."""
+        if index in self.alias_indexes():
+            raise ElasticBootstrapError(f"index {index!r} is behind alias {self.alias!r}")
+        self.client.options(ignore_status=404).indices.delete(index=index)
 
     # -- processing --------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from changefeed.processors.reports.config import (
     DataSourceConfig,
     load_data_source,
 )
+from changefeed.processors.reports.definition import DefinitionChange, definition_hash
 from changefeed.processors.reports.processor import (
     ReportSchemaError,
     ReportTableProcessor,
@@ -15,9 +16,11 @@ from changefeed.processors.reports.spec import ReportConfigError
 __all__ = [
     "ColumnConfig",
     "DataSourceConfig",
+    "DefinitionChange",
     "ReportConfigError",
     "ReportSchemaError",
     "ReportTableProcessor",
     "build_table",
+    "definition_hash",
     "load_data_source",
 ]

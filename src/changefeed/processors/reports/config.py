@@ -76,6 +76,9 @@ class DataSourceConfig:
     base_item_expression: Expr | None = None
     description: str = ""
     spec: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    auto_rebuild: bool = True
+    """On a changed definition, bootstrap rebuilds the table into a shadow table and swaps
+    it in (True), or refuses to start, naming the change (False)."""
 
     def __post_init__(self) -> None:
         getters = tuple((c.name, c.expression, CONVERSIONS[c.type]) for c in self.columns)
@@ -122,6 +125,7 @@ class DataSourceConfig:
         name = _checked(f, "name", lambda v: object_name(v, "data source name"))
         table = _checked(f, "table", lambda v: sql_identifier(v, "table name"))
         description = f.optional("description", str, "")
+        auto_rebuild = f.optional("auto_rebuild", bool, True)
         filter_ = parse_filter(f.optional("filter"), "filter") if f.has("filter") else None
         base = (
             parse_expression(f.optional("base_item_expression"), "base_item_expression")
@@ -155,7 +159,16 @@ class DataSourceConfig:
             seen[folded] = i
             columns.append(column)
         f.done()
-        return cls(name, table, tuple(columns), filter_, base, description, dict(f.spec))
+        return cls(
+            name,
+            table,
+            tuple(columns),
+            filter_,
+            base,
+            description,
+            dict(f.spec),
+            auto_rebuild=auto_rebuild,
+        )
 
 
 def _checked(f: Fields, key: str, check: Callable[[Any], str]) -> str:

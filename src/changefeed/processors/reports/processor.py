@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.schema import CreateColumn
 
 from changefeed.change import Change
 from changefeed.db import make_engine, upsert
@@ -36,6 +37,16 @@ from changefeed.processors.reports.config import (
     DataSourceConfig,
     Row,
     load_data_source,
+)
+from changefeed.processors.reports.definition import (
+    DefinitionChange,
+    compare,
+    compare_reflected,
+    definition_hash,
+    definitions_table,
+    normalised,
+    read_definition,
+    write_definition,
 )
 
 log = logging.getLogger("changefeed.reports")
@@ -84,17 +95,53 @@ def column_type(kind: str) -> sa.types.TypeEngine[Any]:
     return types[kind]
 
 
-def build_table(config: DataSourceConfig, schema: str | None = None) -> sa.Table:
-    """The SQLAlchemy table of a data source: system columns first, then the configured ones."""
+_MAX_NAME = 63
+"""PostgreSQL's identifier length; longer generated names get a hash instead."""
+
+
+def _short(name: str, prefix: str, key: str) -> str:
+    if len(name) <= _MAX_NAME:
+        return name
+    return f"{prefix}_{hashlib.sha1(key.encode()).hexdigest()[:24]}"
+
+
+def pk_name(table: str) -> str:
+    """The primary key's name for a table (PostgreSQL's own default when it fits)."""
+    return _short(f"{table}_pkey", "pk", table)
+
+
+def index_name(table: str, column: str) -> str:
+    """A column index's name for a table (SQLAlchemy's own default when it fits). Index names
+    are per schema, not per table, so a shadow table's indexes are named after the shadow and
+    renamed when it is swapped in."""
+    return _short(f"ix_{table}_{column}", "ix", f"{table}.{column}")
+
+
+def shadow_name(table: str, target_hash: str) -> str:
+    """The table a rebuild fills next to ``table``; the same for the same target definition,
+    so an interrupted rebuild resumes into it."""
+    return f"{table[:36]}__shadow_{target_hash[:8]}"
+
+
+def old_name(table: str, target_hash: str) -> str:
+    """The name the live table has for a moment inside the swap, before it is dropped."""
+    return f"{table[:36]}__old_{target_hash[:8]}"
+
+
+def build_table(
+    config: DataSourceConfig, schema: str | None = None, name: str | None = None
+) -> sa.Table:
+    """The SQLAlchemy table of a data source: system columns first, then the configured ones
+    (``name``: another table of the same shape, e.g. a shadow table)."""
+    table = name or config.table
     return sa.Table(
-        config.table,
+        table,
         sa.MetaData(schema=sql_identifier(schema, "schema") if schema else None),
-        sa.Column(DOC_ID, sa.String(255), primary_key=True),
-        sa.Column(ROW_NUM, sa.Integer, primary_key=True, autoincrement=False),
-        *(
-            sa.Column(c.name, column_type(c.type), nullable=True, index=c.index)
-            for c in config.columns
-        ),
+        sa.Column(DOC_ID, sa.String(255), nullable=False),
+        sa.Column(ROW_NUM, sa.Integer, nullable=False, autoincrement=False),
+        *(sa.Column(c.name, column_type(c.type), nullable=True) for c in config.columns),
+        sa.PrimaryKeyConstraint(DOC_ID, ROW_NUM, name=pk_name(table)),
+        *(sa.Index(index_name(table, c.name), c.name) for c in config.columns if c.index),
     )
 
 
@@ -107,6 +154,7 @@ class ReportTableProcessor(BulkProcessor):
         engine: sa.Engine | str,
         *,
         schema: str | None = None,
+        table_name: str | None = None,
     ) -> None:
         if isinstance(config, DataSourceConfig):
             self.config = config
@@ -115,8 +163,22 @@ class ReportTableProcessor(BulkProcessor):
         else:
             self.config = load_data_source(config)
         self.engine = make_engine(engine)
-        self.table = build_table(self.config, schema)
         self._postgres = self.engine.dialect.name == "postgresql"
+        self.schema = schema
+        self.target = self.config
+        """The configured data source. `config` is what the table is written with: the same,
+        except while a rebuild for a changed definition runs (then the stored old one)."""
+        self.table_name = sql_identifier(table_name, "table name") if table_name else None
+        """Set for a shadow table: written under this name, no definition kept for it."""
+        self.rebuild_needed: DefinitionChange | None = None
+        """Set by `migrate` when the definition changed and the table is to be rebuilt."""
+        self._writing = threading.RLock()
+        self._use(self.config)
+
+    def _use(self, config: DataSourceConfig) -> None:
+        """Write the table with ``config`` from now on (the table and staging statements)."""
+        self.config = config
+        self.table = build_table(config, self.schema, self.table_name)
         # The staging table of this exact schema: a new name whenever the columns change.
         signature = repr([(c.name, str(c.type)) for c in self.table.columns]) + self.table.name
         self._stage = sa.Table(
@@ -135,6 +197,11 @@ class ReportTableProcessor(BulkProcessor):
     # -- writing -----------------------------------------------------------------------
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        # Under the lock a swap takes: a batch is written whole to one table, one config.
+        with self._writing:
+            return self._process_changes(changes)
+
+    def _process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         latest: dict[str, Change] = {}
         for change in changes:
             latest[change.id] = change
@@ -243,74 +310,213 @@ class ReportTableProcessor(BulkProcessor):
     # -- schema ------------------------------------------------------------------------
 
     def bootstrap(self) -> None:
-        """Create the table, or add the columns the config gained since it was created."""
+        """Create the table, or check it against the definition it was built with."""
         for action in self.migrate():
-            log.info("report %s: %s", self.config.name, action)
+            log.info("report %s: %s", self.target.name, action)
 
-    def migrate(self) -> list[str]:
-        """Bring the table in line with the config, additively; returns what was done.
+    def migrate(self, *, rebuilding: bool = False) -> list[str]:
+        """Bring the table in line with the config; returns what was done.
 
-        Added columns are created empty (NULL for existing rows) until a rebuild; columns
-        that left the config are kept, never dropped behind the user's back.
+        A new table is created and its definition recorded (`definition`). An existing one
+        is compared with the definition it was built with: an index added or dropped is done
+        in place; a change of its rows or shape (columns added, removed, retyped, expressions,
+        filter) is refused with `ReportSchemaError` naming the change when the config says
+        ``auto_rebuild: false``. Otherwise `rebuild_needed` is set for `changefeed.rebuild`,
+        and until the swap the table keeps being written with the definition it was built
+        with (when this version can read it), so readers see a table that stays current.
+        ``rebuilding``: an explicit rebuild follows, so ``auto_rebuild: false`` does not refuse.
         """
+        with self._writing:
+            if self.table_name is not None:
+                return self._create_shadow()
+            return self._migrate(rebuilding)
+
+    def _migrate(self, rebuilding: bool) -> list[str]:
+        target = self.target
+        self._use(target)
+        self.rebuild_needed = None
         t = self.table
         inspector = sa.inspect(self.engine)
         if not inspector.has_table(t.name, schema=t.schema):
-            t.metadata.create_all(self.engine, checkfirst=True)
+            with self.engine.begin() as conn:
+                t.metadata.create_all(conn, checkfirst=True)
+                write_definition(conn, target, self.schema)
             return [f"created table {t.name}"]
         reflected = {c["name"]: c["type"] for c in inspector.get_columns(t.name, schema=t.schema)}
-        existing = set(reflected)
-        lacking = [name for name in SYSTEM_COLUMNS if name not in existing]
+        lacking = [name for name in SYSTEM_COLUMNS if name not in reflected]
         if lacking:
             raise ReportSchemaError(
                 f"table {t.name!r} exists but has no {', '.join(lacking)} column: it is not a "
-                f"report table of data source {self.config.name!r}; pick another table name"
+                f"report table of data source {target.name!r}; pick another table name"
             )
-        self._check_types(reflected)
+        with self.engine.connect() as conn:
+            stored = read_definition(conn, t.name, self.schema)
+        if stored is not None and stored.hash == definition_hash(target):
+            return []
+        old: DataSourceConfig | None = None
+        if stored is None:
+            kinds = {name: reflected_kind(type_) for name, type_ in reflected.items()}
+            change = compare_reflected(kinds, target, SYSTEM_COLUMNS)
+        else:
+            change = compare(stored.definition, normalised(target))
+            old = stored.load_config()
+        if not change.needs_rebuild:
+            actions = self._sync_indexes(inspector)
+            with self.engine.begin() as conn:
+                write_definition(conn, target, self.schema)
+            return [*actions, "recorded the table's definition"]
+        rebuild = f"`changefeed reports rebuild {target.name}`"
+        if not target.auto_rebuild and not rebuilding:
+            unknown = " (no definition stored: filter not compared)" if change.unknown else ""
+            raise ReportSchemaError(
+                f"report {target.name!r}: the definition of table {t.name!r} changed "
+                f"({change}){unknown} and auto_rebuild is false: rebuild it with {rebuild} "
+                "(the table keeps serving until the swap) or set auto_rebuild: true"
+            )
+        self.rebuild_needed = change
+        if old is not None and old.table == target.table:
+            self._use(old)
+            return [
+                f"definition changed ({change}): written with the old definition until "
+                f"a rebuild swaps in a new table ({rebuild}, or `changefeed run`)"
+            ]
+        # The table predates stored definitions: nothing to write it with but the config.
+        log.warning(
+            "report %s: table %s does not match the config (%s) and has no stored "
+            "definition: it must be rebuilt before the pillow writes it (%s)",
+            target.name,
+            t.name,
+            change,
+            rebuild,
+        )
+        return [f"definition changed ({change}): to be rebuilt"]
+
+    def _create_shadow(self) -> list[str]:
+        """A shadow table is created when missing; an existing one is an interrupted
+        rebuild's, kept to resume into (its name carries the definition's hash)."""
+        t = self.table
+        if sa.inspect(self.engine).has_table(t.name, schema=t.schema):
+            return []
+        t.metadata.create_all(self.engine, checkfirst=True)
+        return [f"created shadow table {t.name}"]
+
+    def _sync_indexes(self, inspector: Any) -> list[str]:
+        """Create the configured column indexes the table lacks and drop single-column
+        indexes of configured columns that are no longer wanted."""
+        t = self.table
+        present: dict[str, str] = {}
+        for found in inspector.get_indexes(t.name, schema=t.schema):
+            columns = found.get("column_names") or []
+            if len(columns) == 1 and not found.get("unique") and found.get("name"):
+                present[str(columns[0])] = str(found["name"])
+        wanted = {c.name for c in self.target.columns if c.index}
         actions: list[str] = []
-        preparer = self.engine.dialect.identifier_preparer
         with self.engine.begin() as conn:
-            for col in t.columns:
-                if col.name in existing:
-                    continue
-                column_ddl = CreateColumn(col).compile(dialect=self.engine.dialect)
-                conn.execute(
-                    sa.text(f"ALTER TABLE {preparer.format_table(t)} ADD COLUMN {column_ddl}")
-                )
-                for idx in t.indexes:
-                    if col.name in idx.columns:
-                        idx.create(conn, checkfirst=True)
-                actions.append(
-                    f"added column {col.name} (NULL for existing rows until "
-                    f"`changefeed reports rebuild {self.config.name}`)"
-                )
-        for name in sorted(existing - set(t.c.keys())):
-            msg = f"column {name} is no longer in the config; kept (a rebuild drops it)"
-            log.warning("report %s: %s", self.config.name, msg)
-            actions.append(msg)
+            for index in t.indexes:
+                column = next(iter(index.columns)).name
+                if column not in present:
+                    index.create(conn)
+                    actions.append(f"created index {index.name}")
+            for column, name in present.items():
+                if column in t.c and column not in wanted:
+                    sa.Index(name, t.c[column]).drop(conn)
+                    actions.append(f"dropped index {name}")
         return actions
 
-    def _check_types(self, reflected: Mapping[str, Any]) -> None:
-        """Refuse a table whose columns have another type than the config says: SQLite would
-        store the new values with the old affinity and PostgreSQL refuse every batch, and
-        changing a column's type in place could lose data, so a rebuild is the way."""
-        for column in self.config.columns:
-            if column.name not in reflected:
-                continue
-            old = reflected_kind(reflected[column.name])
-            if old is None or old == column.type:
-                continue
-            raise ReportSchemaError(
-                f"report {self.config.name!r}: column {column.name!r} of table "
-                f"{self.table.name!r} is {old} ({reflected[column.name]}) in the database but "
-                f"{column.type} in the config; rebuild the table with `changefeed reports "
-                f"rebuild {self.config.name}` (or `changefeed reindex PILLOW --reset`)"
-            )
-
     def reset(self) -> None:
-        """Drop and recreate the table empty, for a rebuild from the document stores."""
+        """Drop and recreate the table empty with the configured definition, for a rebuild
+        from the document stores."""
+        with self._writing:
+            self._use(self.target)
+            self.rebuild_needed = None
+            self.table.drop(self.engine, checkfirst=True)
+            with self.engine.begin() as conn:
+                self.table.metadata.create_all(conn, checkfirst=True)
+                if self.table_name is None:
+                    write_definition(conn, self.target, self.schema)
+
+    # -- rebuilding into a shadow table (``changefeed.rebuild``) ---------------------------
+
+    def shadow(self) -> ReportTableProcessor:
+        """A processor of the configured definition writing a shadow table next to this one,
+        sharing its engine (do not `close` it). `swap_in` then replaces this table with it."""
+        if self.table_name is not None:
+            raise ValueError(f"{self.table.name!r} is a shadow table already")
+        name = shadow_name(self.target.table, definition_hash(self.target))
+        return ReportTableProcessor(self.target, self.engine, schema=self.schema, table_name=name)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold off this processor's batches (they wait for the block to end)."""
+        with self._writing:
+            yield
+
+    def swap_in(self, shadow: ReportTableProcessor) -> None:
+        """Replace this table with the filled ``shadow`` in one transaction: rename live to
+        old, shadow to live, drop old, give the indexes their live names and record the new
+        definition. Readers of the table see the old table or the new one, never none; this
+        processor's batches wait, then write the new table with the configured definition."""
+        if shadow.table_name is None or shadow.target.table != self.target.table:
+            raise ValueError("swap_in takes this table's shadow (see `shadow`)")
+        with self._writing:
+            target = self.target
+            live = build_table(target, self.schema)
+            staged = shadow.table
+            old = build_table(target, self.schema, old_name(live.name, definition_hash(target)))
+            definitions_table(self.schema).create(self.engine, checkfirst=True)
+            exists = sa.inspect(self.engine).has_table(live.name, schema=live.schema)
+            dialect = self.engine.dialect
+            q = dialect.identifier_preparer
+
+            def ddl(element: Any) -> str:
+                return str(element.compile(dialect=dialect))
+
+            with self.engine.connect() as conn:
+                if not self._postgres:
+                    # pysqlite starts a transaction only before DML: begin one ourselves so
+                    # the renames and the drop commit together.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                try:
+                    if exists:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {q.format_table(live)} RENAME TO {q.quote(old.name)}"
+                        )
+                    conn.exec_driver_sql(
+                        f"ALTER TABLE {q.format_table(staged)} RENAME TO {q.quote(live.name)}"
+                    )
+                    if exists:
+                        conn.exec_driver_sql(f"DROP TABLE {q.format_table(old)}")
+                    for index in live.indexes:
+                        column = next(iter(index.columns)).name
+                        shadow_index = next(
+                            i for i in staged.indexes if next(iter(i.columns)).name == column
+                        )
+                        if self._postgres:
+                            conn.exec_driver_sql(
+                                f"ALTER INDEX {q.format_index(shadow_index)} "
+                                f"RENAME TO {q.quote(str(index.name))}"
+                            )
+                        else:  # SQLite cannot rename an index: build it under its name
+                            conn.exec_driver_sql(ddl(sa.schema.DropIndex(shadow_index)))
+                            conn.exec_driver_sql(ddl(sa.schema.CreateIndex(index)))
+                    if self._postgres:
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {q.format_table(live)} RENAME CONSTRAINT "
+                            f"{q.quote(pk_name(staged.name))} TO {q.quote(pk_name(live.name))}"
+                        )
+                    write_definition(conn, target, self.schema)
+                except BaseException:
+                    conn.rollback()
+                    raise
+                conn.commit()
+            self._use(target)
+            self.rebuild_needed = None
+
+    def drop_shadow(self) -> None:
+        """Drop a shadow table (an abandoned rebuild)."""
+        if self.table_name is None:
+            raise ValueError("drop_shadow drops shadow tables only")
         self.table.drop(self.engine, checkfirst=True)
-        self.table.metadata.create_all(self.engine, checkfirst=True)
 
     def count_rows(self) -> int:
         with self.engine.connect() as conn:

@@ -1,0 +1,408 @@
+"""Rebuilds without downtime: fill a new report table or Elasticsearch index next to the live
+one from the document stores, then swap it in atomically.
+
+A plain reindex writes over the live output (or, with ``--reset``, empties it first, so
+readers see a partial table for the whole run). Here the live table or index keeps serving
+and keeps being written by the live pillow while a *shadow* is filled, the way reindex
+fills anything (`ShadowReindexer` is a `Reindexer` whose processor writes the shadow):
+
+1. the heads of the log are recorded, the stores are read into the shadow, and the catch-up
+   pass replays the log from those heads into it (up to the *mark*, the heads when the
+   catch-up started);
+2. with the live processor's batches held off (report tables: `ReportTableProcessor.writing`)
+   the log from the mark to the head is replayed into the shadow too, and the shadow is
+   swapped in: one transaction of renames for a table, one ``update_aliases`` for an index;
+3. the log from the mark is replayed once more, through the live processor into the new
+   output, for what a pillow in another process wrote to the old one before the swap.
+
+Every change is in the shadow or comes after the swap, and the live pillow applies those to
+the new output: none is lost. Replays are harmless (processors fetch the current document,
+report rows are upserted, Elasticsearch writes carry external versions).
+
+A report table whose definition changed (`ReportTableProcessor.migrate` sets
+`rebuild_needed`) is rebuilt so by `changefeed bootstrap`, and by `changefeed run` in a thread
+next to the running pillow (`rebuilding`), which writes the old table with the old definition
+until the swap and the new one with the new definition after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from changefeed.batch import BatchRunner, latest_per_document
+from changefeed.change import Change, TopicPartition
+from changefeed.pillow import Pillow
+from changefeed.processors.base import Processor
+from changefeed.processors.elastic import ElasticProcessor
+from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
+from changefeed.reindex import PillowSource, Reindexer, ReindexError
+from changefeed.runner import Runnable, stop_on_signals
+
+log = logging.getLogger("changefeed.rebuild")
+
+Swappable = ReportTableProcessor | ElasticProcessor
+
+
+@dataclass(slots=True)
+class RebuildResult:
+    pillow: str
+    processor: str
+    target: str
+    """The table or index swapped in."""
+    documents: int
+    caught_up: int
+    """Changes replayed from the log (catch-up pass, under the hold, after the swap)."""
+    failures: int
+    seconds: float
+    resumed: bool = False
+    interrupted: bool = False
+
+    def describe(self) -> str:
+        if self.interrupted:
+            return (
+                f"{self.pillow}/{self.processor}: stopped after {self.documents} documents "
+                f"into {self.target} (progress saved; the live output is unchanged)"
+            )
+        how = "resumed, " if self.resumed else ""
+        return (
+            f"{self.pillow}/{self.processor}: {how}{self.documents} documents into "
+            f"{self.target}, {self.caught_up} changes replayed from the log, "
+            f"{self.failures} failures (see `changefeed errors`), swapped in, "
+            f"{self.seconds:.1f}s"
+        )
+
+
+class ShadowReindexer(Reindexer):
+    """A `Reindexer` of one processor of ``pillow`` that writes through ``shadow`` instead
+    (a processor of the same name pointed at a shadow table or a new index). Partial, so
+    the pillow's checkpoint stays put; its job is named after the shadow, so an interrupted
+    rebuild resumes into the same shadow."""
+
+    def __init__(
+        self, pillow: Pillow, live: Processor, shadow: Processor, target: str, **kwargs: Any
+    ) -> None:
+        super().__init__(pillow, processors=[live.name], **kwargs)
+        self.processors = [shadow]
+        self._runner = pillow.runner.with_processors([shadow])
+        self.job = f"{pillow.name}/{live.name}@{target}"
+        self.mark: dict[TopicPartition, int] | None = None
+        """The heads when the catch-up pass started: the shadow holds every change before."""
+
+    def _catch_up(self, heads: dict[TopicPartition, int], bar: Progress) -> int:
+        self.mark = self.pillow.change_feed.latest_offsets()
+        return int(super()._catch_up(heads, bar))
+
+
+def replay(
+    pillow: Pillow, runner: BatchRunner, since: dict[TopicPartition, int], chunk_size: int
+) -> tuple[int, int]:
+    """Replay the pillow's log from ``since`` (new partitions from their start) through
+    ``runner`` as the pillow would; returns (changes read, failures)."""
+    feed = pillow.change_feed
+    latest = feed.latest_offsets()
+    start = {tp: since.get(tp, 0) for tp in latest}
+    if all(latest[tp] <= start[tp] for tp in latest):
+        return 0, 0
+    read = failures = 0
+    batch: list[Change] = []
+    for changes in feed.iter_change_batches(start, forever=False):
+        if changes is None:
+            continue
+        batch += changes
+        read += len(changes)
+        if len(batch) >= chunk_size:
+            failures += runner.process(latest_per_document(batch)).failures
+            batch = []
+    if batch:
+        failures += runner.process(latest_per_document(batch)).failures
+    return read, failures
+
+
+class ShadowRebuild:
+    """One rebuild of one processor of ``pillow`` into a shadow, and the swap.
+
+    ``pillow`` reads the stores and the log; ``live`` is the processor whose output is
+    replaced, and may belong to another instance of the pillow that runs meanwhile in this
+    process (its batches are held off during the swap)."""
+
+    def __init__(
+        self,
+        pillow: Pillow,
+        live: Swappable,
+        *,
+        chunk_size: int = 1000,
+        show_progress: bool = False,
+        console: Console | None = None,
+    ) -> None:
+        self.pillow = pillow
+        self.live = live
+        self.chunk_size = chunk_size
+        self.show_progress = show_progress
+        self.console = console
+        self._stop = threading.Event()
+        self._reindexer: ShadowReindexer | None = None
+
+    def stop(self) -> None:
+        """Stop after the chunk in hand (signal-safe); nothing is swapped."""
+        self._stop.set()
+        if self._reindexer is not None:
+            self._reindexer.stop()
+
+    def run(self, *, resume: bool | None = None) -> RebuildResult:
+        started = time.monotonic()
+        live = self.live
+        if isinstance(live, ReportTableProcessor):
+            table = live.shadow()
+            shadow: Processor = table
+            target = table.table.name
+            swap: Callable[[], object] = lambda: live.swap_in(table)  # noqa: E731
+            hold: Any = live.writing
+        else:
+            if resume:
+                raise ReindexError("a rebuild into a new index cannot resume: start over")
+            resume = False
+            target = live.new_index()
+            shadow = live.writer_for(target)
+            swap = lambda: live.swap_alias(target)  # noqa: E731
+            hold = _no_hold
+        reindexer = ShadowReindexer(
+            self.pillow,
+            live,
+            shadow,
+            target,
+            chunk_size=self.chunk_size,
+            show_progress=self.show_progress,
+            console=self.console,
+        )
+        self._reindexer = reindexer
+        if self._stop.is_set():
+            reindexer.stop()
+        result = reindexer.run(resume=resume, reset=True)
+        outcome = RebuildResult(
+            self.pillow.name,
+            live.name,
+            target,
+            result.documents,
+            result.caught_up,
+            result.failures,
+            0.0,
+            resumed=result.resumed,
+        )
+        if result.interrupted or reindexer.mark is None:
+            if isinstance(live, ElasticProcessor):
+                live.delete_index(target)  # cannot resume: do not leave it behind
+            outcome.interrupted = True
+            outcome.seconds = time.monotonic() - started
+            return outcome
+        mark = reindexer.mark
+        with hold():
+            read, failed = replay(self.pillow, reindexer._runner, mark, self.chunk_size)
+            swap()
+        outcome.caught_up += read
+        outcome.failures += failed
+        log.info("%s/%s: swapped in %s", self.pillow.name, live.name, target)
+        read, failed = replay(
+            self.pillow, self.pillow.runner.with_processors([live]), mark, self.chunk_size
+        )
+        outcome.caught_up += read
+        outcome.failures += failed
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+
+@contextmanager
+def _no_hold() -> Iterator[None]:
+    yield
+
+
+def swappable(pillow: Pillow) -> list[Swappable]:
+    """The processors of a pillow that can be rebuilt next to their live output."""
+    return [p for p in pillow.processors if isinstance(p, ReportTableProcessor | ElasticProcessor)]
+
+
+def pending_rebuilds(pillow: Pillow) -> list[ReportTableProcessor]:
+    """Report tables whose bootstrap found a changed definition to rebuild."""
+    return [
+        p
+        for p in pillow.processors
+        if isinstance(p, ReportTableProcessor) and p.rebuild_needed is not None
+    ]
+
+
+def rebuild(
+    app: PillowSource,
+    pillow_name: str,
+    processors: Sequence[str] | None = None,
+    *,
+    resume: bool | None = None,
+    chunk_size: int = 1000,
+    show_progress: bool = False,
+    console: Console | None = None,
+    on_result: Callable[[RebuildResult], None] | None = None,
+) -> list[RebuildResult]:
+    """Rebuild a pillow's report tables and Elasticsearch indexes (or those named) next to
+    their live output and swap them in, one after another; Ctrl-C stops after a chunk
+    without swapping. Processors of other kinds are left alone."""
+    pillow = app.get_pillow(pillow_name)
+    results: list[RebuildResult] = []
+    try:
+        chosen = swappable(pillow)
+        if processors is not None:
+            by_name = {p.name: p for p in chosen}
+            unknown = [n for n in processors if n not in by_name]
+            if unknown:
+                known = ", ".join(sorted(by_name)) or "none"
+                raise ReindexError(
+                    f"pillow {pillow_name!r} has no report table or Elasticsearch processor "
+                    f"{', '.join(map(repr, unknown))} (known: {known})"
+                )
+            chosen = [by_name[n] for n in processors]
+        if not chosen:
+            raise ReindexError(
+                f"pillow {pillow_name!r} has no report table or Elasticsearch index to rebuild"
+            )
+        for live in chosen:
+            if isinstance(live, ReportTableProcessor):
+                live.migrate(rebuilding=True)
+            else:
+                live.bootstrap()
+            job = ShadowRebuild(
+                pillow, live, chunk_size=chunk_size, show_progress=show_progress, console=console
+            )
+            with stop_on_signals(job.stop, f"rebuild {pillow_name}"):
+                result = job.run(resume=resume)
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+            if result.interrupted:
+                break
+    finally:
+        for processor in pillow.processors:
+            processor.close()
+        pillow.change_feed.close()
+    return results
+
+
+def rebuild_pending(
+    pillow: Pillow, *, chunk_size: int = 1000, show_progress: bool = False
+) -> list[RebuildResult]:
+    """Rebuild, here and now, the report tables of an (idle) bootstrapped pillow whose
+    definition changed (`changefeed bootstrap`)."""
+    results = []
+    for live in pending_rebuilds(pillow):
+        job = ShadowRebuild(pillow, live, chunk_size=chunk_size, show_progress=show_progress)
+        with stop_on_signals(job.stop, f"rebuild {pillow.name}"):
+            results.append(job.run())
+        if results[-1].interrupted:
+            break
+    return results
+
+
+class BackgroundRebuild:
+    """The rebuilds of a running pillow's changed report tables, in a thread of their own,
+    reading through a second instance of the pillow (a feed is not shared between
+    threads) and swapping into the running instance's processors."""
+
+    def __init__(self, app: PillowSource, pillow: Pillow, chunk_size: int = 1000) -> None:
+        self.app = app
+        self.pillow = pillow
+        self.chunk_size = chunk_size
+        self.results: list[RebuildResult] = []
+        self.error: BaseException | None = None
+        self._job: ShadowRebuild | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"changefeed-rebuild-{pillow.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        helper = self.app.get_pillow(self.pillow.name)
+        try:
+            for live in pending_rebuilds(self.pillow):
+                if self._stopped.is_set():
+                    return
+                self._job = ShadowRebuild(helper, live, chunk_size=self.chunk_size)
+                if self._stopped.is_set():
+                    self._job.stop()
+                result = self._job.run()
+                self.results.append(result)
+                log.warning("%s", result.describe())
+        except BaseException as exc:  # noqa: BLE001 - reported; the live table stays usable
+            self.error = exc
+            log.error(
+                "%s: rebuild failed (%s: %s); the live table keeps its old definition and is "
+                "rebuilt at the next start",
+                self.pillow.name,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            for processor in helper.processors:
+                if processor not in self.pillow.processors:
+                    processor.close()
+            helper.change_feed.close()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the chunk in hand and wait for the thread."""
+        self._stopped.set()
+        if self._job is not None:
+            self._job.stop()
+        self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+
+@contextmanager
+def rebuilding(
+    app: PillowSource,
+    runnable: Runnable,
+    *,
+    forever: bool = True,
+    num_processes: int = 1,
+    bootstrap: bool = True,
+) -> Iterator[BackgroundRebuild | None]:
+    """Around a pillow's run (``changefeed run``): bootstrap it and rebuild the report tables
+    whose definition changed. Running forever, in the background while the pillow keeps
+    writing the old tables (`BackgroundRebuild`, stopped when the block ends); with
+    ``forever=False``, or when an old table cannot be written (no stored definition),
+    first. A pillow split over processes cannot do it safely (the others would keep writing
+    the old definition into the new table): `ReportSchemaError` says what to do."""
+    if not bootstrap or not isinstance(runnable, Pillow):
+        yield None
+        return
+    pillow = runnable
+    pillow.bootstrap()
+    pending = pending_rebuilds(pillow)
+    if not pending:
+        yield None
+        return
+    if num_processes > 1 or pillow.change_feed.uses_consumer_group:
+        names = ", ".join(p.target.name for p in pending)
+        raise ReportSchemaError(
+            f"report {names}: definition changed ({pending[0].rebuild_needed}); a pillow "
+            f"split over processes cannot rebuild while it runs: stop it, run `changefeed "
+            f"bootstrap {pillow.name}` (rebuilds and swaps), then start it"
+        )
+    if not forever or any(p.config is p.target for p in pending):
+        rebuild_pending(pillow)
+        yield None
+        return
+    background = BackgroundRebuild(app, pillow)
+    background.start()
+    try:
+        yield background
+    finally:
+        background.stop()
