@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -49,7 +51,8 @@ class Spy(BulkProcessor):
 class Env:
     def __init__(self, tmp_path: Path, store: Any = None, reports_url: str | None = None) -> None:
         self.app = App(f"sqlite:///{tmp_path / 'log.db'}", f"sqlite:///{tmp_path / 'state.db'}")
-        self.store = store or MemoryDocumentStore("people")
+        # not `store or`: an empty memory store is falsy (it has a length)
+        self.store = store if store is not None else MemoryDocumentStore("people")
         self.app.document_stores.register(self.store)
         self.reports_url = reports_url or f"sqlite:///{tmp_path / 'reports.db'}"
         self.spy = Spy()
@@ -239,4 +242,131 @@ def test_reindex_from_postgres_into_postgres(tmp_path: Path, pg_url: str) -> Non
     result = reindex(env.app, "people", chunk_size=500)
     assert result.documents == 1199
     assert env.table() == env.expected() and len(env.table()) == 1199
+    env.app.close()
+
+
+# -- reading the stores in chunks, pipelined (issue 14) --------------------------------------
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_stop_finishes_the_chunk_in_hand_then_resume_reads_the_rest(
+    env: Env, pipeline: bool
+) -> None:
+    """Ctrl-C (SIGINT, through the handler `reindex` installs) stops after the chunk in
+    hand, with the next chunk already read by the reader thread: that one is not counted,
+    and the resumed run starts right after the last chunk written."""
+    for i in range(1000):
+        env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
+
+    def interrupt(batch: int) -> None:
+        if batch == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    env.spy.hook = interrupt
+    result = reindex(env.app, "people", chunk_size=100, pipeline=pipeline)
+    assert result.interrupted and result.documents == 300
+    assert env.spy.seen == [f"p{i:04d}" for i in range(300)]
+    assert len(env.table()) == 300
+    env.spy.hook = None
+    env.spy.seen.clear()
+    resumed = reindex(env.app, "people", chunk_size=100, resume=True, pipeline=pipeline)
+    assert resumed.resumed and not resumed.interrupted and resumed.documents == 700
+    assert env.spy.seen == [f"p{i:04d}" for i in range(300, 1000)]
+    assert env.table() == env.expected() and len(env.table()) == 1000
+
+
+class FailingStore(MemoryDocumentStore):
+    """Its bulk fetch fails once, on the ``fail_at``-th call (in the reader thread)."""
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__("people")
+        self.calls = 0
+        self.fail_at = fail_at
+
+    def get_documents(self, doc_ids: Any) -> Any:
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise ConnectionError("store went away")
+        return super().get_documents(doc_ids)
+
+
+def test_a_store_failing_in_the_reader_thread_stops_the_reindex_resumably(
+    tmp_path: Path,
+) -> None:
+    env = Env(tmp_path, store=FailingStore(fail_at=4))
+    for i in range(500):
+        env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
+    with pytest.raises(ConnectionError, match="store went away"):
+        reindex(env.app, "people", chunk_size=100)
+    # the error surfaced in the caller's thread after the chunks already read were written
+    assert env.spy.seen == [f"p{i:04d}" for i in range(300)]
+    resumed = reindex(env.app, "people", chunk_size=100)
+    assert resumed.resumed and resumed.documents == 200
+    assert env.table() == env.expected() and len(env.table()) == 500
+    env.app.close()
+
+
+def test_processor_failures_are_queued_and_the_reindex_goes_on(env: Env) -> None:
+    for i in range(250):
+        env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
+
+    class Picky(Spy):
+        def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+            super().process_changes(changes)
+            return [
+                ChangeFailure(c, ValueError("no sevens"), retryable=False)
+                for c in changes
+                if c.id.endswith("7")
+            ]
+
+    env.spy.__class__ = Picky
+    result = reindex(env.app, "people", chunk_size=100)
+    assert result.documents == 250 and result.failures == 25
+    queued = env.app.error_queue.list("people", limit=100)
+    assert sorted(r.document_id for r in queued) == [f"p{i:04d}" for i in range(7, 250, 10)]
+    assert {r.topic for r in queued} == {"reindex"}
+    assert len(env.table()) == 250  # the other processor wrote every document
+
+
+class Reversed(MemoryDocumentStore):
+    """Lists its ids in descending order: resuming by id is not possible."""
+
+    def iter_document_ids(self) -> Iterator[str]:
+        yield from sorted(self._docs, reverse=True)
+
+
+def test_a_store_listing_ids_out_of_order_is_read_again_on_resume(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = Env(tmp_path, store=Reversed("people"))
+    for i in range(300):
+        env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
+
+    def interrupt(batch: int) -> None:
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    env.spy.hook = interrupt
+    with pytest.raises(KeyboardInterrupt):
+        reindex(env.app, "people", chunk_size=100)
+    env.spy.hook = None
+    env.spy.seen.clear()
+    result = reindex(env.app, "people", chunk_size=100, resume=True)
+    assert result.resumed and result.documents == 300
+    assert sorted(env.spy.seen) == [f"p{i:04d}" for i in range(300)]
+    assert "out of order; reading it again from the start" in caplog.text
+    assert env.table() == env.expected()
+    env.app.close()
+
+
+def test_a_store_bound_to_one_thread_is_read_in_turn(tmp_path: Path) -> None:
+    """An in-memory SQLite store cannot be read from a reader thread (it would see an empty
+    database of its own): the reindex reads it in the caller's thread."""
+    store = SQLDocumentStore("sqlite://", "people_docs", data_source_name="people")
+    store.create()
+    env = Env(tmp_path, store=store)
+    for i in range(250):
+        env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
+    result = reindex(env.app, "people", chunk_size=100)
+    assert result.documents == 250 and env.table() == env.expected()
     env.app.close()

@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -43,7 +44,7 @@ from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
-from changefeed.reindex_jobs import ReindexJobs, StoreProgress
+from changefeed.reindex_jobs import ReindexJobs
 from changefeed.runner import stop_on_signals
 from changefeed.stores.base import DocumentStore
 
@@ -108,7 +109,10 @@ class Reindexer:
         console: Console | None = None,
         show_progress: bool = False,
         clock: Any = time.time,
+        pipeline: bool = True,
     ) -> None:
+        """``pipeline``: read the next chunk from the store in a thread of its own while the
+        processors write the one in hand (stores that allow it, `thread_safe_reads`)."""
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.pillow = pillow
@@ -124,6 +128,7 @@ class Reindexer:
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
         self.clock = clock
+        self.pipeline = pipeline
         self.engine = pillow.checkpoints.engine
         # The pillow's own batch path (fetch, processors, failure policy), for the
         # processors being rebuilt.
@@ -214,84 +219,69 @@ class Reindexer:
 
     # -- reading the stores ------------------------------------------------------------------
 
-    def _remaining_ids(self, store: DocumentStore, state: StoreProgress) -> Iterator[str]:
-        """The store's ids after the last finished chunk. Resuming by id needs a store that
-        lists ids in order (SQL, memory and CouchDB stores do); for one that does not, the
-        store is read again from the start."""
-        after = state.last_id if state.ordered else None
-        if state.last_id is not None and not state.ordered:
-            log.warning(
-                "reindex %s: %s lists ids out of order; reading it again from the start",
-                self.job,
-                store_key(store),
-            )
-            state.position = 0
-            state.ordered = True
-        previous: str | None = None
-        for doc_id in store.iter_document_ids():
-            if previous is not None and doc_id <= previous:
-                state.ordered = False
-            previous = doc_id
-            if after is not None and state.ordered and doc_id <= after:
-                continue
-            yield doc_id
-
     def _reindex_store(self, store: DocumentStore, bar: Progress) -> int:
         key = store_key(store)
         state = self.jobs.load(key)
         if state.done:
             return 0
+        if state.last_id is not None and not state.ordered:
+            # Resuming by id needs ids in order; this store listed them out of order.
+            log.warning(
+                "reindex %s: %s lists ids out of order; reading it again from the start",
+                self.job,
+                key,
+            )
+            state.last_id = None
+            state.position = 0
+            state.ordered = True
         task = bar.add_task(
             f"{self.pillow.name} ← {key}",
             total=store.count_documents() if self.show_progress else None,
             completed=state.position,
         )
         documents = 0
-        chunk: list[str] = []
-        for doc_id in self._remaining_ids(store, state):
-            chunk.append(doc_id)
-            if len(chunk) >= self.chunk_size:
-                documents += self._chunk(store, chunk)
-                self._finish_chunk(key, state, chunk, bar, task)
-                chunk = []
+        previous = state.last_id
+        chunks = self._changes(store, state.last_id)
+        reader = _ReadAhead(chunks) if self.pipeline and store.thread_safe_reads else chunks
+        try:
+            for changes in reader:
+                if state.ordered and not _ascending(previous, changes):
+                    state.ordered = False
+                previous = changes[-1].id
+                self._failures += self._runner.process(changes).failures
+                documents += len(changes)
+                state.last_id = previous
+                state.position += len(changes)
+                self.jobs.save(key, state)
+                bar.update(task, completed=state.position)
                 if self._stop.is_set():
                     return documents
-        if self._stop.is_set():
-            return documents
-        if chunk:
-            documents += self._chunk(store, chunk)
-            self._finish_chunk(key, state, chunk, bar, task)
+        finally:
+            if isinstance(reader, _ReadAhead):
+                reader.close()
         state.done = True
         self.jobs.save(key, state)
         return documents
 
-    def _finish_chunk(
-        self, key: str, state: StoreProgress, chunk: list[str], bar: Progress, task: Any
-    ) -> None:
-        state.last_id = chunk[-1]
-        state.position += len(chunk)
-        self.jobs.save(key, state)
-        bar.update(task, completed=state.position)
-
-    def _chunk(self, store: DocumentStore, ids: list[str]) -> int:
-        found = store.get_documents(ids)
-        changes: list[Change] = []
-        for doc_id in ids:
-            doc = found.get(doc_id)
-            if not isinstance(doc, dict):
-                continue  # deleted or gone since it was listed
-            change = Change(
-                REINDEX_TOPIC,
-                0,
-                self._offset,
-                ChangeMeta(doc_id, store.data_source_type, store.data_source_name),
-            )
-            change.set_document(doc)
-            changes.append(change)
-            self._offset += 1
-        if changes:
-            self._failures += self._runner.process(changes).failures
-        return len(changes)
+    def _changes(self, store: DocumentStore, after: str | None) -> Iterator[list[Change]]:
+        """The store's live documents after ``after`` as synthetic changes, one list per
+        chunk. Pipelined, this runs in the reader thread: building the changes is taken
+        off the path of the processors too."""
+        source_type, source_name = store.data_source_type, store.data_source_name
+        for chunk in store.iter_document_chunks(after, self.chunk_size):
+            offset = self._offset
+            changes: list[Change] = []
+            append = changes.append
+            for doc_id, doc in chunk:
+                change = Change(
+                    REINDEX_TOPIC, 0, offset, ChangeMeta(doc_id, source_type, source_name)
+                )
+                change.set_document(doc)
+                append(change)
+                offset += 1
+            self._offset = offset
+            if changes:
+                yield changes
 
     # -- the catch-up pass -------------------------------------------------------------
 
@@ -340,6 +330,51 @@ class Reindexer:
         )
 
 
+T = TypeVar("T")
+
+
+class _ReadAhead(Generic[T]):
+    """An iterator read one item ahead in a thread of its own, so that the store's query for
+    chunk N+1 overlaps the processors' writes of chunk N. At most one read is in flight, so
+    at most two chunks are in memory. The wrapped iterator only ever runs in the reader
+    thread, one call at a time; `close` waits for a read in flight, then closes it."""
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="changefeed-reindex-read")
+        self._next: Future[T | None] | None = self._pool.submit(next, items, None)
+
+    def __iter__(self) -> _ReadAhead[T]:
+        return self
+
+    def __next__(self) -> T:
+        if self._next is None:
+            raise StopIteration
+        item = self._next.result()  # the reader's exception, if it failed, is raised here
+        if item is None:
+            self._next = None
+            raise StopIteration
+        self._next = self._pool.submit(next, self._items, None)
+        return item
+
+    def close(self) -> None:
+        pending, self._next = self._next, None
+        if pending is not None and not pending.cancel():
+            pending.exception()  # wait for the read in flight; its result is not wanted
+        self._pool.shutdown(wait=True)
+        close = getattr(self._items, "close", None)
+        if close is not None:
+            close()
+
+
+def _ascending(previous: str | None, changes: list[Change]) -> bool:
+    """True when the changes' ids are in ascending order and all after ``previous``."""
+    ids = [change.id for change in changes]
+    if previous is not None and ids[0] <= previous:
+        return False
+    return all(a < b for a, b in zip(ids, ids[1:], strict=False))
+
+
 def reindex(
     app: PillowSource,
     pillow_name: str,
@@ -350,6 +385,7 @@ def reindex(
     chunk_size: int = 1000,
     show_progress: bool = False,
     console: Console | None = None,
+    pipeline: bool = True,
 ) -> ReindexResult:
     """Rebuild a pillow's output (or that of some of its processors, by name) from its
     document stores; see the module docstring for what it guarantees."""
@@ -360,6 +396,7 @@ def reindex(
         chunk_size=chunk_size,
         console=console,
         show_progress=show_progress,
+        pipeline=pipeline,
     )
     try:
         with stop_on_signals(reindexer.stop, f"reindex {pillow_name}"):

@@ -42,6 +42,11 @@ class DocumentStore(ABC):
 
     data_source_type: str = ""
     data_source_name: str = ""
+    thread_safe_reads: bool = True
+    """Whether reads may run in another thread than the caller's, concurrently with the
+    caller's own work: a reindex reads the next chunk in a thread of its own while it
+    processes the one in hand. A store bound to one thread's connection says False, and is
+    then read in turn."""
 
     @abstractmethod
     def get_documents(self, doc_ids: Iterable[str]) -> dict[str, Fetched]:
@@ -65,23 +70,49 @@ class DocumentStore(ABC):
                 f"document {doc_id!r} not found in {self.data_source_type}/{self.data_source_name}"
             ) from None
 
-    def iter_documents(self, chunk_size: int = 1000) -> Iterator[tuple[str, Document]]:
-        """Every live (id, document), fetched in chunks."""
-        chunk: list[str] = []
-        for doc_id in self.iter_document_ids():
-            chunk.append(doc_id)
-            if len(chunk) >= chunk_size:
-                yield from self._live(chunk)
-                chunk = []
-        if chunk:
-            yield from self._live(chunk)
+    def iter_document_chunks(
+        self, after_id: str | None = None, chunk_size: int = 1000
+    ) -> Iterator[list[tuple[str, Document]]]:
+        """Every live (id, document), in lists of at most ``chunk_size``, for a reindex.
 
-    def _live(self, ids: list[str]) -> Iterator[tuple[str, Document]]:
+        ``after_id`` resumes after the last id of a chunk an earlier call yielded: only ids
+        greater than it are read. That is right when the store lists ids in ascending order
+        (the reindex checks the order it sees and reads an out-of-order store again from the
+        start instead of resuming). A chunk whose documents were all deleted between listing
+        and fetching is not yielded.
+
+        The default lists ids with `iter_document_ids` and fetches each chunk with
+        `get_documents` (two reads per chunk); stores that can read ids and documents in one
+        ordered query override it.
+        """
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        ids: list[str] = []
+        for doc_id in self.iter_document_ids():
+            if after_id is not None and doc_id <= after_id:
+                continue
+            ids.append(doc_id)
+            if len(ids) >= chunk_size:
+                if live := self._live(ids):
+                    yield live
+                ids = []
+        if ids and (live := self._live(ids)):
+            yield live
+
+    def iter_documents(self, chunk_size: int = 1000) -> Iterator[tuple[str, Document]]:
+        """Every live (id, document), read in chunks (`iter_document_chunks`)."""
+        for chunk in self.iter_document_chunks(None, chunk_size):
+            yield from chunk
+
+    def _live(self, ids: list[str]) -> list[tuple[str, Document]]:
+        """The documents of ``ids`` that are live, in the order of ``ids``."""
         found = self.get_documents(ids)
+        out: list[tuple[str, Document]] = []
         for doc_id in ids:
             doc = found.get(doc_id)
             if isinstance(doc, dict):
-                yield doc_id, doc
+                out.append((doc_id, doc))
+        return out
 
     def document_version(self, document: Document) -> int | None:
         """The document's version, to detect a read older than its stub (None: unknown)."""

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from changefeed.db import make_engine
 from changefeed.identifiers import sql_identifier
-from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched
+from changefeed.stores.base import Document, DocumentDeleted, DocumentStore, Fetched
 
 _CHUNK = 500
 _PG_CHUNK = 5000
@@ -59,6 +59,11 @@ class SQLDocumentStore(DocumentStore):
         )
         self._upsert_stmt: Any = None
         self._fetch_stmt: tuple[str, bool] | None = None
+        # An in-memory SQLite database is one connection per thread (or one shared by all):
+        # another thread would read another database, or interleave with our transactions.
+        self.thread_safe_reads = not isinstance(
+            self.engine.pool, sa.pool.SingletonThreadPool | sa.pool.StaticPool
+        )
 
     def create(self) -> None:
         """Create the table if it is missing."""
@@ -185,6 +190,60 @@ class SQLDocumentStore(DocumentStore):
         query = sa.select(sa.func.count()).select_from(t).where(t.c.deleted.is_(False))
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
+
+    def _chunk_sql(self) -> tuple[str, str]:
+        """The keyset page as driver SQL: (first page, page after an id). The document
+        comes back as text for orjson, as in `get_documents`."""
+        dialect = self.engine.dialect
+        table = dialect.identifier_preparer.format_table(self.table)
+        if dialect.name == "postgresql":
+            head = f"SELECT id, document::text, version FROM {table} WHERE NOT deleted"
+            return f"{head} ORDER BY id LIMIT %s", f"{head} AND id > %s ORDER BY id LIMIT %s"
+        head = f"SELECT id, document, version FROM {table} WHERE deleted = 0"
+        return f"{head} ORDER BY id LIMIT ?", f"{head} AND id > ? ORDER BY id LIMIT ?"
+
+    def iter_document_chunks(
+        self, after_id: str | None = None, chunk_size: int = 1000
+    ) -> Iterator[list[tuple[str, Document]]]:
+        """Ids and documents in one keyset query per chunk (``id > last ORDER BY id LIMIT
+        n`` along the primary key), so a reindex reads each row once instead of listing ids
+        and fetching them again. Each page is a short query of its own, not a cursor held
+        open for the whole reindex: no transaction (and no snapshot holding back vacuum)
+        lives longer than one chunk. Resuming compares ids in the database, so it follows
+        the database's own order whatever its collation."""
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        if self.engine.dialect.name not in ("postgresql", "sqlite"):
+            yield from super().iter_document_chunks(after_id, chunk_size)
+            return
+        first, after = self._chunk_sql()
+        last = after_id
+        while True:
+            with self.engine.connect() as conn:
+                cursor = conn.connection.cursor()
+                try:
+                    if last is None:
+                        cursor.execute(first, (chunk_size,))
+                    else:
+                        cursor.execute(after, (last, chunk_size))
+                    rows = cursor.fetchall()
+                finally:
+                    cursor.close()
+            if not rows:
+                return
+            chunk: list[tuple[str, Document]] = []
+            for doc_id, text, version in rows:
+                doc = _load_json(text) if text is not None else None
+                if type(doc) is not dict:
+                    doc = dict(doc or {})
+                if "_id" not in doc:
+                    doc["_id"] = doc_id
+                doc["_version"] = version
+                chunk.append((doc_id, doc))
+            yield chunk
+            if len(rows) < chunk_size:
+                return
+            last = rows[-1][0]
 
     def iter_document_ids(self) -> Iterator[str]:
         """Live ids in id order, paged by key so a long reindex holds no big result set."""

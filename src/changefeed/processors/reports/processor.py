@@ -206,7 +206,9 @@ class ReportTableProcessor(BulkProcessor):
         for change in changes:
             latest[change.id] = change
         config = self.config
-        rows: list[Row] = []
+        # PostgreSQL COPYs tuples in column order; SQLite upserts dicts.
+        rows_of = config.row_tuples if self._upsert_stmt is not None else config.rows
+        rows: list[Any] = []
         gone: list[str] = []
         by_count: dict[int, list[str]] = {}
         failures: list[ChangeFailure] = []
@@ -216,7 +218,7 @@ class ReportTableProcessor(BulkProcessor):
                 gone.append(doc_id)
                 continue
             try:
-                doc_rows = config.rows(doc_id, document)
+                doc_rows: list[Any] = rows_of(doc_id, document)
             except Exception as exc:  # noqa: BLE001 - a document the expressions cannot handle
                 failures.append(ChangeFailure(change, exc, retryable=False))
                 continue
@@ -267,7 +269,9 @@ class ReportTableProcessor(BulkProcessor):
             set_={c.name: stmt.excluded[c.name] for c in t.columns if c.name not in SYSTEM_COLUMNS},
         )
 
-    def _upsert(self, conn: sa.Connection, rows: list[Row]) -> None:
+    def _upsert(self, conn: sa.Connection, rows: list[Any]) -> None:
+        """Upsert the rows: dicts (`DataSourceConfig.rows`) on SQLite, tuples in column
+        order (`DataSourceConfig.row_tuples`) on PostgreSQL."""
         if not rows:
             return
         if self._upsert_stmt is None:
@@ -297,14 +301,14 @@ class ReportTableProcessor(BulkProcessor):
             write = copy.write_row
             if json_columns:
                 for row in rows:
-                    values = [row[n] for n in names]
+                    values = list(row)
                     for i in json_columns:
                         if values[i] is not None:
                             values[i] = Jsonb(values[i])
                     write(values)
             else:
                 for row in rows:
-                    write([row[n] for n in names])
+                    write(row)
         conn.execute(self._upsert_stmt)
 
     # -- schema ------------------------------------------------------------------------
