@@ -68,6 +68,25 @@ class BatchReport:
     processor_seconds: dict[str, float] = field(default_factory=dict)
     checkpoint: dict[TopicPartition, int] = field(default_factory=dict)
     retries: int = 0
+    fetch_seconds: float = 0.0
+    """Time spent fetching documents (in a pipelined pillow, on the reader thread while the
+    batch before was processed)."""
+    waited: float = 0.0
+    """Pipelined pillow: how long the processors waited for this batch to be read and
+    fetched (near zero when reading keeps ahead)."""
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch after `BatchRunner.prepare`: what the processors get, and what already
+    failed. ``error`` is a dependency that was down during the fetch; `BatchRunner.apply`
+    raises it."""
+
+    changes: Sequence[Change]
+    ready: list[Change]
+    failures: list[Failure]
+    error: DependencyDownError | None = None
+    seconds: float = 0.0
 
 
 class BatchRunner:
@@ -102,6 +121,15 @@ class BatchRunner:
     def process(self, changes: Sequence[Change]) -> BatchReport:
         """Fetch documents once, run every processor, queue failures. Raises
         `DependencyDownError` when the batch failed as a whole."""
+        return self.apply(self.prepare(changes))
+
+    def prepare(self, changes: Sequence[Change]) -> PreparedBatch:
+        """The half of a batch that only reads: invalid stubs set aside, documents fetched
+        (stale reads retried, late deletions skipped). Writes nothing, so a pipelined pillow
+        runs it for the next batch while this one's processors write. A store that is down
+        does not raise here: the error travels with the batch and `apply` raises it, so the
+        batch backs off in its turn, after the batches before it."""
+        started = time.perf_counter()
         failures: list[Failure] = []
         if all(map(_metadata_of, changes)):  # valid stubs only (checked in C)
             ready = list(changes)
@@ -114,15 +142,33 @@ class BatchRunner:
                 for change in changes
                 if change.metadata is None
             )
+        error: DependencyDownError | None = None
         if self.needs_documents and ready:
-            ready = self.fetcher.fetch(ready, failures)
+            try:
+                ready = self.fetcher.fetch(ready, failures)
+            except DependencyDownError as exc:
+                error = exc
+        return PreparedBatch(changes, ready, failures, error, time.perf_counter() - started)
+
+    def apply(self, prepared: PreparedBatch) -> BatchReport:
+        """The half that writes: every processor on the ready changes, then the failures
+        into the error queue. Raises `DependencyDownError` when the batch failed as a whole
+        (its fetch, a processor, or the error queue); it may then be applied again (the
+        failures of an attempt are not carried into the next)."""
+        if prepared.error is not None:
+            raise prepared.error
+        failures = list(prepared.failures)
+        ready = prepared.ready
         seconds: dict[str, float] = {}
         for processor in self.processors:
             t0 = time.perf_counter()
             self.run_processor(processor, ready, failures)
             seconds[processor.name] = time.perf_counter() - t0
         self.queue(failures)
-        return BatchReport(self.name, len(changes), len(changes), len(failures), 0.0, seconds)
+        n = len(prepared.changes)
+        report = BatchReport(self.name, n, n, len(failures), 0.0, seconds)
+        report.fetch_seconds = prepared.seconds
+        return report
 
     def queue(self, failures: Iterable[Failure]) -> None:
         """Put failures into the error queue (retryable ones on the retry schedule)."""

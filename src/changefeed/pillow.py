@@ -10,19 +10,22 @@ declared on `ChangeFeed`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from changefeed import gctune
 from changefeed.backends.base import ChangeFeed, ChangeList, next_offsets_of
 from changefeed.backoff import DEPENDENCY_BACKOFF, Backoff
-from changefeed.batch import BatchReport, BatchRunner, latest_per_document
+from changefeed.batch import BatchReport, BatchRunner, PreparedBatch, latest_per_document
 from changefeed.change import Change, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.failures import DependencyDownError, Failure
 from changefeed.identifiers import object_name
+from changefeed.pipeline import Pipeline
 from changefeed.processors.base import Processor
 from changefeed.runner import Health, stride
 from changefeed.stores.base import DocumentStore
@@ -39,6 +42,26 @@ __all__ = [
 ]
 
 log = logging.getLogger("changefeed.pillow")
+
+PIPELINE_ENV = "CHANGEFEED_PIPELINE"
+"""``1``/``on`` or ``0``/``off`` overrides the automatic choice of pillows built with
+``pipeline=None`` (e.g. to run a test suite pipelined, or to switch it off in production
+without a code change)."""
+
+
+@dataclass(slots=True)
+class _Cut:
+    """A batch cut from the feed: its changes (deduplicated), how many were read, and the
+    checkpoint once it is done; pipelined, also its fetch and the retention jumps the feed
+    made while it was read (done by the main thread, in order)."""
+
+    changes: list[Change]
+    seen: int
+    offsets: dict[TopicPartition, int]
+    prepared: PreparedBatch | None = None
+    resets: list[tuple[TopicPartition, int, int]] = field(default_factory=list)
+    done: threading.Event | None = None
+    """Set once applied, when the reader waits for it (its fetch failed: see `_hand_over`)."""
 
 
 class PillowListener:
@@ -60,6 +83,15 @@ class Pillow:
     once a read reaches the end of the log, what is in hand is processed at once, so a
     change at low load waits milliseconds, not ``max_wait`` (which stays an upper bound).
     ``adaptive=False`` waits for a full batch, ``max_wait`` or an idle feed (for comparison).
+
+    Pipelining (``pipeline``): a reader thread reads and fetches batch N+1 while the main
+    thread runs the processors of batch N, so the database's and Python's waits overlap.
+    Batches are still applied and checkpointed one at a time, in order: checkpoint N is
+    written only after N finished, and a document of N+1 is processed only after N. ``None``
+    (the default) pipelines when a processor needs documents (then fetching overlaps
+    processing; `PIPELINE_ENV` overrides that choice), ``True``/``False`` force it. A
+    consumer-group feed is never pipelined: partitions moving away would have to wait for
+    both batches.
 
     A batch whose dependency is down is retried with backoff (1 s doubling to 60 s) up to
     ``max_batch_retries`` times (about five minutes with the default 10); then its changes go
@@ -90,6 +122,7 @@ class Pillow:
         sleep: Callable[[float], None] | None = None,
         reindex_stores: Sequence[DocumentStore] | None = None,
         adaptive: bool = True,
+        pipeline: bool | None = None,
     ) -> None:
         self.name = object_name(name, "pillow name")
         self.change_feed = change_feed
@@ -107,6 +140,9 @@ class Pillow:
         self.max_wait = max_wait
         self.adaptive = adaptive
         """Flush as soon as a read caught up with the log (`ChangeList.caught_up`)."""
+        self.pipeline = pipeline
+        """Read and fetch the next batch while this one is processed (None: automatic, see
+        `pipelined`)."""
         self.retry_policy = retry_policy or self.error_queue.policy
         self.max_batch_retries = max_batch_retries
         self.batch_backoff = batch_backoff
@@ -139,6 +175,11 @@ class Pillow:
         """The checkpoint once the batch is done."""
         self._seen = 0
         self._started = 0.0
+        self._resets: list[tuple[TopicPartition, int, int]] = []
+        """Retention jumps seen by a pipelined reader, for the main thread to record."""
+        self._pipe: Pipeline[_Cut] | None = None
+        self._emit: Callable[[], bool] = self.flush
+        """What a full batch goes to: `flush` (in turn), or `_hand_over` (pipelined)."""
         self._restart = False
         self._health = Health(self.name, "pillow")
         self.partition_check_interval = 2.0
@@ -148,6 +189,23 @@ class Pillow:
     def needs_documents(self) -> bool:
         return self.runner.needs_documents
 
+    @property
+    def pipelined(self) -> bool:
+        """Whether `run` reads ahead in a reader thread: ``pipeline`` if set, else the
+        `PIPELINE_ENV` override, else when a processor needs documents (fetching then
+        overlaps processing; with stub-only processors there is little to overlap). Never
+        for a consumer-group feed."""
+        if self.change_feed.uses_consumer_group:
+            return False
+        if self.pipeline is not None:
+            return self.pipeline
+        forced = os.environ.get(PIPELINE_ENV, "").strip().lower()
+        if forced in ("1", "on", "true", "yes"):
+            return True
+        if forced in ("0", "off", "false", "no"):
+            return False
+        return self.needs_documents
+
     # -- lifecycle ---------------------------------------------------------------------
 
     def bootstrap(self) -> None:
@@ -156,8 +214,13 @@ class Pillow:
             processor.bootstrap()
 
     def stop(self) -> None:
-        """Ask the pillow to stop after the batch in hand (thread- and signal-safe)."""
+        """Ask the pillow to stop after the batch in hand (thread- and signal-safe).
+        Pipelined, a batch read ahead is dropped: no checkpoint covers it, so it is read
+        again on the next start."""
         self._stop.set()
+        pipe = self._pipe
+        if pipe is not None:
+            pipe.stop()
 
     @property
     def stopping(self) -> bool:
@@ -200,13 +263,14 @@ class Pillow:
                 if feed.uses_consumer_group:
                     feed.set_rebalance_listener(self)
                     return self._consume(feed.iter_change_batches({}, forever))
+                consume = self._consume_pipelined if self.pipelined else self._consume
                 # Static assignment: re-done when topics or partitions appear while running,
                 # so a pillow started before its topics exist still reads them.
                 while True:
                     assigned = self.assigned_partitions(num_processes, process_number)
                     since = self.starting_offsets(assigned)
                     changed = self._assignment_watch(set(assigned), num_processes, process_number)
-                    total += self._consume(
+                    total += consume(
                         feed.iter_change_batches(since, forever), changed if forever else None
                     )
                     if self._stop.is_set() or not forever or not self._restart:
@@ -234,14 +298,15 @@ class Pillow:
         self,
         lists: Iterator[ChangeList | None],
         restart_check: Callable[[], bool] | None = None,
+        stop: threading.Event | None = None,
     ) -> int:
         """Batch, dedupe and flush the feed's lists; ``None`` means the feed is idle."""
         self._restart = False
         total = 0
-        stop = self._stop
+        stop = stop or self._stop
         for item in lists:
             if item is None:  # the feed is idle: flush a partial batch, maybe re-assign
-                if self._seen and not self.flush():
+                if self._seen and not self._emit():
                     break
                 if stop.is_set():
                     break
@@ -249,29 +314,32 @@ class Pillow:
                     self._restart = True
                     break
                 continue
-            added, stop_reading = self._add_list(item)
+            added, stop_reading = self._add_list(item, stop)
             total += added
             if stop_reading:
                 break
         else:
             if self._seen:
-                self.flush()
+                self._emit()
         return total
 
-    def _add_list(self, changes: ChangeList) -> tuple[int, bool]:
+    def _add_list(
+        self, changes: ChangeList, stop: threading.Event | None = None
+    ) -> tuple[int, bool]:
         """Add a feed's list to the batch in hand, flushing whenever it is full, ``max_wait``
         passed, the feed caught up with the log, or the pillow is stopping. Returns (changes
         added, whether to stop reading); what is not added is replayed later. Dedupe waits
         for `flush`, once per batch."""
         batch_size = self.batch_size
-        stop = self._stop
+        stop = stop or self._stop
+        emit = self._emit
         clock = self.clock
         n = len(changes)
         caught_up = self.adaptive and changes.caught_up
         if not n:
             # A feed may tell of a catch-up without changes (Kafka's end-of-partition events
             # can come after the last messages): process what is in hand now.
-            if caught_up and self._seen and (not self.flush() or stop.is_set()):
+            if caught_up and self._seen and (not emit() or stop.is_set()):
                 return 0, True
             return 0, False
         i = 0
@@ -298,62 +366,92 @@ class Pillow:
                 and not stop.is_set()
             ):
                 continue
-            if not self.flush() or stop.is_set():
+            if not emit() or stop.is_set():
                 return i, True
         return n, False
 
     def flush(self) -> bool:
         """Process the batch in hand and write its checkpoint. False when stopped before the
         batch could be finished (it is then replayed on the next start)."""
-        seen = self._seen
-        changes = latest_per_document(self._batch)
-        started = time.perf_counter()
-        attempt = 0
-        while True:
-            try:
-                report = self.runner.process(changes)
-                break
-            except DependencyDownError as exc:
-                attempt += 1
-                if self.max_batch_retries is not None and attempt > self.max_batch_retries:
-                    log.error(
-                        "pillow %s: batch failed %d times, queueing its changes", self.name, attempt
-                    )
-                    try:
-                        self.runner.queue(Failure(c, exc.where, exc.cause, True) for c in changes)
-                    except DependencyDownError as queue_down:
-                        exc = queue_down  # the error queue is down too: keep backing off
-                    else:
-                        report = BatchReport(self.name, seen, len(changes), len(changes), 0.0)
-                        break
-                delay = self.batch_backoff.delay(attempt)
-                log.warning("pillow %s: %s; retrying the batch in %.1fs", self.name, exc, delay)
-                self._health.state = "backing-off"
-                self._health.error = str(exc)
-                for listener in self.listeners:
-                    listener.on_dependency_down(self, exc, delay)
-                if self._stop.is_set():
-                    return False
-                self._sleep(delay)
-                if self._stop.is_set():
-                    return False
-        checkpoint = self._pending
+        return self._finish(self._cut())
+
+    def _cut(self) -> _Cut:
+        """Take the batch in hand (deduplicated) and start a new one."""
+        cut = _Cut(latest_per_document(self._batch), self._seen, self._pending, resets=self._resets)
+        self._batch = []
+        self._pending = {}
+        self._seen = 0
+        self._resets = []
+        return cut
+
+    def _finish(self, cut: _Cut, waited: float = 0.0) -> bool:
+        """Apply one batch (retrying while a dependency is down) and write its checkpoint.
+
+        A retry fetches again only when the fetch was what failed; when a processor failed,
+        the same fetched documents are applied again. So no document is fetched for this
+        batch after the next batch fetched it (pipelined, the next one is already
+        fetched), and outputs never step back to an older version."""
+        try:
+            for tp, needed, earliest in cut.resets:
+                self._write_offset_reset(tp, needed, earliest)
+            changes = cut.changes
+            started = time.perf_counter()
+            prepared = cut.prepared or self.runner.prepare(changes)
+            attempt = 0
+            while True:
+                try:
+                    report = self.runner.apply(prepared)
+                    break
+                except DependencyDownError as exc:
+                    attempt += 1
+                    if self.max_batch_retries is not None and attempt > self.max_batch_retries:
+                        log.error(
+                            "pillow %s: batch failed %d times, queueing its changes",
+                            self.name,
+                            attempt,
+                        )
+                        try:
+                            self.runner.queue(
+                                Failure(c, exc.where, exc.cause, True) for c in changes
+                            )
+                        except DependencyDownError as queue_down:
+                            exc = queue_down  # the error queue is down too: keep backing off
+                        else:
+                            report = BatchReport(
+                                self.name, cut.seen, len(changes), len(changes), 0.0
+                            )
+                            break
+                    delay = self.batch_backoff.delay(attempt)
+                    log.warning("pillow %s: %s; retrying the batch in %.1fs", self.name, exc, delay)
+                    self._health.state = "backing-off"
+                    self._health.error = str(exc)
+                    for listener in self.listeners:
+                        listener.on_dependency_down(self, exc, delay)
+                    if self._stop.is_set():
+                        return False
+                    self._sleep(delay)
+                    if self._stop.is_set():
+                        return False
+                    if prepared.error is not None:
+                        prepared = self.runner.prepare(changes)
+        finally:
+            if cut.done is not None and self._pipe is not None:
+                self._pipe.notify(cut.done)
+        checkpoint = cut.offsets
         moved = self.checkpoints.commit(self.name, checkpoint)
         if moved:  # an operator moved these while we ran: keep their value, re-read from it
             log.warning("pillow %s: checkpoint moved by someone else: %s", self.name, moved)
             checkpoint = {tp: off for tp, off in checkpoint.items() if tp not in moved}
         self.change_feed.commit_offsets(checkpoint)  # e.g. Kafka: mirror for lag tools
-        self._batch = []
-        self._pending = {}
-        self._seen = 0
-        report.changes = seen
+        report.changes = cut.seen
         report.retries = attempt
         report.duration = time.perf_counter() - started
         report.checkpoint = checkpoint
+        report.waited = waited
         health = self._health
         health.state = "running"
         health.error = None
-        health.processed += seen
+        health.processed += cut.seen
         health.last_progress_at = self.clock()
         for listener in self.listeners:
             listener.on_batch(self, report)
@@ -361,6 +459,71 @@ class Pillow:
             self._restart = True
             return False
         return True
+
+    # -- pipelining ----------------------------------------------------------------------
+
+    def _consume_pipelined(
+        self,
+        lists: Iterator[ChangeList | None],
+        restart_check: Callable[[], bool] | None = None,
+    ) -> int:
+        """`_consume` in a reader thread that also fetches each batch (`_hand_over`); this
+        thread applies the batches and writes their checkpoints, one at a time, in order.
+        Returns the number read once everything handed over was applied (or dropped, when
+        stopping)."""
+
+        def read(pipe: Pipeline[_Cut]) -> int:
+            self._emit = self._hand_over
+            try:
+                return self._consume(lists, restart_check, pipe.stopping)
+            finally:
+                close = getattr(lists, "close", None)
+                if close is not None:
+                    close()  # the feed's own clean-up runs in the thread that read it
+
+        pipe: Pipeline[_Cut] = Pipeline(self.name, read)
+        self._pipe = pipe
+        self._batch, self._pending, self._seen, self._resets = [], {}, 0, []
+        if self._stop.is_set():
+            pipe.stop()
+        pipe.start()
+        ended = False
+        try:
+            while True:
+                t0 = time.perf_counter()
+                cut = pipe.take()
+                if cut is None:
+                    ended = not pipe.stopping.is_set()  # nothing read was dropped
+                    break
+                if not self._finish(cut, time.perf_counter() - t0) or self._stop.is_set():
+                    break
+        finally:
+            pipe.close()
+            self._pipe = None
+            self._emit = self.flush
+            self._batch, self._pending, self._seen = [], {}, 0
+        resets, self._resets = self._resets, []
+        if ended:  # jumps after the last batch (else the next start finds them again)
+            for tp, needed, earliest in resets:
+                self._write_offset_reset(tp, needed, earliest)
+        return pipe.result
+
+    def _hand_over(self) -> bool:
+        """Reader thread: fetch the batch in hand and wait until the main thread takes it.
+        False when stopping (the batch is dropped; no checkpoint covers it). When its fetch
+        failed, wait until it was applied before reading on: its retry fetches again, and
+        the next batch must fetch after that (see `_finish`)."""
+        pipe = self._pipe
+        assert pipe is not None
+        cut = self._cut()
+        if pipe.stopping.is_set():
+            return False
+        cut.prepared = self.runner.prepare(cut.changes)
+        if cut.prepared.error is not None:
+            cut.done = threading.Event()
+        if not pipe.put(cut):
+            return False
+        return cut.done is None or pipe.wait_for(cut.done)
 
     # -- rebalancing feeds (Kafka consumer groups) ----------------------------------------
 
@@ -373,6 +536,15 @@ class Pillow:
             self.flush()
 
     def _record_offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
+        pipe = self._pipe
+        if pipe is not None and pipe.in_reader:
+            # Checkpoints are written by the main thread only, in batch order: the jump is
+            # recorded just before the batch read after it.
+            self._resets.append((tp, needed, earliest))
+            return
+        self._write_offset_reset(tp, needed, earliest)
+
+    def _write_offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
         log.warning(
             "pillow %s: offset %d of %s was removed by retention; jumping to %d",
             self.name,
