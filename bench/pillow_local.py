@@ -1,6 +1,7 @@
 """Embedded-log benchmark: batch publish, pillow consume, hand-written loop, memory.
 
-Run: ``python bench/pillow_local.py`` (add ``--quick`` for a smaller run).
+Run: ``python bench/pillow_local.py`` (add ``--quick`` for a smaller run; ``--pipeline both``
+also runs a pipelined pillow each round, to show what read-ahead gives stub-only processors).
 
 * publish: N stubs in batches of 10k through the SQLite publisher (stubs/s)
 * pillow: the same N changes through a Pillow with a no-op bulk processor, checkpointing
@@ -49,8 +50,10 @@ def publish(app: App, stubs: list[ChangeMeta], batch: int = 10_000) -> float:
     return time.perf_counter() - started
 
 
-def consume_pillow(app: App, name: str) -> tuple[int, float]:
-    pillow = app.constructed_pillow(name, ["case"], NoopProcessor(), batch_size=5000)
+def consume_pillow(app: App, name: str, pipeline: bool | None = None) -> tuple[int, float]:
+    pillow = app.constructed_pillow(
+        name, ["case"], NoopProcessor(), batch_size=5000, pipeline=pipeline
+    )
     started = time.perf_counter()
     n = pillow.run(forever=False)
     return n, time.perf_counter() - started
@@ -118,6 +121,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--pipeline", choices=("off", "both"), default="off")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--role", help=argparse.SUPPRESS)
@@ -127,17 +131,24 @@ def main() -> None:
         return
     n = 20_000 if args.quick else args.stubs
     pub_rates, pillow_rates, hand_rates = [], [], []
+    piped_rates: list[float] = []
+    piped_ratios: list[float] = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as d:
             app = App(f"sqlite:///{d}/log.db?partitions=4", f"sqlite:///{d}/state.db")
             stubs = make_stubs(n)
             pub_rates.append(n / publish(app, stubs))
             del stubs
-            order = ("pillow", "hand") if r % 2 == 0 else ("hand", "pillow")
+            order = ["pillow", "hand"] if r % 2 == 0 else ["hand", "pillow"]
+            if args.pipeline == "both":
+                order.insert(r % 3, "pipelined")
             for which in order:
                 if which == "pillow":
-                    count, secs = consume_pillow(app, f"bench-{r}")
+                    count, secs = consume_pillow(app, f"bench-{r}", pipeline=False)
                     pillow_rates.append(count / secs)
+                elif which == "pipelined":
+                    count, secs = consume_pillow(app, f"bench-p{r}", pipeline=True)
+                    piped_rates.append(count / secs)
                 else:
                     count, secs = consume_by_hand(str(Path(d) / "log.db"))
                     hand_rates.append(count / secs)
@@ -154,6 +165,10 @@ def main() -> None:
         ),
         "cpus": os.cpu_count(),
     }
+    if piped_rates:
+        piped_ratios = [p / q for p, q in zip(piped_rates, pillow_rates, strict=True)]
+        result["pillow_pipelined_changes_per_s"] = round(statistics.median(piped_rates))
+        result["pipelined_vs_sequential_rounds_median"] = round(statistics.median(piped_ratios), 3)
     if not args.no_memory and not args.quick:
         small, large = memory_run(100_000), memory_run(1_000_000)
         result["pillow_peak_rss_mb_100k"] = round(small["peak_rss_kb"] / 1024, 1)
