@@ -61,7 +61,22 @@ def decode_batch(
             ),
             next_offsets,
         )
-    values = orjson.loads(payload)
+    end = next_offsets.get(TopicPartition(topic, partition), base)
+    try:
+        values = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        values = exc
+    if not isinstance(values, list) or len(values) != end - base:
+        # A damaged batch (edited by hand, a disk fault) must not stop the pillow on every
+        # run: each of its records becomes an invalid change, queued like a bad stub.
+        error = f"damaged log batch at offset {base} ({len(payload)} bytes): cannot be decoded"
+        return ChangeList(
+            (
+                Change(topic, partition, offset, None, raw=payload[:1024], error=error)
+                for offset in range(base + skip, end)
+            ),
+            next_offsets,
+        )
     return ChangeList(
         (_lenient(topic, partition, base + i, values[i]) for i in range(skip, len(values))),
         next_offsets,
