@@ -1,19 +1,13 @@
-"""Keeps a report table in sync with documents: one transaction of multi-row writes per batch.
+"""Keeps a report table in sync with documents (`ReportTableProcessor`).
 
-For a batch the processor computes every document's rows, then in one transaction deletes
-the rows of documents that were deleted or stopped matching the filter, upserts the new rows
-by (doc_id, row_num), and, for data sources that emit several rows per document, deletes the
-rows beyond each document's new row count. Replaying a batch writes the same rows again, so
-the processor is idempotent as the pillow contract requires.
-
-On PostgreSQL (psycopg 3) the batch is COPYed into a temporary table and upserted with one
-``INSERT .. SELECT .. ON CONFLICT``: a fixed statement (compiled once, whatever the batch
-size) after the fastest bulk load the server has. SQLite gets an ``executemany`` upsert.
+For a batch the processor computes every document's rows and hands them to its
+`writer.TableWriter`, which writes them in one idempotent transaction. `migrate` brings the
+table in line with the config, or marks it for a rebuild into a shadow table that `swap_in`
+puts in its place (the table's shape and DDL: `schema`; what it was built from: `definition`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -22,17 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql
 
 from changefeed.change import Change
-from changefeed.db import make_engine, upsert
+from changefeed.db import make_engine
 from changefeed.errors import bounded
 from changefeed.identifiers import sql_identifier
 from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
 from changefeed.processors.reports.config import (
-    DOC_ID,
-    ROW_NUM,
     SYSTEM_COLUMNS,
     DataSourceConfig,
     Row,
@@ -48,101 +39,20 @@ from changefeed.processors.reports.definition import (
     read_definition,
     write_definition,
 )
+from changefeed.processors.reports.schema import (
+    ReportSchemaError,
+    build_table,
+    old_name,
+    reflected_kind,
+    shadow_name,
+    swap_tables,
+    sync_indexes,
+)
+from changefeed.processors.reports.writer import IDS_PER_STATEMENT, TableWriter
+
+__all__ = ["ReportSchemaError", "ReportTableProcessor", "build_table"]
 
 log = logging.getLogger("changefeed.reports")
-
-_CHUNK = 500
-"""Ids per DELETE on dialects that expand IN lists into parameters (SQLite's limit)."""
-
-
-class ReportSchemaError(RuntimeError):
-    """The existing table cannot be brought in line with the config without losing data."""
-
-
-# Config column types by the generic SQLAlchemy class each database reflects them as
-# (subclasses first: Float is a Numeric, DateTime is not a Date).
-_KINDS: tuple[tuple[type[sa.types.TypeEngine[Any]], str], ...] = (
-    (sa.Boolean, "boolean"),
-    (sa.JSON, "json"),
-    (sa.DateTime, "datetime"),
-    (sa.Date, "date"),
-    (sa.Integer, "integer"),
-    (sa.Float, "float"),
-    (sa.Numeric, "decimal"),
-    (sa.String, "string"),
-)
-
-
-def reflected_kind(type_: Any) -> str | None:
-    """The config column type a reflected database type stores (None: not one of ours)."""
-    for cls, kind in _KINDS:
-        if isinstance(type_, cls):
-            return kind
-    return None
-
-
-def column_type(kind: str) -> sa.types.TypeEngine[Any]:
-    types: dict[str, sa.types.TypeEngine[Any]] = {
-        "string": sa.Text(),
-        "integer": sa.BigInteger(),
-        "float": sa.Float(),
-        "decimal": sa.Numeric(),
-        "boolean": sa.Boolean(),
-        "date": sa.Date(),
-        "datetime": sa.DateTime(),
-        "json": sa.JSON().with_variant(postgresql.JSONB(), "postgresql"),
-    }
-    return types[kind]
-
-
-_MAX_NAME = 63
-"""PostgreSQL's identifier length; longer generated names get a hash instead."""
-
-
-def _short(name: str, prefix: str, key: str) -> str:
-    if len(name) <= _MAX_NAME:
-        return name
-    return f"{prefix}_{hashlib.sha1(key.encode()).hexdigest()[:24]}"
-
-
-def pk_name(table: str) -> str:
-    """The primary key's name for a table (PostgreSQL's own default when it fits)."""
-    return _short(f"{table}_pkey", "pk", table)
-
-
-def index_name(table: str, column: str) -> str:
-    """A column index's name for a table (SQLAlchemy's own default when it fits). Index names
-    are per schema, not per table, so a shadow table's indexes are named after the shadow and
-    renamed when it is swapped in."""
-    return _short(f"ix_{table}_{column}", "ix", f"{table}.{column}")
-
-
-def shadow_name(table: str, target_hash: str) -> str:
-    """The table a rebuild fills next to ``table``; the same for the same target definition,
-    so an interrupted rebuild resumes into it."""
-    return f"{table[:36]}__shadow_{target_hash[:8]}"
-
-
-def old_name(table: str, target_hash: str) -> str:
-    """The name the live table has for a moment inside the swap, before it is dropped."""
-    return f"{table[:36]}__old_{target_hash[:8]}"
-
-
-def build_table(
-    config: DataSourceConfig, schema: str | None = None, name: str | None = None
-) -> sa.Table:
-    """The SQLAlchemy table of a data source: system columns first, then the configured ones
-    (``name``: another table of the same shape, e.g. a shadow table)."""
-    table = name or config.table
-    return sa.Table(
-        table,
-        sa.MetaData(schema=sql_identifier(schema, "schema") if schema else None),
-        sa.Column(DOC_ID, sa.String(255), nullable=False),
-        sa.Column(ROW_NUM, sa.Integer, nullable=False, autoincrement=False),
-        *(sa.Column(c.name, column_type(c.type), nullable=True) for c in config.columns),
-        sa.PrimaryKeyConstraint(DOC_ID, ROW_NUM, name=pk_name(table)),
-        *(sa.Index(index_name(table, c.name), c.name) for c in config.columns if c.index),
-    )
 
 
 class ReportTableProcessor(BulkProcessor):
@@ -176,17 +86,10 @@ class ReportTableProcessor(BulkProcessor):
         self._use(self.config)
 
     def _use(self, config: DataSourceConfig) -> None:
-        """Write the table with ``config`` from now on (the table and staging statements)."""
+        """Write the table with ``config`` from now on (the table and its writer)."""
         self.config = config
         self.table = build_table(config, self.schema, self.table_name)
-        # The staging table of this exact schema: a new name whenever the columns change.
-        signature = repr([(c.name, str(c.type)) for c in self.table.columns]) + self.table.name
-        self._stage = sa.Table(
-            f"cf_stage_{hashlib.sha1(signature.encode()).hexdigest()[:16]}",
-            sa.MetaData(),
-            *(sa.Column(c.name, c.type) for c in self.table.columns),
-        )
-        self._upsert_stmt = self._pg_upsert() if self._postgres else None
+        self._writer = TableWriter(self.engine, self.table)
 
     @property
     def name(self) -> str:
@@ -207,7 +110,7 @@ class ReportTableProcessor(BulkProcessor):
             latest[change.id] = change
         config = self.config
         # PostgreSQL COPYs tuples in column order; SQLite upserts dicts.
-        rows_of = config.row_tuples if self._upsert_stmt is not None else config.rows
+        rows_of = config.row_tuples if self._writer.copies else config.rows
         rows: list[Any] = []
         gone: list[str] = []
         by_count: dict[int, list[str]] = {}
@@ -228,88 +131,8 @@ class ReportTableProcessor(BulkProcessor):
             rows.extend(doc_rows)
             if config.multi_row:
                 by_count.setdefault(len(doc_rows), []).append(doc_id)
-        with self.engine.begin() as conn:
-            try:
-                self._delete(conn, gone)
-                self._upsert(conn, rows)
-                for count, ids in by_count.items():
-                    self._delete(conn, ids, from_row=count)
-            except BaseException:
-                # the rollback also undoes a staging table created in this transaction
-                conn.connection.info.pop(self._stage.name, None)
-                raise
+        self._writer.write(gone, rows, by_count)
         return failures
-
-    def _delete(self, conn: sa.Connection, ids: list[str], from_row: int = 0) -> None:
-        """Delete the rows of ``ids`` (only those numbered ``from_row`` and up)."""
-        if not ids:
-            return
-        t = self.table
-        if self._postgres:
-            where = t.c.doc_id == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.String)))
-            stmt = t.delete().where(where)
-            if from_row:
-                stmt = stmt.where(t.c.row_num >= from_row)
-            conn.execute(stmt, {"ids": ids})
-            return
-        for start in range(0, len(ids), _CHUNK):
-            stmt = t.delete().where(t.c.doc_id.in_(ids[start : start + _CHUNK]))
-            if from_row:
-                stmt = stmt.where(t.c.row_num >= from_row)
-            conn.execute(stmt)
-
-    def _pg_upsert(self) -> sa.Insert:
-        """INSERT INTO t SELECT * FROM stage ON CONFLICT (doc_id, row_num) DO UPDATE."""
-        t = self.table
-        stmt = postgresql.insert(t).from_select(
-            [c.name for c in t.columns], sa.select(*(self._stage.c[c.name] for c in t.columns))
-        )
-        return stmt.on_conflict_do_update(
-            index_elements=[t.c.doc_id, t.c.row_num],
-            set_={c.name: stmt.excluded[c.name] for c in t.columns if c.name not in SYSTEM_COLUMNS},
-        )
-
-    def _upsert(self, conn: sa.Connection, rows: list[Any]) -> None:
-        """Upsert the rows: dicts (`DataSourceConfig.rows`) on SQLite, tuples in column
-        order (`DataSourceConfig.row_tuples`) on PostgreSQL."""
-        if not rows:
-            return
-        if self._upsert_stmt is None:
-            upsert(conn, self.table, rows, list(SYSTEM_COLUMNS))
-            return
-        # PostgreSQL: COPY the batch into a temporary table emptied at commit, then one
-        # INSERT .. SELECT .. ON CONFLICT (the fastest way to upsert many rows).
-        preparer = self.engine.dialect.identifier_preparer
-        info = conn.connection.info  # lives as long as the pooled connection
-        if self._stage.name not in info:
-            conn.execute(
-                sa.text(
-                    f"CREATE TEMPORARY TABLE IF NOT EXISTS {preparer.quote(self._stage.name)} "
-                    f"(LIKE {preparer.format_table(self.table)}) ON COMMIT DELETE ROWS"
-                )
-            )
-            info[self._stage.name] = True
-        names = self.table.c.keys()
-        json_columns = [i for i, c in enumerate(self.table.columns) if isinstance(c.type, sa.JSON)]
-        dbapi = conn.connection.driver_connection
-        assert dbapi is not None
-        columns = ", ".join(preparer.quote(n) for n in names)
-        with (
-            dbapi.cursor() as cur,
-            cur.copy(f"COPY {preparer.quote(self._stage.name)} ({columns}) FROM STDIN") as copy,
-        ):
-            write = copy.write_row
-            if json_columns:
-                for row in rows:
-                    values = list(row)
-                    for i in json_columns:
-                        if values[i] is not None:
-                            values[i] = Jsonb(values[i])
-                    write(values)
-            else:
-                for row in rows:
-                    write(row)
-        conn.execute(self._upsert_stmt)
 
     # -- schema ------------------------------------------------------------------------
 
@@ -365,7 +188,8 @@ class ReportTableProcessor(BulkProcessor):
             change = compare(stored.definition, normalised(target))
             old = stored.load_config()
         if not change.needs_rebuild:
-            actions = self._sync_indexes(inspector)
+            wanted = {c.name for c in target.columns if c.index}
+            actions = sync_indexes(self.engine, t, inspector, wanted)
             with self.engine.begin() as conn:
                 write_definition(conn, target, self.schema)
             return [*actions, "recorded the table's definition"]
@@ -403,29 +227,6 @@ class ReportTableProcessor(BulkProcessor):
             return []
         t.metadata.create_all(self.engine, checkfirst=True)
         return [f"created shadow table {t.name}"]
-
-    def _sync_indexes(self, inspector: Any) -> list[str]:
-        """Create the configured column indexes the table lacks and drop single-column
-        indexes of configured columns that are no longer wanted."""
-        t = self.table
-        present: dict[str, str] = {}
-        for found in inspector.get_indexes(t.name, schema=t.schema):
-            columns = found.get("column_names") or []
-            if len(columns) == 1 and not found.get("unique") and found.get("name"):
-                present[str(columns[0])] = str(found["name"])
-        wanted = {c.name for c in self.target.columns if c.index}
-        actions: list[str] = []
-        with self.engine.begin() as conn:
-            for index in t.indexes:
-                column = next(iter(index.columns)).name
-                if column not in present:
-                    index.create(conn)
-                    actions.append(f"created index {index.name}")
-            for column, name in present.items():
-                if column in t.c and column not in wanted:
-                    sa.Index(name, t.c[column]).drop(conn)
-                    actions.append(f"dropped index {name}")
-        return actions
 
     def reset(self) -> None:
         """Drop and recreate the table empty with the configured definition, for a rebuild
@@ -468,51 +269,7 @@ class ReportTableProcessor(BulkProcessor):
             staged = shadow.table
             old = build_table(target, self.schema, old_name(live.name, definition_hash(target)))
             definitions_table(self.schema).create(self.engine, checkfirst=True)
-            exists = sa.inspect(self.engine).has_table(live.name, schema=live.schema)
-            dialect = self.engine.dialect
-            q = dialect.identifier_preparer
-
-            def ddl(element: Any) -> str:
-                return str(element.compile(dialect=dialect))
-
-            with self.engine.connect() as conn:
-                if not self._postgres:
-                    # pysqlite starts a transaction only before DML: begin one ourselves so
-                    # the renames and the drop commit together.
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
-                try:
-                    if exists:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {q.format_table(live)} RENAME TO {q.quote(old.name)}"
-                        )
-                    conn.exec_driver_sql(
-                        f"ALTER TABLE {q.format_table(staged)} RENAME TO {q.quote(live.name)}"
-                    )
-                    if exists:
-                        conn.exec_driver_sql(f"DROP TABLE {q.format_table(old)}")
-                    for index in live.indexes:
-                        column = next(iter(index.columns)).name
-                        shadow_index = next(
-                            i for i in staged.indexes if next(iter(i.columns)).name == column
-                        )
-                        if self._postgres:
-                            conn.exec_driver_sql(
-                                f"ALTER INDEX {q.format_index(shadow_index)} "
-                                f"RENAME TO {q.quote(str(index.name))}"
-                            )
-                        else:  # SQLite cannot rename an index: build it under its name
-                            conn.exec_driver_sql(ddl(sa.schema.DropIndex(shadow_index)))
-                            conn.exec_driver_sql(ddl(sa.schema.CreateIndex(index)))
-                    if self._postgres:
-                        conn.exec_driver_sql(
-                            f"ALTER TABLE {q.format_table(live)} RENAME CONSTRAINT "
-                            f"{q.quote(pk_name(staged.name))} TO {q.quote(pk_name(live.name))}"
-                        )
-                    write_definition(conn, target, self.schema)
-                except BaseException:
-                    conn.rollback()
-                    raise
-                conn.commit()
+            swap_tables(self.engine, live, staged, old, target, self.schema)
             self._use(target)
             self.rebuild_needed = None
 
@@ -549,7 +306,7 @@ class ReportTableProcessor(BulkProcessor):
         actual: dict[str, list[tuple[Any, ...]]] = {}
         ids = list(expected)
         t = self.table
-        size = len(ids) or 1 if self._postgres else _CHUNK
+        size = len(ids) or 1 if self._postgres else IDS_PER_STATEMENT
         with self.engine.connect() as conn:
             for start in range(0, len(ids), size):
                 chunk = ids[start : start + size]

@@ -1,0 +1,52 @@
+"""Keeps an Elasticsearch index in sync: one bulk request per batch, guarded by versions.
+
+Every write carries an external version (from the stub, or from the document), so a replayed
+or late change can never overwrite newer data: Elasticsearch answers 409 and we count that as
+done. The pillow writes through an alias; `bootstrap` creates the concrete index
+``<alias>_<version or settings hash>`` with its settings and mappings and points the alias at
+it, so a later reindex can build a new index and swap the alias.
+
+Per-document rejections (a mapping conflict) come back as `ChangeFailure` while the rest of the
+batch is indexed. Connection errors and 429/5xx answers are retried with bounded backoff; if
+they persist the processor raises `SinkUnavailableError` and the pillow backs off.
+
+Modules: `processor` (`ElasticProcessor`), `index` (names, bootstrap, aliases, a new index
+swapped in), `bulk` (the bulk write path), `versions` (external versions), `errors`.
+Every public name is importable from this package.
+"""
+
+from changefeed.processors.elastic.bulk import METADATA_FIELDS, RETRY_STATUSES
+from changefeed.processors.elastic.errors import (
+    ElasticBootstrapError,
+    ElasticDocumentError,
+    ElasticIndexMissingError,
+    ElasticVersionError,
+)
+from changefeed.processors.elastic.index import index_name
+from changefeed.processors.elastic.processor import ElasticProcessor, Transform
+from changefeed.processors.elastic.versions import (
+    VERSION_TYPES,
+    Document,
+    VersionFunc,
+    document_version,
+    external_version,
+    stub_version,
+)
+
+__all__ = [
+    "METADATA_FIELDS",
+    "RETRY_STATUSES",
+    "VERSION_TYPES",
+    "Document",
+    "ElasticBootstrapError",
+    "ElasticDocumentError",
+    "ElasticIndexMissingError",
+    "ElasticProcessor",
+    "ElasticVersionError",
+    "Transform",
+    "VersionFunc",
+    "document_version",
+    "external_version",
+    "index_name",
+    "stub_version",
+]
