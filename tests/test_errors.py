@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from changefeed import errors
 from changefeed.backoff import DEPENDENCY_BACKOFF
 from changefeed.change import Change, ChangeMeta
 from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy
+from tests._cli import cf, recorder_env
 
 
 class Clock:
@@ -312,32 +311,10 @@ def test_migrates_an_old_state_database(queue: ErrorQueue) -> None:
 
 # -- the errors commands (issue 12: retry exactly what was asked, unknown names) ----------
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
 
 @pytest.fixture
 def cli_env(tmp_path: Path) -> dict[str, str]:
-    out = {
-        **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=1",
-        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
-    out.pop("CHANGEFEED_DEBUG", None)
-    return out
+    return recorder_env(tmp_path, partitions=1)
 
 
 def queued(cli_env: dict[str, str], pillow: str, *doc_ids: str) -> list[int]:

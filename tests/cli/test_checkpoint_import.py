@@ -9,9 +9,7 @@ with plain SQL as HQ's ORM would leave it. Everything runs through the real entr
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import sqlalchemy as sa
 from changefeed import ChangeMeta
 from changefeed.backends import open_backend
 from changefeed.change import TopicPartition
+from tests._cli import cf, recorder_env
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "records"
@@ -41,28 +40,7 @@ CREATE TABLE pillowtop_kafkacheckpoint (
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    out = {
-        **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=2",
-        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
-    out.pop("CHANGEFEED_DEBUG", None)
-    out.pop("RECORDER_TOPICS", None)
-    return out
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return recorder_env(tmp_path)
 
 
 def publish(env: dict[str, str], n: int) -> dict[TopicPartition, int]:

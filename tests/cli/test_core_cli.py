@@ -14,33 +14,14 @@ import pytest
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import Change
+from tests._cli import cf, recorder_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    out = {
-        **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=2",
-        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
-    out.pop("CHANGEFEED_DEBUG", None)
-    return out
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return recorder_env(tmp_path)
 
 
 def publish(env: dict[str, str], n: int, start: int = 0) -> SQLiteLog:

@@ -6,27 +6,15 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
+from tests._cli import cf
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
+from tests._cli import cf
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-pw"
@@ -145,17 +144,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     assert cf(env, "errors", "list").returncode == 0
     (tmp / "file").write_text("not a folder")
     return {"env": env, "tmp": tmp}
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:

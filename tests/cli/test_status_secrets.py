@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 
 from changefeed.change import Change, ChangeMeta
 from changefeed.errors import ErrorQueue
+from tests._cli import cf
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-pw"
@@ -95,17 +94,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         change = Change("case", 0, 0, ChangeMeta(f"{pillow}-doc", "memory", "db"))
         queue.add(pillow, change, "p", ValueError("refused"), retryable=False)
     return environ
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_status_json_redacts_every_url_and_lists_orphans(env: dict[str, str]) -> None:

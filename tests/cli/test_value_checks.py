@@ -118,11 +118,13 @@ def test_bootstrap_names_a_report_column_whose_type_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     workdir = tmp_path
-    (workdir / "cases.yaml").write_text(CASES)
+    # With auto_rebuild (the default) a changed column is rebuilt into a shadow table (see
+    # tests/test_rebuild.py); without it, bootstrap refuses and names the change.
+    (workdir / "cases.yaml").write_text(CASES + "auto_rebuild: false\n")
     monkeypatch.setenv("REPORTS_TEST_DIR", str(workdir))
     code, _, err = cf(capsys, "--app", REPORTS_APP, "bootstrap")
     assert code == 0, err
     config = workdir / "cases.yaml"
     config.write_text(config.read_text().replace("{name: age, type: integer}", "{name: age}"))
     code, _, err = cf(capsys, "--app", REPORTS_APP, "bootstrap")
-    assert_one_line(code, err, "'age'", "integer", "string", "changefeed reports rebuild cases")
+    assert_one_line(code, err, "age (integer -> string)", "changefeed reports rebuild cases")

@@ -1,0 +1,39 @@
+"""Running the ``changefeed`` command as a user would, for the tests of the CLI: one place for
+the subprocess call and the environment of the recorder test app."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def recorder_env(tmp_path: Path, partitions: int = 2) -> dict[str, str]:
+    """An environment whose log, state and app (``tests.apps.recorder``) live in
+    ``tmp_path``, without settings of the caller's shell that would change the output."""
+    out = {
+        **os.environ,
+        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions={partitions}",
+        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
+        "CHANGEFEED_APP": "tests.apps.recorder:app",
+        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
+        "PYTHONPATH": str(ROOT),
+    }
+    out.pop("CHANGEFEED_DEBUG", None)
+    out.pop("RECORDER_TOPICS", None)
+    return out
+
+
+def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``changefeed ARGS`` in a new process, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "changefeed", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
