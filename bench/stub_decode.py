@@ -16,7 +16,7 @@ this measures, medians of several rounds, stubs per second for:
                                 [--against OLD_CHANGE_PY --ab-rounds 15]
 
 ``--against`` loads another version of ``change.py`` (e.g. ``git show
-HEAD~1:src/changefeed/change.py > /tmp/old_change.py``) next to this one and alternates
+HEAD~1:src/changefeed/change.py > old_change.py``) next to this one and alternates
 ``decode_array`` and ``decode_many`` of the same bytes between the two, round by round: the
 before/after comparison for our own stubs in one process.
 """
