@@ -33,6 +33,18 @@ checkpoints_table = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+_GUARDED_UPDATE = (
+    checkpoints_table.update()
+    .where(
+        checkpoints_table.c.pillow == sa.bindparam("b_pillow"),
+        checkpoints_table.c.topic == sa.bindparam("b_topic"),
+        checkpoints_table.c.partition == sa.bindparam("b_partition"),
+        checkpoints_table.c.offset == sa.bindparam("b_expected"),
+    )
+    .values(offset=sa.bindparam("b_offset"), updated_at=sa.bindparam("b_now"))
+)
+"""Progress for a partition whose row still holds what this store last wrote there."""
+
 history_table = sa.Table(
     "changefeed_checkpoint_history",
     metadata,
@@ -213,16 +225,36 @@ class CheckpointStore:
         t = checkpoints_table
         moved: dict[TopicPartition, int] = {}
         with self.engine.begin() as conn:
-            if any(tp in known for tp in offsets):
-                query = sa.select(t.c.topic, t.c.partition, t.c.offset).where(t.c.pillow == pillow)
-                if self.engine.dialect.name == "postgresql":
-                    query = query.with_for_update()
-                for topic, part, off in conn.execute(query):
-                    tp = TopicPartition(topic, part)
-                    if tp in offsets and tp in known and known[tp] != off:
-                        moved[tp] = off
+            # The usual case in one statement: rows still holding what we last wrote move on.
+            # Only when fewer rows matched (moved, or deleted) are the rows read to find out.
+            check = [tp for tp in offsets if tp in known]
+            fresh = {tp: off for tp, off in offsets.items() if tp not in known}
+            if check:
+                params = [
+                    {
+                        "b_pillow": pillow,
+                        "b_topic": tp.topic,
+                        "b_partition": tp.partition,
+                        "b_expected": known[tp],
+                        "b_offset": offsets[tp],
+                        "b_now": now,
+                    }
+                    for tp in check
+                ]
+                matched = conn.execute(_GUARDED_UPDATE, params).rowcount
+                if matched != len(check):
+                    query = sa.select(t.c.topic, t.c.partition, t.c.offset).where(
+                        t.c.pillow == pillow
+                    )
+                    if self.engine.dialect.name == "postgresql":
+                        query = query.with_for_update()
+                    for topic, part, off in conn.execute(query):
+                        tp = TopicPartition(topic, part)
+                        if tp in offsets and tp in known and off not in (known[tp], offsets[tp]):
+                            moved[tp] = off
+                    fresh.update((tp, offsets[tp]) for tp in check if tp not in moved)
             write = {tp: off for tp, off in offsets.items() if tp not in moved}
-            rows = _rows(pillow, write, now)
+            rows = _rows(pillow, fresh, now)
             if rows and stmt is not None:
                 conn.execute(stmt, rows)
             elif rows:  # pragma: no cover - other dialects
