@@ -29,21 +29,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
+from changefeed.progress import document_progress
 from changefeed.reindex_jobs import ReindexJobs
 from changefeed.runner import stop_on_signals
 from changefeed.stores.base import DocumentStore
@@ -179,18 +172,9 @@ class Reindexer:
                 documents += self._reindex_store(store, bar)
             if not self._stop.is_set():
                 caught_up = self._catch_up(heads, bar)
-        if self._stop.is_set():
-            return ReindexResult(
-                self.pillow.name,
-                self.job,
-                resumed,
-                documents,
-                caught_up,
-                self._failures,
-                time.monotonic() - started,
-                interrupted=True,
-            )
-        self.jobs.finish()
+        interrupted = self._stop.is_set()
+        if not interrupted:  # an interrupted job stays unfinished, so --resume finds it
+            self.jobs.finish()
         return ReindexResult(
             self.pillow.name,
             self.job,
@@ -199,6 +183,7 @@ class Reindexer:
             caught_up,
             self._failures,
             time.monotonic() - started,
+            interrupted=interrupted,
         )
 
     def _start(self, reset: bool) -> dict[TopicPartition, int]:
@@ -317,17 +302,7 @@ class Reindexer:
         self._failures += self._runner.process(latest_per_document(batch)).failures
 
     def _progress_bar(self) -> Progress:
-        return Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("docs"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.show_progress,
-        )
+        return document_progress(self.console, self.show_progress)
 
 
 T = TypeVar("T")

@@ -26,18 +26,12 @@ from itertools import islice
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import Progress
 
 from changefeed.change import Change, ChangeMeta
 from changefeed.pillow import Pillow
 from changefeed.processors.base import OutputDrift, Processor
+from changefeed.progress import document_progress
 from changefeed.reindex import reindex_stores, store_key
 from changefeed.stores.base import DocumentDeleted, DocumentStore
 
@@ -374,17 +368,7 @@ class Verifier:
         return sum(1 for doc_id in ids if doc_id not in left)
 
     def _progress_bar(self) -> Progress:
-        return Progress(
-            SpinnerColumn(),
-            TextColumn("[progress.description]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("docs"),
-            TimeElapsedColumn(),
-            console=self.console,
-            disable=not self.show_progress,
-            transient=True,
-        )
+        return document_progress(self.console, self.show_progress, remaining=False, transient=True)
 
 
 def verify_pillow(
