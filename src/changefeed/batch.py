@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+from changefeed.backoff import Backoff
 from changefeed.change import Change, InvalidChangeError, TopicPartition
 from changefeed.errors import ErrorQueue, ErrorRecord, RetryPolicy, bounded
 from changefeed.failures import (
@@ -169,6 +170,48 @@ class BatchRunner:
         report = BatchReport(self.name, n, n, len(failures), 0.0, seconds)
         report.fetch_seconds = prepared.seconds
         return report
+
+    def apply_with_backoff(
+        self,
+        prepared: PreparedBatch,
+        seen: int,
+        *,
+        backoff: Backoff,
+        max_retries: int | None,
+        wait: Callable[[DependencyDownError, float], bool],
+    ) -> tuple[BatchReport | None, int]:
+        """Apply a batch, retrying while a dependency is down: the failure policy of a whole
+        batch. ``wait(error, delay)`` sleeps before the next try and returns False when the
+        caller is stopping; this then returns ``(None, attempts)`` and the batch is replayed
+        on the next start. After ``max_retries`` the changes are queued as pending (unless
+        the error queue is down too: then it keeps backing off), so an outage cannot stall
+        a pillow forever.
+
+        A retry fetches again only when the fetch was what failed; when a processor failed,
+        the same fetched documents are applied again. So no document is fetched for this
+        batch after the next batch fetched it (pipelined, the next one already is), and
+        outputs never step back to an older version."""
+        attempt = 0
+        while True:
+            try:
+                return self.apply(prepared), attempt
+            except DependencyDownError as exc:
+                attempt += 1
+                if max_retries is not None and attempt > max_retries:
+                    log.error("pillow %s: batch failed %d times, queueing it", self.name, attempt)
+                    changes = prepared.changes
+                    try:
+                        self.queue(Failure(c, exc.where, exc.cause, True) for c in changes)
+                    except DependencyDownError as queue_down:
+                        exc = queue_down  # the error queue is down too: keep backing off
+                    else:
+                        return BatchReport(
+                            self.name, seen, len(changes), len(changes), 0.0
+                        ), attempt
+                if not wait(exc, backoff.delay(attempt)):
+                    return None, attempt
+                if prepared.error is not None:
+                    prepared = self.prepare(prepared.changes)
 
     def queue(self, failures: Iterable[Failure]) -> None:
         """Put failures into the error queue (retryable ones on the retry schedule)."""

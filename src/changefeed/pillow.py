@@ -14,18 +14,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 
 from changefeed import gctune
 from changefeed.backends.base import ChangeFeed, ChangeList, next_offsets_of
 from changefeed.backoff import DEPENDENCY_BACKOFF, Backoff
-from changefeed.batch import BatchReport, BatchRunner, PreparedBatch, latest_per_document
+from changefeed.batch import BatchReport, BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import ErrorQueue, RetryPolicy
-from changefeed.failures import DependencyDownError, Failure
+from changefeed.failures import DependencyDownError
 from changefeed.identifiers import object_name
-from changefeed.pipeline import Pipeline
+from changefeed.pipeline import Cut, Pipeline, PipelinedConsumption
 from changefeed.processors.base import Processor
 from changefeed.runner import Health, stride
 from changefeed.stores.base import DocumentStore
@@ -49,21 +48,6 @@ PIPELINE_ENV = "CHANGEFEED_PIPELINE"
 without a code change)."""
 
 
-@dataclass(slots=True)
-class _Cut:
-    """A batch cut from the feed: its changes (deduplicated), how many were read, and the
-    checkpoint once it is done; pipelined, also its fetch and the retention jumps the feed
-    made while it was read (done by the main thread, in order)."""
-
-    changes: list[Change]
-    seen: int
-    offsets: dict[TopicPartition, int]
-    prepared: PreparedBatch | None = None
-    resets: list[tuple[TopicPartition, int, int]] = field(default_factory=list)
-    done: threading.Event | None = None
-    """Set once applied, when the reader waits for it (its fetch failed: see `_hand_over`)."""
-
-
 class PillowListener:
     """Hooks for observers; every method is optional and called once per batch at most."""
 
@@ -74,7 +58,7 @@ class PillowListener:
         """A batch failed as a whole; the pillow sleeps ``delay`` and retries."""
 
 
-class Pillow:
+class Pillow(PipelinedConsumption):
     """A named subscriber: a change feed, processors and a checkpoint.
 
     ``ConstructedPillow`` is the same class, under the name users of pillowtop know.
@@ -177,7 +161,7 @@ class Pillow:
         self._started = 0.0
         self._resets: list[tuple[TopicPartition, int, int]] = []
         """Retention jumps seen by a pipelined reader, for the main thread to record."""
-        self._pipe: Pipeline[_Cut] | None = None
+        self._pipe: Pipeline[Cut] | None = None
         self._emit: Callable[[], bool] = self.flush
         """What a full batch goes to: `flush` (in turn), or `_hand_over` (pipelined)."""
         self._restart = False
@@ -375,68 +359,34 @@ class Pillow:
         batch could be finished (it is then replayed on the next start)."""
         return self._finish(self._cut())
 
-    def _cut(self) -> _Cut:
+    def _cut(self) -> Cut:
         """Take the batch in hand (deduplicated) and start a new one."""
-        cut = _Cut(latest_per_document(self._batch), self._seen, self._pending, resets=self._resets)
+        cut = Cut(latest_per_document(self._batch), self._seen, self._pending, resets=self._resets)
         self._batch = []
         self._pending = {}
         self._seen = 0
         self._resets = []
         return cut
 
-    def _finish(self, cut: _Cut, waited: float = 0.0) -> bool:
-        """Apply one batch (retrying while a dependency is down) and write its checkpoint.
-
-        A retry fetches again only when the fetch was what failed; when a processor failed,
-        the same fetched documents are applied again. So no document is fetched for this
-        batch after the next batch fetched it (pipelined, the next one is already
-        fetched), and outputs never step back to an older version."""
+    def _finish(self, cut: Cut, waited: float = 0.0) -> bool:
+        """Apply one batch (`BatchRunner.apply_with_backoff`: backing off while a dependency
+        is down) and write its checkpoint. False when stopped before it was done."""
         try:
             for tp, needed, earliest in cut.resets:
                 self._write_offset_reset(tp, needed, earliest)
-            changes = cut.changes
             started = time.perf_counter()
-            prepared = cut.prepared or self.runner.prepare(changes)
-            attempt = 0
-            while True:
-                try:
-                    report = self.runner.apply(prepared)
-                    break
-                except DependencyDownError as exc:
-                    attempt += 1
-                    if self.max_batch_retries is not None and attempt > self.max_batch_retries:
-                        log.error(
-                            "pillow %s: batch failed %d times, queueing its changes",
-                            self.name,
-                            attempt,
-                        )
-                        try:
-                            self.runner.queue(
-                                Failure(c, exc.where, exc.cause, True) for c in changes
-                            )
-                        except DependencyDownError as queue_down:
-                            exc = queue_down  # the error queue is down too: keep backing off
-                        else:
-                            report = BatchReport(
-                                self.name, cut.seen, len(changes), len(changes), 0.0
-                            )
-                            break
-                    delay = self.batch_backoff.delay(attempt)
-                    log.warning("pillow %s: %s; retrying the batch in %.1fs", self.name, exc, delay)
-                    self._health.state = "backing-off"
-                    self._health.error = str(exc)
-                    for listener in self.listeners:
-                        listener.on_dependency_down(self, exc, delay)
-                    if self._stop.is_set():
-                        return False
-                    self._sleep(delay)
-                    if self._stop.is_set():
-                        return False
-                    if prepared.error is not None:
-                        prepared = self.runner.prepare(changes)
+            report, attempt = self.runner.apply_with_backoff(
+                cut.prepared or self.runner.prepare(cut.changes),
+                cut.seen,
+                backoff=self.batch_backoff,
+                max_retries=self.max_batch_retries,
+                wait=self._wait_for_dependency,
+            )
         finally:
             if cut.done is not None and self._pipe is not None:
                 self._pipe.notify(cut.done)
+        if report is None:
+            return False
         checkpoint = cut.offsets
         moved = self.checkpoints.commit(self.name, checkpoint)
         if moved:  # an operator moved these while we ran: keep their value, re-read from it
@@ -460,70 +410,18 @@ class Pillow:
             return False
         return True
 
-    # -- pipelining ----------------------------------------------------------------------
-
-    def _consume_pipelined(
-        self,
-        lists: Iterator[ChangeList | None],
-        restart_check: Callable[[], bool] | None = None,
-    ) -> int:
-        """`_consume` in a reader thread that also fetches each batch (`_hand_over`); this
-        thread applies the batches and writes their checkpoints, one at a time, in order.
-        Returns the number read once everything handed over was applied (or dropped, when
-        stopping)."""
-
-        def read(pipe: Pipeline[_Cut]) -> int:
-            self._emit = self._hand_over
-            try:
-                return self._consume(lists, restart_check, pipe.stopping)
-            finally:
-                close = getattr(lists, "close", None)
-                if close is not None:
-                    close()  # the feed's own clean-up runs in the thread that read it
-
-        pipe: Pipeline[_Cut] = Pipeline(self.name, read)
-        self._pipe = pipe
-        self._batch, self._pending, self._seen, self._resets = [], {}, 0, []
+    def _wait_for_dependency(self, error: DependencyDownError, delay: float) -> bool:
+        """Between two tries of a batch whose dependency is down: tell, then sleep. False
+        when stopping (the batch is replayed on the next start)."""
+        log.warning("pillow %s: %s; retrying the batch in %.1fs", self.name, error, delay)
+        self._health.state = "backing-off"
+        self._health.error = str(error)
+        for listener in self.listeners:
+            listener.on_dependency_down(self, error, delay)
         if self._stop.is_set():
-            pipe.stop()
-        pipe.start()
-        ended = False
-        try:
-            while True:
-                t0 = time.perf_counter()
-                cut = pipe.take()
-                if cut is None:
-                    ended = not pipe.stopping.is_set()  # nothing read was dropped
-                    break
-                if not self._finish(cut, time.perf_counter() - t0) or self._stop.is_set():
-                    break
-        finally:
-            pipe.close()
-            self._pipe = None
-            self._emit = self.flush
-            self._batch, self._pending, self._seen = [], {}, 0
-        resets, self._resets = self._resets, []
-        if ended:  # jumps after the last batch (else the next start finds them again)
-            for tp, needed, earliest in resets:
-                self._write_offset_reset(tp, needed, earliest)
-        return pipe.result
-
-    def _hand_over(self) -> bool:
-        """Reader thread: fetch the batch in hand and wait until the main thread takes it.
-        False when stopping (the batch is dropped; no checkpoint covers it). When its fetch
-        failed, wait until it was applied before reading on: its retry fetches again, and
-        the next batch must fetch after that (see `_finish`)."""
-        pipe = self._pipe
-        assert pipe is not None
-        cut = self._cut()
-        if pipe.stopping.is_set():
             return False
-        cut.prepared = self.runner.prepare(cut.changes)
-        if cut.prepared.error is not None:
-            cut.done = threading.Event()
-        if not pipe.put(cut):
-            return False
-        return cut.done is None or pipe.wait_for(cut.done)
+        self._sleep(delay)
+        return not self._stop.is_set()
 
     # -- rebalancing feeds (Kafka consumer groups) ----------------------------------------
 

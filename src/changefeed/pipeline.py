@@ -12,8 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from changefeed.backends.base import ChangeList
+from changefeed.batch import BatchRunner, PreparedBatch
+from changefeed.change import Change, TopicPartition
 
 log = logging.getLogger("changefeed.pillow")
 
@@ -136,3 +141,118 @@ class Pipeline(Generic[T]):
                 with self._cond:
                     self._cond.notify_all()
                 thread.join(0.5)
+
+
+@dataclass(slots=True)
+class Cut:
+    """A batch cut from the feed: its changes (deduplicated), how many were read, and the
+    checkpoint once it is done; pipelined, also its fetch and the retention jumps the feed
+    made while it was read (done by the main thread, in order)."""
+
+    changes: list[Change]
+    seen: int
+    offsets: dict[TopicPartition, int]
+    prepared: PreparedBatch | None = None
+    resets: list[tuple[TopicPartition, int, int]] = field(default_factory=list)
+    done: threading.Event | None = None
+    """Set once applied, when the reader waits for it (its fetch failed: see `_hand_over`)."""
+
+
+class PipelinedConsumption:
+    """The pillow's pipelined run (mixed into `changefeed.pillow.Pillow`): its batching
+    loop runs in a `Pipeline` reader thread that also fetches each batch, while the pillow's
+    own thread applies the batches and writes their checkpoints, one at a time, in order.
+    What it needs of the pillow is declared here; the pillow provides it."""
+
+    name: str
+    runner: BatchRunner
+    _stop: threading.Event
+    _pipe: Pipeline[Cut] | None
+    _emit: Callable[[], bool]
+    _batch: list[Change]
+    _pending: dict[TopicPartition, int]
+    _seen: int
+    _resets: list[tuple[TopicPartition, int, int]]
+
+    def flush(self) -> bool:
+        raise NotImplementedError
+
+    def _consume(
+        self,
+        lists: Iterator[ChangeList | None],
+        restart_check: Callable[[], bool] | None = None,
+        stop: threading.Event | None = None,
+    ) -> int:
+        raise NotImplementedError
+
+    def _cut(self) -> Cut:
+        raise NotImplementedError
+
+    def _finish(self, cut: Cut, waited: float = 0.0) -> bool:
+        raise NotImplementedError
+
+    def _write_offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
+        raise NotImplementedError
+
+    def _consume_pipelined(
+        self,
+        lists: Iterator[ChangeList | None],
+        restart_check: Callable[[], bool] | None = None,
+    ) -> int:
+        """`_consume` in a reader thread that also fetches each batch (`_hand_over`); this
+        thread applies the batches and writes their checkpoints, one at a time, in order.
+        Returns the number read once everything handed over was applied (or dropped, when
+        stopping)."""
+
+        def read(pipe: Pipeline[Cut]) -> int:
+            self._emit = self._hand_over
+            try:
+                return self._consume(lists, restart_check, pipe.stopping)
+            finally:
+                close = getattr(lists, "close", None)
+                if close is not None:
+                    close()  # the feed's own clean-up runs in the thread that read it
+
+        pipe: Pipeline[Cut] = Pipeline(self.name, read)
+        self._pipe = pipe
+        self._batch, self._pending, self._seen, self._resets = [], {}, 0, []
+        if self._stop.is_set():
+            pipe.stop()
+        pipe.start()
+        ended = False
+        try:
+            while True:
+                t0 = time.perf_counter()
+                cut = pipe.take()
+                if cut is None:
+                    ended = not pipe.stopping.is_set()  # nothing read was dropped
+                    break
+                if not self._finish(cut, time.perf_counter() - t0) or self._stop.is_set():
+                    break
+        finally:
+            pipe.close()
+            self._pipe = None
+            self._emit = self.flush
+            self._batch, self._pending, self._seen = [], {}, 0
+        resets, self._resets = self._resets, []
+        if ended:  # jumps after the last batch (else the next start finds them again)
+            for tp, needed, earliest in resets:
+                self._write_offset_reset(tp, needed, earliest)
+        return pipe.result
+
+    def _hand_over(self) -> bool:
+        """Reader thread: fetch the batch in hand and wait until the main thread takes it.
+        False when stopping (the batch is dropped; no checkpoint covers it). When its fetch
+        failed, wait until it was applied before reading on: its retry fetches again, and
+        the next batch must fetch after that (see `_finish`)."""
+        pipe = self._pipe
+        assert pipe is not None
+        cut = self._cut()
+        if pipe.stopping.is_set():
+            return False
+        cut.prepared = self.runner.prepare(cut.changes)
+        if cut.prepared.error is not None:
+            cut.done = threading.Event()
+        if not pipe.put(cut):
+            return False
+        return cut.done is None or pipe.wait_for(cut.done)
