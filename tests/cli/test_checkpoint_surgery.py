@@ -2,7 +2,8 @@
 an operator's move on a running pillow that the pillow honours instead of overwriting.
 
 The CLI runs through the real entry point in a subprocess against an app module written
-into the test's directory (three pillows on one two-partition topic of the embedded log).
+into the test's directory (three pillows on one two-partition topic). The tests that touch
+the log run on the embedded log and on Kafka (static striding), each on a topic of its own.
 """
 
 from __future__ import annotations
@@ -13,20 +14,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from changefeed import App, BulkProcessor, Change, ChangeFailure, ChangeMeta
+from changefeed.backends import open_backend
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
 
 ROOT = Path(__file__).resolve().parents[2]
-TOPIC = "records"
 
 APP_SOURCE = """
+import os
+
 from changefeed import App, BulkProcessor
+
+TOPIC = os.environ["SURGERY_TOPIC"]
 
 class Nothing(BulkProcessor):
     needs_documents = False
@@ -35,22 +41,47 @@ class Nothing(BulkProcessor):
 
 app = App()
 for _name in ("alpha", "beta", "gamma"):
-    app.add_pillow(_name, lambda a, n=_name: a.constructed_pillow(n, ["records"], Nothing()))
+    app.add_pillow(_name, lambda a, n=_name: a.constructed_pillow(n, [TOPIC], Nothing()))
 """
 
 
+@pytest.fixture(params=["sqlite", "kafka"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.db?partitions=2"
+    url: str = request.getfixturevalue("kafka_url")
+    return url + ("&" if "?" in url else "?") + "partitions=2"
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
+def embedded_log(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/log.db?partitions=2"
+
+
+def make_env(tmp_path: Path, log_url: str) -> dict[str, str]:
     (tmp_path / "surgery_app.py").write_text(APP_SOURCE)
     out = {
         **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=2",
+        "SURGERY_TOPIC": f"records-{uuid.uuid4().hex[:10]}",  # the Kafka broker is shared
+        "CHANGEFEED_LOG": log_url,
         "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
         "CHANGEFEED_APP": "surgery_app:app",
         "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT / 'src'}{os.pathsep}{ROOT}",
     }
     out.pop("CHANGEFEED_DEBUG", None)
     return out
+
+
+@pytest.fixture
+def env(tmp_path: Path, log_url: str) -> dict[str, str]:
+    """The app's environment, on the embedded log and on Kafka."""
+    return make_env(tmp_path, log_url)
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path, embedded_log: str) -> dict[str, str]:
+    """For tests that do not read the log: the embedded log only."""
+    return make_env(tmp_path, embedded_log)
 
 
 def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -63,26 +94,32 @@ def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def app_of(env: dict[str, str]) -> App:
-    return App(env["CHANGEFEED_LOG"], env["CHANGEFEED_STATE"])
+@pytest.fixture
+def app(env: dict[str, str]) -> Iterator[App]:
+    app = App(env["CHANGEFEED_LOG"], env["CHANGEFEED_STATE"])
+    yield app
+    app.close()
 
 
-def publish(app: App, n: int, start: int = 0) -> dict[TopicPartition, int]:
+def parts(env: dict[str, str]) -> tuple[TopicPartition, TopicPartition]:
+    """The two partitions of the test's topic."""
+    topic = env["SURGERY_TOPIC"]
+    return TopicPartition(topic, 0), TopicPartition(topic, 1)
+
+
+def publish(app: App, topic: str, n: int, start: int = 0) -> dict[TopicPartition, int]:
     with app.backend.publisher() as pub:
-        pub.publish_many((TOPIC, ChangeMeta(f"doc-{i}", "memory", "docs")) for i in range(start, n))
-    feed = app.change_feed([TOPIC])
+        pub.publish_many((topic, ChangeMeta(f"doc-{i}", "memory", "docs")) for i in range(start, n))
+    feed = app.change_feed([topic])
     try:
         return feed.latest_offsets()
     finally:
         feed.close()
 
 
-P0, P1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
-
-
-def test_validate_copy_merge_and_undo(env: dict[str, str]) -> None:
-    app = app_of(env)
-    heads = publish(app, 40)
+def test_validate_copy_merge_and_undo(env: dict[str, str], app: App) -> None:
+    P0, P1 = parts(env)
+    heads = publish(app, env["SURGERY_TOPIC"], 40)
     cps = app.checkpoints
     cps.set("alpha", {P0: 5, P1: 7}, reason="test")
     cps.set("beta", {P0: 9, P1: 3}, reason="test")
@@ -111,9 +148,42 @@ def test_validate_copy_merge_and_undo(env: dict[str, str]) -> None:
     assert cps.get("alpha") == {P0: 5, P1: 7}
 
 
-def test_merge_refuses_different_partitions_and_bad_input(env: dict[str, str]) -> None:
-    app = app_of(env)
-    publish(app, 10)
+def test_validate_names_a_checkpoint_retention_removed(env: dict[str, str], app: App) -> None:
+    """A checkpoint below the earliest offset the log still holds (retention removed changes
+    the pillow never read) is named; one at the earliest is readable. Embedded log:
+    ``retention_count`` and ``apply_retention``; Kafka: DeleteRecords, as retention would."""
+    P0, P1 = parts(env)
+    topic = env["SURGERY_TOPIC"]
+    with app.backend.publisher() as pub:  # one by one: the embedded log removes whole batches
+        for i in range(40):
+            pub.publish(topic, ChangeMeta(f"doc-{i}", "memory", "docs"))
+    if env["CHANGEFEED_LOG"].startswith("sqlite:"):
+        retained = open_backend(f"{env['CHANGEFEED_LOG']}&retention_count=5")
+        try:
+            assert retained.apply_retention() > 0  # type: ignore[attr-defined]
+        finally:
+            retained.close()
+    else:
+        admin = app.backend.admin()
+        admin.delete_records({P0: 10})  # type: ignore[attr-defined]
+    feed = app.change_feed([topic])
+    try:
+        earliest, heads = feed.earliest_offsets(), feed.latest_offsets()
+    finally:
+        feed.close()
+    assert earliest[P0] > 0
+    app.checkpoints.set("alpha", {P0: earliest[P0] - 1, P1: heads[P1]}, reason="test")
+    app.checkpoints.set("beta", {P0: earliest[P0], P1: heads[P1]}, reason="test")
+    r = cf(env, "checkpoint", "validate")
+    assert r.returncode == 1, r.stderr
+    assert "alpha" in r.stderr and "beta" not in r.stderr
+    assert f"checkpoint {earliest[P0] - 1} before earliest {earliest[P0]}" in r.stdout
+    assert "beta: ok" in r.stdout
+
+
+def test_merge_refuses_different_partitions_and_bad_input(env: dict[str, str], app: App) -> None:
+    P0, P1 = parts(env)
+    publish(app, env["SURGERY_TOPIC"], 10)
     app.checkpoints.set("alpha", {P0: 1, P1: 1}, reason="test")
     app.checkpoints.set("beta", {P0: 1}, reason="test")
     r = cf(env, "checkpoint", "merge", "alpha", "beta", "gamma")
@@ -125,9 +195,9 @@ def test_merge_refuses_different_partitions_and_bad_input(env: dict[str, str]) -
     assert cf(env, "checkpoint", "merge", "alpha").returncode == 2
 
 
-def test_dump_remaining(env: dict[str, str]) -> None:
-    app = app_of(env)
-    heads = publish(app, 30)
+def test_dump_remaining(env: dict[str, str], app: App) -> None:
+    P0, P1 = parts(env)
+    heads = publish(app, env["SURGERY_TOPIC"], 30)
     app.checkpoints.set("alpha", {P0: heads[P0] - 2, P1: heads[P1]}, reason="test")
     r = cf(env, "checkpoint", "dump-remaining", "alpha")
     assert r.returncode == 0, r.stderr
@@ -139,9 +209,9 @@ def test_dump_remaining(env: dict[str, str]) -> None:
     assert lines[0]["stub"]["document_id"].startswith("doc-")
 
 
-def test_status_flags_a_rewind(env: dict[str, str]) -> None:
-    app = app_of(env)
-    publish(app, 10)
+def test_status_flags_a_rewind(env: dict[str, str], app: App) -> None:
+    P0, _ = parts(env)
+    publish(app, env["SURGERY_TOPIC"], 10)
     cps = app.checkpoints
     cps.set("alpha", {P0: 4}, reason="test")
     assert cps.rewinds("alpha") == {}
@@ -174,13 +244,19 @@ def wait_for(check: object, timeout: float = 30.0) -> None:
 
 
 @pytest.mark.parametrize("in_process", [False, True])
-def test_reset_on_a_running_pillow_is_replayed(env: dict[str, str], in_process: bool) -> None:
+def test_reset_on_a_running_pillow_is_replayed(
+    env: dict[str, str], app: App, in_process: bool
+) -> None:
     """``checkpoint reset`` while the pillow runs: the pillow notices at its next commit,
-    does not overwrite the operator's value and reads everything again."""
-    app = app_of(env)
-    heads = publish(app, 50)
+    does not overwrite the operator's value and reads everything again. On Kafka the pillow
+    strides statically (no consumer group): it re-assigns its consumer at the operator's
+    offsets without leaving the process."""
+    P0, P1 = parts(env)
+    topic = env["SURGERY_TOPIC"]
+    heads = publish(app, topic, 50)
     recording = Recording()
-    pillow = app.constructed_pillow("alpha", [TOPIC], recording, batch_size=5, max_wait=0.05)
+    pillow = app.constructed_pillow("alpha", [topic], recording, batch_size=5, max_wait=0.05)
+    assert not pillow.change_feed.uses_consumer_group
     thread = threading.Thread(target=pillow.run, kwargs={"forever": True}, daemon=True)
     thread.start()
     try:
@@ -193,13 +269,15 @@ def test_reset_on_a_running_pillow_is_replayed(env: dict[str, str], in_process: 
         else:
             r = cf(env, "checkpoint", "reset", "alpha")
             assert r.returncode == 0, r.stderr
-        publish(app, 60, start=50)  # the pillow's next commit comes after the reset
-        heads = publish(app, 0)
+        publish(app, topic, 60, start=50)  # the pillow's next commit comes after the reset
+        heads = publish(app, topic, 0)
         wait_for(lambda: len(recording.seen) >= 110)
         wait_for(lambda: app.checkpoints.get("alpha") == heads)
     finally:
         pillow.stop()
         thread.join(10)
+        pillow.change_feed.close()
+    assert not thread.is_alive()
     # Every change of the log was processed again after the reset.
     again = recording.seen[50:]
     assert {(p, o) for p, o in again} >= {
@@ -209,12 +287,16 @@ def test_reset_on_a_running_pillow_is_replayed(env: dict[str, str], in_process: 
     assert history[0].kind == "reset"
 
 
-def test_moved_compares_with_what_a_reader_wrote(env: dict[str, str]) -> None:
-    cps = app_of(env).checkpoints
+def test_moved_compares_with_what_a_reader_wrote(embedded_env: dict[str, str]) -> None:
+    env = embedded_env
+    P0, P1 = parts(env)
+    app = App(env["CHANGEFEED_LOG"], env["CHANGEFEED_STATE"])
+    cps = app.checkpoints
     cps.commit("alpha", {P0: 3})
     assert cps.moved("alpha", {P0: 3}) == {}
     CheckpointStore(env["CHANGEFEED_STATE"]).set("alpha", {P0: 0}, reason="test", kind="reset")
     assert cps.moved("alpha", {P0: 3, P1: 0}) == {P0: 0}
+    app.close()
 
 
 def test_reset_on_a_running_couch_bridge_is_replayed(tmp_path: Path, couch_db: str) -> None:
