@@ -1,12 +1,14 @@
 """``changefeed verify``: drift made behind a pillow's back (a deleted report row, edited
 Elasticsearch documents, output for a document deleted while the pillow was stopped) is found,
 and ``--repair`` fixes it without moving the checkpoint. Document store and report table on
-PostgreSQL, the index on the Elasticsearch API (noida-db), the log embedded."""
+PostgreSQL, the index on the Elasticsearch API (noida-db); the log (which the pillow making
+the outputs reads) embedded or Kafka, each test on a topic of its own."""
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +40,11 @@ def make_app() -> App:
     """One pillow: a PostgreSQL report table, an Elasticsearch index and a processor that
     keeps no output (it cannot be verified)."""
     base = Path(os.environ["VERIFY_TEST_DIR"])
-    pg, es, alias = (os.environ[k] for k in ("VERIFY_PG", "VERIFY_ES", "VERIFY_ALIAS"))
-    app = App(f"sqlite:///{base / 'log.db'}", f"sqlite:///{base / 'state.db'}")
+    pg, es, alias, log, topic = (
+        os.environ[k]
+        for k in ("VERIFY_PG", "VERIFY_ES", "VERIFY_ALIAS", "VERIFY_LOG", "VERIFY_TOPIC")
+    )
+    app = App(log, f"sqlite:///{base / 'state.db'}")
     store = SQLDocumentStore(pg, "case_docs", data_source_name="cases")
     store.create()
     app.document_stores.register(store)
@@ -47,7 +52,7 @@ def make_app() -> App:
         "cases",
         lambda a: a.constructed_pillow(
             "cases",
-            ["case"],
+            [topic],
             [
                 ReportTableProcessor(REPORT, pg),
                 ElasticProcessor(es, alias, transform=lambda d: {"owner": d["owner"]}),
@@ -62,6 +67,7 @@ def make_app() -> App:
 class World:
     def __init__(self, pg_url: str, es_url: str, alias: str) -> None:
         self.app = make_app()
+        self.topic = os.environ["VERIFY_TOPIC"]
         self.store = next(iter(self.app.document_stores))
         assert isinstance(self.store, SQLDocumentStore)
         self.engine = sa.create_engine(pg_url)
@@ -73,22 +79,27 @@ class World:
     def save(self, doc_id: str, doc: dict[str, Any], publish: bool = True) -> int:
         version = self.store.save(doc_id, doc)
         if publish:
-            self.app.publish(ChangeMeta(doc_id, "sql", "cases", "case", version=version))
+            self.app.publish(
+                ChangeMeta(doc_id, "sql", "cases", "case", version=version), topic=self.topic
+            )
         return version
 
     def delete(self, doc_id: str, publish: bool = True) -> None:
         version = self.store.delete(doc_id)
         if publish:
             meta = ChangeMeta(doc_id, "sql", "cases", "case", is_deletion=True, version=version)
-            self.app.publish(meta)
+            self.app.publish(meta, topic=self.topic)
 
-    def run_pillow(self) -> None:
+    def run_pillow(self) -> int:
+        """Read the log to its head; returns the changes read."""
         pillow = self.app.get_pillow("cases")
         pillow.bootstrap()
-        pillow.run(forever=False)
-        for processor in pillow.processors:
-            processor.close()
-        pillow.change_feed.close()
+        try:
+            return pillow.run(forever=False)
+        finally:
+            for processor in pillow.processors:
+                processor.close()
+            pillow.change_feed.close()
 
     def rows(self) -> dict[str, tuple[str, int]]:
         with self.engine.connect() as conn:
@@ -105,6 +116,14 @@ class World:
         self.es.close()
 
 
+@pytest.fixture(params=["sqlite", "kafka"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'log.db'}"
+    url: str = request.getfixturevalue("kafka_url")
+    return url
+
+
 @pytest.fixture
 def world(
     tmp_path: Path,
@@ -112,15 +131,18 @@ def world(
     pg_url: str,
     elasticsearch_url: str,
     es_alias: str,
+    log_url: str,
 ) -> Iterator[World]:
     monkeypatch.setenv("VERIFY_TEST_DIR", str(tmp_path))
+    monkeypatch.setenv("VERIFY_LOG", log_url)
+    monkeypatch.setenv("VERIFY_TOPIC", f"case-{uuid.uuid4().hex[:10]}")
     monkeypatch.setenv("VERIFY_PG", pg_url)
     monkeypatch.setenv("VERIFY_ES", elasticsearch_url)
     monkeypatch.setenv("VERIFY_ALIAS", es_alias)
     w = World(pg_url, elasticsearch_url, es_alias)
     for i in range(12):
         w.save(f"c{i:02d}", {"type": "case" if i != 11 else "other", "owner": f"o{i}", "age": i})
-    w.run_pillow()
+    assert w.run_pillow() == 12
     yield w
     w.close()
 
@@ -147,6 +169,7 @@ def test_drift_behind_the_pillows_back_is_found_and_repaired(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
     checkpoint = world.app.checkpoints.get("cases")
+    assert sum(checkpoint.values()) == 12  # the pillow read the log's 12 changes
     # a report row deleted by hand
     with world.engine.begin() as conn:
         conn.execute(sa.text("DELETE FROM report_cases WHERE doc_id = 'c01'"))
@@ -196,7 +219,7 @@ def test_drift_behind_the_pillows_back_is_found_and_repaired(
     assert code == 0 and "no drift" in out
     # later changes still apply: the repaired version is the store's, not a higher one
     world.save("c03", {"type": "case", "owner": "after", "age": 3})
-    world.run_pillow()
+    assert world.run_pillow() == 1
     c03 = world.es_doc("c03")
     assert c03 is not None and c03["_source"] == {"owner": "after"}
 
