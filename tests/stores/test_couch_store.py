@@ -6,10 +6,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from changefeed.pillow import Pillow
-from changefeed.stores.fetch import is_stale
 from changefeed.stores import DocumentDeleted, DocumentNotFoundError
 from changefeed.stores.couch import CouchDocumentStore
+from changefeed.stores.fetch import is_stale
 from changefeed.stores.registry import DocumentStoreRegistry
 
 

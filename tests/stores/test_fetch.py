@@ -36,7 +36,10 @@ def _fetcher(store: DocumentStore, sleeps: list[float] | None = None) -> Documen
     registry = DocumentStoreRegistry()
     registry.register(store)
     return DocumentFetcher(
-        registry, stale_read_retries=2, stale_read_delay=0.01, sleep=(sleeps if sleeps is not None else []).append
+        registry,
+        stale_read_retries=2,
+        stale_read_delay=0.01,
+        sleep=(sleeps if sleeps is not None else []).append,
     )
 
 
