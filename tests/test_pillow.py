@@ -448,6 +448,7 @@ def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
     env.change("a", {"n": 1})
     env.change("b", {"n": 1})
     pillows: list[Pillow] = []
+
     # An operator stops the pillow while it waits for the dependency to come back.
     def unreachable(change: Change) -> None:
         raise ConnectionError("sink unreachable")
