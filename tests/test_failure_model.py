@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -207,6 +208,52 @@ def test_bad_documents_are_queued_alone_without_backoff(env: Env, bad_count: int
         assert entry.document_id in entry.message  # its own message
         assert entry.error_type == "builtins.KeyError"
     assert env.checkpoint() == env.published
+
+
+def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """The case of the issue: an integer too large for a report column made every batch
+    with two such documents look like an outage (same exception type for all). The bulk
+    write fails as a whole with a DataError; the batch is isolated change by change, the bad
+    ones are queued with their own message and the rest reach the table in the same run."""
+    import sqlalchemy as sa
+
+    from changefeed.processors.reports import ReportTableProcessor
+
+    table = f"report_overflow_{uuid.uuid4().hex[:8]}"
+    spec = {
+        "name": "overflow",
+        "table": table,
+        "filter": {"type": "exists", "property_name": "n"},
+        "columns": [{"name": "n", "type": "integer"}],
+    }
+    env = Env(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    report = ReportTableProcessor(spec, pg_url)
+    report.bootstrap()
+    try:
+        for i in range(4):
+            env.save(f"good-{i}", {"n": i})
+        env.save("bad-0", {"n": 2**70})
+        env.save("bad-1", {"n": 2**71})
+        env.save("good-4", {"n": 4})
+        # Batches of two: the two bad documents make a batch of their own, which every
+        # change of fails alike (what used to freeze the pillow for five minutes).
+        env.pillow(report, batch_size=2).run(forever=False)
+        assert env.sleeps == []  # not taken for an outage
+        entries = env.errors.list()
+        assert sorted(e.document_id for e in entries) == ["bad-0", "bad-1"]
+        assert all("DataError" in e.error_type or "out of range" in e.message for e in entries)
+        engine = sa.create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://", 1))
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(f"SELECT n FROM {table} ORDER BY n")).scalars().all()
+        engine.dispose()
+        assert rows == [0, 1, 2, 3, 4]
+        assert env.checkpoint() == env.published
+    finally:
+        report.reset()
+        report.close()
+        env.publisher.close()
 
 
 @pytest.mark.parametrize("batch_size", [1, 500])
