@@ -161,3 +161,21 @@ def test_a_runnable_that_queues_errors_is_not_orphaned(env: dict[str, str]) -> N
     bulk = cf(env, "errors", "retry", "--pillow", "bridge")
     assert bulk.returncode == 0, bulk.stderr
     assert "bridge: 0 succeeded, 0 failed again" in bulk.stdout
+
+
+def test_errors_json_hides_credentials_an_exception_quoted(env: dict[str, str]) -> None:
+    """A failure's message often quotes the URL it could not reach: `errors list --json` and
+    `errors show --json` keep every value exact but the password."""
+    queue = ErrorQueue(env["CHANGEFEED_STATE"])
+    change = Change("case", 0, 1, ChangeMeta("quoting-doc", "memory", "db"))
+    url = f"postgresql://ops:{SECRET}@db.internal:5432/reports"
+    queue.add("cases", change, "p", ConnectionError(f"cannot connect to {url}"), retryable=False)
+    listed = cf(env, "errors", "list", "--json", "--pillow", "cases")
+    assert listed.returncode == 0, listed.stderr
+    assert SECRET not in listed.stdout
+    entries = json.loads(listed.stdout)
+    (entry,) = [e for e in entries if e["document_id"] == "quoting-doc"]
+    assert entry["message"] == "cannot connect to postgresql://***@db.internal:5432/reports"
+    shown = cf(env, "errors", "show", str(entry["id"]), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert SECRET not in shown.stdout and "db.internal:5432/reports" in shown.stdout

@@ -18,6 +18,7 @@ from changefeed.cli.common import UserError, cli, get_app, user_errors
 from changefeed.cli.output import escape, human, show_text
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
+from changefeed.identifiers import redact_secrets
 from changefeed.pillow import Pillow
 from changefeed.runner import ErrorRetrier
 
@@ -65,7 +66,7 @@ def list_cmd(
     if as_json:
         out = []
         for r in records:
-            entry = r.to_dict()
+            entry = _without_secrets(r.to_dict())
             entry["orphaned"] = r.pillow not in names
             out.append(entry)
         click.echo(json.dumps(out, indent=2))
@@ -107,7 +108,7 @@ def show_cmd(ctx: click.Context, error_id: int, as_json: bool) -> None:
     record = get_app(ctx).error_queue.get(error_id)
     if record is None:
         raise UserError(f"no error #{error_id}")
-    detail = record.to_dict(detail=True)
+    detail = _without_secrets(record.to_dict(detail=True))
     if as_json:
         click.echo(json.dumps(detail, indent=2))
         return
@@ -239,3 +240,13 @@ def purge_cmd(
             not_pillows=app.runnable_names if orphaned else None,
         )
     click.echo(f"{n} error(s) purged")
+
+
+def _without_secrets(entry: dict[str, object]) -> dict[str, object]:
+    """An entry with credentials hidden in the texts an exception carried (a message that
+    quotes a database URL): JSON stays exact otherwise, but never shows a password."""
+    for key in ("message", "traceback"):
+        value = entry.get(key)
+        if isinstance(value, str):
+            entry[key] = redact_secrets(value)
+    return entry
