@@ -84,3 +84,24 @@ def test_create_is_idempotent_and_shares_table(db_url: str, store: SQLDocumentSt
 def test_table_name_validated(tmp_path: Path, bad: str) -> None:
     with pytest.raises(InvalidIdentifierError):
         SQLDocumentStore(f"sqlite:///{tmp_path}/d.db", bad)
+
+
+def test_a_stored_value_that_is_not_an_object_is_returned_as_it_is(
+    store: SQLDocumentStore,
+) -> None:
+    """Written by the application straight into the table: a list, a string, a number. The
+    store hands them over unchanged (the pillow queues them as invalid documents) instead
+    of making them a dict or failing the whole bulk read; a reindex skips them."""
+    store.save("ok", {"n": 1})
+    cast = "CAST(:d AS jsonb)" if store.engine.dialect.name == "postgresql" else ":d"
+    insert = sa.text(
+        f"INSERT INTO documents (id, document, version, deleted) VALUES (:i, {cast}, 1, false)"
+    )
+    with store.engine.begin() as conn:
+        for doc_id, text in (("list", "[1, 2]"), ("text", '"words"'), ("number", "42")):
+            conn.execute(insert, {"i": doc_id, "d": text})
+    found = store.get_documents(["ok", "list", "text", "number"])
+    assert found["ok"] == {"_id": "ok", "_version": 1, "n": 1}
+    assert (found["list"], found["text"], found["number"]) == ([1, 2], "words", 42)
+    chunks = list(store.iter_document_chunks(chunk_size=2))
+    assert [doc_id for chunk in chunks for doc_id, _ in chunk] == ["ok"]

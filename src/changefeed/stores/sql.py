@@ -32,6 +32,24 @@ def _load_json(text: str | bytes) -> Any:
         return json.loads(text)
 
 
+def _document(doc_id: str, text: str | bytes | float | None, version: int) -> Any:
+    """A stored row as a document: its JSON with ``_id`` and ``_version``. A value that is
+    not a JSON object (a list, a string, a number) is returned as it is, so the pillow queues
+    it as an invalid document: turned into a dict it would be processed as if it were one,
+    and failing the whole bulk read would look like the store being down. (SQLite gives a
+    bare JSON number back as a number: the column's type affinity converted it.)"""
+    if isinstance(text, int | float):
+        doc: Any = text
+    else:
+        doc = _load_json(text) if text is not None else None
+        if doc is None:  # no document stored: an empty one, as always
+            doc = {}
+    if type(doc) is dict:
+        doc.setdefault("_id", doc_id)
+        doc["_version"] = version
+    return doc
+
+
 def _json_type() -> sa.types.TypeEngine[Any]:
     return sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
@@ -154,13 +172,7 @@ class SQLDocumentStore(DocumentStore):
                         if deleted:
                             out[doc_id] = deleted_marker
                             continue
-                        doc = _load_json(text) if text is not None else None
-                        if type(doc) is not dict:
-                            doc = dict(doc or {})
-                        if "_id" not in doc:
-                            doc["_id"] = doc_id
-                        doc["_version"] = version
-                        out[doc_id] = doc
+                        out[doc_id] = _document(doc_id, text, version)
             finally:
                 cursor.close()
         return out
@@ -231,16 +243,12 @@ class SQLDocumentStore(DocumentStore):
                     cursor.close()
             if not rows:
                 return
-            chunk: list[tuple[str, Document]] = []
-            for doc_id, text, version in rows:
-                doc = _load_json(text) if text is not None else None
-                if type(doc) is not dict:
-                    doc = dict(doc or {})
-                if "_id" not in doc:
-                    doc["_id"] = doc_id
-                doc["_version"] = version
-                chunk.append((doc_id, doc))
-            yield chunk
+            # Live documents only, as the default's `_live`: what is not a JSON object
+            # is no document to rebuild from (the pillow queues it when it changes).
+            docs = ((doc_id, _document(doc_id, text, version)) for doc_id, text, version in rows)
+            chunk = [(doc_id, doc) for doc_id, doc in docs if type(doc) is dict]
+            if chunk:
+                yield chunk
             if len(rows) < chunk_size:
                 return
             last = rows[-1][0]
