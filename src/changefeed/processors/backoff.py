@@ -76,6 +76,16 @@ class SinkRetrier:
         self.down = SinkUnavailableError(self.sink, cause, self.retries + 1)
         return self.down
 
+    def next_try(self, retry: int, cause: BaseException | str) -> int:
+        """After try number ``retry`` failed for ``cause``: wait and return the next try's
+        number, or raise `SinkUnavailableError` once the retries are spent."""
+        if retry >= self.retries:
+            if isinstance(cause, BaseException):
+                raise self.give_up(cause) from cause
+            raise self.give_up(cause)
+        self.wait(retry + 1, cause)
+        return retry + 1
+
     def call(self, func: Callable[[], T], is_transient: Callable[[BaseException], bool]) -> T:
         """``func()``, retried on transient errors; `SinkUnavailableError` when they persist."""
         retry = 0
@@ -85,7 +95,4 @@ class SinkRetrier:
             except Exception as exc:
                 if not is_transient(exc):
                     raise
-                if retry >= self.retries:
-                    raise self.give_up(exc) from exc
-                retry += 1
-                self.wait(retry, exc)
+                retry = self.next_try(retry, exc)

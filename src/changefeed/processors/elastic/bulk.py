@@ -108,10 +108,7 @@ def send_bulk(
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if retry >= retrier.retries:
-                raise retrier.give_up(exc) from exc
-            retry += 1
-            retrier.wait(retry, exc)
+            retry = retrier.next_try(retry, exc)
             continue
         if not response.get("errors"):
             return failures
@@ -145,8 +142,5 @@ def send_bulk(
         if not again:
             return failures
         reason = f"{len(again)} of {len(pending)} documents rejected for now (e.g. 429)"
-        if retry >= retrier.retries:
-            raise retrier.give_up(reason)
-        retry += 1
-        retrier.wait(retry, reason)
+        retry = retrier.next_try(retry, reason)
         pending = again
