@@ -13,7 +13,7 @@ import psycopg
 
 from changefeed.lifecycle import StopFlag
 from changefeed.sources.postgres_cdc.config import CDCError
-from changefeed.sources.postgres_cdc.server import connect, plugin_error
+from changefeed.sources.postgres_cdc.server import connect, plugin_error, slot_error
 
 # wal2json: one JSON object per change, no column types (smaller, faster to parse).
 _PEEK = (
@@ -42,17 +42,8 @@ class PollingReader:
     def read(self, max_rows: int) -> Batch:
         try:
             rows = self.conn.execute(_PEEK, (self.slot, max_rows, self.add_tables)).fetchall()
-        except psycopg.errors.UndefinedObject as exc:
-            raise CDCError(
-                f"replication slot {self.slot!r} does not exist", sqlstate=exc.sqlstate
-            ) from None
-        except psycopg.errors.ObjectInUse as exc:
-            raise CDCError(
-                f"replication slot {self.slot!r} is in use by another consumer",
-                sqlstate=exc.sqlstate,
-            ) from None
         except psycopg.Error as exc:
-            raise plugin_error(exc) or exc from None
+            raise slot_error(exc, self.slot) or plugin_error(exc) or exc from None
         return [r[1] for r in rows], (rows[-1][0] if rows else None)
 
     def confirm(self, lsn: Any) -> None:
@@ -90,16 +81,12 @@ class StreamingReader:
                 options={**_WAL2JSON_OPTIONS, "add-tables": add_tables},
                 status_interval=10,
             )
-        except psycopg2.errors.ObjectInUse as exc:
+        except psycopg2.Error as exc:
+            error = slot_error(exc, slot)
+            if error is None:
+                raise
             self.conn.close()
-            raise CDCError(
-                f"replication slot {slot!r} is in use by another consumer", sqlstate=exc.pgcode
-            ) from None
-        except psycopg2.errors.UndefinedObject as exc:
-            self.conn.close()
-            raise CDCError(
-                f"replication slot {slot!r} does not exist", sqlstate=exc.pgcode
-            ) from None
+            raise error from None
         self._partial: list[tuple[int, str]] = []
 
     def read(self, max_rows: int, wait: float) -> Batch:

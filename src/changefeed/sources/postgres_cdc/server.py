@@ -17,6 +17,8 @@ UNDEFINED_OBJECT = "42704"
 UNDEFINED_TABLE = "42P01"
 INVALID_CATALOG_NAME = "3D000"
 """The database does not exist."""
+OBJECT_IN_USE = "55006"
+"""The replication slot is held by another consumer."""
 UNDEFINED_FILE = "58P01"
 """The output plugin's library is not installed."""
 
@@ -39,6 +41,19 @@ def retryable(exc: BaseException) -> bool:
     """Whether a failed read or publish may succeed later (server restarting, slot briefly
     in use, log down) rather than needing an operator (slot, table or plugin missing)."""
     return sqlstate(exc) not in MISSING
+
+
+def slot_error(
+    exc: BaseException, slot: str, in_use: str = "is in use by another consumer"
+) -> CDCError | None:
+    """The one-line error for a slot that does not exist or that another consumer holds
+    (by SQLSTATE, from psycopg 3 or psycopg2), or None for any other error."""
+    code = sqlstate(exc)
+    if code == UNDEFINED_OBJECT:
+        return CDCError(f"replication slot {slot!r} does not exist", sqlstate=code)
+    if code == OBJECT_IN_USE:
+        return CDCError(f"replication slot {slot!r} {in_use}", sqlstate=code)
+    return None
 
 
 def connect(dsn: str) -> psycopg.Connection[Any]:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 
 from changefeed.sources.postgres_cdc.config import PLUGIN, CDCError, slot_name
-from changefeed.sources.postgres_cdc.server import check_server, connect, plugin_error
+from changefeed.sources.postgres_cdc.server import check_server, connect, plugin_error, slot_error
 
 
 def create_slot(dsn: str, slot: str) -> dict[str, Any]:
@@ -42,15 +42,11 @@ def drop_slot(dsn: str, slot: str) -> None:
     with connect(dsn) as conn:
         try:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-        except psycopg.errors.UndefinedObject as exc:
-            raise CDCError(
-                f"replication slot {slot!r} does not exist", sqlstate=exc.sqlstate
-            ) from None
-        except psycopg.errors.ObjectInUse as exc:
-            raise CDCError(
-                f"replication slot {slot!r} is in use; stop its consumer first",
-                sqlstate=exc.sqlstate,
-            ) from None
+        except psycopg.Error as exc:
+            error = slot_error(exc, slot, "is in use; stop its consumer first")
+            if error is None:
+                raise
+            raise error from None
 
 
 _SLOTS = """
