@@ -5,9 +5,7 @@ the feed's time lookup, not by reading from the start; only the key's partition 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -20,8 +18,9 @@ from changefeed.backends import open_backend
 from changefeed.backends.base import Backend
 from changefeed.change import TopicPartition
 from changefeed.cli.changes import ChangeFilter, bounds, key_partitions, parse_time
+from tests._cli import cf as run_cli
+from tests._cli import recorder_env
 
-ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "records"
 
 
@@ -43,23 +42,8 @@ def backend(log_url: str) -> Iterator[Backend]:
 
 
 def cf(log_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "CHANGEFEED_LOG": log_url,
-        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("CHANGEFEED_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """``changefeed ARGS`` with the recorder app, on the given log."""
+    return run_cli({**recorder_env(tmp_path), "CHANGEFEED_LOG": log_url}, *args)
 
 
 def iso(ts: float) -> str:

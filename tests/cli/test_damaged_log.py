@@ -4,7 +4,6 @@ one per record, instead of crashing the pillow on every run (issue 12)."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from pathlib import Path
 
@@ -12,9 +11,7 @@ import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
-from tests._cli import cf
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests._cli import cf, recorder_env
 
 
 @pytest.mark.parametrize(
@@ -23,14 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
     ids=["truncated", "not-a-list", "too-few-records", "not-json"],
 )
 def test_a_damaged_batch_is_queued_and_the_rest_processed(tmp_path: Path, payload: bytes) -> None:
-    env = {
-        **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db?partitions=1",
-        "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
+    env = recorder_env(tmp_path, partitions=1)
     log = SQLiteLog.from_url(env["CHANGEFEED_LOG"])
     for prefix, n in (("doc", 3), ("later", 2)):  # two stored batches
         with log.publisher() as pub:
