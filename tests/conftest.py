@@ -22,6 +22,22 @@ pytest_plugins = sorted(
     if not p.stem.startswith("_")
 )
 
+
+@pytest.fixture(params=["sqlite", "kafka"])
+def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A log URL on each backend: a fresh embedded log, or the session's Kafka-protocol
+    broker (topic names must then be unique per test). A module that needs topics made on
+    first use with several partitions sets ``LOG_PARTITIONS``."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'log.db'}"
+    else:
+        url = str(request.getfixturevalue("kafka_url"))
+    partitions = getattr(request.module, "LOG_PARTITIONS", None)
+    if partitions is None:
+        return url
+    return url + ("&" if "?" in url else "?") + f"partitions={partitions}"
+
+
 _SLOW_FIXTURES = frozenset({"kafka_url", "kafka_bootstrap", "kafka_broker", "redis_cluster_url"})
 _SLOW_MODULES = frozenset(
     {

@@ -116,14 +116,6 @@ class World:
         self.es.close()
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    url: str = request.getfixturevalue("kafka_url")
-    return url
-
-
 @pytest.fixture
 def world(
     tmp_path: Path,

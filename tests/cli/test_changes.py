@@ -24,12 +24,7 @@ from tests._cli import recorder_env
 TOPIC = "records"
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db?partitions=4"
-    url: str = request.getfixturevalue("kafka_url")
-    return url + ("&" if "?" in url else "?") + "partitions=4"
+LOG_PARTITIONS = 4  # for the `log_url` fixture (tests/conftest.py)
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -24,6 +22,7 @@ from changefeed import App, BulkProcessor, Change, ChangeFailure, ChangeMeta
 from changefeed.backends import open_backend
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
+from tests._cli import cf
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,12 +44,7 @@ for _name in ("alpha", "beta", "gamma"):
 """
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db?partitions=2"
-    url: str = request.getfixturevalue("kafka_url")
-    return url + ("&" if "?" in url else "?") + "partitions=2"
+LOG_PARTITIONS = 2  # for the `log_url` fixture (tests/conftest.py)
 
 
 @pytest.fixture
@@ -82,16 +76,6 @@ def env(tmp_path: Path, log_url: str) -> dict[str, str]:
 def embedded_env(tmp_path: Path, embedded_log: str) -> dict[str, str]:
     """For tests that do not read the log: the embedded log only."""
     return make_env(tmp_path, embedded_log)
-
-
-def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "changefeed", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 @pytest.fixture

@@ -34,13 +34,6 @@ def make_app() -> App:
     return app
 
 
-@pytest.fixture(params=["embedded", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "kafka":
-        return str(request.getfixturevalue("kafka_url"))
-    return f"sqlite:///{tmp_path / 'log.db'}"
-
-
 @pytest.fixture
 def app(tmp_path: Path, log_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
     monkeypatch.setenv("REPUBLISH_TEST_DIR", str(tmp_path))

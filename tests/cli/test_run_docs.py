@@ -53,14 +53,6 @@ def make_app() -> App:
     return app
 
 
-@pytest.fixture(params=["sqlite", "kafka"])
-def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'log.db'}"
-    url: str = request.getfixturevalue("kafka_url")
-    return url
-
-
 @pytest.fixture
 def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_url: str) -> Iterator[App]:
     monkeypatch.setenv("RUN_DOCS_DIR", str(tmp_path))
