@@ -42,6 +42,7 @@ import sqlalchemy as sa
 
 from changefeed.app import App
 from changefeed.backends.base import ChangeFeed
+from changefeed.backends.kafka.consumer import CONSUMER_DEFAULTS
 from changefeed.batch import BatchReport
 from changefeed.change import Change, ChangeMeta
 from changefeed.checkpoints import CheckpointStore
@@ -113,6 +114,10 @@ def report_ddl(table: str) -> str:
 
 
 UPSERT_SET = ", ".join(f"{c} = excluded.{c}" for c in COLUMNS[2:])
+
+
+HAND_BOUNDED = "hand-written, bounded"
+"""The hand-written Kafka loop with our consumer's ``queued.min.messages``."""
 
 
 def median_rate(times: list[float], n: int) -> tuple[float, float]:
@@ -250,14 +255,19 @@ def hand_loop_kafka(
     heads: dict[int, int],
     batch: int,
     stages: Stages,
+    prefetch: int | None = None,
 ) -> int:
-    """One bulk fetch and one COPY-style upsert per batch, offsets stored with the rows."""
+    """One bulk fetch and one COPY-style upsert per batch, offsets stored with the rows.
+    ``prefetch``: the consumer's ``queued.min.messages`` (librdkafka's default without)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    consumer = Consumer({
+    conf = {
         "bootstrap.servers": bootstrap, "group.id": f"hand-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-    })  # fmt: skip
+    }  # fmt: skip
+    if prefetch is not None:
+        conf["queued.min.messages"] = prefetch
+    consumer = Consumer(conf)
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     positions = dict.fromkeys(range(partitions), 0)
 
@@ -473,28 +483,35 @@ def bench_e2e(
 
         return run
 
-    def hand() -> float:
-        timers = Stages()
-        c0 = time.process_time()
-        t0 = time.perf_counter()
-        if log_url.startswith("kafka://"):
-            read = hand_loop_kafka(
-                log_url.removeprefix("kafka://"), topic, partitions, dsn, heads, batch, timers
-            )
-        else:
-            read = hand_loop_feed(app, topic, dsn, batch, timers)
-        elapsed = time.perf_counter() - t0
-        cpu.setdefault("hand-written", []).append(time.process_time() - c0)
-        stages.setdefault("hand-written", []).append(timers)
-        assert read == docs, read
-        return elapsed
+    def hand(label: str, prefetch: int | None = None) -> Callable[[], float]:
+        def run() -> float:
+            timers = Stages()
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            if log_url.startswith("kafka://"):
+                read = hand_loop_kafka(
+                    log_url.removeprefix("kafka://"), topic, partitions, dsn, heads, batch,
+                    timers, prefetch,
+                )  # fmt: skip
+            else:
+                read = hand_loop_feed(app, topic, dsn, batch, timers)
+            elapsed = time.perf_counter() - t0
+            cpu.setdefault(label, []).append(time.process_time() - c0)
+            stages.setdefault(label, []).append(timers)
+            assert read == docs, read
+            return elapsed
+
+        return run
 
     contenders: dict[str, Callable[[], float]] = {}
     if "on" in modes:
         contenders["ours, pipelined"] = ours(True)
     if "off" in modes:
         contenders["ours, sequential"] = ours(False)
-    contenders["hand-written"] = hand
+    contenders["hand-written"] = hand("hand-written")
+    if log_url.startswith("kafka://"):
+        # the same loop with the prefetch bound our consumer uses: what the rest is worth
+        contenders[HAND_BOUNDED] = hand(HAND_BOUNDED, CONSUMER_DEFAULTS["queued.min.messages"])
     times = interleave(rounds, contenders)
     stages = {k: v[1:] for k, v in stages.items()}  # drop the warm-up round
     cpu = {k: v[1:] for k, v in cpu.items()}
@@ -502,24 +519,28 @@ def bench_e2e(
     store.close()
     print(f"\nend to end: log -> bulk fetch from PostgreSQL -> report table, batches of {batch}")
     print(f"  load average at the end: {os.getloadavg()[0]:.2f} (1 min)")
-    hand_t = times["hand-written"]
     ratios: dict[str, float] = {}
     for label, ts in times.items():
         med = statistics.median(ts)
         print(
-            f"  {label:17} median {med:7.3f}s {docs / med:10,.0f} docs/s  "
+            f"  {label:22} median {med:7.3f}s {docs / med:10,.0f} docs/s  "
             f"CPU {statistics.median(cpu[label]):.3f}s  rounds {[round(t, 3) for t in ts]}"
         )
-    for label, ts in times.items():
-        if label == "hand-written":
+    for reference in ("hand-written", HAND_BOUNDED):
+        if reference not in times:
             continue
-        ratio = statistics.median(hand_t) / statistics.median(ts)
-        per_round = statistics.median(h / t for h, t in zip(hand_t, ts, strict=True))
-        ratios[f"e2e {kind} {label.removeprefix('ours, ')}"] = ratio
-        print(
-            f"  ratio {label} / hand-written: {ratio:.2f}x (median of the rounds' ratios "
-            f"{per_round:.2f}x)"
-        )
+        hand_t = times[reference]
+        for label, ts in times.items():
+            if not label.startswith("ours"):
+                continue
+            ratio = statistics.median(hand_t) / statistics.median(ts)
+            per_round = statistics.median(h / t for h, t in zip(hand_t, ts, strict=True))
+            suffix = "" if reference == "hand-written" else " vs bounded"
+            ratios[f"e2e {kind} {label.removeprefix('ours, ')}{suffix}"] = ratio
+            print(
+                f"  ratio {label} / {reference}: {ratio:.2f}x (median of the rounds' ratios "
+                f"{per_round:.2f}x)"
+            )
     if "ours, pipelined" in times and "ours, sequential" in times:
         p, q = times["ours, pipelined"], times["ours, sequential"]
         print(
@@ -529,10 +550,10 @@ def bench_e2e(
     print("  where the time goes (median seconds per run; pipelined, read and fetch run on the")
     print("  reader thread while process and checkpoint run on the main thread):")
     names = ["read", "fetch", "process", "checkpoint", "main waits for reader"]
-    print("    " + " " * 17 + "".join(f"{n:>12}" for n in names[:4]) + "  main waits")
+    print("    " + " " * 22 + "".join(f"{n:>12}" for n in names[:4]) + "  main waits")
     for label, runs in stages.items():
         cells = [statistics.median(r.seconds.get(n, 0.0) for r in runs) for n in names]
-        print(f"    {label:17}" + "".join(f"{c:12.3f}" for c in cells))
+        print(f"    {label:22}" + "".join(f"{c:12.3f}" for c in cells))
     return ratios
 
 

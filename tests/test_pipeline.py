@@ -357,3 +357,75 @@ def test_sequential_and_pipelined_runs_give_the_same_batches(tmp_path: Path) -> 
         total = pillow.run(forever=False)
         results.append((total, rig.processor.batches, rig.checkpoints.get("p")))
     assert results[0] == results[1] == (6, BATCHES, {TP: 6})
+
+
+class Prepared(Apply):
+    """Prepares each batch (its ids, on whichever thread prepares) and records what the
+    processing got; ``fail_prepare`` makes preparing raise."""
+
+    def __init__(self, checkpoints: CheckpointStore) -> None:
+        super().__init__(checkpoints)
+        self.prepared_on: list[str] = []
+        self.got: list[object] = []
+        self.fail_prepare = False
+
+    def prepare_changes(self, changes: Sequence[Change]) -> object:
+        self.prepared_on.append(threading.current_thread().name)
+        if self.fail_prepare:
+            raise ValueError("cannot prepare")
+        return [c.id for c in changes]
+
+    def process_prepared(self, changes: Sequence[Change], prepared: object) -> list[ChangeFailure]:
+        self.got.append(prepared)
+        return self.process_changes(changes)
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        if len(self.got) <= len(self.batches):
+            self.got.append(None)  # called without anything prepared
+        return super().process_changes(changes)
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_a_processor_prepares_each_batch_ahead_on_the_reader_thread(
+    tmp_path: Path, pipelined: bool
+) -> None:
+    rig = Rig(tmp_path)
+    rig.processor = Prepared(rig.checkpoints)
+    rig.pillow = rig.make(pipeline=pipelined)
+
+    assert rig.pillow.run(forever=False) == 6
+
+    assert rig.processor.batches == BATCHES
+    assert rig.processor.got == BATCHES  # what was prepared for each batch, with it
+    main = threading.current_thread().name
+    if pipelined:  # prepared next to the fetch, off the thread that writes
+        assert len(rig.processor.prepared_on) == 3 and main not in rig.processor.prepared_on
+    else:
+        assert rig.processor.prepared_on == [main] * 3
+
+
+def test_a_batch_that_could_not_be_prepared_is_processed_as_usual(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.processor = Prepared(rig.checkpoints)
+    rig.processor.fail_prepare = True
+    rig.pillow = rig.make()
+
+    assert rig.pillow.run(forever=False) == 6
+
+    assert rig.processor.batches == BATCHES
+    assert rig.processor.got == [None, None, None]
+    assert rig.pillow.error_queue.list("p") == []
+
+
+def test_nothing_is_prepared_for_a_batch_whose_fetch_failed(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.processor = Prepared(rig.checkpoints)
+    rig.store.down = {2}  # the second fetch fails: that batch backs off and is fetched again
+    rig.pillow = rig.make()
+
+    assert rig.pillow.run(forever=False) == 6
+
+    assert rig.processor.batches == BATCHES
+    assert rig.processor.got == BATCHES
+    assert len(rig.processor.prepared_on) == 3  # not for the failed fetch
+    assert rig.sleeps  # backed off

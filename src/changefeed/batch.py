@@ -88,6 +88,8 @@ class PreparedBatch:
     failures: list[Failure]
     error: DependencyDownError | None = None
     seconds: float = 0.0
+    prepared: list[object] = field(default_factory=list)
+    """Per processor (in order), what its `BulkProcessor.prepare_changes` returned."""
 
 
 class BatchRunner:
@@ -149,7 +151,21 @@ class BatchRunner:
                 ready = self.fetcher.fetch(ready, failures)
             except DependencyDownError as exc:
                 error = exc
-        return PreparedBatch(changes, ready, failures, error, time.perf_counter() - started)
+        prepared = [self._prepare(p, ready) for p in self.processors] if error is None else []
+        return PreparedBatch(
+            changes, ready, failures, error, time.perf_counter() - started, prepared
+        )
+
+    def _prepare(self, processor: Processor, ready: list[Change]) -> object:
+        """What the processor prepares for these changes, or None (then it does all its
+        work in `apply`, where a failure is classified as usual)."""
+        if not ready or not isinstance(processor, BulkProcessor):
+            return None
+        try:
+            return processor.prepare_changes(ready)
+        except Exception as exc:  # noqa: BLE001 - apply does the work again and judges it
+            log.debug("pillow %s: %s could not prepare: %s", self.name, processor.name, exc)
+            return None
 
     def apply(self, prepared: PreparedBatch) -> BatchReport:
         """The half that writes: every processor on the ready changes, then the failures
@@ -161,9 +177,10 @@ class BatchRunner:
         failures = list(prepared.failures)
         ready = prepared.ready
         seconds: dict[str, float] = {}
-        for processor in self.processors:
+        prepared_by = prepared.prepared or [None] * len(self.processors)
+        for processor, ahead in zip(self.processors, prepared_by, strict=True):
             t0 = time.perf_counter()
-            self.run_processor(processor, ready, failures)
+            self.run_processor(processor, ready, failures, ahead)
             seconds[processor.name] = time.perf_counter() - t0
         self.queue(failures)
         n = len(prepared.changes)
@@ -242,19 +259,26 @@ class BatchRunner:
             raise
 
     def run_processor(
-        self, processor: Processor, changes: list[Change], failures: list[Failure]
+        self,
+        processor: Processor,
+        changes: list[Change],
+        failures: list[Failure],
+        prepared: object = None,
     ) -> None:
-        """Run one processor on the ready changes. Failures that belong to a document are
-        added to ``failures`` with their own exception; one that belongs to a dependency
-        raises `DependencyDownError`, whatever the batch size. A bulk call that fails as a
-        whole for an unclear reason is isolated: re-run change by change, so only the bad
-        documents fail."""
+        """Run one processor on the ready changes (with what it ``prepared`` for them, if
+        anything). Failures that belong to a document are added to ``failures`` with their
+        own exception; one that belongs to a dependency raises `DependencyDownError`,
+        whatever the batch size. A bulk call that fails as a whole for an unclear reason is
+        isolated: re-run change by change, so only the bad documents fail."""
         if not changes:
             return
         name = processor.name
         if isinstance(processor, BulkProcessor):
             try:
-                result = processor.process_changes(changes)
+                if prepared is None:
+                    result = processor.process_changes(changes)
+                else:
+                    result = processor.process_prepared(changes, prepared)
             except Exception as exc:  # noqa: BLE001 - classified, then isolated
                 self._raise_if_dependency(processor, exc)
                 log.info("pillow %s: bulk %s failed, isolating change by change", self.name, name)

@@ -10,14 +10,20 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
+IDLE_PING_AFTER = 1.0
+"""Seconds a pooled server connection may sit unused before its next checkout pings it."""
+
 
 def make_engine(url: str | sa.Engine) -> sa.Engine:
-    """An engine; SQLite files get WAL and a busy timeout so several processes can share them."""
+    """An engine; SQLite files get WAL and a busy timeout so several processes can share them;
+    server connections are pinged when they come back from idling (`ping_when_idle`)."""
     if isinstance(url, sa.Engine):
         return url
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(url)
+        ping_when_idle(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 60})
@@ -31,6 +37,31 @@ def make_engine(url: str | sa.Engine) -> sa.Engine:
         cur.close()
 
     return engine
+
+
+def ping_when_idle(engine: sa.Engine, idle: float = IDLE_PING_AFTER) -> None:
+    """Ping a pooled connection on checkout only if it sat unused for ``idle`` seconds.
+
+    A connection that idled may have been dropped by a server restart or a firewall, and a
+    failed ping replaces every pooled connection before anything is lost. SQLAlchemy's ``pool_pre_ping``
+    pings on every checkout, which costs a pillow one round trip per store, processor and
+    checkpoint write in every batch; a connection used a moment ago needs none. Should it
+    have died anyway, the failing statement is a dependency failure: the pool drops its
+    connections and the pillow backs off and retries the batch."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: Any) -> None:
+        record.info["changefeed_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("changefeed_idle_since")
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure means: use another connection
+            raise sa.exc.InvalidatePoolError(f"idle connection is gone: {exc}") from exc
 
 
 _create_lock = threading.Lock()

@@ -120,6 +120,18 @@ def test_url_options_pass_through_and_secrets_are_masked() -> None:
     assert "s3cret" not in repr(config)
 
 
+def test_prefetch_is_bounded_and_consumer_options_reach_only_consumers() -> None:
+    from changefeed.backends.kafka.consumer import CONSUMER_DEFAULTS
+
+    # librdkafka's own default prefetches 100,000 stubs per partition
+    assert CONSUMER_DEFAULTS["queued.min.messages"] == 5000
+    config = parse_kafka_url("kafka://b1:9092?queued_min_messages=200&fetch_wait_max_ms=50")
+    consumer = config.common("feed", "consumer")
+    assert consumer["queued.min.messages"] == "200" and consumer["fetch.wait.max.ms"] == "50"
+    for role in ("producer", "admin"):
+        assert "queued.min.messages" not in config.common("x", role)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [

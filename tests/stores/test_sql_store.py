@@ -61,6 +61,20 @@ def test_bulk_get_across_chunks(store: SQLDocumentStore) -> None:
     assert "missing" not in found
 
 
+def test_bulk_get_leaves_the_pooled_connection_transactional(store: SQLDocumentStore) -> None:
+    """A bulk get reads without a transaction (nothing to roll back afterwards); the pooled
+    connection it used must come back as it was, or a later save would commit statement by
+    statement."""
+    store.save("a", {"n": 1})
+    assert store.get_documents(["a"])["a"]["n"] == 1
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "postgresql":
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+        conn.execute(store.table.update().values(version=99))
+        conn.rollback()
+    assert store.get_documents(["a"])["a"]["_version"] == 1
+
+
 def test_iterate_live_ids_and_documents(store: SQLDocumentStore) -> None:
     for i in range(7):
         store.save(f"k{i}", {"i": i})

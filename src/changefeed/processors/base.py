@@ -95,6 +95,23 @@ class BulkProcessor(Processor):
         """Do the work for a batch; return the changes that failed. Raise only when the whole
         batch failed (the pillow then retries change by change)."""
 
+    def prepare_changes(self, changes: Sequence[Change]) -> object:
+        """Optional: the part of a batch's work that needs nothing but the changes and their
+        documents (turning documents into rows, say), returned for `process_prepared`.
+
+        A pipelined pillow calls it on its reader thread for the next batch while this
+        batch's processors write, so the main thread, the one that holds up the pillow, has
+        less to do. It must not write anything or read the processor's output, and it sees
+        the documents as fetched (before other processors of the pillow ran on them). None,
+        the default, means nothing was prepared; so does an exception, and the batch is then
+        processed by `process_changes` as usual."""
+        return None
+
+    def process_prepared(self, changes: Sequence[Change], prepared: object) -> list[ChangeFailure]:
+        """`process_changes` with what `prepare_changes` returned for the same changes (not
+        None). The default ignores it."""
+        return self.process_changes(changes)
+
     def process_change(self, change: Change) -> None:
         failures = self.process_changes([change])
         if failures:

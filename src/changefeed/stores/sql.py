@@ -160,6 +160,9 @@ class SQLDocumentStore(DocumentStore):
         size = _PG_CHUNK if pg else _CHUNK
         deleted_marker = DocumentDeleted
         with self.engine.connect() as conn:
+            if pg and len(ids) <= size:
+                # one statement, its own snapshot: no transaction to roll back afterwards
+                conn = conn.execution_options(isolation_level="AUTOCOMMIT")
             cursor = conn.connection.cursor()
             try:
                 for start in range(0, len(ids), size):

@@ -201,6 +201,28 @@ def test_a_changed_definition_is_written_with_the_old_one_until_rebuilt(
     second.close()
 
 
+def test_rows_prepared_ahead_are_written_or_computed_again_after_a_swap(db_url: str) -> None:
+    """A pipelined pillow prepares a batch's rows on its reader thread; they are written as
+    prepared unless the table was swapped for another definition in between."""
+    first = ReportTableProcessor(SPEC, db_url)
+    first.bootstrap()
+    first.close()
+    spec = dict(SPEC, columns=[*SPEC["columns"], {"name": "region"}])
+    proc = ReportTableProcessor(spec, db_url)
+    proc.migrate()  # still written with the definition it was built with (no region)
+    batch = [change("a", case("ann", region="north")), change("f", {"type": "form"})]
+    prepared = proc.prepare_changes(batch)
+    assert proc.process_prepared(batch, prepared) == []
+    assert [r["doc_id"] for r in rows(proc)] == ["a"] and "region" not in rows(proc)[0]
+
+    batch = [change("b", case("bob", region="south"))]
+    prepared = proc.prepare_changes(batch)  # rows without a region
+    proc.reset()  # now the table of the configured definition, with region
+    assert proc.process_prepared(batch, prepared) == []
+    assert [(r["doc_id"], r["region"]) for r in rows(proc)] == [("b", "south")]
+    proc.close()
+
+
 def test_an_index_change_is_made_in_place(db_url: str) -> None:
     first = ReportTableProcessor(SPEC, db_url)
     first.bootstrap()

@@ -48,6 +48,8 @@ PASSTHROUGH = frozenset(
         "max_poll_interval_ms",
         "partition_assignment_strategy",
         "fetch_wait_max_ms",
+        "queued_min_messages",
+        "queued_max_messages_kbytes",
         "topic_metadata_refresh_interval_ms",
     }
 )
@@ -63,6 +65,8 @@ CONSUMER_ONLY = frozenset(
         "max.poll.interval.ms",
         "partition.assignment.strategy",
         "fetch.wait.max.ms",
+        "queued.min.messages",
+        "queued.max.messages.kbytes",
     }
 )
 

@@ -53,8 +53,17 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     "session.timeout.ms": 10000,
     "heartbeat.interval.ms": 1000,
     "partition.assignment.strategy": "roundrobin",
+    "queued.min.messages": 5000,
+    "fetch.queue.backoff.ms": 10,
 }
 """We seek explicitly, so auto-reset is an error we handle; EOF events end catch-up reads.
+librdkafka prefetches while a partition's local queue holds fewer than
+``queued.min.messages`` (100,000 by default): 5,000 stubs keep several batches in hand
+while a pipelined pillow works, and a consumer holding them stops fetching instead of
+sending fetch after fetch to the partition's head, which cost a pillow up to half a core
+on our test broker (and memory for 100,000 stubs per partition everywhere). With a bound
+this low, librdkafka's pause after the queue was full (``fetch.queue.backoff.ms``, 1 s by
+default) must be short, or a drained queue waits for the broker: 10 ms.
 The eager ``roundrobin`` assignor is the default because it works on every broker we test
 with; ``cooperative-sticky`` (URL option ``partition_assignment_strategy``) is supported too
 and moves fewer partitions on real Kafka."""

@@ -55,6 +55,26 @@ __all__ = ["ReportSchemaError", "ReportTableProcessor", "build_table"]
 log = logging.getLogger("changefeed.reports")
 
 
+class _Plan:
+    """A batch's writes as computed from its documents: rows to upsert, documents whose
+    rows go (deleted, or no longer matching), row counts of multi-row documents, and the
+    documents the expressions failed on; for one config and writer."""
+
+    __slots__ = ("by_count", "config", "failures", "gone", "rows", "writer")
+
+    def __init__(self, config: DataSourceConfig, writer: TableWriter) -> None:
+        self.config = config
+        self.writer = writer
+        self.rows: list[Any] = []
+        self.gone: list[str] = []
+        self.by_count: dict[int, list[str]] = {}
+        self.failures: list[ChangeFailure] = []
+
+    def fits(self, processor: ReportTableProcessor) -> bool:
+        """Computed for the table the processor writes now (not one swapped out since)."""
+        return self.config is processor.config and self.writer is processor._writer
+
+
 class ReportTableProcessor(BulkProcessor):
     """A configurable report table (a "data source") fed by a pillow."""
 
@@ -102,19 +122,29 @@ class ReportTableProcessor(BulkProcessor):
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         # Under the lock a swap takes: a batch is written whole to one table, one config.
         with self._writing:
-            return self._process_changes(changes)
+            return self._write(self._plan(changes))
 
-    def _process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+    def prepare_changes(self, changes: Sequence[Change]) -> _Plan:
+        """The batch's rows, computed ahead (on a pipelined pillow's reader thread)."""
+        return self._plan(changes)
+
+    def process_prepared(self, changes: Sequence[Change], prepared: object) -> list[ChangeFailure]:
+        with self._writing:
+            plan = prepared
+            if not isinstance(plan, _Plan) or not plan.fits(self):
+                plan = self._plan(changes)  # the table was swapped since: rows of its config
+            return self._write(plan)
+
+    def _plan(self, changes: Sequence[Change]) -> _Plan:
+        """Every document's rows for the table as it is written now (config and writer)."""
         latest: dict[str, Change] = {}
         for change in changes:
             latest[change.id] = change
-        config = self.config
+        config, writer = self.config, self._writer
         # PostgreSQL COPYs tuples in column order; SQLite upserts dicts.
-        rows_of = config.row_tuples if self._writer.copies else config.rows
-        rows: list[Any] = []
-        gone: list[str] = []
-        by_count: dict[int, list[str]] = {}
-        failures: list[ChangeFailure] = []
+        rows_of = config.row_tuples if writer.copies else config.rows
+        plan = _Plan(config, writer)
+        rows, gone, by_count, failures = plan.rows, plan.gone, plan.by_count, plan.failures
         for doc_id, change in latest.items():
             document = None if change.deleted else change.document
             if document is None:
@@ -131,8 +161,11 @@ class ReportTableProcessor(BulkProcessor):
             rows.extend(doc_rows)
             if config.multi_row:
                 by_count.setdefault(len(doc_rows), []).append(doc_id)
-        self._writer.write(gone, rows, by_count)
-        return failures
+        return plan
+
+    def _write(self, plan: _Plan) -> list[ChangeFailure]:
+        plan.writer.write(plan.gone, plan.rows, plan.by_count)
+        return plan.failures
 
     # -- schema ------------------------------------------------------------------------
 
