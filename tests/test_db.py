@@ -65,3 +65,23 @@ def test_a_connection_that_idled_is_pinged_and_replaced_when_it_died(
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def test_a_connection_that_died_a_moment_after_use_fails_once_as_a_dependency(
+    pg_url: str,
+) -> None:
+    from changefeed.failures import is_dependency_failure
+
+    engine = make_engine(pg_url)
+    admin = sa.create_engine(pg_url)
+    try:
+        dead = _backend_pid(engine)
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": dead})
+        with pytest.raises(sa.exc.OperationalError) as failed:
+            _backend_pid(engine)  # not pinged (used a moment ago): the statement fails
+        assert is_dependency_failure(failed.value)  # the pillow backs off and retries
+        assert _backend_pid(engine) != dead  # the pool dropped it: the retry gets a new one
+    finally:
+        engine.dispose()
+        admin.dispose()
