@@ -164,7 +164,9 @@ class _WatchedStore(SQLDocumentStore):
 
 
 class _FetchingRecorder(BulkProcessor):
-    """Appends ``id version`` per change (unbuffered, so a SIGKILL loses nothing written)."""
+    """Appends ``id version`` per change (unbuffered, so a SIGKILL loses nothing written).
+    The lines are prepared with the fetch (`prepare_changes`, on the reader thread), as a
+    report table's rows are: the kill also drops a batch prepared and never written."""
 
     needs_documents = True
 
@@ -174,13 +176,23 @@ class _FetchingRecorder(BulkProcessor):
         self.crash_batch = crash_batch
         self.batches = 0
 
+    def prepare_changes(self, changes: Sequence[Change]) -> object:
+        lines = []
+        for c in changes:
+            assert c.document is not None
+            lines.append(f"{c.id} {c.document['_version']}\n")
+        return lines
+
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        return self.process_prepared(changes, self.prepare_changes(changes))
+
+    def process_prepared(self, changes: Sequence[Change], prepared: object) -> list[ChangeFailure]:
+        assert isinstance(prepared, list)
         self.batches += 1
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            for c in changes:
-                assert c.document is not None
-                os.write(fd, f"{c.id} {c.document['_version']}\n".encode())
+            for line in prepared:
+                os.write(fd, line.encode())
         finally:
             os.close(fd)
         # The reader fetches the next batch meanwhile; die once it has.
