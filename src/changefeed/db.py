@@ -42,12 +42,12 @@ def make_engine(url: str | sa.Engine) -> sa.Engine:
 def ping_when_idle(engine: sa.Engine, idle: float = IDLE_PING_AFTER) -> None:
     """Ping a pooled connection on checkout only if it sat unused for ``idle`` seconds.
 
-    A connection that idled may have been dropped by a server restart or a firewall, and a
-    failed ping replaces every pooled connection before anything is lost. SQLAlchemy's ``pool_pre_ping``
-    pings on every checkout, which costs a pillow one round trip per store, processor and
-    checkpoint write in every batch; a connection used a moment ago needs none. Should it
-    have died anyway, the failing statement is a dependency failure: the pool drops its
-    connections and the pillow backs off and retries the batch."""
+    A connection that idled may have been dropped by a server restart or a firewall; a
+    failed ping replaces every pooled connection before anything is lost. SQLAlchemy's
+    ``pool_pre_ping`` pings on every checkout, which costs a pillow one round trip per store
+    read, processor and checkpoint write in every batch; a connection used a moment ago
+    needs none. Should it have died anyway, the failing statement is a dependency failure:
+    the pool drops its connections and the pillow backs off and retries the batch."""
 
     @event.listens_for(engine, "checkin")
     def _checked_in(_dbapi_conn: Any, record: Any) -> None:
