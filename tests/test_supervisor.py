@@ -223,6 +223,31 @@ def test_crashed_child_is_restarted_with_exponential_backoff() -> None:
     assert health["restarts"] == child.starts - 1 >= 3
 
 
+def test_a_child_stopped_while_still_starting_is_a_clean_stop() -> None:
+    # No SIGTERM handler yet (a child still importing its app): the signal ends it at once.
+    starting = ChildSpec("starting", (sys.executable, "-c", "import time; time.sleep(60)"))
+    sup = Supervisor([starting], poll_interval=0.01, stop_timeout=10)
+    sup.start()
+    assert sup.shutdown() == 0
+    assert sup.children[0].last_exit == -signal.SIGTERM
+
+
+def test_a_child_that_ignores_sigterm_is_killed_and_the_stop_is_not_clean(
+    tmp_path: Path,
+) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import pathlib, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f"pathlib.Path({str(ready)!r}).touch(); time.sleep(60)"
+    )
+    stubborn = ChildSpec("stubborn", (sys.executable, "-c", code))
+    sup = Supervisor([stubborn], poll_interval=0.01, stop_timeout=0.5)
+    sup.start()
+    wait_until(ready.exists, what="the child ignoring SIGTERM")
+    assert sup.shutdown() == 1
+    assert sup.children[0].last_exit == -signal.SIGKILL
+
+
 def test_backoff_resets_after_a_healthy_run() -> None:
     flaky = ChildSpec(
         "flaky", (sys.executable, "-c", "import time, sys; time.sleep(0.3); sys.exit(1)")

@@ -318,7 +318,8 @@ class Supervisor:
 
     def shutdown(self) -> int:
         """SIGTERM every child, wait up to ``stop_timeout`` for each to finish its batch, kill
-        the rest. Returns 0 when all exited cleanly, 1 otherwise."""
+        the rest. Returns 0 when all exited cleanly or were ended by the SIGTERM while still
+        starting, 1 when one failed or had to be killed."""
         self._stop.set()
         with self._lock:
             running = [c for c in self.children if c.proc is not None]
@@ -339,7 +340,9 @@ class Supervisor:
                 child.proc = None
                 if self.on_exit is not None:
                     self.on_exit(child)
-                clean = clean and code == 0
+                # Ended by our SIGTERM itself: it came before the child installed its
+                # handler (still starting, nothing in hand), not a failed stop.
+                clean = clean and code in (0, -signal.SIGTERM)
         return 0 if clean else 1
 
     # -- health ------------------------------------------------------------------------
