@@ -13,7 +13,7 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -31,7 +31,7 @@ from changefeed.supervisor import (
     changefeed_command,
     pillow_children,
 )
-from tests.harness._util import free_port, stop_process
+from tests.harness._util import free_port, stop_process, wait_until
 
 APP_MODULE = """
 import os, time
@@ -68,15 +68,6 @@ def blocked_pillow(app):
         "blocked", ["meta"], FunctionProcessor(blocking, "blocking", needs_documents=False),
         batch_size=1, max_wait=0.1)
 """
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}")
 
 
 @pytest.fixture

@@ -6,8 +6,7 @@ from __future__ import annotations
 import sys
 import textwrap
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,6 +28,7 @@ from changefeed.sources.couch_bridge import (
     add_couch_bridge,
     get_change_feed_pillow_for_db,
 )
+from tests.harness._util import wait_until
 
 
 @pytest.fixture
@@ -57,14 +57,6 @@ def _log(app: App) -> list[tuple[str, ChangeMeta]]:
             out.append((change.topic, change.metadata))
     feed.close()
     return out
-
-
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def test_bridge_classifies_routes_publishes_and_checkpoints(app: App, couch_db: str) -> None:
@@ -153,9 +145,9 @@ def test_bridge_follows_the_continuous_feed(app: App, couch_db: str) -> None:
     try:
         for i in range(3):
             _bulk(couch_db, [{"_id": f"live{i}", "doc_type": "form"}])
-        _wait(lambda: len(_log(app)) == 3, "three stubs in the log")
+        wait_until(lambda: len(_log(app)) == 3, "three stubs in the log", timeout=20)
         _delete(couch_db, "live1")
-        _wait(lambda: len(_log(app)) == 4, "the deletion in the log")
+        wait_until(lambda: len(_log(app)) == 4, "the deletion in the log", timeout=20)
     finally:
         bridge.stop()
         thread.join(10)

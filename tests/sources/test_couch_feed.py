@@ -4,8 +4,6 @@ and reconnects after dropped, silent or refused connections (through a TCP proxy
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,6 +15,7 @@ from changefeed.sources.couch import (
     CouchChangeFeed,
     seq_param,
 )
+from tests.harness._util import wait_until
 from tests.harness.couchdb import TcpProxy
 
 FAST = Backoff(base=0.05, cap=0.2)
@@ -29,14 +28,6 @@ def _put(db_url: str, doc_id: str, **fields: object) -> None:
 def _bulk(db_url: str, ids: list[str]) -> None:
     docs = [{"_id": i, "doc_type": "case"} for i in ids]
     httpx.post(f"{db_url}/_bulk_docs", json={"docs": docs}).raise_for_status()
-
-
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Follower:
@@ -104,11 +95,11 @@ def test_continuous_follows_new_writes_with_heartbeats(couch_db: str) -> None:
     _bulk(couch_db, ["old"])
     follower = Follower(CouchChangeFeed(couch_db, heartbeat=0.1))
     try:
-        _wait(lambda: follower.ids == ["old"], "the backlog")
-        _wait(lambda: follower.idle >= 3, "heartbeats (idle sentinels)")
+        wait_until(lambda: follower.ids == ["old"], "the backlog", timeout=20)
+        wait_until(lambda: follower.idle >= 3, "heartbeats (idle sentinels)", timeout=20)
         for i in range(5):
             _put(couch_db, f"new{i}", doc_type="case")
-        _wait(lambda: len(follower.ids) == 6, "new writes")
+        wait_until(lambda: len(follower.ids) == 6, "new writes", timeout=20)
         assert follower.ids == ["old"] + [f"new{i}" for i in range(5)]
         assert follower.feed.reconnects == 0
     finally:
@@ -124,14 +115,14 @@ def test_reconnects_after_dropped_connection(couch_db: str, couchdb_proxy: TcpPr
     follower = Follower(feed)
     try:
         _put(couch_db, "a", doc_type="case")
-        _wait(lambda: follower.ids == ["a"], "first change")
+        wait_until(lambda: follower.ids == ["a"], "first change", timeout=20)
         couchdb_proxy.refusing = True
         couchdb_proxy.drop()
         _put(couch_db, "b", doc_type="case")  # written while the bridge is cut off
-        _wait(lambda: feed.reconnects >= 2, "reconnect attempts while refused")
+        wait_until(lambda: feed.reconnects >= 2, "reconnect attempts while refused", timeout=20)
         couchdb_proxy.refusing = False
         _put(couch_db, "c", doc_type="case")
-        _wait(lambda: len(follower.ids) >= 3, "changes after reconnect")
+        wait_until(lambda: len(follower.ids) >= 3, "changes after reconnect", timeout=20)
         assert follower.ids == ["a", "b", "c"]  # nothing lost, nothing repeated
     finally:
         follower.stop()
@@ -149,11 +140,11 @@ def test_silent_connection_hits_read_timeout(couch_db: str, couchdb_proxy: TcpPr
     )
     follower = Follower(feed)
     try:
-        _wait(lambda: follower.idle >= 1, "the continuous feed")
+        wait_until(lambda: follower.idle >= 1, "the continuous feed", timeout=20)
         connections = couchdb_proxy.connections
         couchdb_proxy.stall()
         _put(couch_db, "x", doc_type="case")
-        _wait(lambda: follower.ids == ["x"], "the change, after a reconnect")
+        wait_until(lambda: follower.ids == ["x"], "the change, after a reconnect", timeout=20)
         assert feed.reconnects >= 1 and couchdb_proxy.connections > connections
     finally:
         follower.stop()

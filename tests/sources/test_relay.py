@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from changefeed.change import ChangeMeta
 from changefeed.runner import Runnable, run_runnable
 from changefeed.sources.outbox import Outbox, OutboxRelay, add_outbox_relay, write_change
 from changefeed.sources.relay import Relay, RelayBatch
+from tests.harness._util import wait_until
 from tests.sources._log import ids_in_log
 
 
@@ -135,14 +135,6 @@ def outbox_db(tmp_path: Path) -> Iterator[sa.Engine]:
     engine.dispose()
 
 
-def _wait(cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_outbox_relay_registered_with_the_helper_runs_through_get_runnable(
     app: App, outbox_db: sa.Engine
 ) -> None:
@@ -191,10 +183,10 @@ def test_outbox_relay_backs_off_while_the_log_is_down_and_loses_nothing(
     thread = threading.Thread(target=relay.run)
     thread.start()
     try:
-        _wait(lambda: "a" in ids_in_log(app.backend), "the stub in the log")  # type: ignore[arg-type]
+        wait_until(lambda: "a" in ids_in_log(app.backend), "the stub in the log", timeout=20)  # type: ignore[arg-type]
         with outbox_db.begin() as conn:
             write_change(conn, stub("b"))
-        _wait(lambda: relay.health().processed == 2, "the second stub relayed")
+        wait_until(lambda: relay.health().processed == 2, "the second stub relayed", timeout=20)
     finally:
         relay.stop()
         thread.join(10)
