@@ -1,5 +1,5 @@
 """Running the ``changefeed`` command as a user would, for the tests of the CLI: one place for
-the subprocess call and the environment of the recorder test app."""
+the subprocess call, the environment of the recorder test app, and the in-process call."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+
+from changefeed.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,3 +41,12 @@ def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def cf_in_process(capsys: pytest.CaptureFixture[str], *args: str, app: str) -> tuple[int, str, str]:
+    """``changefeed --app APP ARGS`` in this process, so the test can look at the app's
+    objects afterwards: (exit code, stdout, stderr)."""
+    with pytest.raises(SystemExit) as info:
+        main(["--app", app, *args])
+    out, err = capsys.readouterr()
+    return int(info.value.code or 0), out, err

@@ -17,12 +17,12 @@ from elasticsearch import Elasticsearch
 
 from changefeed.app import App
 from changefeed.change import ChangeMeta
-from changefeed.cli import main
 from changefeed.pillow import Pillow
 from changefeed.processors.elastic import ElasticProcessor
 from changefeed.processors.reports import ReportTableProcessor, definition_hash
 from changefeed.rebuild import rebuild, rebuilding
 from changefeed.stores.sql import SQLDocumentStore
+from tests._cli import cf_in_process
 
 APP = "tests.test_rebuild:make_app"
 SPEC: dict[str, Any] = {
@@ -262,10 +262,7 @@ def test_changed_definition_is_rebuilt_next_to_the_running_pillow(world: World) 
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["--app", APP, *args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return cf_in_process(capsys, *args, app=APP)
 
 
 @pytest.mark.parametrize(

@@ -19,13 +19,13 @@ from elasticsearch import Elasticsearch
 
 from changefeed.app import App
 from changefeed.change import ChangeMeta
-from changefeed.cli import main
 from changefeed.processors.base import NoopProcessor
 from changefeed.processors.elastic import ElasticProcessor
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.sql import SQLDocumentStore
 from changefeed.verify import _SortedIds, verify_pillow
+from tests._cli import cf_in_process
 
 APP = "tests.test_verify:make_app"
 REPORT = {
@@ -140,10 +140,7 @@ def world(
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["--app", APP, *args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return cf_in_process(capsys, *args, app=APP)
 
 
 def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -12,8 +12,8 @@ import pytest
 from changefeed.app import App
 from changefeed.backends import open_backend
 from changefeed.change import ChangeMeta
-from changefeed.cli import main
 from changefeed.stores.sql import SQLDocumentStore
+from tests._cli import cf_in_process
 
 APP = "tests.cli.test_republish:make_app"
 
@@ -55,10 +55,7 @@ def app(tmp_path: Path, log_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterat
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["--app", APP, *args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return cf_in_process(capsys, *args, app=APP)
 
 
 def log_contents(log_url: str, *topics: str) -> dict[str, list[ChangeMeta]]:

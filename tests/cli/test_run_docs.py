@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from changefeed.app import App
 from changefeed.change import Change, ChangeMeta
-from changefeed.cli import main
 from changefeed.processors.base import FunctionProcessor, Processor
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.sql import SQLDocumentStore
+from tests._cli import cf_in_process
 
 APP = "tests.cli.test_run_docs:make_app"
 REPORT = {"name": "cases", "table": "report_cases", "columns": [{"name": "owner"}]}
@@ -71,10 +71,7 @@ def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, log_url: str) -> Iterat
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["--app", APP, *args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return cf_in_process(capsys, *args, app=APP)
 
 
 def rows(tmp_path: Path) -> dict[str, str]:
