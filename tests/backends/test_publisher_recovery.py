@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from changefeed.backends.kafka.publisher import is_fatal
 from changefeed.backoff import Backoff
 from changefeed.change import ChangeMeta
 from changefeed.sources.outbox import Outbox, OutboxRelay, write_change
+from tests.harness.kafka import read_ids
 
 
 def fatal_error(code: int = KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER) -> KafkaError:
@@ -50,22 +50,6 @@ class FailedProducer:
         return self.queued
 
 
-@pytest.fixture
-def kafka(kafka_url: str) -> Iterator[Backend]:
-    backend = open_backend(kafka_url)
-    yield backend
-    backend.close()
-
-
-def read_ids(backend: Backend, topic: str) -> list[str]:
-    feed = backend.change_feed([topic])
-    try:
-        since = feed.earliest_offsets()
-        return [c.id for c in feed.iter_changes(since) if c is not None]
-    finally:
-        feed.close()
-
-
 def test_which_errors_are_fatal() -> None:
     assert is_fatal(fatal_error())
     assert is_fatal(KafkaError(KafkaError._FATAL, "x", fatal=True))
@@ -75,10 +59,10 @@ def test_which_errors_are_fatal() -> None:
     assert not is_fatal(None)
 
 
-def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka: Backend) -> None:
+def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka_backend: Backend) -> None:
     topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka.admin().create_topic(topic, 1)
-    publisher = kafka.publisher()
+    kafka_backend.admin().create_topic(topic, 1)
+    publisher = kafka_backend.publisher()
     assert isinstance(publisher, KafkaPublisher)
     try:
         publisher.publish(topic, ChangeMeta("a", "sql", "docs"))
@@ -91,14 +75,14 @@ def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka: Backend)
         assert publisher.replaced_total == 1
     finally:
         publisher.close()
-    assert read_ids(kafka, topic) == ["a", "b", "c"]
+    assert read_ids(kafka_backend, topic) == ["a", "b", "c"]
 
 
-def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka: Backend) -> None:
+def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka_backend: Backend) -> None:
     """The first fatal error used to escape from ``flush()`` as a raw KafkaException."""
     topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka.admin().create_topic(topic, 1)
-    publisher = kafka.publisher()
+    kafka_backend.admin().create_topic(topic, 1)
+    publisher = kafka_backend.publisher()
     assert isinstance(publisher, KafkaPublisher)
     try:
         publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
@@ -111,16 +95,18 @@ def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka: Backe
         publisher.publish(topic, ChangeMeta("after", "sql", "docs"))
     finally:
         publisher.close()
-    assert read_ids(kafka, topic) == ["before", "m0", "m1", "m2", "after"]
+    assert read_ids(kafka_backend, topic) == ["before", "m0", "m1", "m2", "after"]
 
 
-def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(kafka: Backend) -> None:
+def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(
+    kafka_backend: Backend,
+) -> None:
     """Queued stubs whose delivery the failed producer never confirmed are raised as failed
     (so the caller publishes them again), not silently counted as sent."""
     topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka.admin().create_topic(topic, 1)
-    assert isinstance(kafka, KafkaBackend)
-    publisher = kafka.publisher(asynchronous=True)
+    kafka_backend.admin().create_topic(topic, 1)
+    assert isinstance(kafka_backend, KafkaBackend)
+    publisher = kafka_backend.publisher(asynchronous=True)
     try:
         publisher.publish(topic, ChangeMeta("warm-up", "sql", "docs"))
         publisher.flush()
@@ -135,7 +121,7 @@ def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(kafka: Back
         publisher.flush()
     finally:
         publisher.close()
-    assert read_ids(kafka, topic) == ["warm-up", "after"]
+    assert read_ids(kafka_backend, topic) == ["warm-up", "after"]
 
 
 # -- a real broker restart under a publishing outbox relay ----------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from changefeed.backends import Backend, open_backend
 from changefeed.testing.servers import NoidaServer, ServerUnavailableError
 from tests.harness._util import unavailable
 
@@ -79,3 +80,21 @@ def kafka_url(kafka_broker: KafkaBroker) -> str:
     kafka_broker.ensure_running()
     kafka_broker.delete_all_topics()
     return kafka_broker.url
+
+
+@pytest.fixture
+def kafka_backend(kafka_url: str) -> Iterator[Backend]:
+    """A Kafka backend on the test broker (no topics), closed after the test."""
+    backend = open_backend(kafka_url)
+    yield backend
+    backend.close()
+
+
+def read_ids(backend: Backend, topic: str) -> list[str]:
+    """The document ids of every change in ``topic``, partition by partition."""
+    feed = backend.change_feed([topic])
+    try:
+        since = feed.earliest_offsets()
+        return [c.id for c in feed.iter_changes(since) if c is not None]
+    finally:
+        feed.close()

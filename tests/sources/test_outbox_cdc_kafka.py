@@ -3,57 +3,41 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 
 import psycopg
 import pytest
 import sqlalchemy as sa
 from psycopg import sql
 
-from changefeed.backends import Backend, open_backend
+from changefeed.backends import Backend
 from changefeed.change import ChangeMeta
 from changefeed.sources.outbox import Outbox, OutboxRelay, write_change
 from changefeed.sources.postgres_cdc import CDCTable, PostgresCDC, create_slot, drop_slot
+from tests.harness.kafka import read_ids
 
 pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
 
 
-@pytest.fixture
-def kafka(kafka_url: str) -> Iterator[Backend]:
-    backend = open_backend(kafka_url)
-    yield backend
-    backend.close()
-
-
-def read_ids(backend: Backend, topic: str) -> list[str]:
-    feed = backend.change_feed([topic])
-    try:
-        since = {tp: 0 for tp in feed.topic_partitions()}
-        return [c.id for c in feed.iter_changes(since) if c is not None]
-    finally:
-        feed.close()
-
-
-def test_outbox_relay_into_kafka(pg_url: str, kafka: Backend) -> None:
+def test_outbox_relay_into_kafka(pg_url: str, kafka_backend: Backend) -> None:
     topic = f"outbox-{uuid.uuid4().hex[:8]}"
-    kafka.admin().create_topic(topic, 1)
+    kafka_backend.admin().create_topic(topic, 1)
     engine = sa.create_engine(pg_url)
     Outbox().create(engine)
     with engine.begin() as conn:
         for i in range(20):
             write_change(conn, ChangeMeta(f"k{i:02d}", "sql", "docs"), topic=topic)
-    publisher = kafka.publisher()
+    publisher = kafka_backend.publisher()
     try:
         assert OutboxRelay(engine, publisher).run(forever=False) == 20
     finally:
         publisher.close()
         engine.dispose()
-    assert read_ids(kafka, topic) == [f"k{i:02d}" for i in range(20)]
+    assert read_ids(kafka_backend, topic) == [f"k{i:02d}" for i in range(20)]
 
 
-def test_cdc_into_kafka(pg_dsn: str, kafka: Backend) -> None:
+def test_cdc_into_kafka(pg_dsn: str, kafka_backend: Backend) -> None:
     topic = f"cdc-{uuid.uuid4().hex[:8]}"
-    kafka.admin().create_topic(topic, 1)
+    kafka_backend.admin().create_topic(topic, 1)
     slot = f"k_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
@@ -66,11 +50,11 @@ def test_cdc_into_kafka(pg_dsn: str, kafka: Backend) -> None:
         conn.execute("SET synchronous_commit = on")
         conn.execute("INSERT INTO docs SELECT i, 'x' FROM generate_series(1, 20) i")
         conn.execute("DELETE FROM docs WHERE id = 20")
-    publisher = kafka.publisher()
+    publisher = kafka_backend.publisher()
     try:
         cdc = PostgresCDC(pg_dsn, slot, [CDCTable("docs", topic=topic)], publisher)
         assert cdc.run(forever=False) == 21
     finally:
         publisher.close()
         drop_slot(pg_dsn, slot)
-    assert read_ids(kafka, topic) == [str(i) for i in range(1, 21)] + ["20"]
+    assert read_ids(kafka_backend, topic) == [str(i) for i in range(1, 21)] + ["20"]
