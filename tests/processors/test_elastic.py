@@ -32,13 +32,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     rig.close()
 
 
-@pytest.fixture
-def es(elasticsearch_url: str) -> Iterator[Elasticsearch]:
-    client = Elasticsearch(elasticsearch_url)
-    yield client
-    client.close()
-
-
 def processor(url: str, alias: str, **options: Any) -> ElasticProcessor:
     options.setdefault("mappings", MAPPINGS)
     options.setdefault("backoff", Backoff(retries=2, base=0.01))

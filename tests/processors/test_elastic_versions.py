@@ -22,13 +22,6 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     rig.close()
 
 
-@pytest.fixture
-def es(elasticsearch_url: str) -> Iterator[Elasticsearch]:
-    client = Elasticsearch(elasticsearch_url)
-    yield client
-    client.close()
-
-
 def test_out_of_range_versions_are_document_errors_never_sent(
     rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -50,14 +49,6 @@ VISITS: dict[str, Any] = {
         },
     ],
 }
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'reports.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
 
 
 def change(doc_id: str, doc: dict[str, Any] | None, offset: int = 0) -> Change:

@@ -26,14 +26,6 @@ SPEC: dict[str, Any] = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'reports.db'}"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.mark.parametrize(
     "new_type, old, new", [("string", "integer", "string"), ("date", "integer", "date")]
 )
