@@ -46,13 +46,6 @@ class Audit(Base):
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    a = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
-    yield a
-    a.close()
-
-
-@pytest.fixture
 def Session(tmp_path: Path, app: App) -> Iterator[sessionmaker[sa.orm.Session]]:  # noqa: N802
     engine = sa.create_engine(f"sqlite:///{tmp_path}/data.db")
     Base.metadata.create_all(engine)

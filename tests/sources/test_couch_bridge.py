@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -29,13 +28,6 @@ from changefeed.sources.couch_bridge import (
     get_change_feed_pillow_for_db,
 )
 from tests.harness._util import wait_until
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    a = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
-    yield a
-    a.close()
 
 
 def _bulk(db_url: str, docs: list[dict[str, object]]) -> None:

@@ -121,13 +121,6 @@ def stub(doc_id: str) -> ChangeMeta:
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[App]:
-    a = App(f"sqlite:///{tmp_path}/log.db", f"sqlite:///{tmp_path}/state.db")
-    yield a
-    a.close()
-
-
-@pytest.fixture
 def outbox_db(tmp_path: Path) -> Iterator[sa.Engine]:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'app.db'}")
     Outbox().create(engine)
