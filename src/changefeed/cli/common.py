@@ -27,6 +27,26 @@ class UserError(Exception):
         super().__init__(human(message))
 
 
+MIN_TOKEN_LENGTH = 16
+"""Access tokens shorter than this are refused: they could be guessed."""
+
+
+def check_exposure(
+    host: str, token: str | None, *, host_option: str, token_option: str, token_env: str
+) -> None:
+    """A server bound to an address other machines reach needs an access token, of
+    `MIN_TOKEN_LENGTH` characters at least (the dashboard and the metrics endpoints)."""
+    from changefeed.web.security import is_loopback
+
+    if not is_loopback(host) and not token:
+        raise UserError(
+            f"{host_option} {host} is reachable from other machines: give {token_option} "
+            f"(or {token_env})"
+        )
+    if token is not None and len(token) < MIN_TOKEN_LENGTH:
+        raise UserError(f"{token_option} must be at least {MIN_TOKEN_LENGTH} characters")
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     BackendURLError,

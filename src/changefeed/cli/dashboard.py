@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import click
 
-from changefeed.cli.common import UserError, cli, get_app, user_errors
-
-MIN_TOKEN_LENGTH = 16
+from changefeed.cli.common import check_exposure, cli, get_app, user_errors
 
 
 @cli.command("dashboard")
@@ -45,15 +43,11 @@ def dashboard_cmd(
     import uvicorn
 
     from changefeed.web import create_app
-    from changefeed.web.security import is_loopback
 
-    if not is_loopback(host) and not token:
-        raise UserError(
-            f"--host {host} is reachable from other machines: give --token "
-            "(or CHANGEFEED_DASHBOARD_TOKEN)"
-        )
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise UserError(f"--token must be at least {MIN_TOKEN_LENGTH} characters")
+    check_exposure(
+        host, token, host_option="--host", token_option="--token",
+        token_env="CHANGEFEED_DASHBOARD_TOKEN",
+    )  # fmt: skip
     app = get_app(ctx)
     with user_errors():
         for name in pillow_names:

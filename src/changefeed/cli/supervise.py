@@ -9,7 +9,15 @@ from collections.abc import Sequence
 
 import click
 
-from changefeed.cli.common import State, UserError, cli, get_app, get_runnable, user_errors
+from changefeed.cli.common import (
+    State,
+    UserError,
+    check_exposure,
+    cli,
+    get_app,
+    get_runnable,
+    user_errors,
+)
 from changefeed.cli.output import escape
 from changefeed.cli.params import LIMIT
 from changefeed.runner import run_runnable, stop_on_signals
@@ -30,18 +38,11 @@ def global_args(ctx: click.Context) -> list[str]:
 
 
 def check_metrics_access(host: str, token: str | None) -> None:
-    """Like the dashboard: an address other machines reach needs a token (of
-    `MIN_TOKEN_LENGTH` characters at least, so it cannot be guessed)."""
-    from changefeed.cli.dashboard import MIN_TOKEN_LENGTH
-    from changefeed.web.security import is_loopback
-
-    if not is_loopback(host) and not token:
-        raise UserError(
-            f"--metrics-host {escape(host)} is reachable from other machines: give "
-            "--metrics-token (or CHANGEFEED_METRICS_TOKEN)"
-        )
-    if token is not None and len(token) < MIN_TOKEN_LENGTH:
-        raise UserError(f"--metrics-token must be at least {MIN_TOKEN_LENGTH} characters")
+    """The metrics and health endpoints are guarded like the dashboard (`check_exposure`)."""
+    check_exposure(
+        host, token, host_option="--metrics-host", token_option="--metrics-token",
+        token_env="CHANGEFEED_METRICS_TOKEN",
+    )  # fmt: skip
 
 
 def run_supervised(
