@@ -9,7 +9,6 @@ were (every row of both databases is compared before and after).
 
 from __future__ import annotations
 
-import os
 import socket
 import sqlite3
 from pathlib import Path
@@ -19,9 +18,8 @@ import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
-from tests._cli import cf
+from tests._cli import cf, recorder_env
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-pw"
 ESC = "\x1b"
 
@@ -123,15 +121,8 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A log with three changes, a pillow that read them (checkpoints and history) and a
     regular file to use as a directory that cannot be made."""
     tmp = tmp_path_factory.mktemp("edges")
-    env = {
-        **os.environ,
-        "CHANGEFEED_LOG": f"sqlite:///{tmp}/log.db?partitions=2",
-        "CHANGEFEED_STATE": f"sqlite:///{tmp}/state.db",
-        "CHANGEFEED_APP": "tests.apps.recorder:app",
-        "RECORDER_OUT": str(tmp / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
-    }
-    for name in ("CHANGEFEED_DEBUG", "CHANGEFEED_DASHBOARD_TOKEN", "CHANGEFEED_METRICS_TOKEN"):
+    env = recorder_env(tmp)
+    for name in ("CHANGEFEED_DASHBOARD_TOKEN", "CHANGEFEED_METRICS_TOKEN"):
         env.pop(name, None)
     log = SQLiteLog.from_url(env["CHANGEFEED_LOG"])
     with log.publisher() as pub:
