@@ -43,10 +43,13 @@ def cf(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def cf_in_process(capsys: pytest.CaptureFixture[str], *args: str, app: str) -> tuple[int, str, str]:
-    """``changefeed --app APP ARGS`` in this process, so the test can look at the app's
+def cf_in_process(
+    capsys: pytest.CaptureFixture[str], *args: str, app: str | None = None
+) -> tuple[int, str, str]:
+    """``changefeed [--app APP] ARGS`` in this process, so the test can look at the app's
     objects afterwards: (exit code, stdout, stderr)."""
     with pytest.raises(SystemExit) as info:
-        main(["--app", app, *args])
+        main(["--app", app, *args] if app is not None else list(args))
     out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    code = info.value.code
+    return (code if isinstance(code, int) else 0 if code is None else 1), out, err

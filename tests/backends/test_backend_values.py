@@ -13,8 +13,8 @@ from changefeed.backends import MAX_PARTITIONS, BackendURLError, CreatedTopic, o
 from changefeed.backends.kafka.config import parse_kafka_url
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta
-from changefeed.cli import main
 from changefeed.identifiers import redact_url
+from tests._cli import cf_in_process
 
 
 @pytest.mark.parametrize(
@@ -183,12 +183,7 @@ def test_create_topic_says_what_it_did(backend_url: str) -> None:
         backend.close()
 
 
-def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
+_cli = cf_in_process
 
 
 def test_cli_topics_create_on_an_existing_topic(

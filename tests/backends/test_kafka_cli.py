@@ -12,15 +12,9 @@ import pytest
 
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
-from changefeed.cli import main
+from tests._cli import cf_in_process
 
-
-def changefeed(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out = capsys.readouterr()
-    code = info.value.code
-    return (code if isinstance(code, int) else 0), out.out, out.err
+changefeed = cf_in_process
 
 
 def topic() -> str:

@@ -11,9 +11,9 @@ import sqlalchemy as sa
 
 from changefeed.app import App
 from changefeed.change import ChangeMeta
-from changefeed.cli import main
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.memory import MemoryDocumentStore
+from tests._cli import cf_in_process
 
 CASES = """\
 name: cases
@@ -53,10 +53,7 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(["--app", APP, *args])
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+    return cf_in_process(capsys, *args, app=APP)
 
 
 def table_rows(workdir: Path) -> list[tuple[str, str, int]]:

@@ -12,7 +12,7 @@ import pytest
 from changefeed import ChangeMeta
 from changefeed.backends.local import SQLiteLog
 from changefeed.checkpoints import CheckpointStore
-from changefeed.cli import main
+from tests._cli import cf_in_process
 from tests.cli.test_reports_cli import APP as REPORTS_APP
 from tests.cli.test_reports_cli import CASES
 
@@ -32,11 +32,7 @@ def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SQLiteLog:
     return log
 
 
-def cf(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(info.value.code or 0), out, err
+cf = cf_in_process
 
 
 def saved(tmp_path: Path) -> dict[object, int]:
