@@ -23,6 +23,16 @@ pytest_plugins = sorted(
 )
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL on each dialect we keep state and tables in: a fresh SQLite file, or a
+    fresh database of the tests' PostgreSQL cluster."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.db'}"
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
 @pytest.fixture(params=["sqlite", "kafka"])
 def log_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A log URL on each backend: a fresh embedded log, or the session's Kafka-protocol

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import sqlalchemy as sa
 
@@ -31,22 +29,14 @@ class Clock:
         return self.now
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/state.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-def store(state_url: str, clock: Clock) -> CheckpointStore:
-    return CheckpointStore(state_url, clock=clock)
+def store(db_url: str, clock: Clock) -> CheckpointStore:
+    return CheckpointStore(db_url, clock=clock)
 
 
 def test_commit_and_get(store: CheckpointStore, clock: Clock) -> None:
@@ -161,10 +151,10 @@ def old_history_table() -> sa.Table:
     return sa.Table(history_table.name, sa.MetaData(), *columns)
 
 
-def test_state_database_from_before_history_kinds_is_migrated(state_url: str) -> None:
+def test_state_database_from_before_history_kinds_is_migrated(db_url: str) -> None:
     """A history table without ``kind`` gets the column; old entries are classified from the
     reasons changefeed wrote, so ``changefeed status`` still finds old retention jumps."""
-    engine = sa.create_engine(state_url)
+    engine = sa.create_engine(db_url)
     reasons = [
         "set by operator",
         "offset 3 removed by retention; jumped to earliest 10",
@@ -189,9 +179,9 @@ def test_state_database_from_before_history_kinds_is_migrated(state_url: str) ->
                 )
             )
     engine.dispose()
-    store = CheckpointStore(state_url)
+    store = CheckpointStore(db_url)
     kinds = [h.kind for h in reversed(store.history("p"))]
     assert kinds == ["set", "retention", "reset", "to-head", "undo", "set"]
     (entry,) = store.set("p", {TP0: 1}, reason="after the migration", kind="reset")
     assert store.history("p", limit=1)[0].kind == "reset" == entry.kind
-    CheckpointStore(state_url).create()  # a second process finds the column there
+    CheckpointStore(db_url).create()  # a second process finds the column there

@@ -13,14 +13,6 @@ from changefeed.identifiers import InvalidIdentifierError
 from changefeed.stores import DocumentDeleted, DocumentNotFoundError, SQLDocumentStore
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/docs.db"
-    url: str = request.getfixturevalue("pg_url")
-    return url
-
-
 @pytest.fixture
 def store(db_url: str) -> Iterator[SQLDocumentStore]:
     # make_engine: WAL and synchronous=NORMAL on SQLite, as our own state uses.
