@@ -24,7 +24,7 @@ def recorder_env(tmp_path: Path, partitions: int = 2) -> dict[str, str]:
         "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
         "CHANGEFEED_APP": "tests.apps.recorder:app",
         "RECORDER_OUT": str(tmp_path / "recorded.txt"),
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)]),
     }
     out.pop("CHANGEFEED_DEBUG", None)
     out.pop("RECORDER_TOPICS", None)

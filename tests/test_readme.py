@@ -21,7 +21,10 @@ def first_pillow_source() -> str:
 
 
 def run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(cwd)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(cwd), str(Path(__file__).resolve().parents[1] / "src")]),
+    }
     env.pop("CHANGEFEED_APP", None)
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 

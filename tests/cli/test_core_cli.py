@@ -324,7 +324,7 @@ def test_couch_store_is_part_of_the_app_configuration() -> None:
 
 
 def test_kept_demo_prints_commands_that_work(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     env.pop("CHANGEFEED_APP", None)
     demo_dir = tmp_path / "kept"
     args = ["demo", "--dir", str(demo_dir), "--cases", "5", "--forms", "3", "--updates", "5"]

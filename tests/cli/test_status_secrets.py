@@ -82,7 +82,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     )
     environ = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)]),
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT / "src"), str(ROOT)]),
         "CHANGEFEED_APP": "status_app:app",
         "CHANGEFEED_LOG": f"sqlite:///{tmp_path}/log.db",
         "CHANGEFEED_STATE": f"sqlite:///{tmp_path}/state.db",
