@@ -162,7 +162,9 @@ class _Named:
             known = ", ".join(sorted(map(str, self.specs))) or "none"
             raise ReportConfigError(path, f"no {name!r} in {self.section} (known: {known})")
         if name in self.busy:
-            raise ReportConfigError(path, f"{self.section} {name!r} refers to itself")
+            raise ReportConfigError(
+                path, f"{self.section} {name!r} refers to itself (directly or through others)"
+            )
         self.busy.add(name)
         self.done[name] = self.translate(self.specs[name], child(self.section, name))
         self.busy.discard(name)
