@@ -280,6 +280,76 @@ def test_each_boolean_expression_operator(
     assert config.matches(household(v=doc_value)) is expected
 
 
+def _filtered(configured_filter: dict[str, Any]) -> DataSourceConfig:
+    return DataSourceConfig.from_dict(_with({"configured_filter": configured_filter}))
+
+
+def test_date_strings_compare_as_dates_as_in_hq() -> None:
+    """HQ reads a constant that looks like a date as a date: compared with a date-typed
+    expression it orders as one; with a plain string it is never equal nor ordered."""
+    typed = _filtered(
+        {
+            "type": "boolean_expression",
+            "expression": {"type": "property_name", "property_name": "seen", "datatype": "date"},
+            "operator": "gt",
+            "property_value": "2015-05-05",
+        }
+    )
+    assert typed.matches(referral(seen="2015-06-01T10:00:00Z"))
+    assert not typed.matches(referral(seen="2015-01-01"))
+    assert not typed.matches(referral(seen=None))
+    untyped = _filtered(
+        {
+            "type": "property_match",
+            "property_name": "seen",
+            "property_value": "2015-05-05",
+        }
+    )
+    assert not untyped.matches(referral(seen="2015-05-05"))
+    stamps = _filtered(
+        {
+            "type": "boolean_expression",
+            "expression": {"type": "property_name", "property_name": "at", "datatype": "datetime"},
+            "operator": "in",
+            "property_value": ["2015-05-05T10:00:00.000000Z", "2016-01-01T00:00:00Z"],
+        }
+    )
+    assert stamps.matches(referral(at="2016-01-01T00:00:00"))
+    assert not stamps.matches(referral(at="2016-01-02T00:00:00"))
+    spec = _indicator(
+        {
+            "type": "expression",
+            "datatype": "string",
+            "expression": {"type": "constant", "constant": "2015-02-04"},
+        }
+    )
+    [row] = DataSourceConfig.from_dict(spec).rows("r1", referral())
+    assert row["c"] == "2015-02-04"
+
+
+def test_a_property_value_may_be_an_expression() -> None:
+    same = _filtered(
+        {
+            "type": "boolean_expression",
+            "expression": {"type": "property_name", "property_name": "owner_id"},
+            "operator": "not_eq",
+            "property_value": {"type": "property_name", "property_name": "creator_id"},
+        }
+    )
+    assert same.matches(referral(creator_id="user-9"))
+    assert not same.matches(referral(creator_id="user-1"))
+    with pytest.raises(ReportConfigError, match="needs a constant") as info:
+        _filtered(
+            {
+                "type": "boolean_expression",
+                "expression": {"type": "property_name", "property_name": "v"},
+                "operator": "regex",
+                "property_value": {"type": "property_name", "property_name": "p"},
+            }
+        )
+    assert info.value.path == "configured_filter.property_value"
+
+
 # -- what changefeed does not compute: one clear error ------------------------------------
 
 

@@ -125,6 +125,41 @@ def _not(f: Fields) -> Filter:
     return lambda item, root: not inner(item, root)
 
 
+_WITH_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {**_OPERATORS, "in": operator.contains}
+
+
+def _compare_with(f: Fields) -> Filter:
+    """``compare`` against a computed value (a date, another property) instead of a constant:
+    ``value_expression`` is evaluated on the same item. ``in`` tests membership in it."""
+    expr = _value_expr(f)
+    op_name = f.string("operator")
+    try:
+        op = _WITH_OPERATORS[op_name]
+    except KeyError:
+        raise ReportConfigError(
+            f.path_of("operator"),
+            f"unknown operator {op_name!r} (known: {', '.join(_WITH_OPERATORS)})",
+        ) from None
+    reference = parse_expression(f.required("value_expression"), f.path_of("value_expression"))
+    if op_name == "in":
+
+        def compare(item: Any, root: Any) -> bool:
+            try:
+                return bool(op(reference(item, root), expr(item, root)))
+            except TypeError:  # no container, or an unhashable value
+                return False
+
+        return compare
+
+    def compare_with(item: Any, root: Any) -> bool:
+        try:
+            return bool(op(expr(item, root), reference(item, root)))
+        except TypeError:  # values that cannot be ordered (None, a date with a string)
+            return False
+
+    return compare_with
+
+
 # -- CommCare HQ's multi-select and pattern operators ------------------------------------
 
 
@@ -188,6 +223,7 @@ _TYPES: dict[str, Callable[[Fields], Filter]] = {
     "in_multi": _in_multi,
     "any_in_multi": _any_in_multi,
     "regex": _regex,
+    "compare_with": _compare_with,
 }
 
 FILTER_TYPES = tuple(sorted(_TYPES))

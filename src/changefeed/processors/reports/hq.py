@@ -72,6 +72,10 @@ _DATATYPES: dict[str, str] = {
 """HQ's column datatypes and the column type each becomes (an ``array`` is a JSON list)."""
 
 _COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
+_WITH = {"eq": "==", "not_eq": "!=", "in": "in", **_COMPARISONS}
+"""HQ's operators a computed value (a date, an expression) can be compared with."""
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATETIME = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d+)?)Z?$")
 _OPERATORS = ("eq", "not_eq", "in", "in_multi", "any_in_multi", "regex", *_COMPARISONS)
 _SYSTEM_COLUMNS = ("doc_id", "row_num")
 
@@ -377,10 +381,11 @@ class _DataSource:
     # -- expressions ------------------------------------------------------------------
 
     def expression(self, spec: object, path: str) -> Any:
-        if isinstance(spec, list):
-            return {"type": "constant", "constant": spec}
-        if not isinstance(spec, Mapping):
-            return spec  # a bare constant
+        if not isinstance(spec, Mapping):  # a bare constant
+            typed = _typed(spec)
+            if typed is not None:
+                return typed
+            return {"type": "constant", "constant": spec} if isinstance(spec, list) else spec
         f = Fields(spec, path)
         kind = f.string("type")
         build = _EXPRESSIONS.get(kind)
@@ -405,7 +410,8 @@ class _DataSource:
     def _e_constant(self, f: Fields) -> Any:
         if not f.has("constant"):
             raise ReportConfigError(f.path_of("constant"), "required field is missing")
-        return {"type": "constant", "constant": f.optional("constant")}
+        value = f.optional("constant")
+        return _typed(value) or {"type": "constant", "constant": value}
 
     def _e_property_name(self, f: Fields) -> Any:
         name = f.required("property_name")
@@ -524,7 +530,23 @@ class _DataSource:
     def _f_boolean_expression(self, f: Fields) -> Any:
         operand = _operand(self._sub(f, "expression"))
         op = f.string("operator").lower()
-        value = self._reference(f)
+        if op not in _OPERATORS:
+            raise ReportConfigError(
+                f.path_of("operator"), f"unknown operator {op!r} (known: {', '.join(_OPERATORS)})"
+            )
+        value, computed = self._reference(f)
+        if computed is not None:
+            if op not in _WITH:
+                raise ReportConfigError(
+                    f.path_of("property_value"),
+                    f"operator {op!r} needs a constant (not a date or an expression)",
+                )
+            return {
+                "type": "compare_with",
+                **operand,
+                "operator": _WITH[op],
+                "value_expression": computed,
+            }
         if op == "eq":
             return {"type": "equals", **operand, "value": value}
         if op == "not_eq":
@@ -533,25 +555,29 @@ class _DataSource:
             return {"type": "compare", **operand, "operator": _COMPARISONS[op], "value": value}
         if op == "in_multi":
             return {"type": "in_multi", **operand, "value": value}
-        if op in ("in", "any_in_multi"):
-            if not isinstance(value, list):
-                raise ReportConfigError(
-                    f.path_of("property_value"),
-                    f"operator {op!r} needs a list, got {type_name(value)}",
-                )
-            return {"type": op, **operand, "values": value}
         if op == "regex":
             if not isinstance(value, str):
                 raise ReportConfigError(
                     f.path_of("property_value"), f"expected a pattern, got {type_name(value)}"
                 )
             return {"type": "regex", **operand, "pattern": value}
-        raise ReportConfigError(
-            f.path_of("operator"), f"unknown operator {op!r} (known: {', '.join(_OPERATORS)})"
-        )
+        if not isinstance(value, list):  # in, any_in_multi
+            raise ReportConfigError(
+                f.path_of("property_value"), f"operator {op!r} needs a list, got {type_name(value)}"
+            )
+        return {"type": op, **operand, "values": value}
 
     def _f_property_match(self, f: Fields) -> Any:
-        return {"type": "equals", **_operand(self._property(f)), "value": self._reference(f)}
+        operand = _operand(self._property(f))
+        value, computed = self._reference(f)
+        if computed is not None:
+            return {
+                "type": "compare_with",
+                **operand,
+                "operator": "==",
+                "value_expression": computed,
+            }
+        return {"type": "equals", **operand, "value": value}
 
     def _f_and_or(self, f: Fields) -> Any:
         specs = f.required("filters", list)
@@ -569,20 +595,43 @@ class _DataSource:
     def _f_named(self, f: Fields) -> Any:
         return self.filters.resolve(f.string("name"), f.path_of("name"))
 
-    def _reference(self, f: Fields) -> Any:
-        """``property_value``: a constant (HQ also takes ``{"type": "constant", ...}``)."""
+    def _reference(self, f: Fields) -> tuple[Any, Any]:
+        """``property_value``, what a value is compared with: (the constant, None), or
+        (None, the expression to compute it) when HQ reads it as a date or datetime (a
+        string that looks like one) or it is an expression."""
         if not f.has("property_value"):
             raise ReportConfigError(f.path_of("property_value"), "required field is missing")
         value = f.optional("property_value")
         if isinstance(value, Mapping) and "type" in value:
-            if value.get("type") == "constant" and set(value) <= {"type", "constant"}:
-                return value.get("constant")
-            raise ReportConfigError(
-                child(f.path_of("property_value"), "type"),
-                f"unsupported CommCare HQ property_value type {value.get('type')!r}: "
-                "compare with a constant",
-            )
-        return value
+            if value.get("type") != "constant" or not set(value) <= {"type", "constant"}:
+                return None, self.expression(value, f.path_of("property_value"))
+            value = value.get("constant")
+        typed = _typed(value)
+        return (value, None) if typed is None else (None, typed)
+
+
+def _typed(value: Any) -> Spec | None:
+    """The expression for a constant HQ reads as a date or datetime: a string that looks
+    like one (HQ's JSON objects convert those, so ``"2015-02-04"`` compares with a date
+    column as a date), or a list holding such strings; None for any other constant."""
+    if isinstance(value, str):
+        if _DATE.match(value):
+            return {"type": "to_date", "expression": {"type": "constant", "constant": value}}
+        found = _DATETIME.match(value)
+        if found:  # naive, in UTC, as HQ's are
+            text = found.group(1)
+            return {"type": "to_datetime", "expression": {"type": "constant", "constant": text}}
+    if isinstance(value, list):
+        items = [_typed(v) for v in value]
+        if any(items):
+            return {
+                "type": "iterator",
+                "expressions": [
+                    typed or {"type": "constant", "constant": v}
+                    for typed, v in zip(items, value, strict=True)
+                ],
+            }
+    return None
 
 
 def _path(f: Fields) -> list[str]:
