@@ -33,41 +33,42 @@ def hq(name: str) -> dict[str, Any]:
     return data
 
 
+REFERRAL: dict[str, Any] = {
+    "_id": "r1",
+    "doc_type": "CommCareCase",
+    "domain": "ward-clinic",
+    "type": "referral",
+    "referred_on": "2024-05-02T10:00:00.000000Z",
+    "owner_id": "user-1",
+    "urgency": "high",
+    "needs": "transport translator",
+    "flagged": "yes",
+    "age": "30",
+    "distance_km": 2.5,
+    "priority": "4",
+    "address": {"district": "north"},
+}
+
+HOUSEHOLD: dict[str, Any] = {
+    "doc_type": "CommCareCase",
+    "domain": "river-district",
+    "type": "household",
+    "closed": False,
+    "village": "north-hill",
+    "members": [{"name": "Amina"}, {"name": "Juma"}],
+    "size": "2",
+    "services": "water latrine",
+    "phone": "555-0101",
+    "counts": "4,3,1",
+}
+
+
 def referral(**extra: Any) -> dict[str, Any]:
-    doc = {
-        "_id": "r1",
-        "doc_type": "CommCareCase",
-        "domain": "ward-clinic",
-        "type": "referral",
-        "referred_on": "2024-05-02T10:00:00.000000Z",
-        "owner_id": "user-1",
-        "urgency": "high",
-        "needs": "transport translator",
-        "flagged": "yes",
-        "age": "30",
-        "distance_km": 2.5,
-        "priority": "4",
-        "address": {"district": "north"},
-    }
-    doc.update(extra)
-    return doc
+    return {**REFERRAL, **extra}
 
 
 def household(**extra: Any) -> dict[str, Any]:
-    doc = {
-        "doc_type": "CommCareCase",
-        "domain": "river-district",
-        "type": "household",
-        "closed": False,
-        "village": "north-hill",
-        "members": [{"name": "Amina"}, {"name": "Juma"}],
-        "size": "2",
-        "services": "water latrine",
-        "phone": "555-0101",
-        "counts": "4,3,1",
-    }
-    doc.update(extra)
-    return doc
+    return {**HOUSEHOLD, **extra}
 
 
 # -- loading and the shape of the translated spec ----------------------------------------

@@ -77,16 +77,19 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def _compare(f: Fields) -> Filter:
-    expr = _value_expr(f)
-    op_name = f.string("operator")
+def _operator(f: Fields, known: dict[str, Callable[[Any, Any], bool]]) -> tuple[str, Any]:
+    name = f.string("operator")
     try:
-        op = _OPERATORS[op_name]
+        return name, known[name]
     except KeyError:
         raise ReportConfigError(
-            f.path_of("operator"),
-            f"unknown operator {op_name!r} (known: {', '.join(_OPERATORS)})",
+            f.path_of("operator"), f"unknown operator {name!r} (known: {', '.join(known)})"
         ) from None
+
+
+def _compare(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    op_name, op = _operator(f, _OPERATORS)
     if not f.has("value"):
         raise ReportConfigError(f.path_of("value"), "required field is missing")
     value = f.optional("value")
@@ -132,14 +135,7 @@ def _compare_with(f: Fields) -> Filter:
     """``compare`` against a computed value (a date, another property) instead of a constant:
     ``value_expression`` is evaluated on the same item. ``in`` tests membership in it."""
     expr = _value_expr(f)
-    op_name = f.string("operator")
-    try:
-        op = _WITH_OPERATORS[op_name]
-    except KeyError:
-        raise ReportConfigError(
-            f.path_of("operator"),
-            f"unknown operator {op_name!r} (known: {', '.join(_WITH_OPERATORS)})",
-        ) from None
+    op_name, op = _operator(f, _WITH_OPERATORS)
     reference = parse_expression(f.required("value_expression"), f.path_of("value_expression"))
     if op_name == "in":
 

@@ -386,11 +386,16 @@ class _DataSource:
             if typed is not None:
                 return typed
             return {"type": "constant", "constant": spec} if isinstance(spec, list) else spec
-        f = Fields(spec, path)
+        return self._build(Fields(spec, path), "expression", _EXPRESSIONS)
+
+    def _build(
+        self, f: Fields, what: str, types: Mapping[str, Callable[[_DataSource, Fields], Any]]
+    ) -> Any:
+        """Our spec of one HQ expression or filter, by its ``type``."""
         kind = f.string("type")
-        build = _EXPRESSIONS.get(kind)
+        build = types.get(kind)
         if build is None:
-            raise _unsupported(f.path_of("type"), "expression", kind, _EXPRESSIONS)
+            raise _unsupported(f.path_of("type"), what, kind, types)
         f.optional("comment")
         out = build(self, f)
         f.done()
@@ -517,15 +522,7 @@ class _DataSource:
     # -- filters ----------------------------------------------------------------------
 
     def filter(self, spec: object, path: str) -> Any:
-        f = Fields(spec, path)
-        kind = f.string("type")
-        build = _FILTERS.get(kind)
-        if build is None:
-            raise _unsupported(f.path_of("type"), "filter", kind, _FILTERS)
-        f.optional("comment")
-        out = build(self, f)
-        f.done()
-        return out
+        return self._build(Fields(spec, path), "filter", _FILTERS)
 
     def _f_boolean_expression(self, f: Fields) -> Any:
         operand = _operand(self._sub(f, "expression"))
