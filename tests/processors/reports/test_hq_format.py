@@ -120,6 +120,21 @@ def test_the_implicit_filters_are_top_level_equals_clauses() -> None:
     ]
 
 
+def test_null_or_empty_sections_mean_none() -> None:
+    spec = hq("feeding_visits")
+    spec.update(
+        configured_filter=None, named_filters=None, validations=None, sql_column_indexes=None
+    )
+    assert (
+        DataSourceConfig.from_dict(spec).spec == load_data_source(DATA / "feeding_visits.json").spec
+    )
+    spec.update(base_item_expression={})
+    assert not DataSourceConfig.from_dict(spec).multi_row
+    ours = {"doc_type": ["not", "hq"], "name": "n", "table": "t", "columns": [{"name": "a"}]}
+    with pytest.raises(ReportConfigError, match="doc_type: unknown field"):
+        DataSourceConfig.from_dict(ours)  # our format (an odd doc_type is no HQ marker)
+
+
 def test_table_and_data_source_names_are_valid_identifiers() -> None:
     long = table_name("a-very-long-project-space-name-of-a-ministry", "immunisation-followups-v2")
     assert len(long) <= 63 and sql_identifier(long) == long

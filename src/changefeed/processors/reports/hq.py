@@ -87,7 +87,7 @@ def is_hq_data_source(spec: object) -> bool:
     return (
         "configured_indicators" in spec
         or "referenced_doc_type" in spec
-        or spec.get("doc_type") in _HQ_DOC_TYPES
+        or (isinstance(doc_type := spec.get("doc_type"), str) and doc_type in _HQ_DOC_TYPES)
     )
 
 
@@ -181,10 +181,10 @@ class _DataSource:
     def __init__(self, f: Fields) -> None:
         self.f = f
         self.expressions = _Named(
-            "named_expressions", f.optional("named_expressions", Mapping, {}), self.expression
+            "named_expressions", _unset_is_empty(f, "named_expressions", Mapping), self.expression
         )
         self.filters = _Named(
-            "named_filters", f.optional("named_filters", Mapping, {}), self.filter
+            "named_filters", _unset_is_empty(f, "named_filters", Mapping), self.filter
         )
         self.column_ids: dict[str, Spec] = {}
         """Our column of each HQ column id (for ``sql_column_indexes``)."""
@@ -208,13 +208,13 @@ class _DataSource:
             {"type": "equals", "property_name": "domain", "value": domain},
             {"type": "equals", "property_name": "doc_type", "value": doc_type_filter},
         ]
-        for i, validation in enumerate(f.optional("validations", list, [])):
+        for i, validation in enumerate(_unset_is_empty(f, "validations", list)):
             v = Fields(validation, index(f.path_of("validations"), i))
             v.optional("name", str)
             v.optional("error_message", str)
             clauses.append(self.filter(v.required("expression"), v.path_of("expression")))
             v.done()
-        configured = f.optional("configured_filter", Mapping, {})
+        configured = _unset_is_empty(f, "configured_filter", Mapping)
         if configured:
             clauses.append(self.filter(configured, f.path_of("configured_filter")))
         out: Spec = {
@@ -223,7 +223,7 @@ class _DataSource:
             "description": f.optional("display_name", (str, type(None))) or "",
             "filter": {"type": "and", "filters": clauses},
         }
-        base = f.optional("base_item_expression", Mapping, {})
+        base = _unset_is_empty(f, "base_item_expression", Mapping)
         if base:
             out["base_item_expression"] = self.expression(base, f.path_of("base_item_expression"))
         out["columns"] = self.columns()
@@ -354,7 +354,7 @@ class _DataSource:
 
     def _sql_settings(self) -> None:
         f = self.f
-        settings = Fields(f.optional("sql_settings", Mapping, {}), f.path_of("sql_settings"))
+        settings = Fields(_unset_is_empty(f, "sql_settings", Mapping), f.path_of("sql_settings"))
         if settings.optional("primary_key", list, []):
             raise ReportConfigError(
                 settings.path_of("primary_key"),
@@ -363,7 +363,7 @@ class _DataSource:
         settings.optional("citus_config")  # how Citus distributes the table; not a row
         settings.optional("doc_type")
         settings.done()
-        for i, entry in enumerate(f.optional("sql_column_indexes", list, [])):
+        for i, entry in enumerate(_unset_is_empty(f, "sql_column_indexes", list)):
             e = Fields(entry, index(f.path_of("sql_column_indexes"), i))
             ids = e.required("column_ids", list)
             e.optional("doc_type")
@@ -605,6 +605,14 @@ class _DataSource:
             value = value.get("constant")
         typed = _typed(value)
         return (value, None) if typed is None else (None, typed)
+
+
+def _unset_is_empty(f: Fields, key: str, kind: type) -> Any:
+    """An optional object or list of HQ's, where a missing one and ``null`` mean empty."""
+    if f.spec.get(key) is None:
+        f.optional(key)
+        return [] if kind is list else {}
+    return f.optional(key, kind)
 
 
 def _typed(value: Any) -> Spec | None:
