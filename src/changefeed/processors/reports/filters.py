@@ -139,13 +139,13 @@ def _compare_with(f: Fields) -> Filter:
     reference = parse_expression(f.required("value_expression"), f.path_of("value_expression"))
     if op_name == "in":
 
-        def compare(item: Any, root: Any) -> bool:
+        def is_in(item: Any, root: Any) -> bool:
             try:
                 return bool(op(reference(item, root), expr(item, root)))
             except TypeError:  # no container, or an unhashable value
                 return False
 
-        return compare
+        return is_in
 
     def compare_with(item: Any, root: Any) -> bool:
         try:

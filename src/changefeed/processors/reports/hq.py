@@ -96,8 +96,7 @@ def table_name(domain: str, table_id: str) -> str:
     identifier: other characters become ``_`` and a name past 63 characters is cut and ends
     in a hash of the whole. The 8-character hash is HQ's (of the domain and the table id), so
     two data sources whose names only differ in such characters get different tables."""
-    inner = hashlib.sha1(domain.encode()).hexdigest()  # noqa: S324 - a name, not a secret
-    digest = hashlib.sha1(f"{inner}_{table_id}".encode()).hexdigest()[:8]  # noqa: S324
+    digest = _hash(f"{hashlib.sha1(domain.encode()).hexdigest()}_{table_id}")
     return _identifier(f"{TABLE_PREFIX}{domain}_{table_id}_{digest}")
 
 
@@ -125,7 +124,8 @@ def to_spec(spec: object) -> Spec:
 
 
 def _hash(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:8]  # noqa: S324 - a name, not a secret
+    """Eight hex digits of SHA-1 (HQ's choice for its names; a name, not a secret)."""
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
 def _identifier(text: str) -> str:
@@ -212,6 +212,7 @@ class _DataSource:
             v = Fields(validation, index(f.path_of("validations"), i))
             v.optional("name", str)
             v.optional("error_message", str)
+            v.optional("doc_type")
             clauses.append(self.filter(v.required("expression"), v.path_of("expression")))
             v.done()
         configured = _unset_is_empty(f, "configured_filter", Mapping)
@@ -343,7 +344,7 @@ class _DataSource:
     def _datatype(self, f: Fields, *, required: bool) -> tuple[str, Callable[[Any], Any]]:
         """The column type of HQ's ``datatype`` and how to turn a value into it."""
         name = f.required("datatype") if required else f.optional("datatype")
-        if name not in _DATATYPES:
+        if not isinstance(name, str) or name not in _DATATYPES:
             raise ReportConfigError(
                 f.path_of("datatype"),
                 f"unknown datatype {type_name(name)} (known: {', '.join(_DATATYPES)})",
