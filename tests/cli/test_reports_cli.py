@@ -78,8 +78,10 @@ def test_validate(workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2
     assert err.strip().splitlines() == [
         "changefeed: error: bad.yaml: columns[1].expression.type: unknown expression type 'foo' "
-        "(known: conditional, constant, default, join, length, lower, property_name, property_path, "
-        "root_doc, strip, to_bool, to_date, to_datetime, to_decimal, to_float, to_int, to_str, upper)"
+        "(known: array_index, conditional, constant, default, dict, identity, iterator, join, "
+        "length, lower, nested, property_name, property_path, root_doc, split_string, strip, "
+        "switch, to_bool, to_date, to_datetime, to_decimal, to_float, to_int, to_list, to_str, "
+        "upper)"
     ]
 
 

@@ -138,3 +138,102 @@ def test_filters() -> None:
     assert fl({"type": "and", "filters": [is_open, in_oslo]})
     assert fl({"type": "or", "filters": [{"type": "not", "filter": is_open}, in_oslo]})
     assert not fl({"type": "not", "filter": {"type": "and", "filters": [is_open, in_oslo]}})
+
+
+def prop(name: str) -> dict[str, Any]:
+    return {"type": "property_name", "property_name": name}
+
+
+def test_structural_expressions() -> None:
+    phones = {"type": "property_path", "property_path": ["person", "phones"]}
+    assert ev({"type": "identity"}, item=5) == 5
+    assert ev({"type": "array_index", "array_expression": phones, "index_expression": 1}) == "456"
+    assert ev({"type": "array_index", "array_expression": phones, "index_expression": 9}) is None
+    assert (
+        ev({"type": "array_index", "array_expression": prop("name"), "index_expression": 0}) is None
+    )
+    assert ev({"type": "array_index", "array_expression": phones, "index_expression": True}) is None
+    nested = {
+        "type": "nested",
+        "argument_expression": prop("person"),
+        "value_expression": prop("phones"),
+    }
+    assert ev(nested) == ["123", "456"]
+    assert ev({"type": "dict", "properties": {"a": prop("age"), "b": 1}}) == {"a": "41", "b": 1}
+    switch = {"type": "switch", "switch_on": prop("age"), "cases": {"41": "yes"}, "default": "no"}
+    assert ev(switch) == "yes" and ev(switch, item={"age": 41}) == "no"
+    assert ev(dict(switch, switch_on=prop("tags")), item={"tags": []}) == "no"  # unhashable
+    assert ev({k: v for k, v in switch.items() if k != "default"}, item={}) is None
+    test = {"type": "exists", "expression": {"type": "identity"}}
+    iterate = {"type": "iterator", "expressions": [prop("age"), prop("missing"), 3], "test": test}
+    assert ev(iterate) == ["41", 3]
+    assert ev({"type": "iterator", "expressions": [prop("x")]}) == [None]
+    split = {"type": "split_string", "string_expression": prop("opened"), "delimiter": "T"}
+    assert ev(split) == ["2024-03-05", "08:30:00+00:00"]
+    assert ev(dict(split, index_expression=0)) == "2024-03-05"
+    assert (
+        ev(dict(split, index_expression=5)) is None and ev(dict(split, string_expression=7)) is None
+    )
+    assert ev({"type": "split_string", "string_expression": "a b", "index_expression": -1}) == "b"
+    assert ev({"type": "to_list", "expression": prop("age")}) == ["41"]
+    assert ev({"type": "to_list", "expression": prop("tags")}) == DOC["tags"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "value", "expected"),
+    [
+        ({"type": "in_multi", "value": "b"}, "a b c", True),
+        ({"type": "in_multi", "value": "b"}, "abc", False),
+        ({"type": "in_multi", "value": ""}, None, True),  # HQ reads a missing answer as ""
+        ({"type": "in_multi", "value": "b"}, ["b"], False),
+        ({"type": "any_in_multi", "values": ["x", "c"]}, "a b c", True),
+        ({"type": "any_in_multi", "values": ["x"]}, "a b c", False),
+        ({"type": "regex", "pattern": "^a.c$"}, "abc", True),
+        ({"type": "regex", "pattern": "^a.c$"}, 7, False),
+        ({"type": "compare_with", "operator": "<", "value_expression": prop("limit")}, 3, True),
+        ({"type": "compare_with", "operator": "<", "value_expression": prop("limit")}, "3", False),
+        (
+            {
+                "type": "compare_with",
+                "operator": "in",
+                "value_expression": {"type": "constant", "constant": [1, 3]},
+            },
+            3,
+            True,
+        ),
+        ({"type": "compare_with", "operator": "in", "value_expression": None}, 3, False),
+        ({"type": "compare_with", "operator": "==", "value_expression": prop("limit")}, 5, True),
+    ],
+)
+def test_multi_select_regex_and_computed_comparisons(
+    spec: dict[str, Any], value: Any, expected: bool
+) -> None:
+    compiled = parse_filter({**spec, "property_name": "v"}, "f")
+    doc = {"v": value, "limit": 5}
+    assert compiled(doc, doc) is expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "needle"),
+    [
+        ({"type": "regex", "property_name": "v", "pattern": "("}, "f.pattern", "invalid regular"),
+        (
+            {"type": "split_string", "string_expression": "a", "delimiter": ""},
+            "f.delimiter",
+            "empty",
+        ),
+        ({"type": "switch", "switch_on": 1, "cases": []}, "f.cases", "expected an object"),
+        (
+            {"type": "compare_with", "property_name": "v", "operator": "~", "value_expression": 1},
+            "f.operator",
+            "unknown operator",
+        ),
+    ],
+)
+def test_new_types_validate_their_fields(spec: dict[str, Any], path: str, needle: str) -> None:
+    from changefeed.processors.reports import ReportConfigError
+
+    parse = parse_filter if spec["type"] in ("regex", "compare_with") else parse_expression
+    with pytest.raises(ReportConfigError, match=needle) as info:
+        parse(spec, "f")
+    assert info.value.path == path

@@ -128,6 +128,45 @@ def test_bad_files_exit_2_with_one_line_quickly(
     assert len(err.strip().splitlines()) == 1 and needle in err and "Traceback" not in err
 
 
+def _filter_bomb(fmt: str) -> str:
+    """A data source whose filter, nine levels of ten aliases (90, under the limit), expands
+    to 10^9 ``equals`` clauses: compiled before the size check, it never finishes."""
+    levels = ["f0: &f0 {type: equals, property_name: x, value: 1}"] + [
+        f"f{i}: &f{i} {{type: and, filters: [{', '.join([f'*f{i - 1}'] * 10)}]}}"
+        for i in range(1, 10)
+    ]
+    if fmt == "hq":
+        head = [
+            "domain: d",
+            "referenced_doc_type: CommCareCase",
+            "table_id: t",
+            "named_filters:",
+            *(f"  {line}" for line in levels),
+            "configured_filter: *f9",
+            "configured_indicators: [{type: count, column_id: n}]",
+        ]
+    else:
+        head = ["name: bomb", "table: t", "filter: *f9", "columns: [{name: a}]"]
+        head = [*head[:2], "x:", *(f"  {line}" for line in levels), *head[2:]]
+    return "\n".join(head) + "\n"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("fmt", ["ours", "hq"])
+def test_an_alias_bomb_in_the_filter_is_refused_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fmt: str
+) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_filter_bomb(fmt))
+    with pytest.raises(ReportConfigError, match="too large"):
+        load_data_source(path)
+    with pytest.raises(SystemExit) as info:
+        main(["reports", "validate", str(path)])
+    _, err = capsys.readouterr()
+    assert info.value.code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "too large" in err and "Traceback" not in err
+
+
 def test_a_few_anchors_still_work(tmp_path: Path) -> None:
     path = tmp_path / "ok.yaml"
     path.write_text(

@@ -37,6 +37,7 @@ from changefeed.processors.reports.expressions import (
     property_name,
 )
 from changefeed.processors.reports.filters import Filter, parse_filter
+from changefeed.processors.reports.hq import is_hq_data_source, to_spec
 from changefeed.processors.reports.spec import Fields, ReportConfigError, index
 
 DOC_ID = "doc_id"
@@ -165,6 +166,13 @@ class DataSourceConfig:
 
     @classmethod
     def from_dict(cls, spec: object) -> DataSourceConfig:
+        """Validate ``spec``: our format, or CommCare HQ's data source JSON (translated by
+        `hq.to_spec` into ours first). The size is checked before anything is compiled, so
+        a spec that expands to billions of nodes is refused at once."""
+        _check_size(spec)
+        if is_hq_data_source(spec):
+            spec = to_spec(spec)
+            _check_size(spec)  # named expressions are shared, not copied: count them as used
         f = Fields(spec, "")
         name = _checked(f, "name", lambda v: object_name(v, "data source name"))
         table = _checked(f, "table", lambda v: sql_identifier(v, "table name"))
@@ -176,7 +184,6 @@ class DataSourceConfig:
             if f.has("base_item_expression")
             else None
         )
-        _check_size(spec)
         specs = f.required("columns", list)
         if not specs:
             raise ReportConfigError("columns", "a data source needs at least one column")

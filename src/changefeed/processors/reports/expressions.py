@@ -284,6 +284,116 @@ def _default(f: Fields) -> Expr:
     return default
 
 
+# -- structural expressions (CommCare HQ's: lists, objects, choices) ---------------------
+
+
+def _identity(f: Fields) -> Expr:
+    return lambda item, root: item
+
+
+def _switch(f: Fields) -> Expr:
+    on = parse_expression(f.required("switch_on"), f.path_of("switch_on"))
+    specs = f.required("cases", Mapping)
+    cases = {
+        key: parse_expression(spec, child(f.path_of("cases"), str(key)))
+        for key, spec in specs.items()
+    }
+    otherwise: Expr = (
+        parse_expression(f.optional("default"), f.path_of("default"))
+        if f.has("default")
+        else (lambda item, root: None)
+    )
+
+    def switch(item: Any, root: Any) -> Any:
+        value = on(item, root)
+        try:
+            chosen = cases.get(value)
+        except TypeError:  # an unhashable value (object, list) is no case
+            chosen = None
+        return (chosen or otherwise)(item, root)
+
+    return switch
+
+
+def _array_index(f: Fields) -> Expr:
+    array = parse_expression(f.required("array_expression"), f.path_of("array_expression"))
+    position = parse_expression(f.required("index_expression"), f.path_of("index_expression"))
+
+    def array_index(item: Any, root: Any) -> Any:
+        values = array(item, root)
+        i = position(item, root)
+        if not isinstance(values, list) or type(i) is not int:
+            return None
+        return values[i] if -len(values) <= i < len(values) else None
+
+    return array_index
+
+
+def _nested(f: Fields) -> Expr:
+    argument = parse_expression(f.required("argument_expression"), f.path_of("argument_expression"))
+    value = parse_expression(f.required("value_expression"), f.path_of("value_expression"))
+    return lambda item, root: value(argument(item, root), root)
+
+
+def _dict(f: Fields) -> Expr:
+    specs = f.required("properties", Mapping)
+    parts = [
+        (key, parse_expression(spec, child(f.path_of("properties"), str(key))))
+        for key, spec in specs.items()
+    ]
+    return lambda item, root: {key: expr(item, root) for key, expr in parts}
+
+
+def _iterator(f: Fields) -> Expr:
+    from changefeed.processors.reports.filters import parse_filter
+
+    specs = f.required("expressions", list)
+    parts = [parse_expression(s, index(f.path_of("expressions"), i)) for i, s in enumerate(specs)]
+    test = parse_filter(f.optional("test"), f.path_of("test")) if f.has("test") else None
+
+    def iterate(item: Any, root: Any) -> list[Any]:
+        values = [expr(item, root) for expr in parts]
+        return values if test is None else [v for v in values if test(v, root)]
+
+    return iterate
+
+
+def _split_string(f: Fields) -> Expr:
+    inner = parse_expression(f.required("string_expression"), f.path_of("string_expression"))
+    position = (
+        parse_expression(f.optional("index_expression"), f.path_of("index_expression"))
+        if f.has("index_expression")
+        else None
+    )
+    delimiter = f.optional("delimiter", str)
+    if delimiter == "":
+        raise ReportConfigError(f.path_of("delimiter"), "must not be empty")
+
+    def split(item: Any, root: Any) -> Any:
+        text = inner(item, root)
+        if not isinstance(text, str):
+            return None
+        parts = text.split(delimiter)
+        if position is None:
+            return parts
+        i = position(item, root)
+        if type(i) is not int:
+            return None
+        return parts[i] if -len(parts) <= i < len(parts) else None
+
+    return split
+
+
+def _to_list(f: Fields) -> Expr:
+    inner = parse_expression(f.required("expression"), f.path_of("expression"))
+
+    def to_list(item: Any, root: Any) -> list[Any]:
+        value = inner(item, root)
+        return value if isinstance(value, list) else [value]
+
+    return to_list
+
+
 _TYPES: dict[str, Callable[[Fields], Expr]] = {
     "property_name": _property_name,
     "property_path": _property_path,
@@ -303,6 +413,14 @@ _TYPES: dict[str, Callable[[Fields], Expr]] = {
     "length": _length,
     "join": _join,
     "default": _default,
+    "identity": _identity,
+    "switch": _switch,
+    "array_index": _array_index,
+    "nested": _nested,
+    "dict": _dict,
+    "iterator": _iterator,
+    "split_string": _split_string,
+    "to_list": _to_list,
 }
 
 EXPRESSION_TYPES = tuple(sorted(_TYPES))

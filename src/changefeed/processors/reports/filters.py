@@ -8,6 +8,7 @@ values that cannot be ordered (``None``, a string against a number) are simply f
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -76,16 +77,19 @@ _OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 }
 
 
-def _compare(f: Fields) -> Filter:
-    expr = _value_expr(f)
-    op_name = f.string("operator")
+def _operator(f: Fields, known: dict[str, Callable[[Any, Any], bool]]) -> tuple[str, Any]:
+    name = f.string("operator")
     try:
-        op = _OPERATORS[op_name]
+        return name, known[name]
     except KeyError:
         raise ReportConfigError(
-            f.path_of("operator"),
-            f"unknown operator {op_name!r} (known: {', '.join(_OPERATORS)})",
+            f.path_of("operator"), f"unknown operator {name!r} (known: {', '.join(known)})"
         ) from None
+
+
+def _compare(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    op_name, op = _operator(f, _OPERATORS)
     if not f.has("value"):
         raise ReportConfigError(f.path_of("value"), "required field is missing")
     value = f.optional("value")
@@ -124,6 +128,86 @@ def _not(f: Fields) -> Filter:
     return lambda item, root: not inner(item, root)
 
 
+_WITH_OPERATORS: dict[str, Callable[[Any, Any], bool]] = {**_OPERATORS, "in": operator.contains}
+
+
+def _compare_with(f: Fields) -> Filter:
+    """``compare`` against a computed value (a date, another property) instead of a constant:
+    ``value_expression`` is evaluated on the same item. ``in`` tests membership in it."""
+    expr = _value_expr(f)
+    op_name, op = _operator(f, _WITH_OPERATORS)
+    reference = parse_expression(f.required("value_expression"), f.path_of("value_expression"))
+    if op_name == "in":
+
+        def is_in(item: Any, root: Any) -> bool:
+            try:
+                return bool(op(reference(item, root), expr(item, root)))
+            except TypeError:  # no container, or an unhashable value
+                return False
+
+        return is_in
+
+    def compare_with(item: Any, root: Any) -> bool:
+        try:
+            return bool(op(expr(item, root), reference(item, root)))
+        except TypeError:  # values that cannot be ordered (None, a date with a string)
+            return False
+
+    return compare_with
+
+
+# -- CommCare HQ's multi-select and pattern operators ------------------------------------
+
+
+def _selected(value: Any) -> list[str] | None:
+    """The choices of a multi-select answer (space-separated, as HQ stores them); None for
+    a value that is not text (it selects nothing)."""
+    if value is None:
+        return [""]
+    return value.split(" ") if isinstance(value, str) else None
+
+
+def _in_multi(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    if not f.has("value"):
+        raise ReportConfigError(f.path_of("value"), "required field is missing")
+    value = f.optional("value")
+
+    def in_multi(item: Any, root: Any) -> bool:
+        chosen = _selected(expr(item, root))
+        return chosen is not None and value in chosen
+
+    return in_multi
+
+
+def _any_in_multi(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    values = f.required("values", list)
+
+    def any_in_multi(item: Any, root: Any) -> bool:
+        chosen = _selected(expr(item, root))
+        return chosen is not None and any(v in chosen for v in values)
+
+    return any_in_multi
+
+
+def _regex(f: Fields) -> Filter:
+    expr = _value_expr(f)
+    source = f.string("pattern")
+    try:
+        pattern = re.compile(source)
+    except re.error as exc:
+        raise ReportConfigError(
+            f.path_of("pattern"), f"invalid regular expression: {exc}"
+        ) from None
+
+    def matches(item: Any, root: Any) -> bool:
+        value = expr(item, root)
+        return isinstance(value, str) and pattern.search(value) is not None
+
+    return matches
+
+
 _TYPES: dict[str, Callable[[Fields], Filter]] = {
     "equals": _equals,
     "in": _in,
@@ -132,6 +216,10 @@ _TYPES: dict[str, Callable[[Fields], Filter]] = {
     "and": _and,
     "or": _or,
     "not": _not,
+    "in_multi": _in_multi,
+    "any_in_multi": _any_in_multi,
+    "regex": _regex,
+    "compare_with": _compare_with,
 }
 
 FILTER_TYPES = tuple(sorted(_TYPES))
