@@ -332,7 +332,10 @@ class BatchRunner:
         )
         if change.metadata is None:
             self.error_queue.record_failure(
-                record, InvalidChangeError(change.error or "invalid stub"), self.retry_policy
+                record,
+                InvalidChangeError(change.error or "invalid stub"),
+                self.retry_policy,
+                retryable=False,
             )
             return False
         # A retried change says so: processors can tell a retry from a first try.
@@ -351,7 +354,11 @@ class BatchRunner:
         except DependencyDownError as exc:
             failures.append(Failure(change, exc.where, exc.cause, True))
         if failures:
-            self.error_queue.record_failure(record, failures[0].exception, self.retry_policy)
+            # What retrying cannot fix (a refused document, an invalid stub) stays parked.
+            retryable = all(f.retryable for f in failures)
+            self.error_queue.record_failure(
+                record, failures[0].exception, self.retry_policy, retryable=retryable
+            )
             return False
         self.error_queue.resolve(record.id)
         return True

@@ -239,13 +239,21 @@ class ErrorQueue:
             conn.execute(errors_table.delete().where(errors_table.c.id == error_id))
 
     def record_failure(
-        self, record: ErrorRecord, exc: BaseException, policy: RetryPolicy | None = None
+        self,
+        record: ErrorRecord,
+        exc: BaseException,
+        policy: RetryPolicy | None = None,
+        *,
+        retryable: bool = True,
     ) -> None:
-        """One more failed attempt for an entry: back off further, or park it at the max."""
+        """One more failed attempt for an entry: back off further, or park it at the max.
+        A failure that retrying cannot fix (``retryable=False``: an invalid stub, a document
+        the sink refuses) parks it at once, as when it was first queued, so a manual retry
+        that fails again does not put it back on the retry schedule."""
         policy = policy or self.policy
         now = self.clock()
         attempts = record.attempts + 1
-        parked = attempts >= policy.max_attempts
+        parked = not retryable or attempts >= policy.max_attempts
         with self.engine.begin() as conn:
             conn.execute(
                 errors_table.update()
