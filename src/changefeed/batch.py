@@ -25,6 +25,7 @@ from changefeed.failures import (
     is_dependency_failure,
 )
 from changefeed.processors.base import BulkProcessor, Processor
+from changefeed.stores.base import UnknownDocumentStoreError
 from changefeed.stores.fetch import DocumentFetcher
 
 log = logging.getLogger("changefeed.pillow")
@@ -235,7 +236,12 @@ class BatchRunner:
         failures = list(failures)
         if not failures:
             return
+        unknown: dict[str, int] = {}
         for change, where, exc, _ in failures:
+            if isinstance(exc, UnknownDocumentStoreError):
+                # A configuration error, not one per document: said once per store and batch.
+                unknown[str(exc)] = unknown.get(str(exc), 0) + 1
+                continue
             log.warning(
                 "pillow %s: %s failed for %s at %s[%d]@%d: %s",
                 self.name,
@@ -245,6 +251,14 @@ class BatchRunner:
                 change.partition,
                 change.offset,
                 exc,
+            )
+        for message, n in unknown.items():
+            log.error(
+                "pillow %s: %s; %d %s queued until it is registered",
+                self.name,
+                message,
+                n,
+                "change" if n == 1 else "changes",
             )
         retryable = [(c, w, e) for c, w, e, r in failures if r]
         final = [(c, w, e) for c, w, e, r in failures if not r]
