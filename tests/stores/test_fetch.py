@@ -80,8 +80,8 @@ def test_versionless_deletion_of_a_live_document_is_an_upsert_of_it() -> None:
     assert not ready[0].deleted and ready[0].document == {"n": 1}
 
 
-def test_deletion_older_or_as_old_as_the_live_document_is_an_upsert_of_it() -> None:
-    store = CountingStore({"a": {"_version": 3}, "b": {"_rev": "2-x"}, "c": {"n": 1}})
+def test_deletion_older_than_the_live_document_is_an_upsert_of_it() -> None:
+    store = CountingStore({"a": {"_version": 3}, "b": {"_rev": "3-x"}, "c": {"n": 1}})
     changes = [
         _change("a", is_deletion=True, version=2),
         _change("b", is_deletion=True, document_rev="2-y"),
@@ -89,14 +89,21 @@ def test_deletion_older_or_as_old_as_the_live_document_is_an_upsert_of_it() -> N
     ]
     ready = _fetcher(store).fetch(changes, [])
     assert [(c.id, c.deleted) for c in ready] == [("a", False), ("b", False), ("c", False)]
+    assert ready[1].document == {"_rev": "3-x"}
     assert ready[0].metadata is not None and ready[0].metadata.is_deletion  # the stub as sent
 
 
-def test_deletion_newer_than_the_live_document_is_applied() -> None:
-    # The store has not caught up with the deletion yet: the stub announces a later version.
-    store = CountingStore({"a": {"_version": 1}})
-    ready = _fetcher(store).fetch([_change("a", is_deletion=True, version=2)], [])
-    assert ready[0].deleted and ready[0].document is None
+def test_deletion_as_new_as_or_newer_than_the_live_document_is_applied() -> None:
+    # a: a CouchDB soft delete (the stub names the very revision the store holds);
+    # b: the store has not caught up with the deletion yet.
+    soft = {"_rev": "3-x", "doc_type": "case-Deleted"}
+    store = CountingStore({"a": soft, "b": {"_version": 1}})
+    changes = [
+        _change("a", is_deletion=True, document_rev="3-x"),
+        _change("b", is_deletion=True, version=2),
+    ]
+    ready = _fetcher(store).fetch(changes, [])
+    assert [(c.id, c.deleted, c.document) for c in ready] == [("a", True, None), ("b", True, None)]
 
 
 def test_deletion_of_a_live_document_that_is_not_an_object_fails_like_an_update() -> None:

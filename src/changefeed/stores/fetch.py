@@ -6,9 +6,10 @@ and if still old the change is failed as stale (retried later from the error que
 processor never sees a document older than its change.
 
 The store decides what a change means: deletion stubs are fetched in the same bulk call, and
-a deletion whose document is live in the store is processed as an upsert of that document
-(see `DocumentFetcher._late_deletion`), so a late or reordered deletion never removes a live
-document's outputs, and the last change of a document in a batch stands for all of them.
+a deletion whose document is live in the store (newer than the stub, or with no version to
+compare) is processed as an upsert of that document (see `DocumentFetcher._late_deletion`),
+so a late, reordered or versionless deletion never removes a live document's outputs, and
+the last change of a document in a batch stands for all of them.
 """
 
 from __future__ import annotations
@@ -75,19 +76,23 @@ class DocumentFetcher:
 
     @staticmethod
     def _late_deletion(store: DocumentStore, change: Change, doc: object) -> bool:
-        """Whether a deletion stub is late: the store holds its document live, and the stub
-        does not announce a version newer than the stored one. The document was re-created
-        (or the stub arrived out of order), so the live document is processed instead: an
-        upsert, which is what processing every change of the document in order ends with.
-        A stub newer than the stored version is a deletion the store has not caught up with
-        yet, and is applied (CommCare HQ checks the same)."""
+        """Whether a deletion stub is late: the store holds its document live, at a newer
+        version than the stub announces (re-created, or the stub arrived out of order) or
+        with no version to compare (the stub carries none, as CommCare HQ's SQL stubs; or
+        the store keeps none). The live document is then processed instead: an upsert,
+        which is what processing every change of the document in order ends with.
+
+        A stub announcing the stored version itself describes that very revision as a
+        deletion (a CouchDB soft delete keeps the document, renamed ``...-Deleted``), and
+        one announcing a newer version is a deletion the store has not caught up with yet:
+        both are applied."""
         if not isinstance(doc, dict):
             return doc is not None and doc is not DocumentDeleted  # live, if not an object
         wanted = wanted_version(change)
         if wanted is None:
             return True
         have = store.document_version(doc)
-        return have is None or have >= wanted
+        return have is None or have > wanted
 
     def _fetch_from(
         self,
