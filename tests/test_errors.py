@@ -162,6 +162,18 @@ def test_make_due_operator_retry(queue: ErrorQueue, clock: Clock) -> None:
     assert len(queue.due("p")) == 2
 
 
+def test_a_failure_retrying_cannot_fix_parks_at_once(queue: ErrorQueue) -> None:
+    """An operator retry makes a parked entry due; failing again for a reason retrying
+    cannot fix parks it again, below ``max_attempts``, instead of scheduling it."""
+    queue.add("p", change("a"), "proc", fail(), retryable=False)
+    queue.make_due("p")
+    (rec,) = queue.due("p")
+    queue.record_failure(rec, fail("refused again"), retryable=False)
+    (rec,) = queue.list()
+    assert (rec.status, rec.attempts, rec.next_attempt_at) == (PARKED, 2, None)
+    assert rec.message == "refused again"
+
+
 def test_counts_and_list_filters(queue: ErrorQueue) -> None:
     queue.add("p", change("a"), "proc", fail())
     queue.add("p", change("b"), "proc", fail(), retryable=False)

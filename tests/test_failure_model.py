@@ -330,6 +330,34 @@ def test_retry_by_id_retries_exactly_that_entry_and_counts_failures(env: Env) ->
     assert [e.id for e in env.errors.list()] == [first.id]
 
 
+class Refuses(BulkProcessor):
+    """Refuses every document for good (like an Elasticsearch 400): not retryable."""
+
+    name = "refuses"
+
+    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
+        return [ChangeFailure(c, ValueError("mapping conflict"), retryable=False) for c in changes]
+
+
+def test_retries_by_hand_that_fail_again_leave_what_cannot_succeed_parked(env: Env) -> None:
+    """Issue 20 item 5: an invalid stub and a refused document, retried by id and with the
+    whole pillow made due (``errors retry``, the dashboard), stay parked."""
+    env.raw("junk", b"{not json")
+    env.save("refused")
+    pillow = env.pillow(Refuses())
+    pillow.run(forever=False)
+    entries = env.errors.list()
+    assert sorted(e.processor for e in entries) == sorted([INVALID_STUB, "refuses"])
+    assert {e.status for e in entries} == {PARKED}
+    ids = [e.id for e in entries]
+    env.errors.make_due(ids=ids)
+    assert pillow.runner.retry_errors(ids=ids) == (0, 2)
+    env.errors.make_due("fault-pillow")
+    assert pillow.runner.retry_errors(now=env.errors.clock()) == (0, 2)
+    after = env.errors.list()
+    assert [(e.status, e.attempts, e.next_attempt_at) for e in after] == [(PARKED, 3, None)] * 2
+
+
 # -- item 6: a replay does not duplicate invalid stubs -----------------------------------
 
 

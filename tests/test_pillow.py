@@ -276,6 +276,24 @@ def test_dedupe_keeps_last_change_per_document(env: Env) -> None:
     assert env.checkpoint() == {TopicPartition(TOPIC, 0): 6}
 
 
+def test_dedupe_keeps_a_newer_change_over_a_late_stub_of_its_document(env: Env) -> None:
+    """An update (version 3) then a late deletion (version 2) in one batch, the store still
+    at version 1: processed in order, the update is a stale read (queued, retried later),
+    and so it is when deduplicated. The late deletion does not take its place (it would be
+    applied, being newer than the store, and the update would be lost)."""
+    env.docs.save("a", {"n": 1})
+    env.publisher.publish(TOPIC, ChangeMeta("a", "memory", "docs", version=3))
+    env.publisher.publish(TOPIC, ChangeMeta("a", "memory", "docs", version=2, is_deletion=True))
+    env.publisher.publish(TOPIC, ChangeMeta("b", "memory", "docs"))  # versionless: the last
+    env.publisher.publish(TOPIC, ChangeMeta("b", "memory", "docs", is_deletion=True))
+    proc = Collect()
+    env.pillow(proc).run(forever=False)
+    assert proc.batches == [[("b", None)]]  # b: unknown to the store, its deletion stands
+    (entry,) = env.errors.list()
+    assert (entry.document_id, entry.processor) == ("a", FETCH)
+    assert "older than its change (version=3" in entry.message
+
+
 def test_dedupe_tells_stores_apart(env: Env) -> None:
     """The same id in two stores is two documents: both changes are processed."""
     env.stores.register(MemoryDocumentStore("docs", data_source_type="sql"))

@@ -25,7 +25,8 @@ from changefeed.failures import (
     is_dependency_failure,
 )
 from changefeed.processors.base import BulkProcessor, Processor
-from changefeed.stores.fetch import DocumentFetcher
+from changefeed.stores.base import UnknownDocumentStoreError
+from changefeed.stores.fetch import DocumentFetcher, wanted_version
 
 log = logging.getLogger("changefeed.pillow")
 
@@ -45,16 +46,35 @@ def dedupe_key(change: Change) -> Any:
 def latest_per_document(changes: list[Change]) -> list[Change]:
     """One change per document (its latest, in the place of its latest), so a document
     changed many times in a batch is fetched and processed once. Checked in a C loop first:
-    when no document id repeats (the usual case) there is nothing to drop."""
+    when no document id repeats (the usual case) there is nothing to drop.
+
+    The survivor stands for every change of its document, and the document store decides
+    what it means (a deletion of a live document is an upsert of it), so processing it gives
+    what processing them all in order gives. A late stub (one that announces an older
+    version than an earlier change of the batch) does not replace the newer one: that one's
+    version is what a stale read is checked against."""
     if len(set(map(_id_of, changes))) == len(changes):
         return changes
     latest: dict[Any, Change] = {}
     for change in changes:
         key = dedupe_key(change)
-        if key in latest:
-            del latest[key]
+        earlier = latest.pop(key, None)
+        if earlier is not None and _announces_newer(earlier, change):
+            change = earlier
         latest[key] = change
     return list(latest.values())
+
+
+def _announces_newer(change: Change, other: Change) -> bool:
+    """Whether both stubs announce a version and ``change``'s is the newer (``version``
+    read directly first: this runs once per repeated document of a batch)."""
+    mine = change.metadata.version  # type: ignore[union-attr]  # valid: same dedupe key
+    theirs = other.metadata.version  # type: ignore[union-attr]
+    if mine is None or theirs is None:
+        mine, theirs = wanted_version(change), wanted_version(other)
+        if mine is None or theirs is None:
+            return False
+    return mine > theirs
 
 
 @dataclass(slots=True)
@@ -235,7 +255,12 @@ class BatchRunner:
         failures = list(failures)
         if not failures:
             return
+        unknown: dict[str, int] = {}
         for change, where, exc, _ in failures:
+            if isinstance(exc, UnknownDocumentStoreError):
+                # A configuration error, not one per document: said once per store and batch.
+                unknown[str(exc)] = unknown.get(str(exc), 0) + 1
+                continue
             log.warning(
                 "pillow %s: %s failed for %s at %s[%d]@%d: %s",
                 self.name,
@@ -245,6 +270,14 @@ class BatchRunner:
                 change.partition,
                 change.offset,
                 exc,
+            )
+        for message, n in unknown.items():
+            log.error(
+                "pillow %s: %s; %d %s queued until it is registered",
+                self.name,
+                message,
+                n,
+                "change" if n == 1 else "changes",
             )
         retryable = [(c, w, e) for c, w, e, r in failures if r]
         final = [(c, w, e) for c, w, e, r in failures if not r]
@@ -332,7 +365,10 @@ class BatchRunner:
         )
         if change.metadata is None:
             self.error_queue.record_failure(
-                record, InvalidChangeError(change.error or "invalid stub"), self.retry_policy
+                record,
+                InvalidChangeError(change.error or "invalid stub"),
+                self.retry_policy,
+                retryable=False,
             )
             return False
         # A retried change says so: processors can tell a retry from a first try.
@@ -351,7 +387,11 @@ class BatchRunner:
         except DependencyDownError as exc:
             failures.append(Failure(change, exc.where, exc.cause, True))
         if failures:
-            self.error_queue.record_failure(record, failures[0].exception, self.retry_policy)
+            # What retrying cannot fix (a refused document, an invalid stub) stays parked.
+            retryable = all(f.retryable for f in failures)
+            self.error_queue.record_failure(
+                record, failures[0].exception, self.retry_policy, retryable=retryable
+            )
             return False
         self.error_queue.resolve(record.id)
         return True

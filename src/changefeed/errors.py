@@ -29,6 +29,7 @@ from changefeed.errors_schema import (
     TYPE_CHARS,
     bounded,
     doc_key,
+    error_type_name,
     error_type_of,
     errors_table,
     head,
@@ -239,13 +240,21 @@ class ErrorQueue:
             conn.execute(errors_table.delete().where(errors_table.c.id == error_id))
 
     def record_failure(
-        self, record: ErrorRecord, exc: BaseException, policy: RetryPolicy | None = None
+        self,
+        record: ErrorRecord,
+        exc: BaseException,
+        policy: RetryPolicy | None = None,
+        *,
+        retryable: bool = True,
     ) -> None:
-        """One more failed attempt for an entry: back off further, or park it at the max."""
+        """One more failed attempt for an entry: back off further, or park it at the max.
+        A failure that retrying cannot fix (``retryable=False``: an invalid stub, a document
+        the sink refuses) parks it at once, as when it was first queued, so a manual retry
+        that fails again does not put it back on the retry schedule."""
         policy = policy or self.policy
         now = self.clock()
         attempts = record.attempts + 1
-        parked = attempts >= policy.max_attempts
+        parked = not retryable or attempts >= policy.max_attempts
         with self.engine.begin() as conn:
             conn.execute(
                 errors_table.update()
@@ -327,6 +336,20 @@ class ErrorQueue:
             out = {PENDING: 0, PARKED: 0}
             out.update({status: int(n) for status, n in conn.execute(query)})
             return out
+
+    def messages(self, pillow: str, error_type: type[BaseException]) -> dict[str, int]:
+        """{message: number of entries} of ``pillow``'s entries that failed with an
+        ``error_type`` exception (a status warning groups them, e.g. per missing store)."""
+        self.create()
+        t = errors_table
+        query = (
+            sa.select(t.c.message, sa.func.count())
+            .where((t.c.pillow == pillow) & (t.c.error_type == error_type_name(error_type)))
+            .group_by(t.c.message)
+            .order_by(t.c.message)
+        )
+        with self.engine.connect() as conn:
+            return {message: int(n) for message, n in conn.execute(query)}
 
     def pillows(self) -> dict[str, int]:
         """{pillow: number of entries} for every pillow with entries."""

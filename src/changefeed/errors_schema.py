@@ -103,7 +103,12 @@ def doc_key(change: Change) -> str:
 
 def error_type_of(exc: BaseException) -> str:
     """The ``error_type`` column: the exception's qualified class name."""
-    return bounded(f"{type(exc).__module__}.{type(exc).__qualname__}", TYPE_CHARS)
+    return error_type_name(type(exc))
+
+
+def error_type_name(cls: type[BaseException]) -> str:
+    """The ``error_type`` column for exceptions of class ``cls``."""
+    return bounded(f"{cls.__module__}.{cls.__qualname__}", TYPE_CHARS)
 
 
 def traceback_of(exc: BaseException) -> str:

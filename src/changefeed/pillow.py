@@ -401,7 +401,7 @@ class Pillow(PipelinedConsumption):
         health = self._health
         health.state = "running"
         health.error = None
-        health.processed += cut.seen
+        health.processed += max(cut.seen - report.failures, 0)  # queued is not processed
         health.last_progress_at = self.clock()
         for listener in self.listeners:
             listener.on_batch(self, report)

@@ -17,6 +17,7 @@ from changefeed.checkpoints import RETENTION, partition_lag
 from changefeed.identifiers import redact_secrets
 from changefeed.pillow import Pillow
 from changefeed.runner import Runnable
+from changefeed.stores.base import UnknownDocumentStoreError
 
 
 def redacted(value: Any, redact: Callable[[str], str] = redact_secrets) -> Any:
@@ -101,6 +102,11 @@ def pillow_status(app: App, pillow: Pillow, now: float | None = None) -> PillowS
     counts = app.error_queue.counts(pillow.name)
     status.errors_pending = counts.get("pending", 0)
     status.errors_parked = counts.get("parked", 0)
+    for message, n in app.error_queue.messages(pillow.name, UnknownDocumentStoreError).items():
+        status.notes.append(
+            f"{n} {'change waits' if n == 1 else 'changes wait'} in the error queue: {message}; "
+            f"once it is registered: changefeed errors retry --pillow {pillow.name}"
+        )
     for tp, (was, now_at) in app.checkpoints.rewinds(pillow.name).items():
         status.notes.append(f"{tp}: REWIND: checkpoint {now_at} is behind {was} set in the history")
     for entry in app.checkpoints.history(pillow.name, limit=20):

@@ -114,11 +114,11 @@ def test_errors_commands(env: dict[str, str], tmp_path: Path) -> None:
     detail = json.loads(cf(env, "errors", "show", "--json", str(listed[0]["id"])).stdout)
     assert detail["stub"] == "{not json"
     assert "InvalidChangeError" in detail["traceback"]
-    # Retrying an invalid stub fails again and keeps it queued; purge removes it.
+    # Retrying an invalid stub fails again and keeps it parked; purge removes it.
     retried = cf(env, "errors", "retry", "--id", str(listed[0]["id"]))
     assert retried.returncode == 0, retried.stderr
     assert "0 succeeded, 1 failed again" in retried.stdout
-    purged = cf(env, "errors", "purge", "--status", "pending", "--pillow", "recorder")
+    purged = cf(env, "errors", "purge", "--status", "parked", "--pillow", "recorder")
     assert purged.returncode == 0, purged.stderr
     assert "1 error(s) purged" in purged.stdout
     assert json.loads(cf(env, "errors", "list", "--json").stdout) == []

@@ -100,7 +100,8 @@ def test_bulk_partial_failure_goes_to_error_queue_while_the_rest_index(
     rig.save("good1", {"name": "a", "count": 1})
     rig.save("bad", {"name": "b", "count": "not a number"})  # conflicts with the mapping
     rig.save("good2", {"name": "c", "count": 3})
-    rig.pillow(proc).run(forever=False)
+    pillow = rig.pillow(proc)
+    pillow.run(forever=False)
 
     es.indices.refresh(index=es_alias)
     assert es.count(index=es_alias)["count"] == 2
@@ -109,6 +110,12 @@ def test_bulk_partial_failure_goes_to_error_queue_while_the_rest_index(
     assert record.processor == f"elastic:{es_alias}"
     assert record.status == PARKED  # a document Elasticsearch refuses will not heal by retrying
     assert "400" in record.message and "count" in record.message
+    # An operator retries it by hand (errors retry --id, the dashboard): refused again, it
+    # stays parked rather than going back on the retry schedule.
+    rig.errors.make_due(ids=[record.id])
+    assert pillow.runner.retry_errors(ids=[record.id]) == (0, 1)
+    again = rig.errors.get(record.id)
+    assert again is not None and (again.status, again.attempts) == (PARKED, 2)
 
 
 def test_transform_hook_shapes_documents_and_none_deletes(

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from changefeed.app import App
 from changefeed.change import ChangeMeta
+from changefeed.errors import PARKED
 from changefeed.pillow import Pillow
 from changefeed.processors import FunctionProcessor
 from changefeed.runner import Runnable, run_runnable
@@ -165,6 +166,7 @@ def test_custom_classifier_and_retrying_unclassifiable(app: App, couch_db: str) 
     assert [(t, m.document_id) for t, m in _log(app)] == [("case", "case:1")]
     assert bridge.unclassifiable == 1
     assert bridge.retry_errors() == (0, 1)  # still unclassifiable
+    assert [e.status for e in app.error_queue.list(bridge.name)] == [PARKED]  # not scheduled
     # The operator fixes the classifier: the queued document is published and resolved.
     bridge.classifier = CouchDocumentClassifier(type_fields=("doc_type",))
     _bulk(

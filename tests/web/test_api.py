@@ -8,7 +8,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from changefeed.change import Change, ChangeMeta
 from changefeed.cli import main
+from changefeed.failures import FETCH
+from changefeed.stores.base import UnknownDocumentStoreError
+from tests.harness._util import wait_until
 from tests.web.conftest import Site
 
 TOKEN = "s3cret-token-for-tests"
@@ -62,6 +66,26 @@ def test_retry_requires_same_origin_json(start_site: Callable[..., Site]) -> Non
         assert done["results"] == {"cases": {"resolved": 1, "failed": 0}}
         assert client.get("/api/errors").json()["errors"] == []
         assert client.get("/api/pillows").status_code == 200
+
+
+def test_pillow_status_warns_of_changes_waiting_for_an_unregistered_store(
+    start_site: Callable[..., Site],
+) -> None:
+    site = start_site()
+    missing = UnknownDocumentStoreError("no document store for data_source_name='forms'")
+    for doc_id in ("f1", "f2"):
+        change = Change("case", 0, 0, ChangeMeta(doc_id, "sql", "forms"))
+        site.app.error_queue.add("cases", change, FETCH, missing)
+    with httpx.Client(base_url=site.url, timeout=10) as client:
+
+        def notes() -> list[str]:
+            (pillow,) = client.get("/api/pillows").json()["pillows"]
+            return list(pillow["notes"])
+
+        wait_until(lambda: bool(notes()), "the next status sample")
+        (note,) = notes()
+    assert note.startswith("2 changes wait in the error queue: no document store for")
+    assert note.endswith("changefeed errors retry --pillow cases")
 
 
 def test_foreign_host_header_refused_without_token(start_site: Callable[..., Site]) -> None:

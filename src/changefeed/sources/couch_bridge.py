@@ -255,7 +255,7 @@ class CouchBridgePillow:
                 try:
                     meta = self.classifier(change, self.data_source_name)
                 except (UnclassifiableDocumentError, ValueError) as exc:
-                    self.error_queue.record_failure(record, exc)
+                    self.error_queue.record_failure(record, exc, retryable=False)
                     failed += 1
                     continue
                 self.publisher.publish(self.router.topic_for(meta), meta)

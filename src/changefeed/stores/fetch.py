@@ -4,11 +4,16 @@ A stub announces a version (``version`` or the generation of ``document_rev``); 
 replica may still hold an older one. Such a read is retried a few times after a short wait,
 and if still old the change is failed as stale (retried later from the error queue): a
 processor never sees a document older than its change.
+
+The store decides what a change means: deletion stubs are fetched in the same bulk call, and
+a deletion whose document is live in the store (newer than the stub, or with no version to
+compare) is processed as an upsert of that document (see `DocumentFetcher._late_deletion`),
+so a late, reordered or versionless deletion never removes a live document's outputs, and
+the last change of a document in a batch stands for all of them.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -23,8 +28,6 @@ from changefeed.failures import (
 )
 from changefeed.stores.base import DocumentDeleted, DocumentNotFoundError, DocumentStore, rev_number
 from changefeed.stores.registry import DocumentStoreRegistry
-
-log = logging.getLogger("changefeed.pillow")
 
 
 class DocumentFetcher:
@@ -66,36 +69,30 @@ class DocumentFetcher:
                 )
                 failures.append(Failure(change, INVALID_STUB, bad, False))
                 continue
-            if change.deleted and wanted_version(change) is None:
-                # Nothing to compare with: the deletion is applied as announced.
-                change.set_document(None)
-                ready.append(change)
-                continue
             by_store.setdefault(id(store), (store, []))[1].append(change)
         for store, group in by_store.values():
             self._fetch_from(store, group, ready, failures)
         return ready
 
     @staticmethod
-    def _check_deletion(
-        store: DocumentStore, change: Change, doc: object, ready: list[Change]
-    ) -> None:
-        """A deletion is applied unless the store holds a live document newer than the
-        stub: then the document was re-created, the deletion is late, and the newer change
-        that follows it in the log is what counts (CommCare HQ checks the same)."""
-        if isinstance(doc, dict):
-            have = store.document_version(doc)
-            wanted = wanted_version(change)
-            if have is not None and wanted is not None and have > wanted:
-                log.info(
-                    "skipping late deletion of %r: the store holds version %d, the stub %d",
-                    change.id,
-                    have,
-                    wanted,
-                )
-                return
-        change.set_document(None)
-        ready.append(change)
+    def _late_deletion(store: DocumentStore, change: Change, doc: object) -> bool:
+        """Whether a deletion stub is late: the store holds its document live, at a newer
+        version than the stub announces (re-created, or the stub arrived out of order) or
+        with no version to compare (the stub carries none, as CommCare HQ's SQL stubs; or
+        the store keeps none). The live document is then processed instead: an upsert,
+        which is what processing every change of the document in order ends with.
+
+        A stub announcing the stored version itself describes that very revision as a
+        deletion (a CouchDB soft delete keeps the document, renamed ``...-Deleted``), and
+        one announcing a newer version is a deletion the store has not caught up with yet:
+        both are applied."""
+        if not isinstance(doc, dict):
+            return doc is not None and doc is not DocumentDeleted  # live, if not an object
+        wanted = wanted_version(change)
+        if wanted is None:
+            return True
+        have = store.document_version(doc)
+        return have is None or have > wanted
 
     def _fetch_from(
         self,
@@ -116,8 +113,12 @@ class DocumentFetcher:
             for change in pending:
                 doc = found.get(change.id)
                 if change.deleted:
-                    self._check_deletion(store, change, doc, ready)
-                elif doc is None:
+                    if not self._late_deletion(store, change, doc):
+                        change.set_document(None)
+                        ready.append(change)
+                        continue
+                    change.deleted = False  # the store decides: an upsert of what it holds
+                if doc is None:
                     missing = DocumentNotFoundError(f"document {change.id!r} not found in {where}")
                     failures.append(Failure(change, FETCH, missing, True))
                 elif doc is DocumentDeleted:
