@@ -28,11 +28,15 @@ def fatal_error(code: int = KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER) -> KafkaErr
 
 class FailedProducer:
     """Stands in for a librdkafka producer that has just failed fatally: it queues what it is
-    given, and every wait raises the fatal error, as confluent-kafka's ``flush`` does."""
+    given, and every wait raises the fatal error, as confluent-kafka's ``flush`` does.
 
-    def __init__(self) -> None:
+    ``flush_raises`` is what ``flush`` raises instead, when given: confluent-kafka can also
+    raise ``SystemError`` wrapping the fatal `KafkaException`."""
+
+    def __init__(self, flush_raises: BaseException | None = None) -> None:
         self.queued = 0
         self.purged = False
+        self.flush_raises = flush_raises
 
     def produce(self, topic: str, value: bytes, key: str, on_delivery: Any = None) -> None:
         self.queued += 1
@@ -41,6 +45,8 @@ class FailedProducer:
         raise KafkaException(fatal_error())
 
     def flush(self, timeout: float | None = None) -> int:
+        if self.flush_raises is not None:
+            raise self.flush_raises
         raise KafkaException(fatal_error())
 
     def purge(self, *args: bool) -> None:
@@ -122,6 +128,50 @@ def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(
     finally:
         publisher.close()
     assert read_ids(kafka_backend, topic) == ["warm-up", "after"]
+
+
+def _system_error_wrapping(exc: BaseException) -> SystemError:
+    """A ``SystemError`` as the C extension raises it: the real error is its cause."""
+    try:
+        raise SystemError(
+            "<built-in method flush> returned a result with an exception set"
+        ) from exc
+    except SystemError as wrapped:
+        return wrapped
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        _system_error_wrapping(KafkaException(fatal_error())),
+        SystemError("<built-in method flush> returned NULL without setting an exception"),
+    ],
+    ids=["wrapping-fatal", "bare"],
+)
+def test_a_system_error_from_flush_is_a_publish_error_and_replaces_the_producer_at_once(
+    kafka_backend: Backend, raised: SystemError
+) -> None:
+    """``publish_many`` maps confluent-kafka's ``SystemError`` to `PublishError` and records
+    the fatal state, so the very next call runs on a new producer (it used to escape raw,
+    and the next call failed once more before the producer was replaced)."""
+    topic = f"fatal-{uuid.uuid4().hex[:8]}"
+    kafka_backend.admin().create_topic(topic, 1)
+    publisher = kafka_backend.publisher()
+    assert isinstance(publisher, KafkaPublisher)
+    try:
+        publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
+        failed = FailedProducer(flush_raises=raised)
+        publisher._producer = failed  # type: ignore[assignment]
+        with pytest.raises(PublishError, match="failed for good"):
+            publisher.publish_many(
+                [(topic, ChangeMeta(f"lost{i}", "sql", "docs")) for i in range(2)]
+            )
+        assert publisher.replaced_total == 0
+        publisher.publish_many([(topic, ChangeMeta(f"m{i}", "sql", "docs")) for i in range(2)])
+        assert failed.purged and publisher.replaced_total == 1
+    finally:
+        publisher.close()
+    assert read_ids(kafka_backend, topic) == ["before", "m0", "m1"]
 
 
 # -- a real broker restart under a publishing outbox relay ----------------------------------
