@@ -6,6 +6,7 @@ suite (tests/backends/conformance.py); nothing above this layer knows which one 
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,13 @@ def partition_count(value: object, what: str = "partitions") -> int:
     if not 1 <= value <= MAX_PARTITIONS:
         raise ValueError(f"{what} must be at least 1 and at most {MAX_PARTITIONS}, got {value}")
     return value
+
+
+def key_partition(key: str, partitions: int) -> int:
+    """The partition a stub keyed ``key`` goes to in a topic of ``partitions`` partitions:
+    CRC32 of the UTF-8 key modulo the count. The embedded log places keys so, and so does
+    librdkafka's default partitioner, so both logs keep a document in the same partition."""
+    return zlib.crc32(key.encode()) % partitions if partitions > 1 else 0
 
 
 class PublishError(RuntimeError):
@@ -306,6 +314,13 @@ class Backend(ABC):
 
     @abstractmethod
     def admin(self) -> TopicAdmin: ...
+
+    def partition_for(self, key: str, partitions: int) -> int | None:
+        """The partition this log's publishers put a stub keyed ``key`` in, in a topic of
+        ``partitions`` partitions; None when it cannot say (a Kafka URL naming another
+        partitioner), and a search by key then reads every partition. Default:
+        `key_partition`, the rule of both logs."""
+        return key_partition(key, partitions)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""
