@@ -235,6 +235,13 @@ class ChangeFeed(ABC):
         Only called when `uses_consumer_group` is true; a feed without groups never
         rebalances, so the default ignores it."""
 
+    def leave_group(self) -> None:  # noqa: B027 - optional hook
+        """Called by a reader that stopped reading (it returned, was stopped, or failed): a
+        feed in a consumer group leaves it now, so the group hands its partitions to the
+        other members at once instead of after the session timeout (on Kafka a graceful
+        restart would otherwise stall them). The feed can be read again afterwards: it
+        joins again. The default, for a feed without a group, does nothing."""
+
     def set_offset_reset_handler(self, handler: OffsetResetHandler | None) -> None:
         """Who to tell when a position was removed by retention and the feed reads on from
         the earliest offset still in the log (the caller records the jump in its checkpoint
