@@ -59,6 +59,12 @@ class UnknownTopicError(LookupError):
     """A topic that does not exist in the log."""
 
 
+class LogUnavailableError(ConnectionError):
+    """The log cannot be reached: its servers are down or unreachable, or did not answer
+    within the configured timeout. A dependency's failure, never the data's; the message is
+    one line naming the address, which the CLI prints as it is (exit code 2)."""
+
+
 @dataclass(frozen=True, slots=True)
 class TopicInfo:
     name: str

@@ -199,7 +199,9 @@ def _start_line(
     feed = pillow.change_feed
     head = f"{escape(pillow.name)}: topics {escape(', '.join(feed.topics))}"
     if feed.uses_consumer_group:
-        where = "partitions assigned by the consumer group"
+        # Asks the log like the static case does, so an unreachable one is said before
+        # anything else.
+        where = f"{len(feed.topic_partitions())} partitions assigned by the consumer group"
     else:
         parts = pillow.assigned_partitions(num_processes, process_number)
         where = "partitions " + (

@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from changefeed import gctune
-from changefeed.backends.base import Publisher, PublishError
+from changefeed.backends.base import LogUnavailableError, Publisher, PublishError
 from changefeed.backends.kafka.admin import KafkaTopicAdmin
 from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import ChangeMeta
@@ -44,6 +44,12 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
     "message.timeout.ms": 30000,
 }
 """Durable by default; URL options override all but ``acks`` and idempotence."""
+
+
+class UnreachableLogPublishError(PublishError, LogUnavailableError):
+    """No broker answered when the publisher needed one: a `PublishError` like every
+    publisher failure, and a `LogUnavailableError` (naming the address) for whoever tells
+    an unreachable log apart, such as the CLI."""
 
 
 def is_fatal(err: KafkaError | None) -> bool:
@@ -250,10 +256,14 @@ class KafkaPublisher(Publisher):
                 for topic in missing:
                     if topic not in existing:
                         self._admin.create_topic(topic, self.config.partitions)
+            except LogUnavailableError as exc:
+                raise UnreachableLogPublishError(
+                    f"could not check topics {', '.join(sorted(missing))}: {exc}"
+                ) from None
             except KafkaException as exc:
                 raise PublishError(
-                    f"cannot reach Kafka at {self.config.bootstrap_servers} to check topics "
-                    f"{', '.join(sorted(missing))}: {exc}"
+                    f"could not check topics {', '.join(sorted(missing))} at "
+                    f"{self.config.bootstrap_servers}: {_reason(exc)}"
                 ) from None
         self._known_topics.update(missing)
 
