@@ -72,6 +72,7 @@ class SQLitePublisher(Publisher):
         """Append (topic, key, array element) records in one transaction."""
         if not records:
             return
+        partition_of = key_partition
         # Group by partition first: same key, same partition (`key_partition`, the rule
         # `Backend.partition_for` declares), order kept within it.
         with self._lock:
@@ -87,7 +88,7 @@ class SQLitePublisher(Publisher):
                             conn, topic, self.log.default_partitions
                         )
                     tid, nparts = info
-                    hk = (tid, key_partition(key, nparts))
+                    hk = (tid, partition_of(key, nparts))
                     group = groups.get(hk)
                     if group is None:
                         group = groups[hk] = []
