@@ -56,6 +56,19 @@ class FailedProducer:
         return self.queued
 
 
+@pytest.fixture
+def topic(kafka_backend: Backend) -> str:
+    """A new topic of one partition on the test broker."""
+    name = f"fatal-{uuid.uuid4().hex[:8]}"
+    kafka_backend.admin().create_topic(name, 1)
+    return name
+
+
+def kafka_publisher(backend: Backend, asynchronous: bool = False) -> KafkaPublisher:
+    assert isinstance(backend, KafkaBackend)
+    return backend.publisher(asynchronous=asynchronous)
+
+
 def test_which_errors_are_fatal() -> None:
     assert is_fatal(fatal_error())
     assert is_fatal(KafkaError(KafkaError._FATAL, "x", fatal=True))
@@ -65,11 +78,10 @@ def test_which_errors_are_fatal() -> None:
     assert not is_fatal(None)
 
 
-def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka_backend: Backend) -> None:
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    publisher = kafka_backend.publisher()
-    assert isinstance(publisher, KafkaPublisher)
+def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(
+    kafka_backend: Backend, topic: str
+) -> None:
+    publisher = kafka_publisher(kafka_backend)
     try:
         publisher.publish(topic, ChangeMeta("a", "sql", "docs"))
         old = publisher._producer
@@ -84,12 +96,11 @@ def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka_backend: 
     assert read_ids(kafka_backend, topic) == ["a", "b", "c"]
 
 
-def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka_backend: Backend) -> None:
+def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(
+    kafka_backend: Backend, topic: str
+) -> None:
     """The first fatal error used to escape from ``flush()`` as a raw KafkaException."""
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    publisher = kafka_backend.publisher()
-    assert isinstance(publisher, KafkaPublisher)
+    publisher = kafka_publisher(kafka_backend)
     try:
         publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
         failed = FailedProducer()
@@ -105,14 +116,11 @@ def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka_backen
 
 
 def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(
-    kafka_backend: Backend,
+    kafka_backend: Backend, topic: str
 ) -> None:
     """Queued stubs whose delivery the failed producer never confirmed are raised as failed
     (so the caller publishes them again), not silently counted as sent."""
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    assert isinstance(kafka_backend, KafkaBackend)
-    publisher = kafka_backend.publisher(asynchronous=True)
+    publisher = kafka_publisher(kafka_backend, asynchronous=True)
     try:
         publisher.publish(topic, ChangeMeta("warm-up", "sql", "docs"))
         publisher.flush()
@@ -149,15 +157,12 @@ def _system_error_wrapping(exc: BaseException) -> SystemError:
     ids=["wrapping-fatal", "bare"],
 )
 def test_a_system_error_from_flush_is_a_publish_error_and_replaces_the_producer_at_once(
-    kafka_backend: Backend, raised: SystemError
+    kafka_backend: Backend, topic: str, raised: SystemError
 ) -> None:
     """``publish_many`` maps confluent-kafka's ``SystemError`` to `PublishError` and records
     the fatal state, so the very next call runs on a new producer (it used to escape raw,
     and the next call failed once more before the producer was replaced)."""
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    publisher = kafka_backend.publisher()
-    assert isinstance(publisher, KafkaPublisher)
+    publisher = kafka_publisher(kafka_backend)
     try:
         publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
         failed = FailedProducer(flush_raises=raised)
