@@ -115,7 +115,7 @@ def test_a_documents_changes(backend: Backend, log_url: str, tmp_path: Path) -> 
         read = key_partitions(backend, {"doc-x"}, feed.topic_partitions())
     finally:
         feed.close()
-    assert TopicPartition(TOPIC, int(got[0]["partition"])) in read  # type: ignore[arg-type]
+    assert TopicPartition(TOPIC, int(got[0]["partition"])) in read  # type: ignore[call-overload]
     assert read == [TopicPartition(TOPIC, p) for p in (0, 1, 2)]
 
     ids_file = tmp_path / "ids.txt"
