@@ -201,7 +201,8 @@ def _start_line(
     if feed.uses_consumer_group:
         # Asks the log like the static case does, so an unreachable one is said before
         # anything else.
-        where = f"{len(feed.topic_partitions())} partitions assigned by the consumer group"
+        total = len(feed.topic_partitions())
+        where = f"its share of {total} partitions, assigned by the consumer group"
     else:
         parts = pillow.assigned_partitions(num_processes, process_number)
         where = "partitions " + (
