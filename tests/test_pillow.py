@@ -571,6 +571,55 @@ def test_stop_from_another_thread_after_current_batch(env: Env) -> None:
     assert env.checkpoint() == {TopicPartition(TOPIC, 0): 10}
 
 
+class GroupFeed(ScriptedFeed):
+    """A scripted feed in a consumer group: records its rebalance listener and whether, and
+    with which listener still set, the pillow left the group."""
+
+    def __init__(self, script: Sequence[Change | None | float]) -> None:
+        super().__init__(script)
+        self.listener: object = None
+        self.left_with: list[object] = []
+
+    @property
+    def uses_consumer_group(self) -> bool:
+        return True
+
+    def set_rebalance_listener(self, listener: object) -> None:
+        self.listener = listener
+
+    def leave_group(self) -> None:
+        self.left_with.append(self.listener)
+
+
+@pytest.mark.parametrize("ending", ["caught-up", "stopped", "crashed"])
+def test_a_group_pillow_leaves_its_group_however_it_stops(tmp_path: Path, ending: str) -> None:
+    """Returning, being stopped and an exception all leave the group once, with the
+    listener detached first: leaving must not process the unfinished batch."""
+    feed = GroupFeed([stub_change(0), stub_change(1), None, stub_change(2), None])
+    proc = Collect(needs_documents=False)
+    pillow = Pillow(
+        "p",
+        feed,
+        proc,
+        checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
+        batch_size=2,
+        max_wait=60,
+    )
+    if ending == "stopped":
+        pillow.listeners.append(
+            type("StopAfterFirst", (PillowListener,), {"on_batch": lambda self, p, r: p.stop()})()
+        )
+    if ending == "crashed":
+        proc.crash_on_batch = 1
+        with pytest.raises(Crash):
+            pillow.run(forever=True)
+    else:
+        pillow.run(forever=ending == "stopped")
+    assert feed.left_with == [None]
+    batches = {"caught-up": 2, "stopped": 1, "crashed": 0}[ending]
+    assert len(proc.batches) == batches
+
+
 def test_stop_while_idle(env: Env) -> None:
     env.change("a", {"n": 1})
     proc = Collect()

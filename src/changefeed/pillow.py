@@ -246,7 +246,7 @@ class Pillow(PipelinedConsumption):
             with gctune.raised_threshold():
                 if feed.uses_consumer_group:
                     feed.set_rebalance_listener(self)
-                    return self._consume(feed.iter_change_batches({}, forever))
+                    return self._consume_group(feed, forever)
                 consume = self._consume_pipelined if self.pipelined else self._consume
                 # Static assignment: re-done when topics or partitions appear while running,
                 # so a pillow started before its topics exist still reads them.
@@ -261,6 +261,18 @@ class Pillow(PipelinedConsumption):
                         return total
         finally:
             self._health.state = "stopped"
+
+    def _consume_group(self, feed: ChangeFeed, forever: bool) -> int:
+        """Read as a member of the feed's consumer group, and leave the group however the
+        reading ends (stopped, caught up, or an exception), so its partitions move to the
+        other members at once. A batch not finished by then is not checkpointed: the
+        listener is detached first, so leaving processes nothing more, and whoever gets
+        the partitions reads it again."""
+        try:
+            return self._consume(feed.iter_change_batches({}, forever))
+        finally:
+            feed.set_rebalance_listener(None)
+            feed.leave_group()
 
     def _assignment_watch(
         self, assigned: set[TopicPartition], num_processes: int, process_number: int

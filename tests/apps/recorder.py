@@ -7,6 +7,7 @@ CLI (``python -m tests.apps.recorder run recorder ...``):
 - ``RECORDER_OUT``: the file the processor appends ``topic partition offset id`` lines to.
 - ``RECORDER_TOPICS``: comma-separated topics (default ``records``).
 - ``RECORDER_BATCH``: batch size (default 10); ``RECORDER_DELAY``: seconds to sleep per batch.
+- ``RECORDER_GROUP``: read as a member of this Kafka consumer group (default: static).
 - ``RECORDER_CRASH``: SIGKILL this process at a point: ``after:N`` (N changes recorded),
   ``midbatch:K`` (half way through the K-th batch), ``checkpoint:K`` (right after the K-th
   checkpoint was written).
@@ -92,6 +93,7 @@ def recorder(app: App) -> Pillow:
         Recorder(os.environ["RECORDER_OUT"], float(os.environ.get("RECORDER_DELAY", "0"))),
         batch_size=int(os.environ.get("RECORDER_BATCH", "10")),
         max_wait=0.2,
+        feed_options={"group_id": group} if (group := os.environ.get("RECORDER_GROUP")) else None,
     )
     kind, number = _crash_point()
     if kind == "checkpoint":

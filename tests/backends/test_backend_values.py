@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from changefeed.backends import MAX_PARTITIONS, BackendURLError, CreatedTopic, open_backend
+from changefeed.backends.base import key_partition
 from changefeed.backends.kafka.config import parse_kafka_url
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta
@@ -198,3 +199,16 @@ def test_cli_topics_create_on_an_existing_topic(
         capsys, "--log", backend_url, "topics", "create", "huge", "-p", "2000000000"
     )
     assert code == 2 and str(MAX_PARTITIONS) in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("partitioner", "known"),
+    [("", True), ("&partitioner=consistent_random", True), ("&partitioner=murmur2_random", False)],
+)
+def test_kafka_places_keys_by_its_partitioner(partitioner: str, known: bool) -> None:
+    """`Backend.partition_for` is CRC32 (`key_partition`) under librdkafka's default
+    partitioner, and unknown (None: a search reads every partition) under another."""
+    backend = open_backend(f"kafka://127.0.0.1:9?timeout=1{partitioner}")
+    expected = [key_partition(f"doc-{i}", 6) for i in range(20)] if known else [None] * 20
+    assert [backend.partition_for(f"doc-{i}", 6) for i in range(20)] == expected
+    assert len(set(expected)) > 1 or not known

@@ -151,6 +151,8 @@ def test_same_key_same_partition_in_order(backend: Backend) -> None:
         versions.setdefault(c.id, []).append(c.metadata.version)
     assert all(len(p) == 1 for p in partitions.values())
     assert len({p for ps in partitions.values() for p in ps}) > 1, "keys spread over partitions"
+    # The backend's declared rule is where its publishers put each key.
+    assert {d: {backend.partition_for(d, 4)} for d in partitions} == partitions
     for doc_id, vs in versions.items():
         assert vs == sorted(vs) and len(vs) == 20, doc_id
 

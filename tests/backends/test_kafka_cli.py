@@ -4,14 +4,11 @@ entry point (`changefeed.cli.main`): output, exit codes and one-line errors."""
 from __future__ import annotations
 
 import json
-import textwrap
 import uuid
 from pathlib import Path
 
 import pytest
 
-from changefeed.change import TopicPartition
-from changefeed.checkpoints import CheckpointStore
 from tests._cli import cf_in_process
 
 changefeed = cf_in_process
@@ -57,57 +54,6 @@ def test_create_list_describe(capsys: pytest.CaptureFixture[str], kafka_url: str
     assert described["config"]["retention.ms"] == "60000"
     code, out, _ = changefeed(capsys, "--log", kafka_url, "topics", "describe", t1)
     assert code == 0 and "retention.ms = 60000" in out and "earliest" in out
-
-
-def test_add_partitions_seeds_checkpoints_at_zero(
-    capsys: pytest.CaptureFixture[str],
-    kafka_url: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    t = topic()
-    state = f"sqlite:///{tmp_path}/state.db"
-    module = f"cliapp_{uuid.uuid4().hex[:8]}"
-    (tmp_path / f"{module}.py").write_text(
-        textwrap.dedent(
-            f"""
-            from changefeed.app import App
-            from changefeed.processors import NoopProcessor
-
-            app = App()
-
-            @app.pillow("reader")
-            def reader(app):
-                return app.constructed_pillow("reader", [{t!r}], NoopProcessor())
-
-            @app.pillow("other")
-            def other(app):
-                return app.constructed_pillow("other", ["unrelated"], NoopProcessor())
-            """
-        )
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    base = ["--app", f"{module}:app", "--log", kafka_url, "--state", state]
-    assert changefeed(capsys, *base, "topics", "create", t, "-p", "2")[0] == 0
-    checkpoints = CheckpointStore(state)
-    checkpoints.commit("reader", {TopicPartition(t, 0): 5, TopicPartition(t, 1): 7})
-
-    code, out, _ = changefeed(capsys, *base, "topics", "add-partitions", t, "4")
-    assert code == 0
-    assert f"{t}: 2 -> 4 partitions" in out and "of: reader" in out
-    assert checkpoints.get("reader") == {
-        TopicPartition(t, 0): 5,
-        TopicPartition(t, 1): 7,
-        TopicPartition(t, 2): 0,
-        TopicPartition(t, 3): 0,
-    }
-    assert {(h.tp.partition, h.new_offset) for h in checkpoints.history("reader")} == {
-        (2, 0),
-        (3, 0),
-    }
-    assert checkpoints.get("other") == {}
-    code, out, _ = changefeed(capsys, *base, "topics", "add-partitions", t, "4")
-    assert code == 0 and "already has 4 partitions" in out
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,9 @@ no finished batch processed twice.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -16,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from changefeed.backends import open_backend
 from changefeed.backends.kafka import KafkaBackend, KafkaChangeFeed
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow, stride
+from tests._cli import ROOT, recorder_env
 from tests.backends.test_kafka import Recorder, make_pillow, stub, unique, wait_until
 from tests.harness.kafka import KafkaBroker
 
@@ -64,11 +69,11 @@ class Running:
         return feed
 
     def stop(self) -> None:
-        """Finish the batch in hand, then leave the group (partitions move on)."""
+        """Finish the batch in hand; the pillow then leaves the group itself (partitions
+        move on)."""
         self.pillow.stop()
         self.thread.join(30)
         assert not self.thread.is_alive(), "pillow did not stop"
-        self.feed.close()
         assert self.error is None, self.error
 
 
@@ -185,6 +190,55 @@ def test_processes_join_and_leave_mid_run_without_loss_or_double_processing(
     assert set(done) == expected and len(expected) == 1200
     assert set(done.values()) == {1}, "a finished batch was processed twice"
     assert sum(checkpoints.get(name).values()) == 1200
+
+
+def _group_members(bootstrap: str, group: str) -> list[str]:
+    """The member ids the broker has for ``group`` (DescribeGroups)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return [member.member_id for member in described.members]
+
+
+@pytest.mark.parametrize("command", [("run", "recorder"), ("run", "--all")], ids=["run", "all"])
+def test_changefeed_run_in_group_mode_leaves_the_group_on_sigterm(
+    backend: KafkaBackend, kafka_bootstrap: str, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """``changefeed run`` of a consumer-group pillow, alone or as a child of the supervisor
+    (``run --all``), stopped by SIGTERM, leaves its group on the way out: the broker has no
+    member left, so on a restart the group's partitions move at once instead of after the
+    session timeout (our test broker never expires a member, so without the leave it would
+    stay for good)."""
+    topic, group = unique("leave"), unique("group")
+    backend.admin().create_topic(topic, 2)
+    env = {
+        **recorder_env(tmp_path),
+        "CHANGEFEED_LOG": f"kafka://{kafka_bootstrap}",
+        "RECORDER_TOPICS": topic,
+        "RECORDER_GROUP": group,
+    }
+    recorded = tmp_path / "recorded.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "changefeed", *command],
+        env=env,
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        publish(backend, topic, [f"d{i}" for i in range(20)])
+        wait_until(
+            lambda: recorded.exists() and len(recorded.read_text().splitlines()) == 20,
+            what="the pillow read every change",
+        )
+        assert len(_group_members(kafka_bootstrap, group)) == 1
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert _group_members(kafka_bootstrap, group) == []
 
 
 def test_broker_restart_mid_run_loses_nothing(

@@ -28,11 +28,15 @@ def fatal_error(code: int = KafkaError.OUT_OF_ORDER_SEQUENCE_NUMBER) -> KafkaErr
 
 class FailedProducer:
     """Stands in for a librdkafka producer that has just failed fatally: it queues what it is
-    given, and every wait raises the fatal error, as confluent-kafka's ``flush`` does."""
+    given, and every wait raises the fatal error, as confluent-kafka's ``flush`` does.
 
-    def __init__(self) -> None:
+    ``flush_raises`` is what ``flush`` raises instead, when given: confluent-kafka can also
+    raise ``SystemError`` wrapping the fatal `KafkaException`."""
+
+    def __init__(self, flush_raises: BaseException | None = None) -> None:
         self.queued = 0
         self.purged = False
+        self.flush_raises = flush_raises
 
     def produce(self, topic: str, value: bytes, key: str, on_delivery: Any = None) -> None:
         self.queued += 1
@@ -41,6 +45,8 @@ class FailedProducer:
         raise KafkaException(fatal_error())
 
     def flush(self, timeout: float | None = None) -> int:
+        if self.flush_raises is not None:
+            raise self.flush_raises
         raise KafkaException(fatal_error())
 
     def purge(self, *args: bool) -> None:
@@ -48,6 +54,19 @@ class FailedProducer:
 
     def __len__(self) -> int:
         return self.queued
+
+
+@pytest.fixture
+def topic(kafka_backend: Backend) -> str:
+    """A new topic of one partition on the test broker."""
+    name = f"fatal-{uuid.uuid4().hex[:8]}"
+    kafka_backend.admin().create_topic(name, 1)
+    return name
+
+
+def kafka_publisher(backend: Backend, asynchronous: bool = False) -> KafkaPublisher:
+    assert isinstance(backend, KafkaBackend)
+    return backend.publisher(asynchronous=asynchronous)
 
 
 def test_which_errors_are_fatal() -> None:
@@ -59,11 +78,10 @@ def test_which_errors_are_fatal() -> None:
     assert not is_fatal(None)
 
 
-def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka_backend: Backend) -> None:
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    publisher = kafka_backend.publisher()
-    assert isinstance(publisher, KafkaPublisher)
+def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(
+    kafka_backend: Backend, topic: str
+) -> None:
+    publisher = kafka_publisher(kafka_backend)
     try:
         publisher.publish(topic, ChangeMeta("a", "sql", "docs"))
         old = publisher._producer
@@ -78,12 +96,11 @@ def test_a_fatal_error_makes_the_next_publish_use_a_new_producer(kafka_backend: 
     assert read_ids(kafka_backend, topic) == ["a", "b", "c"]
 
 
-def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka_backend: Backend) -> None:
+def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(
+    kafka_backend: Backend, topic: str
+) -> None:
     """The first fatal error used to escape from ``flush()`` as a raw KafkaException."""
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    publisher = kafka_backend.publisher()
-    assert isinstance(publisher, KafkaPublisher)
+    publisher = kafka_publisher(kafka_backend)
     try:
         publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
         failed = FailedProducer()
@@ -99,14 +116,11 @@ def test_a_fatal_error_from_flush_is_a_publish_error_then_recovered(kafka_backen
 
 
 def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(
-    kafka_backend: Backend,
+    kafka_backend: Backend, topic: str
 ) -> None:
     """Queued stubs whose delivery the failed producer never confirmed are raised as failed
     (so the caller publishes them again), not silently counted as sent."""
-    topic = f"fatal-{uuid.uuid4().hex[:8]}"
-    kafka_backend.admin().create_topic(topic, 1)
-    assert isinstance(kafka_backend, KafkaBackend)
-    publisher = kafka_backend.publisher(asynchronous=True)
+    publisher = kafka_publisher(kafka_backend, asynchronous=True)
     try:
         publisher.publish(topic, ChangeMeta("warm-up", "sql", "docs"))
         publisher.flush()
@@ -122,6 +136,47 @@ def test_asynchronous_stubs_of_a_failed_producer_are_reported_failed(
     finally:
         publisher.close()
     assert read_ids(kafka_backend, topic) == ["warm-up", "after"]
+
+
+def _system_error_wrapping(exc: BaseException) -> SystemError:
+    """A ``SystemError`` as the C extension raises it: the real error is its cause."""
+    try:
+        raise SystemError(
+            "<built-in method flush> returned a result with an exception set"
+        ) from exc
+    except SystemError as wrapped:
+        return wrapped
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        _system_error_wrapping(KafkaException(fatal_error())),
+        SystemError("<built-in method flush> returned NULL without setting an exception"),
+    ],
+    ids=["wrapping-fatal", "bare"],
+)
+def test_a_system_error_from_flush_is_a_publish_error_and_replaces_the_producer_at_once(
+    kafka_backend: Backend, topic: str, raised: SystemError
+) -> None:
+    """``publish_many`` maps confluent-kafka's ``SystemError`` to `PublishError` and records
+    the fatal state, so the very next call runs on a new producer (it used to escape raw,
+    and the next call failed once more before the producer was replaced)."""
+    publisher = kafka_publisher(kafka_backend)
+    try:
+        publisher.publish(topic, ChangeMeta("before", "sql", "docs"))
+        failed = FailedProducer(flush_raises=raised)
+        publisher._producer = failed  # type: ignore[assignment]
+        with pytest.raises(PublishError, match="failed for good"):
+            publisher.publish_many(
+                [(topic, ChangeMeta(f"lost{i}", "sql", "docs")) for i in range(2)]
+            )
+        assert publisher.replaced_total == 0
+        publisher.publish_many([(topic, ChangeMeta(f"m{i}", "sql", "docs")) for i in range(2)])
+        assert failed.purged and publisher.replaced_total == 1
+    finally:
+        publisher.close()
+    assert read_ids(kafka_backend, topic) == ["before", "m0", "m1"]
 
 
 # -- a real broker restart under a publishing outbox relay ----------------------------------

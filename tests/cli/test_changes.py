@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from changefeed import ChangeMeta
 from changefeed.backends import open_backend
-from changefeed.backends.base import Backend
+from changefeed.backends.base import Backend, key_partition
 from changefeed.change import TopicPartition
 from changefeed.cli.changes import ChangeFilter, bounds, key_partitions, parse_time
 from tests._cli import cf as run_cli
@@ -107,13 +108,15 @@ def test_a_documents_changes(backend: Backend, log_url: str, tmp_path: Path) -> 
     assert len({(x["partition"]) for x in got}) == 1
     offsets = [x["offset"] for x in got]
     assert offsets == sorted(offsets)
-    # Only the partition the key hashes to is read.
+    # Only the partitions the key had under each partition count up to today's are read:
+    # doc-x's under 1 to 4 partitions are 0, 1, 2, 1; partition 3 is never read.
     feed = backend.change_feed([TOPIC])
     try:
-        only = key_partitions(backend, {"doc-x"}, feed.topic_partitions())
+        read = key_partitions(backend, {"doc-x"}, feed.topic_partitions())
     finally:
         feed.close()
-    assert only == [TopicPartition(TOPIC, int(got[0]["partition"]))]  # type: ignore[arg-type]
+    assert TopicPartition(TOPIC, int(got[0]["partition"])) in read  # type: ignore[call-overload]
+    assert read == [TopicPartition(TOPIC, p) for p in (0, 1, 2)]
 
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("a-1\nc-2\n\n")
@@ -131,6 +134,36 @@ def test_a_documents_changes(backend: Backend, log_url: str, tmp_path: Path) -> 
 
     got = lines(cf(log_url, tmp_path, "tail", TOPIC, "--from-beginning", "--doc-id", "doc-x"))
     assert [x["stub"]["domain"] for x in got] == ["a", "b", "c"]  # type: ignore[index]
+
+
+def test_a_documents_changes_after_the_topic_grew(
+    backend: Backend, log_url: str, tmp_path: Path
+) -> None:
+    """Changes published before ``add-partitions`` stay in the partition the key had then;
+    ``changes`` and ``tail --doc-id`` find them next to those published after."""
+    topic = f"grown-{uuid.uuid4().hex[:8]}"
+    backend.admin().create_topic(topic, 2)
+    moved = [
+        d for d in (f"doc-{i}" for i in range(50)) if key_partition(d, 2) != key_partition(d, 5)
+    ]
+    doc, other = moved[0], moved[1]
+    with backend.publisher() as pub:
+        pub.publish_many(
+            [(topic, ChangeMeta(d, "memory", "docs", domain="before")) for d in (doc, other)]
+        )
+    assert cf(log_url, tmp_path, "topics", "add-partitions", topic, "5").returncode == 0
+    with backend.publisher() as pub:
+        pub.publish_many(
+            [(topic, ChangeMeta(d, "memory", "docs", domain="after")) for d in (doc, other)]
+        )
+
+    got = lines(cf(log_url, tmp_path, "changes", topic, "--doc-id", doc, "--json"))
+    assert [(x["stub"]["domain"], x["partition"]) for x in got] == [  # type: ignore[index]
+        ("before", key_partition(doc, 2)),
+        ("after", key_partition(doc, 5)),
+    ]
+    got = lines(cf(log_url, tmp_path, "tail", topic, "--from-beginning", "--doc-id", doc))
+    assert sorted(x["stub"]["domain"] for x in got) == ["after", "before"]  # type: ignore[index]
 
 
 def test_bad_input(tmp_path: Path) -> None:

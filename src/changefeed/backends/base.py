@@ -6,6 +6,7 @@ suite (tests/backends/conformance.py); nothing above this layer knows which one 
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,13 @@ def partition_count(value: object, what: str = "partitions") -> int:
     return value
 
 
+def key_partition(key: str, partitions: int) -> int:
+    """The partition a stub keyed ``key`` goes to in a topic of ``partitions`` partitions:
+    CRC32 of the UTF-8 key modulo the count. The embedded log places keys so, and so does
+    librdkafka's default partitioner, so both logs keep a document in the same partition."""
+    return zlib.crc32(key.encode()) % partitions if partitions > 1 else 0
+
+
 class PublishError(RuntimeError):
     """A stub could not be durably written to the log."""
 
@@ -49,6 +57,12 @@ class OffsetOutOfRangeError(RuntimeError):
 
 class UnknownTopicError(LookupError):
     """A topic that does not exist in the log."""
+
+
+class LogUnavailableError(ConnectionError):
+    """The log cannot be reached: its servers are down or unreachable, or did not answer
+    within the configured timeout. A dependency's failure, never the data's; the message is
+    one line naming the address, which the CLI prints as it is (exit code 2)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +241,13 @@ class ChangeFeed(ABC):
         Only called when `uses_consumer_group` is true; a feed without groups never
         rebalances, so the default ignores it."""
 
+    def leave_group(self) -> None:  # noqa: B027 - optional hook
+        """Called by a reader that stopped reading (it returned, was stopped, or failed): a
+        feed in a consumer group leaves it now, so the group hands its partitions to the
+        other members at once instead of after the session timeout (on Kafka a graceful
+        restart would otherwise stall them). The feed can be read again afterwards: it
+        joins again. The default, for a feed without a group, does nothing."""
+
     def set_offset_reset_handler(self, handler: OffsetResetHandler | None) -> None:
         """Who to tell when a position was removed by retention and the feed reads on from
         the earliest offset still in the log (the caller records the jump in its checkpoint
@@ -306,6 +327,13 @@ class Backend(ABC):
 
     @abstractmethod
     def admin(self) -> TopicAdmin: ...
+
+    def partition_for(self, key: str, partitions: int) -> int | None:
+        """The partition this log's publishers put a stub keyed ``key`` in, in a topic of
+        ``partitions`` partitions; None when it cannot say (a Kafka URL naming another
+        partitioner), and a search by key then reads every partition. Default:
+        `key_partition`, the rule of both logs."""
+        return key_partition(key, partitions)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources."""

@@ -2,16 +2,15 @@
 
 Time bounds become offsets through the feed's time lookup (`ChangeFeed.offsets_for_time`:
 Kafka's time index, a binary search of the embedded log's batches), so ``--since 1h`` on a
-month of log reads an hour of it. With ``--doc-id`` only the partitions the ids hash to are
-read: both logs place a key by CRC32 (the embedded publisher, and librdkafka's default
-partitioner); a Kafka URL with another ``partitioner`` makes every partition read.
+month of log reads an hour of it. With ``--doc-id`` only the partitions the ids may live in
+are read (`key_partitions`), as the log places keys (`Backend.partition_for`); a log that
+cannot say (a Kafka URL with another ``partitioner``) makes every partition read.
 """
 
 from __future__ import annotations
 
 import re
 import time
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,8 +28,6 @@ from changefeed.identifiers import topic_name
 
 _RELATIVE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_CRC_PARTITIONERS = (None, "consistent_random", "consistent")
-"""librdkafka partitioners that place a key by CRC32, as the embedded log does."""
 
 
 def parse_time(text: str, now: float | None = None) -> float:
@@ -101,22 +98,27 @@ class ChangeFilter:
 def key_partitions(
     backend: Backend, doc_ids: set[str], partitions: list[TopicPartition]
 ) -> list[TopicPartition]:
-    """The partitions ``doc_ids`` are published to, or all when that cannot be known."""
+    """The partitions ``doc_ids`` may have been published to, or all when that cannot be
+    known. A topic grows (``topics add-partitions``) and a key then moves to another
+    partition, while its older changes stay where they were; neither log records when it
+    had how many partitions, so for every count from 1 to today's the partition the key
+    had under it is read: every partition the key has lived in, and usually far fewer than
+    all."""
     if not doc_ids:
-        return partitions
-    config = getattr(backend, "config", None)
-    if config is not None and getattr(config, "client", {}).get("partitioner") not in (
-        _CRC_PARTITIONERS
-    ):
         return partitions
     counts: dict[str, int] = {}
     for tp in partitions:
         counts[tp.topic] = max(counts.get(tp.topic, 0), tp.partition + 1)
-    wanted = {
-        TopicPartition(topic, zlib.crc32(doc.encode()) % n if n > 1 else 0)
-        for topic, n in counts.items()
-        for doc in doc_ids
-    }
+    wanted: set[TopicPartition] = set()
+    for topic, n in counts.items():
+        for doc in doc_ids:
+            for count in range(1, n + 1):
+                partition = backend.partition_for(doc, count)
+                if partition is None:
+                    return partitions
+                wanted.add(TopicPartition(topic, partition))
+            if len(wanted) >= len(partitions):
+                return partitions
     return [tp for tp in partitions if tp in wanted]
 
 

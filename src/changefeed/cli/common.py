@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import click
 
 from changefeed.app import App, ConfigError, load_app
-from changefeed.backends import BackendURLError
+from changefeed.backends import BackendURLError, LogUnavailableError
 from changefeed.cli.output import human
 from changefeed.identifiers import InvalidIdentifierError
 from changefeed.runner import Runnable
@@ -51,6 +51,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError,
     BackendURLError,
     InvalidIdentifierError,
+    LogUnavailableError,  # a log URL naming no reachable server: one line naming it
 )
 
 

@@ -199,7 +199,10 @@ def _start_line(
     feed = pillow.change_feed
     head = f"{escape(pillow.name)}: topics {escape(', '.join(feed.topics))}"
     if feed.uses_consumer_group:
-        where = "partitions assigned by the consumer group"
+        # Asks the log like the static case does, so an unreachable one is said before
+        # anything else.
+        total = len(feed.topic_partitions())
+        where = f"its share of {total} partitions, assigned by the consumer group"
     else:
         parts = pillow.assigned_partitions(num_processes, process_number)
         where = "partitions " + (

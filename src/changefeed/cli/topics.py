@@ -2,8 +2,9 @@
 
 Works through the `TopicAdmin` and `ChangeFeed` interfaces, so the same commands serve the
 embedded log and Kafka; topic settings (``--config``) need a backend that has them.
-Growing a topic also writes checkpoints at offset 0 for the new partitions of every pillow
-that reads it, so changes published there before a pillow restarts are never skipped.
+Growing a topic (``add-partitions``, or ``create`` of an existing topic with more partitions)
+also writes checkpoints at offset 0 for the new partitions of every pillow that reads it, so
+changes published there before a pillow restarts are never skipped.
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ def create_cmd(
     replication_factor: int | None,
     configs: tuple[str, ...],
 ) -> None:
-    """Create topics (an existing topic with fewer partitions is grown)."""
+    """Create topics (an existing topic with fewer partitions is grown, and pillows reading
+    it start the new partitions at offset 0, as with add-partitions)."""
     with user_errors():
         for name in names:
             topic_name(name)
     settings = _parse_configs(configs)
-    admin = _admin(get_app(ctx))
+    app = get_app(ctx)
+    admin = _admin(app)
     extra: dict[str, Any] = {}
     if settings:
         extra["config"] = settings
@@ -89,6 +92,8 @@ def create_cmd(
         with user_errors(ValueError):
             created = admin.create_topic(name, partitions, **extra)
         click.echo(created.describe())
+        if created.grown and created.previous is not None:
+            _seed_new_partitions(app, name, created.previous, created.partitions)
 
 
 @topics_group.command("list")
@@ -143,6 +148,16 @@ def describe_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         console.print(f"{key} = {settings[key]}")
 
 
+def _seed_new_partitions(app: App, name: str, previous: int, total: int) -> None:
+    """After a topic grew from ``previous`` to ``total`` partitions (``add-partitions``, or
+    ``create`` of an existing topic with more): offset-0 checkpoints for the new partitions
+    of every pillow reading it, and say which."""
+    new = [TopicPartition(name, p) for p in range(previous, total)]
+    seeded = _seed_checkpoints(app, name, new)
+    if seeded:
+        click.echo(f"checkpoints at offset 0 for the new partitions of: {', '.join(seeded)}")
+
+
 def _seed_checkpoints(app: App, name: str, new: list[TopicPartition]) -> list[str]:
     """Offset-0 checkpoints for the new partitions, for every pillow reading the topic."""
     seeded = []
@@ -184,8 +199,5 @@ def add_partitions_cmd(ctx: click.Context, name: str, total: int) -> None:
         return
     with user_errors(ValueError, UnknownTopicError):
         admin.add_partitions(name, total)
-    new = [TopicPartition(name, p) for p in range(current, total)]
-    seeded = _seed_checkpoints(app, name, new)
     click.echo(f"{name}: {current} -> {total} partitions")
-    if seeded:
-        click.echo(f"checkpoints at offset 0 for the new partitions of: {', '.join(seeded)}")
+    _seed_new_partitions(app, name, current, total)

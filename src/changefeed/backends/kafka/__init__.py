@@ -12,12 +12,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from changefeed.backends.base import Backend
+from changefeed.backends.base import Backend, key_partition
 from changefeed.backends.kafka.admin import KafkaTopicAdmin, TopicDescription
 from changefeed.backends.kafka.config import KafkaConfig, parse_kafka_url
 from changefeed.backends.kafka.feed import KafkaChangeFeed
 from changefeed.backends.kafka.publisher import KafkaPublisher
 from changefeed.wire import WireFormat
+
+CRC32_PARTITIONERS = (None, "consistent_random", "consistent")
+"""librdkafka partitioners that place a key by CRC32 (`key_partition`); None: the default,
+``consistent_random``."""
 
 
 class KafkaBackend(Backend):
@@ -77,6 +81,13 @@ class KafkaBackend(Backend):
 
     def admin(self) -> KafkaTopicAdmin:
         return KafkaTopicAdmin(self.config)
+
+    def partition_for(self, key: str, partitions: int) -> int | None:
+        """`key_partition` under librdkafka's CRC32 partitioners (the default); None under
+        another one the URL names (``partitioner=murmur2_random``...)."""
+        if self.config.client.get("partitioner") not in CRC32_PARTITIONERS:
+            return None
+        return key_partition(key, partitions)
 
     def __repr__(self) -> str:
         return f"KafkaBackend({self.url!r})"

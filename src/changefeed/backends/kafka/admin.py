@@ -7,8 +7,9 @@ same against any Kafka cluster.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,7 @@ from confluent_kafka.admin import (
 
 from changefeed.backends.base import (
     CreatedTopic,
+    LogUnavailableError,
     TopicAdmin,
     TopicInfo,
     UnknownTopicError,
@@ -82,6 +84,20 @@ def _code(exc: BaseException) -> int | None:
     return None
 
 
+_UNREACHABLE = frozenset(
+    {
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._RESOLVE,
+        KafkaError._TIMED_OUT,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError.NETWORK_EXCEPTION,
+    }
+)
+"""Client errors that mean no broker answered (down, unreachable, or not within the
+timeout), as opposed to an answer refusing the request."""
+
+
 class KafkaMetadata:
     """Partitions and offsets of topics, through one AdminClient made on first use."""
 
@@ -96,9 +112,33 @@ class KafkaMetadata:
             self._client = AdminClient(self.config.common(self.client_id))
         return self._client
 
+    @contextmanager
+    def reaching(self) -> Iterator[None]:
+        """Inside: a broker that does not answer (down, unreachable, or not within the
+        URL's ``timeout``) is `LogUnavailableError` naming the address, not a raw
+        `KafkaException` or a bare ``TimeoutError``."""
+        try:
+            yield
+        except KafkaException as exc:
+            if _code(exc) not in _UNREACHABLE:
+                raise
+            err = exc.args[0]
+            raise self._unreachable(
+                err.str() if isinstance(err, KafkaError) else str(exc)
+            ) from None
+        except TimeoutError:
+            raise self._unreachable("no answer") from None
+
+    def _unreachable(self, reason: str) -> LogUnavailableError:
+        return LogUnavailableError(
+            f"cannot reach Kafka at {self.config.bootstrap_servers} "
+            f"within {self.config.timeout:g}s: {reason}"
+        )
+
     def partition_counts(self, topics: Iterable[str] | None = None) -> dict[str, int]:
         """Partitions per existing topic (all non-internal topics when ``topics`` is None)."""
-        meta = self.client.list_topics(timeout=self.config.timeout)
+        with self.reaching():
+            meta = self.client.list_topics(timeout=self.config.timeout)
         wanted = None if topics is None else set(topics)
         out: dict[str, int] = {}
         for name, info in meta.topics.items():
@@ -125,16 +165,19 @@ class KafkaMetadata:
         if not request:
             return {}
         timeout = self.config.timeout
-        futures = self.client.list_offsets(request, request_timeout=timeout)
         heads = self.offsets(parts, "latest")
         out: dict[TopicPartition, int] = {}
-        for ktp, fut in futures.items():
-            tp = TopicPartition(ktp.topic, ktp.partition)
-            try:
-                offset = int(_wait(fut, timeout).offset)
-            except KafkaException as exc:
-                raise _rejected(f"offsets for time of {tp}", exc) from None
-            out[tp] = heads.get(tp, 0) if offset < 0 else offset
+        with self.reaching():
+            futures = self.client.list_offsets(request, request_timeout=timeout)
+            for ktp, fut in futures.items():
+                tp = TopicPartition(ktp.topic, ktp.partition)
+                try:
+                    offset = int(_wait(fut, timeout).offset)
+                except KafkaException as exc:
+                    if _code(exc) in _UNREACHABLE:
+                        raise
+                    raise _rejected(f"offsets for time of {tp}", exc) from None
+                out[tp] = heads.get(tp, 0) if offset < 0 else offset
         return out
 
     def offsets(
@@ -146,14 +189,15 @@ class KafkaMetadata:
         if not request:
             return {}
         timeout = self.config.timeout
-        futures = self.client.list_offsets(request, request_timeout=timeout)
         out: dict[TopicPartition, int] = {}
-        for ktp, fut in futures.items():
-            try:
-                out[TopicPartition(ktp.topic, ktp.partition)] = int(_wait(fut, timeout).offset)
-            except KafkaException as exc:
-                if _code(exc) != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    raise
+        with self.reaching():
+            futures = self.client.list_offsets(request, request_timeout=timeout)
+            for ktp, fut in futures.items():
+                try:
+                    out[TopicPartition(ktp.topic, ktp.partition)] = int(_wait(fut, timeout).offset)
+                except KafkaException as exc:
+                    if _code(exc) != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                        raise
         return out
 
 
@@ -185,9 +229,10 @@ class KafkaTopicAdmin(TopicAdmin):
             config=dict(config or {}),
         )
         timeout = self.config.timeout
-        futures = self.metadata.client.create_topics([new], request_timeout=timeout)
         try:
-            _wait(futures[name], timeout)
+            with self.metadata.reaching():
+                futures = self.metadata.client.create_topics([new], request_timeout=timeout)
+                _wait(futures[name], timeout)
         except KafkaException as exc:
             code = _code(exc)
             if code in _REJECTED:
@@ -219,11 +264,12 @@ class KafkaTopicAdmin(TopicAdmin):
         if total == current:
             return
         timeout = self.config.timeout
-        futures = self.metadata.client.create_partitions(
-            [NewPartitions(name, total)], request_timeout=timeout
-        )
         try:
-            _wait(futures[name], timeout)
+            with self.metadata.reaching():
+                futures = self.metadata.client.create_partitions(
+                    [NewPartitions(name, total)], request_timeout=timeout
+                )
+                _wait(futures[name], timeout)
         except KafkaException as exc:
             if _code(exc) in _REJECTED:
                 raise _rejected(f"{total} partitions for topic {name!r}", exc) from None
@@ -236,10 +282,11 @@ class KafkaTopicAdmin(TopicAdmin):
             return
         timeout = self.config.timeout
         request = [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in before.items()]
-        for future in self.metadata.client.delete_records(
-            request, request_timeout=timeout
-        ).values():
-            _wait(future, timeout)
+        with self.metadata.reaching():
+            for future in self.metadata.client.delete_records(
+                request, request_timeout=timeout
+            ).values():
+                _wait(future, timeout)
 
     def describe_topic(self, name: str) -> TopicDescription:
         count = self.partition_count(name)
@@ -248,10 +295,13 @@ class KafkaTopicAdmin(TopicAdmin):
         latest = self.metadata.offsets(tps, "latest")
         resource = ConfigResource(ConfigResource.Type.TOPIC, name)
         timeout = self.config.timeout
-        entries = _wait(
-            self.metadata.client.describe_configs([resource], request_timeout=timeout)[resource],
-            timeout,
-        )
+        with self.metadata.reaching():
+            entries = _wait(
+                self.metadata.client.describe_configs([resource], request_timeout=timeout)[
+                    resource
+                ],
+                timeout,
+            )
         config = {
             key: str(entry.value)
             for key, entry in entries.items()

@@ -254,10 +254,11 @@ class KafkaConsumerFeed(BatchedChangeFeed):
 
     def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Without a listener: Kafka's committed offsets, else the beginning."""
-        found = self.consumer.committed(
-            [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
-            timeout=self.config.timeout,
-        )
+        with self._metadata.reaching():
+            found = self.consumer.committed(
+                [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
+                timeout=self.config.timeout,
+            )
         return {
             TopicPartition(k.topic, k.partition): (k.offset if k.offset >= 0 else 0) for k in found
         }
@@ -296,11 +297,14 @@ class KafkaConsumerFeed(BatchedChangeFeed):
     # -- starting a read -------------------------------------------------------------------
 
     def _start(self, since: Mapping[TopicPartition, int]) -> None:
-        consumer = self.consumer
         self._eof.clear()
         if self.uses_consumer_group:
             if not self._subscribed:
-                consumer.subscribe(
+                # Joining a group asks nothing of the broker that could fail: one metadata
+                # request first, so an unreachable log is an error now rather than a
+                # member that waits for ever (`LogUnavailableError`).
+                self._metadata.partition_counts(self.topics)
+                self.consumer.subscribe(
                     list(self.topics),
                     on_assign=self._on_assign,
                     on_revoke=self._on_revoke,
@@ -309,7 +313,7 @@ class KafkaConsumerFeed(BatchedChangeFeed):
                 self._subscribed = True
             return
         offsets = self._checked(since)
-        consumer.assign(
+        self.consumer.assign(
             [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
         )
         self._assigned = offsets

@@ -246,8 +246,15 @@ class KafkaChangeFeed(KafkaConsumerFeed):
         finally:
             self._reading = False
 
+    def leave_group(self) -> None:
+        """In a consumer group: commit what is pending, leave the group and disconnect
+        (`close`); the next read makes a new consumer, which joins again."""
+        if self.uses_consumer_group:
+            self.close()
+
     def close(self) -> None:
-        """Leave the group (revoking partitions through the listener) and disconnect."""
+        """Leave the group (revoking partitions through the listener) and disconnect; a
+        later read makes a new consumer."""
         if self._uncommitted:
             self._send_commits(synchronous=True)
         consumer, self._consumer = self._consumer, None

@@ -26,7 +26,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from changefeed import gctune
-from changefeed.backends.base import Publisher, PublishError
+from changefeed.backends.base import LogUnavailableError, Publisher, PublishError
 from changefeed.backends.kafka.admin import KafkaTopicAdmin
 from changefeed.backends.kafka.config import KafkaConfig
 from changefeed.change import ChangeMeta
@@ -46,20 +46,47 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 """Durable by default; URL options override all but ``acks`` and idempotence."""
 
 
+class UnreachableLogPublishError(PublishError, LogUnavailableError):
+    """No broker answered when the publisher needed one: a `PublishError` like every
+    publisher failure, and a `LogUnavailableError` (naming the address) for whoever tells
+    an unreachable log apart, such as the CLI."""
+
+
 def is_fatal(err: KafkaError | None) -> bool:
     """Whether ``err`` leaves the producer unusable, so it must be replaced: librdkafka flags
     the causing error ``fatal`` and fails everything after it with ``_FATAL``."""
     return err is not None and (bool(err.fatal()) or err.code() == KafkaError._FATAL)
 
 
-def _error_of(exc: KafkaException) -> KafkaError | None:
-    err = exc.args[0] if exc.args else None
+CLIENT_ERRORS = (KafkaException, SystemError)
+"""What a producer call may raise. After a fatal error confluent-kafka's ``flush()`` (and
+``poll()``) can raise ``SystemError`` ("returned a result with an exception set") whose
+cause is the fatal `KafkaException`: both are client failures, never the caller's."""
+
+
+def _kafka_exception(exc: BaseException) -> KafkaException | None:
+    """The `KafkaException` ``exc`` is or wraps (a ``SystemError``'s cause or context)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KafkaException):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _error_of(exc: BaseException) -> KafkaError | None:
+    kafka = _kafka_exception(exc)
+    err = kafka.args[0] if kafka is not None and kafka.args else None
     return err if isinstance(err, KafkaError) else None
 
 
-def _reason(exc: KafkaException) -> str:
+def _reason(exc: BaseException) -> str:
     err = _error_of(exc)
-    return str(err.str()) if err is not None else str(exc)
+    if err is not None:
+        return str(err.str())
+    return str(exc) or type(exc).__name__
 
 
 class KafkaPublisher(Publisher):
@@ -149,12 +176,14 @@ class KafkaPublisher(Publisher):
 
     # -- fatal errors ----------------------------------------------------------------------
 
-    def _failed(self, exc: KafkaException, what: str) -> PublishError:
-        """The `PublishError` for a client call that raised; a fatal error marks the producer
-        for replacement by the next call."""
+    def _failed(self, exc: BaseException, what: str) -> PublishError:
+        """The `PublishError` for a client call that raised (one of `CLIENT_ERRORS`); a fatal
+        error marks the producer for replacement by the next call. A ``SystemError`` counts
+        as fatal whatever it wraps: the client's state is unknown after one, and a new
+        producer costs little."""
         err = _error_of(exc)
         reason = _reason(exc)
-        if is_fatal(err):
+        if is_fatal(err) or isinstance(exc, SystemError):
             self._fatal = reason
             return PublishError(
                 f"{what}: the Kafka producer failed for good ({reason}); unconfirmed stubs are "
@@ -177,9 +206,9 @@ class KafkaPublisher(Publisher):
                 return
             reason, old = self._fatal, self._producer
             # A failed producer may raise its fatal error again: expected, not news.
-            with contextlib.suppress(KafkaException):
+            with contextlib.suppress(*CLIENT_ERRORS):
                 old.purge(True, True, False)
-            with contextlib.suppress(KafkaException):
+            with contextlib.suppress(*CLIENT_ERRORS):
                 old.poll(0)
             unreported = len(old)
             with self._lock:
@@ -227,10 +256,14 @@ class KafkaPublisher(Publisher):
                 for topic in missing:
                     if topic not in existing:
                         self._admin.create_topic(topic, self.config.partitions)
+            except LogUnavailableError as exc:
+                raise UnreachableLogPublishError(
+                    f"could not check topics {', '.join(sorted(missing))}: {exc}"
+                ) from None
             except KafkaException as exc:
                 raise PublishError(
-                    f"cannot reach Kafka at {self.config.bootstrap_servers} to check topics "
-                    f"{', '.join(sorted(missing))}: {exc}"
+                    f"could not check topics {', '.join(sorted(missing))} at "
+                    f"{self.config.bootstrap_servers}: {_reason(exc)}"
                 ) from None
         self._known_topics.update(missing)
 
@@ -251,7 +284,7 @@ class KafkaPublisher(Publisher):
                 except BufferError:
                     # The local queue is full: serve delivery reports to make room.
                     producer.poll(0.05)
-            except KafkaException as exc:
+            except CLIENT_ERRORS as exc:
                 raise self._failed(
                     exc, f"could not publish stub for {key!r} to {topic!r}"
                 ) from None
@@ -260,7 +293,7 @@ class KafkaPublisher(Publisher):
         """Serve delivery reports without waiting."""
         try:
             self._producer.poll(0)
-        except KafkaException as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc, "could not publish") from None
 
     def publish(self, topic: str, meta: ChangeMeta) -> None:
@@ -333,7 +366,7 @@ class KafkaPublisher(Publisher):
                     poll(0)  # serve delivery reports as we go
             if self.asynchronous:
                 poll(0)
-        except KafkaException as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc, f"could not publish stub for {key!r} to {topic!r}") from None
         if self.asynchronous:
             if self._failures:
@@ -349,7 +382,7 @@ class KafkaPublisher(Publisher):
         try:
             while not done() and time.monotonic() < deadline:
                 remaining = producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
-        except KafkaException as exc:
+        except CLIENT_ERRORS as exc:
             raise self._failed(exc, "could not publish") from None
         return remaining
 
@@ -361,7 +394,7 @@ class KafkaPublisher(Publisher):
         else:
             try:
                 remaining = self._producer.flush(timeout)
-            except KafkaException as exc:
+            except CLIENT_ERRORS as exc:
                 raise self._failed(exc, "could not publish") from None
         self._raise_failures()
         if remaining:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-import zlib
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from changefeed import gctune
-from changefeed.backends.base import Publisher
+from changefeed.backends.base import Publisher, key_partition
 from changefeed.backends.local.records import (
     BATCH_FORMAT,
     MAX_BATCH_RECORDS,
@@ -73,9 +72,9 @@ class SQLitePublisher(Publisher):
         """Append (topic, key, array element) records in one transaction."""
         if not records:
             return
-        crc32 = zlib.crc32
-        # Group by partition first: same key, same partition (CRC32 of the key, as
-        # librdkafka's default partitioner), order kept within it.
+        partition_of = key_partition
+        # Group by partition first: same key, same partition (`key_partition`, the rule
+        # `Backend.partition_for` declares), order kept within it.
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -89,7 +88,7 @@ class SQLitePublisher(Publisher):
                             conn, topic, self.log.default_partitions
                         )
                     tid, nparts = info
-                    hk = (tid, crc32(key.encode()) % nparts if nparts > 1 else 0)
+                    hk = (tid, partition_of(key, nparts))
                     group = groups.get(hk)
                     if group is None:
                         group = groups[hk] = []
