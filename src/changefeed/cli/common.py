@@ -97,8 +97,19 @@ class _Group(click.Group):
             with user_errors():
                 return super().invoke(ctx)
         except click.ClickException as exc:
-            exc.message = human(exc.message)
-            raise
+            raise _human_safe(exc) from None
+
+
+def _human_safe(exc: click.ClickException) -> click.ClickException:
+    """``exc``, or the same message made human-safe in a new exception of the same kind
+    (usage or not), since click's exception messages are final once made."""
+    message = exc.format_message()
+    safe = human(message)
+    if safe == message:
+        return exc
+    if isinstance(exc, click.UsageError):
+        return click.UsageError(safe, exc.ctx)
+    return click.ClickException(safe)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
