@@ -22,7 +22,11 @@ class LazyCommand(NamedTuple):
 COMMANDS: dict[str, LazyCommand] = {
     "bootstrap": LazyCommand(
         ("reindex",),
-        "Run the processors' one-time setup (create indexes and tables) for the given pillows, or all of them; a report table whose definition changed is rebuilt next to the live one and swapped in (or refused, with auto_rebuild: false).",
+        (
+            "Run the processors' one-time setup (create indexes and tables) for the given "
+            "pillows, or all of them; a report table whose definition changed is rebuilt next to "
+            "the live one and swapped in (or refused, with auto_rebuild: false)."
+        ),
     ),
     "cdc": LazyCommand(
         ("cdc",),
@@ -37,11 +41,17 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "dashboard": LazyCommand(
         ("dashboard",),
-        "Serve the dashboard: lag, throughput, error queue (with retry), checkpoint history and a live stream of changes.",
+        (
+            "Serve the dashboard: lag, throughput, error queue (with retry), checkpoint history "
+            "and a live stream of changes."
+        ),
     ),
     "demo": LazyCommand(
         ("demo",),
-        "Create sample cases and forms, publish their changes, keep two report tables in sync while documents keep changing, and prove the tables match the source.",
+        (
+            "Create sample cases and forms, publish their changes, keep two report tables in sync"
+            " while documents keep changing, and prove the tables match the source."
+        ),
     ),
     "errors": LazyCommand(("errors",), "The error queue: changes whose processing failed."),
     "outbox": LazyCommand(
@@ -49,18 +59,27 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "pillows": LazyCommand(
         ("pillows",),
-        "List the pillows the app defines, with their topics, and its other runnables (Couch bridges, relays) with their kind.",
+        (
+            "List the pillows the app defines, with their topics, and its other runnables (Couch "
+            "bridges, relays) with their kind."
+        ),
     ),
     "reindex": LazyCommand(
         ("reindex",),
-        "Rebuild a pillow's output from its document stores (resumable; the live pillow may keep running).",
+        (
+            "Rebuild a pillow's output from its document stores (resumable; the live pillow may "
+            "keep running)."
+        ),
     ),
     "reports": LazyCommand(
         ("reports",), "Configurable report tables (data sources defined in JSON or YAML)."
     ),
     "republish": LazyCommand(
         ("republish",),
-        "Publish fresh change stubs for documents from their store; every pillow reading the topic processes them again.",
+        (
+            "Publish fresh change stubs for documents from their store; every pillow reading the "
+            "topic processes them again."
+        ),
     ),
     "retry-runner": LazyCommand(
         ("supervise",),
@@ -68,15 +87,25 @@ COMMANDS: dict[str, LazyCommand] = {
     ),
     "run": LazyCommand(
         ("pillows",),
-        "Run one pillow, Couch bridge or relay in this process (SIGTERM/SIGINT stop it after the current batch).",
+        (
+            "Run one pillow, Couch bridge or relay in this process (SIGTERM/SIGINT stop it after "
+            "the current batch)."
+        ),
     ),
     "status": LazyCommand(
         ("pillows",),
-        "Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of the other runnables (Couch bridges, relays); the lag of the app's watched CDC replication slots; error-queue entries of pillows no longer in the app (orphaned).",
+        (
+            "Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of "
+            "the other runnables (Couch bridges, relays); the lag of the app's watched CDC "
+            "replication slots; error-queue entries of pillows no longer in the app (orphaned)."
+        ),
     ),
     "supervise": LazyCommand(
         ("supervise",),
-        "Run pillows, other runnables and the error retry runner as child processes, restarting crashed ones.",
+        (
+            "Run pillows, other runnables and the error retry runner as child processes, "
+            "restarting crashed ones."
+        ),
     ),
     "tail": LazyCommand(
         ("tail",), "Print a topic's changes as JSON lines: position, publish time, then the stub."
@@ -84,6 +113,9 @@ COMMANDS: dict[str, LazyCommand] = {
     "topics": LazyCommand(("topics",), "Create, list, describe and grow the log's topics."),
     "verify": LazyCommand(
         ("verify",),
-        "Compare each processor's output with what the document stores say it should be: checked, missing, extra, stale, different.",
+        (
+            "Compare each processor's output with what the document stores say it should be: "
+            "checked, missing, extra, stale, different."
+        ),
     ),
 }

@@ -114,7 +114,8 @@ class _Group(click.Group):
         return super().get_command(ctx, cmd_name)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        names = self.list_commands(ctx)
+        hidden = {name for name, command in self.commands.items() if command.hidden}
+        names = [name for name in self.list_commands(ctx) if name not in hidden]
         limit = formatter.width - 6 - max(map(len, names))
         rows = [(name, self._short_help(name, limit)) for name in names]
         with formatter.section("Commands"):
