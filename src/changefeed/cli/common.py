@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from click.utils import make_default_short_help
 
 from changefeed.backends import BackendURLError
 from changefeed.cli.commands import COMMANDS
@@ -122,10 +121,9 @@ class _Group(click.Group):
             formatter.write_dl(rows)
 
     def _short_help(self, name: str, limit: int) -> str:
-        loaded = self.commands.get(name)
-        if loaded is not None:
-            return loaded.get_short_help_str(limit)
-        return make_default_short_help(COMMANDS[name].help, limit)
+        """The loaded command's own short help, or the same made from the table's text."""
+        command = self.commands.get(name) or click.Command(name, help=COMMANDS[name].help)
+        return command.get_short_help_str(limit)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
