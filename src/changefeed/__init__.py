@@ -5,28 +5,35 @@ The names follow CommCare HQ's pillowtop: `ChangeMeta` stubs are published to to
 `DocumentStore` and run processors, checkpointing per topic partition.
 """
 
-from changefeed.app import App, ConfigError, load_app
-from changefeed.backends import ChangeFeed, Publisher, PublishError, open_backend
-from changefeed.change import Change, ChangeMeta, InvalidChangeError, TopicPartition
-from changefeed.checkpoints import CheckpointStore
-from changefeed.errors import ErrorQueue, RetryPolicy
-from changefeed.pillow import ConstructedPillow, Pillow, PillowListener
-from changefeed.processors import (
-    BulkProcessor,
-    ChangeFailure,
-    FunctionProcessor,
-    NoopProcessor,
-    Processor,
-)
-from changefeed.stores import (
-    DocumentDeleted,
-    DocumentNotFoundError,
-    DocumentStore,
-    DocumentStoreRegistry,
-    MemoryDocumentStore,
-    SQLDocumentStore,
-)
-from changefeed.topics import TopicRouter
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from changefeed.lazy import lazy_names
+
+if TYPE_CHECKING:
+    from changefeed.app import App, ConfigError, load_app
+    from changefeed.backends import ChangeFeed, Publisher, PublishError, open_backend
+    from changefeed.change import Change, ChangeMeta, InvalidChangeError, TopicPartition
+    from changefeed.checkpoints import CheckpointStore
+    from changefeed.errors import ErrorQueue, RetryPolicy
+    from changefeed.pillow import ConstructedPillow, Pillow, PillowListener
+    from changefeed.processors import (
+        BulkProcessor,
+        ChangeFailure,
+        FunctionProcessor,
+        NoopProcessor,
+        Processor,
+    )
+    from changefeed.stores import (
+        DocumentDeleted,
+        DocumentNotFoundError,
+        DocumentStore,
+        DocumentStoreRegistry,
+        MemoryDocumentStore,
+        SQLDocumentStore,
+    )
+    from changefeed.topics import TopicRouter
 
 __version__ = "0.1.0"
 
@@ -61,3 +68,39 @@ __all__ = [
     "load_app",
     "open_backend",
 ]
+
+# Where each public name lives: imported on first use, so that ``import changefeed`` (and
+# ``changefeed --help``) does not load SQLAlchemy and the backends.
+_WHERE = {
+    "App": "changefeed.app",
+    "ConfigError": "changefeed.app",
+    "load_app": "changefeed.app",
+    "ChangeFeed": "changefeed.backends",
+    "Publisher": "changefeed.backends",
+    "PublishError": "changefeed.backends",
+    "open_backend": "changefeed.backends",
+    "Change": "changefeed.change",
+    "ChangeMeta": "changefeed.change",
+    "InvalidChangeError": "changefeed.change",
+    "TopicPartition": "changefeed.change",
+    "CheckpointStore": "changefeed.checkpoints",
+    "ErrorQueue": "changefeed.errors",
+    "RetryPolicy": "changefeed.errors",
+    "ConstructedPillow": "changefeed.pillow",
+    "Pillow": "changefeed.pillow",
+    "PillowListener": "changefeed.pillow",
+    "BulkProcessor": "changefeed.processors",
+    "ChangeFailure": "changefeed.processors",
+    "FunctionProcessor": "changefeed.processors",
+    "NoopProcessor": "changefeed.processors",
+    "Processor": "changefeed.processors",
+    "DocumentDeleted": "changefeed.stores",
+    "DocumentNotFoundError": "changefeed.stores",
+    "DocumentStore": "changefeed.stores",
+    "DocumentStoreRegistry": "changefeed.stores",
+    "MemoryDocumentStore": "changefeed.stores",
+    "SQLDocumentStore": "changefeed.stores",
+    "TopicRouter": "changefeed.topics",
+}
+
+__getattr__, __dir__ = lazy_names(__name__, _WHERE)

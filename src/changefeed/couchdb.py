@@ -10,8 +10,14 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import httpx
 import orjson
+
+from changefeed.extras import MissingExtraError
+
+try:
+    import httpx
+except ImportError as exc:
+    raise MissingExtraError("couchdb", exc) from exc
 
 _DB_NAME = re.compile(r"^[a-z][a-z0-9_$()+/-]*$")
 

@@ -10,6 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from changefeed.extras import MissingExtraError
+
 IDLE_PING_AFTER = 1.0
 """Seconds a pooled server connection may sit unused before its next checkout pings it."""
 
@@ -21,7 +23,12 @@ def make_engine(url: str | sa.Engine) -> sa.Engine:
         return url
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = sa.create_engine(url)
+        try:
+            engine = sa.create_engine(url)
+        except ImportError as exc:  # the driver, which SQLAlchemy imports here
+            if parsed.get_backend_name() != "postgresql":
+                raise
+            raise MissingExtraError("postgres", exc) from exc
         ping_when_idle(engine)
         return engine
     if parsed.database and parsed.database != ":memory:":

@@ -33,23 +33,27 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 from rich.console import Console
 from rich.progress import Progress
 
 from changefeed.batch import BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
+from changefeed.extras import installed
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
-from changefeed.processors.elastic import ElasticProcessor
 from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
 from changefeed.reindex import PillowSource, Reindexer, ReindexError
 from changefeed.runner import Runnable, stop_on_signals
 
 log = logging.getLogger("changefeed.rebuild")
 
-Swappable = ReportTableProcessor | ElasticProcessor
+if TYPE_CHECKING:
+    # Without the elastic extra it cannot be imported, and no pillow can hold one.
+    from changefeed.processors.elastic import ElasticProcessor
+
+    Swappable: TypeAlias = ReportTableProcessor | ElasticProcessor
 
 
 @dataclass(slots=True)
@@ -198,7 +202,7 @@ class ShadowRebuild:
             resumed=result.resumed,
         )
         if result.interrupted or reindexer.mark is None:
-            if isinstance(live, ElasticProcessor):
+            if not isinstance(live, ReportTableProcessor):
                 live.delete_index(target)  # cannot resume: do not leave it behind
             outcome.interrupted = True
             outcome.seconds = time.monotonic() - started
@@ -226,7 +230,12 @@ def _no_hold() -> Iterator[None]:
 
 def swappable(pillow: Pillow) -> list[Swappable]:
     """The processors of a pillow that can be rebuilt next to their live output."""
-    return [p for p in pillow.processors if isinstance(p, ReportTableProcessor | ElasticProcessor)]
+    kinds: tuple[type[Processor], ...] = (ReportTableProcessor,)
+    if installed("elasticsearch"):
+        from changefeed.processors.elastic import ElasticProcessor
+
+        kinds += (ElasticProcessor,)
+    return cast("list[Swappable]", [p for p in pillow.processors if isinstance(p, kinds)])
 
 
 def pending_rebuilds(pillow: Pillow) -> list[ReportTableProcessor]:

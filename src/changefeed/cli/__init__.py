@@ -1,13 +1,12 @@
 """The ``changefeed`` command.
 
 Each command group lives in its own module under ``changefeed.cli`` and registers itself on
-`cli`; `main` turns every error a user can cause into one line on stderr and exit code 2.
+`cli` when imported, which happens only when it runs (`changefeed.cli.commands`); `main`
+turns every error a user can cause into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
 import sys
@@ -17,37 +16,9 @@ import click
 from changefeed.cli.common import UserError, cli
 from changefeed.cli.output import human, install_log_filters
 
-# Command modules; each attaches its commands to `cli` when imported.
-COMMAND_MODULES = (
-    "pillows",
-    "checkpoint",
-    "surgery",
-    "changes",
-    "errors",
-    "tail",
-    "demo",
-    "topics",
-    "outbox",
-    "cdc",
-    "reports",
-    "reindex",
-    "supervise",
-    "dashboard",
-    "verify",
-    "republish",
-)
-
-
-def _load_commands() -> None:
-    for name in COMMAND_MODULES:
-        module = f"changefeed.cli.{name}"
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
-
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors, exit code 2 for bad input, 1 for failures."""
-    _load_commands()
     debug = bool(os.environ.get("CHANGEFEED_DEBUG"))
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING,

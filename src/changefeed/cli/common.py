@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from changefeed.app import App, ConfigError, load_app
 from changefeed.backends import BackendURLError, LogUnavailableError
+from changefeed.cli.commands import COMMANDS
 from changefeed.cli.output import human
+from changefeed.extras import MissingExtraError
 from changefeed.identifiers import InvalidIdentifierError
-from changefeed.runner import Runnable
+
+if TYPE_CHECKING:
+    # Imported where used: the app module loads SQLAlchemy, which ``--help`` does not need.
+    from changefeed.app import App
+    from changefeed.runner import Runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -47,12 +53,16 @@ def check_exposure(
         raise UserError(f"{token_option} must be at least {MIN_TOKEN_LENGTH} characters")
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError,
-    BackendURLError,
-    InvalidIdentifierError,
-    LogUnavailableError,  # a log URL naming no reachable server: one line naming it
-)
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from changefeed.app import ConfigError
+
+    return (
+        ConfigError,
+        BackendURLError,
+        InvalidIdentifierError,
+        MissingExtraError,
+        LogUnavailableError,  # a log URL naming no reachable server: one line naming it
+    )
 
 
 @contextmanager
@@ -60,7 +70,7 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     """Turn the errors a user can cause into `UserError`."""
     try:
         yield
-    except (*USER_ERRORS, *extra) as exc:
+    except (*_user_error_types(), *extra) as exc:
         raise UserError(exc) from None
 
 
@@ -76,6 +86,8 @@ class State:
     @property
     def app(self) -> App:
         if self._app is None:
+            from changefeed.app import load_app
+
             with user_errors():
                 app = load_app(self.app_spec)
                 if self.log_url:
@@ -91,15 +103,52 @@ class _Group(click.Group):
     """The root group: a configuration error from wherever the app opens its log or state
     (`App.backend`, `App.checkpoints` raise `ConfigError`) is a user error in every
     command, and every message click itself prints (usage errors echo the bad argument,
-    which may be a URL with a password or hold control characters) is made human-safe."""
+    which may be a URL with a password or hold control characters) is made human-safe.
+
+    Commands are imported when they run, not before (`changefeed.cli.commands`): the help
+    lists them from that table."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        lazy = COMMANDS.get(cmd_name)
+        if cmd_name not in self.commands and lazy is not None:
+            for module in lazy.modules:
+                importlib.import_module(f"changefeed.cli.{module}")
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        hidden = {name for name, command in self.commands.items() if command.hidden}
+        names = [name for name in self.list_commands(ctx) if name not in hidden]
+        limit = formatter.width - 6 - max(map(len, names))
+        rows = [(name, self._short_help(name, limit)) for name in names]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def _short_help(self, name: str, limit: int) -> str:
+        """The loaded command's own short help, or the same made from the table's text."""
+        command = self.commands.get(name) or click.Command(name, help=COMMANDS[name].help)
+        return command.get_short_help_str(limit)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             with user_errors():
                 return super().invoke(ctx)
         except click.ClickException as exc:
-            exc.message = human(exc.message)
-            raise
+            raise _human_safe(exc) from None
+
+
+def _human_safe(exc: click.ClickException) -> click.ClickException:
+    """``exc``, or the same message made human-safe in a new exception of the same kind
+    (usage or not), since click's exception messages are final once made."""
+    message = exc.format_message()
+    safe = human(message)
+    if safe == message:
+        return exc
+    if isinstance(exc, click.UsageError):
+        return click.UsageError(safe, exc.ctx)
+    return click.ClickException(safe)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -40,9 +40,10 @@ def dashboard_cmd(
 ) -> None:
     """Serve the dashboard: lag, throughput, error queue (with retry), checkpoint history and
     a live stream of changes."""
-    import uvicorn
-
+    from changefeed.extras import require
     from changefeed.web import create_app
+
+    uvicorn = require("uvicorn", extra="web")
 
     check_exposure(
         host, token, host_option="--host", token_option="--token",

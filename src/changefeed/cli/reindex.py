@@ -7,8 +7,8 @@ import click
 
 from changefeed.cli.common import F, UserError, cli, get_app, user_errors
 from changefeed.pillow import Pillow
-from changefeed.processors.elastic import ElasticBootstrapError, ElasticProcessor
-from changefeed.processors.reports import ReportSchemaError
+from changefeed.processors.elastic.errors import ElasticBootstrapError
+from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
 from changefeed.rebuild import rebuild, rebuild_pending, swappable
 from changefeed.reindex import ReindexError, ReindexResult, reindex
 
@@ -120,7 +120,8 @@ def _mapping_changed(pillow: Pillow) -> bool:
     """True when an Elasticsearch processor's alias points at an index of other mappings."""
     try:
         return any(
-            isinstance(p, ElasticProcessor) and p.mapping_changed() for p in swappable(pillow)
+            not isinstance(p, ReportTableProcessor) and p.mapping_changed()
+            for p in swappable(pillow)
         )
     finally:
         for processor in pillow.processors:

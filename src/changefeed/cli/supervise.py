@@ -66,10 +66,11 @@ def run_supervised(
     SIGTERM/SIGINT; with ``metrics_port``, serve its health and metrics (behind
     ``metrics_token`` when given)."""
     from changefeed.backoff import Backoff
-    from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
     from changefeed.supervisor import RESTART_BACKOFF, Supervisor, pillow_children, serve_health
 
-    if metrics_port is not None:
+    if metrics_port is not None:  # the metrics need the web extra; nothing else here does
+        from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
+
         check_metrics_access(metrics_host, metrics_token)
     app = get_app(ctx)
     if all_pillows and pillow_names:

@@ -12,12 +12,17 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import redis
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
+from changefeed.extras import MissingExtraError
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import ReadOnlyError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+    from redis.retry import Retry
+except ImportError as exc:
+    raise MissingExtraError("redis", exc) from exc
 
 from changefeed.change import Change
 from changefeed.processors.backoff import Backoff, SinkRetrier

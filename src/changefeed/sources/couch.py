@@ -24,8 +24,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import orjson
+
+from changefeed.extras import MissingExtraError
+
+try:
+    import httpx
+except ImportError as exc:
+    raise MissingExtraError("couchdb", exc) from exc
 
 from changefeed.backoff import Backoff
 from changefeed.couchdb import (

@@ -12,8 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import httpx
 import orjson
+
+from changefeed.extras import MissingExtraError
+
+try:
+    import httpx
+except ImportError as exc:
+    raise MissingExtraError("couchdb", exc) from exc
 
 from changefeed.couchdb import CouchDatabase, as_database, check_response
 from changefeed.stores.base import DocumentDeleted, DocumentStore, Fetched

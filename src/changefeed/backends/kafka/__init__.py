@@ -12,6 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from changefeed.extras import MissingExtraError
+
+try:  # one check for every module of this package
+    import confluent_kafka  # noqa: F401
+except ImportError as exc:
+    raise MissingExtraError("kafka", exc) from exc
+
 from changefeed.backends.base import Backend, key_partition
 from changefeed.backends.kafka.admin import KafkaTopicAdmin, TopicDescription
 from changefeed.backends.kafka.config import KafkaConfig, parse_kafka_url

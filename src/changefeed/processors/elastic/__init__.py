@@ -15,23 +15,31 @@ swapped in), `bulk` (the bulk write path), `versions` (external versions), `erro
 Every public name is importable from this package.
 """
 
-from changefeed.processors.elastic.bulk import METADATA_FIELDS, RETRY_STATUSES
-from changefeed.processors.elastic.errors import (
-    ElasticBootstrapError,
-    ElasticDocumentError,
-    ElasticIndexMissingError,
-    ElasticVersionError,
-)
-from changefeed.processors.elastic.index import index_name
-from changefeed.processors.elastic.processor import ElasticProcessor, Transform
-from changefeed.processors.elastic.versions import (
-    VERSION_TYPES,
-    Document,
-    VersionFunc,
-    document_version,
-    external_version,
-    stub_version,
-)
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from changefeed.extras import require
+from changefeed.lazy import lazy_names
+
+if TYPE_CHECKING:
+    from changefeed.processors.elastic.bulk import METADATA_FIELDS, RETRY_STATUSES
+    from changefeed.processors.elastic.errors import (
+        ElasticBootstrapError,
+        ElasticDocumentError,
+        ElasticIndexMissingError,
+        ElasticVersionError,
+    )
+    from changefeed.processors.elastic.index import index_name
+    from changefeed.processors.elastic.processor import ElasticProcessor, Transform
+    from changefeed.processors.elastic.versions import (
+        VERSION_TYPES,
+        Document,
+        VersionFunc,
+        document_version,
+        external_version,
+        stub_version,
+    )
 
 __all__ = [
     "METADATA_FIELDS",
@@ -50,3 +58,27 @@ __all__ = [
     "index_name",
     "stub_version",
 ]
+
+# Imported on first use, after checking that the client is installed, so that code which runs
+# without the elastic extra may still import the client-free `errors` module.
+_WHERE = {
+    "METADATA_FIELDS": "changefeed.processors.elastic.bulk",
+    "RETRY_STATUSES": "changefeed.processors.elastic.bulk",
+    "ElasticBootstrapError": "changefeed.processors.elastic.errors",
+    "ElasticDocumentError": "changefeed.processors.elastic.errors",
+    "ElasticIndexMissingError": "changefeed.processors.elastic.errors",
+    "ElasticVersionError": "changefeed.processors.elastic.errors",
+    "index_name": "changefeed.processors.elastic.index",
+    "ElasticProcessor": "changefeed.processors.elastic.processor",
+    "Transform": "changefeed.processors.elastic.processor",
+    "VERSION_TYPES": "changefeed.processors.elastic.versions",
+    "Document": "changefeed.processors.elastic.versions",
+    "VersionFunc": "changefeed.processors.elastic.versions",
+    "document_version": "changefeed.processors.elastic.versions",
+    "external_version": "changefeed.processors.elastic.versions",
+    "stub_version": "changefeed.processors.elastic.versions",
+}
+
+__getattr__, __dir__ = lazy_names(
+    __name__, _WHERE, before=lambda: require("elasticsearch", extra="elastic")
+)

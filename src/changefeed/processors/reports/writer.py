@@ -17,7 +17,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import sqlalchemy as sa
-from psycopg.types.json import Jsonb
 from sqlalchemy.dialects import postgresql
 
 from changefeed.db import upsert
@@ -114,6 +113,8 @@ class TableWriter:
             info[self._stage.name] = True
         names = self.table.c.keys()
         json_columns = [i for i, c in enumerate(self.table.columns) if isinstance(c.type, sa.JSON)]
+        from psycopg.types.json import Jsonb  # the driver of this connection: installed
+
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
         columns = ", ".join(preparer.quote(n) for n in names)

@@ -22,6 +22,13 @@ errors are worth retrying), `slots` (slot admin and lag), `readers` (polling and
 `relay` (`PostgresCDC` and `add_cdc_relay`).
 """
 
+from changefeed.extras import MissingExtraError
+
+try:  # one check for every module of this package
+    import psycopg  # noqa: F401
+except ImportError as exc:
+    raise MissingExtraError("postgres", exc) from exc
+
 from changefeed.sources.postgres_cdc.config import (
     PLUGIN,
     CDCConfig,
