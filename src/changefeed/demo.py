@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from changefeed.app import App
 from changefeed.change import ChangeMeta
 from changefeed.db import make_engine
+from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.sql import SQLDocumentStore
@@ -195,7 +196,7 @@ class Demo:
             "received_on": f"2026-11-{1 + i % 26:02d}",
         }
 
-    def write(self, stop: threading.Event, progress: Callable[[int], None]) -> int:
+    def write(self, stop: StopFlag, progress: Callable[[int], None]) -> int:
         """Create documents, then keep changing them; returns the number of writes."""
         rng = self.rng
         live_cases: dict[str, dict[str, Any]] = {}
@@ -286,7 +287,7 @@ class Demo:
         for t in threads:
             t.start()
         total_writes = self.cases_n + self.forms_n + self.updates_n
-        stop = threading.Event()
+        stop = StopFlag()
         with Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),

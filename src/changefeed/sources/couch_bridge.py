@@ -145,7 +145,7 @@ class CouchBridgePillow:
         self._reseek = False
         try:
             total = self._run(forever)
-            while self._reseek and not self.feed._stop.is_set():  # not stopped by `stop`
+            while self._reseek and not self.feed.stopped:  # not stopped by `stop`
                 # An operator moved the checkpoint (`flush`): read on from their seq.
                 self._reseek = self._stopping = False
                 total += self._run(forever)
