@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from changefeed.app import App
 from changefeed.change import ChangeMeta
 from changefeed.db import make_engine
+from changefeed.lag import pillow_lag
 from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTableProcessor
@@ -268,12 +269,7 @@ class Demo:
         raise LookupError(f"no pillow of the demo feeds {processor.name}")
 
     def lag(self, pillows: list[Pillow]) -> int:
-        total = 0
-        for pillow in pillows:
-            heads = pillow.change_feed.latest_offsets()
-            saved = self.app.checkpoints.get(pillow.name)
-            total += sum(max(0, head - saved.get(tp, 0)) for tp, head in heads.items())
-        return total
+        return sum(pillow_lag(self.app.checkpoints, pillow) for pillow in pillows)
 
     def run(self, console: Console) -> DemoResult:
         started = time.monotonic()

@@ -29,7 +29,6 @@ import orjson
 from changefeed.backoff import Backoff
 from changefeed.couchdb import (
     CouchDatabase,
-    CouchError,
     CouchUnavailableError,
     as_database,
     check_response,
@@ -40,9 +39,6 @@ __all__ = [
     "COUCH_BACKOFF",
     "CouchChange",
     "CouchChangeFeed",
-    "CouchDatabase",
-    "CouchError",
-    "CouchUnavailableError",
     "Seq",
     "seq_param",
 ]

@@ -30,7 +30,7 @@ import orjson
 
 from changefeed.backends.base import Publisher
 from changefeed.change import Change, ChangeMeta, TopicPartition
-from changefeed.checkpoints import CheckpointStore, SeqCheckpoint
+from changefeed.checkpoints import CheckpointStore, SeqCheckpoint, partition_lag
 from changefeed.couchdb import CouchDatabase
 from changefeed.errors import ErrorQueue
 from changefeed.identifiers import object_name
@@ -316,7 +316,7 @@ class CouchBridgePillow:
             "partition": 0,
             "checkpoint": checkpoint,
             "head": head,
-            "lag": None if head is None else max(0, head - (checkpoint or 0)),
+            "lag": None if head is None else partition_lag(head, checkpoint),
             "checkpoint_age": None if saved is None else max(0.0, now - saved.updated_at),
         }
         counts = self.error_queue.counts(self.name)
