@@ -557,6 +557,8 @@ def _import_legacy_seqs(engine: sa.Engine) -> None:
         return
     try:
         with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # the first process in moves them all
+                conn.execute(sa.text(f"LOCK TABLE {legacy.name} IN ACCESS EXCLUSIVE MODE"))
             for row in conn.execute(sa.select(legacy)).all():
                 where = (t.c.pillow == row.name) & (t.c.topic == row.topic) & (t.c.partition == 0)
                 saved = {"seq": row.seq, "seq_offset": row.position}

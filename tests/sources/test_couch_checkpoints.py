@@ -4,6 +4,7 @@ bridge kept them in, so an upgrade re-reads nothing."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 
 from changefeed.app import App
 from changefeed.change import TopicPartition
-from changefeed.checkpoints import CheckpointStore, checkpoints_table
+from changefeed.checkpoints import CheckpointStore, SeqCheckpoint, checkpoints_table
 from changefeed.sources.couch_bridge import get_change_feed_pillow_for_db
 
 TP = TopicPartition("couch:cases", 0)
@@ -112,6 +113,36 @@ def test_seqs_of_an_older_bridge_are_migrated_on_first_use(db_url: str) -> None:
     # A second process finds everything migrated and changes nothing.
     again = CheckpointStore(db_url)
     assert again.get_seq("ran", TP) == ran
+
+
+def test_processes_starting_together_migrate_once(db_url: str) -> None:
+    """Several stores (as several processes would) start on an old database at once: each
+    finds every seq, whichever of them moved the rows."""
+    _old_state(db_url, [(f"b{i}", f'"{i}-x"', i + 1) for i in range(20)], {"b0": 1})
+    start = threading.Barrier(4)
+    found: list[list[SeqCheckpoint[str] | None]] = []
+    failed: list[BaseException] = []
+
+    def open_store() -> None:
+        store = CheckpointStore(db_url)
+        start.wait()
+        try:
+            found.append([store.get_seq(f"b{i}", TP) for i in range(20)])
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            failed.append(exc)
+        finally:
+            store.engine.dispose()
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failed == []
+    for seqs in found:
+        assert [(s.seq, s.position) if s else None for s in seqs] == [
+            (f'"{i}-x"', i + 1) for i in range(20)
+        ]
 
 
 def test_an_upgraded_bridge_reads_on_from_its_old_seq(
