@@ -1,5 +1,6 @@
 """Engines for PostgreSQL: a pooled connection is pinged only after it idled, and one that
-died while idle is replaced before anyone uses it."""
+died while idle is replaced before anyone uses it. `create_tables` survives another process
+creating the same tables between its check and its create."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from changefeed.db import IDLE_PING_AFTER, make_engine, ping_when_idle
+from changefeed.db import IDLE_PING_AFTER, create_tables, make_engine, ping_when_idle
 
 
 def _counting_pings(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
@@ -85,3 +86,46 @@ def test_a_connection_that_died_a_moment_after_use_fails_once_as_a_dependency(
     finally:
         engine.dispose()
         admin.dispose()
+
+
+def _tables() -> tuple[sa.MetaData, sa.Table, sa.Table]:
+    metadata = sa.MetaData()
+    ours = sa.Table("ours", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    theirs = sa.Table("theirs", metadata, sa.Column("id", sa.Integer, primary_key=True))
+    return metadata, ours, theirs
+
+
+def test_tables_created_by_another_process_meanwhile_are_no_error(db_url: str) -> None:
+    """The race of two processes starting at once, made certain: the other one creates the
+    table after our check found it missing, just before our CREATE TABLE."""
+    metadata, ours, _ = _tables()
+    engine, other = sa.create_engine(db_url), sa.create_engine(db_url)
+    raced: list[str] = []
+
+    @sa.event.listens_for(ours, "before_create")
+    def _other_process_first(table: sa.Table, *_: Any, **__: Any) -> None:
+        if not raced:
+            raced.append(table.name)
+            sa.Table(
+                table.name, sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True)
+            ).create(other)
+
+    try:
+        create_tables(engine, metadata)
+        assert raced == ["ours"]
+        assert {"ours", "theirs"} <= set(sa.inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+        other.dispose()
+
+
+def test_only_the_tables_named_are_created(db_url: str) -> None:
+    """A user's metadata (an outbox's) may hold tables that are not ours to create."""
+    metadata, ours, _ = _tables()
+    engine = sa.create_engine(db_url)
+    try:
+        create_tables(engine, metadata, [ours])
+        create_tables(engine, metadata, [ours])  # there already: nothing to do
+        assert "theirs" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -4,6 +4,10 @@ Progress writes are plain upserts (one per batch). Operator changes and automati
 offset removed by retention) also go to a history table with who, when, the old value and
 what kind of move it was, so a bad reset can be undone and ``changefeed status`` can point
 out retention jumps without reading the free-text reason.
+
+A reader whose source positions are opaque (a CouchDB seq) keeps them in the same row as its
+count of changes read (`CheckpointStore.commit_seq`), so it shows in ``changefeed status``
+like any pillow and an operator's reset reaches it through the same table.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 
@@ -31,7 +35,23 @@ checkpoints_table = sa.Table(
     sa.Column("partition", sa.Integer, primary_key=True),
     sa.Column("offset", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("seq", sa.Text, nullable=True),
+    sa.Column("seq_offset", sa.BigInteger, nullable=True),
 )
+"""``seq``: an opaque source position (text the reader encodes), ``seq_offset``: the offset
+it was saved at; both NULL for partitions read at integer offsets."""
+
+_LEGACY_SEQ_TABLE = sa.Table(
+    "changefeed_seq_checkpoints",
+    sa.MetaData(),
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("topic", sa.String(249), nullable=False),
+    sa.Column("seq", sa.Text, nullable=False),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+"""Where the Couch bridge kept its seqs before they lived in the checkpoint row (read once,
+to migrate, then dropped)."""
 
 _GUARDED_UPDATE = (
     checkpoints_table.update()
@@ -133,6 +153,20 @@ class HistoryEntry:
         }
 
 
+SeqT = TypeVar("SeqT")
+
+
+@dataclass(frozen=True, slots=True)
+class SeqCheckpoint(Generic[SeqT]):
+    """An opaque source position and the count of changes read up to it. The store keeps
+    ``seq`` as text; a reader may hand out a decoded copy."""
+
+    tp: TopicPartition
+    seq: SeqT
+    position: int
+    updated_at: float
+
+
 def partition_lag(head: int, checkpoint: int | None) -> int:
     """Changes in a partition not yet checkpointed (a partition never read lags by its head).
     One definition, so ``changefeed status``, metrics and writers' throttles agree."""
@@ -166,7 +200,12 @@ class CheckpointStore:
     def create(self) -> None:
         if not self._created:
             create_tables(self.engine, metadata)
-            _add_kind_column(self.engine)
+            _add_column(
+                self.engine, history_table.c.kind, default=SET, backfill=_classify_old_entries
+            )
+            _add_column(self.engine, checkpoints_table.c.seq)
+            _add_column(self.engine, checkpoints_table.c.seq_offset)
+            _import_legacy_seqs(self.engine)
             self._created = True
 
     def get(self, pillow: str) -> dict[TopicPartition, int]:
@@ -262,6 +301,34 @@ class CheckpointStore:
         known.update(write)
         known.update(moved)
         return moved
+
+    def get_seq(self, pillow: str, tp: TopicPartition) -> SeqCheckpoint[str] | None:
+        """The opaque position saved with `commit_seq`, or None when never saved or reset to
+        0 by an operator since (``changefeed checkpoint set NAME TOPIC 0 0`` replays the
+        source from the start). Any other move leaves it: a seq cannot be derived from a
+        count."""
+        self.create()
+        t = checkpoints_table
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(t.c.offset, t.c.seq, t.c.seq_offset, t.c.updated_at).where(
+                    (t.c.pillow == pillow)
+                    & (t.c.topic == tp.topic)
+                    & (t.c.partition == tp.partition)
+                )
+            ).first()
+        if row is None or row.seq is None or (row.offset == 0 and row.seq_offset != 0):
+            return None
+        return SeqCheckpoint(tp, row.seq, row.seq_offset, row.updated_at)
+
+    def commit_seq(self, pillow: str, tp: TopicPartition, seq: str, position: int) -> None:
+        """Save an opaque position with ``position``, the changes read up to it, which is
+        also the partition's offset (what ``changefeed status`` shows)."""
+        self.create()
+        now = self.clock()
+        row = {**_rows(pillow, {tp: position}, now)[0], "seq": seq, "seq_offset": position}
+        with self.engine.begin() as conn:
+            upsert(conn, checkpoints_table, [row], ["pillow", "topic", "partition"])
 
     def moved(
         self, pillow: str, expected: Mapping[TopicPartition, int]
@@ -448,21 +515,66 @@ class CheckpointStore:
             ]
 
 
-def _add_kind_column(engine: sa.Engine) -> None:
-    """Migrate a state database made before history entries had a ``kind``: add the column
-    and classify the old entries. Safe when another process does the same at the same time."""
-    h = history_table
-    if "kind" in {c["name"] for c in sa.inspect(engine).get_columns(h.name)}:
+def _add_column(
+    engine: sa.Engine,
+    column: sa.Column[Any],
+    *,
+    default: str | None = None,
+    backfill: Callable[[sa.Connection], None] | None = None,
+) -> None:
+    """Migrate a state database made before ``column`` existed: add it (NOT NULL with
+    ``default``, else nullable) and ``backfill`` the old rows in the same transaction. Safe
+    when another process does the same at the same time."""
+    table = column.table
+    if column.name in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
         return
-    column = h.c.kind.type.compile(dialect=engine.dialect)
+    ddl = f"{column.name} {column.type.compile(dialect=engine.dialect)}"
+    if default is not None:
+        ddl += f" NOT NULL DEFAULT '{default}'"
     try:
         with engine.begin() as conn:
-            conn.execute(
-                sa.text(f"ALTER TABLE {h.name} ADD COLUMN kind {column} NOT NULL DEFAULT '{SET}'")
-            )
-            for where, kind in _KIND_FROM_REASON:
-                conn.execute(h.update().where(where).values(kind=kind))
+            conn.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {ddl}"))
+            if backfill is not None:
+                backfill(conn)
     except (sa.exc.OperationalError, sa.exc.ProgrammingError):
         # Another process added it first; anything else is a real failure.
-        if "kind" not in {c["name"] for c in sa.inspect(engine).get_columns(h.name)}:
+        if column.name not in {c["name"] for c in sa.inspect(engine).get_columns(table.name)}:
+            raise
+
+
+def _classify_old_entries(conn: sa.Connection) -> None:
+    """Give history entries written before the ``kind`` column theirs (`_KIND_FROM_REASON`)."""
+    for where, kind in _KIND_FROM_REASON:
+        conn.execute(history_table.update().where(where).values(kind=kind))
+
+
+def _import_legacy_seqs(engine: sa.Engine) -> None:
+    """Move the seqs an older Couch bridge kept in a table of their own into the checkpoint
+    rows, then drop that table, so an upgrade re-reads nothing. Safe when another process
+    does the same at the same time."""
+    legacy, t = _LEGACY_SEQ_TABLE, checkpoints_table
+    if not sa.inspect(engine).has_table(legacy.name):
+        return
+    try:
+        with engine.begin() as conn:
+            if engine.dialect.name == "postgresql":  # the first process in moves them all
+                conn.execute(sa.text(f"LOCK TABLE {legacy.name} IN ACCESS EXCLUSIVE MODE"))
+            for row in conn.execute(sa.select(legacy)).all():
+                where = (t.c.pillow == row.name) & (t.c.topic == row.topic) & (t.c.partition == 0)
+                saved = {"seq": row.seq, "seq_offset": row.position}
+                if conn.execute(t.update().where(where).values(**saved)).rowcount == 0:
+                    conn.execute(
+                        t.insert().values(
+                            pillow=row.name,
+                            topic=row.topic,
+                            partition=0,
+                            offset=row.position,
+                            updated_at=row.updated_at,
+                            **saved,
+                        )
+                    )
+            legacy.drop(conn)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError):
+        # Another process moved them first; anything else is a real failure.
+        if sa.inspect(engine).has_table(legacy.name):
             raise

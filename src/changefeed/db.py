@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,13 +75,17 @@ def ping_when_idle(engine: sa.Engine, idle: float = IDLE_PING_AFTER) -> None:
 _create_lock = threading.Lock()
 
 
-def create_tables(engine: sa.Engine, metadata: sa.MetaData) -> None:
-    """``create_all`` that tolerates another thread or process creating the same tables at
-    the same moment (check-then-create is not atomic)."""
+def create_tables(
+    engine: sa.Engine, metadata: sa.MetaData, tables: Sequence[sa.Table] | None = None
+) -> None:
+    """Create ``metadata``'s missing tables and their indexes (only ``tables``, when given:
+    a user's metadata may hold tables that are not ours to create). The one way every part
+    creates its tables: ``create_all`` checks, then creates, which is not atomic, so this
+    tolerates another thread or process creating the same tables at the same moment."""
     with _create_lock:
         for attempt in range(3):
             try:
-                metadata.create_all(engine, checkfirst=True)
+                metadata.create_all(engine, tables, checkfirst=True)
                 return
             except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
                 if attempt == 2:

@@ -22,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from changefeed.app import App
 from changefeed.change import ChangeMeta
 from changefeed.db import make_engine
+from changefeed.lag import pillow_lag
+from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.stores.sql import SQLDocumentStore
@@ -195,7 +197,7 @@ class Demo:
             "received_on": f"2026-11-{1 + i % 26:02d}",
         }
 
-    def write(self, stop: threading.Event, progress: Callable[[int], None]) -> int:
+    def write(self, stop: StopFlag, progress: Callable[[int], None]) -> int:
         """Create documents, then keep changing them; returns the number of writes."""
         rng = self.rng
         live_cases: dict[str, dict[str, Any]] = {}
@@ -267,12 +269,7 @@ class Demo:
         raise LookupError(f"no pillow of the demo feeds {processor.name}")
 
     def lag(self, pillows: list[Pillow]) -> int:
-        total = 0
-        for pillow in pillows:
-            heads = pillow.change_feed.latest_offsets()
-            saved = self.app.checkpoints.get(pillow.name)
-            total += sum(max(0, head - saved.get(tp, 0)) for tp, head in heads.items())
-        return total
+        return sum(pillow_lag(self.app.checkpoints, pillow) for pillow in pillows)
 
     def run(self, console: Console) -> DemoResult:
         started = time.monotonic()
@@ -286,7 +283,7 @@ class Demo:
         for t in threads:
             t.start()
         total_writes = self.cases_n + self.forms_n + self.updates_n
-        stop = threading.Event()
+        stop = StopFlag()
         with Progress(
             TextColumn("{task.description:<28}"),
             BarColumn(),

@@ -15,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 
 from changefeed.change import TopicPartition
-from changefeed.db import upsert
+from changefeed.db import create_tables, upsert
 
 metadata = sa.MetaData()
 
@@ -62,7 +62,7 @@ class ReindexJobs:
         self.job = job
         self.pillow = pillow
         self.clock = clock
-        metadata.create_all(engine, checkfirst=True)
+        create_tables(engine, metadata)
 
     def unfinished_heads(self) -> dict[TopicPartition, int] | None:
         """The log heads of an interrupted run of this job, or None."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from changefeed.backoff import Backoff
+from changefeed.lifecycle import StopFlag
 from changefeed.retry_runner import RETRY_RUNNER
 
 __all__ = [
@@ -203,7 +204,7 @@ class Supervisor:
         self.env = dict(env) if env is not None else None
         self.clock = clock
         self.on_exit = on_exit
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._lock = threading.Lock()
         self._pillows: dict[str, Pillow] = {}
         self._next_health = 0.0
@@ -308,7 +309,7 @@ class Supervisor:
         self.start()
         while not self._stop.is_set():
             self.poll_once()
-            self._stop.wait(self.poll_interval)
+            self._stop.sleep(self.poll_interval)
         return self.shutdown()
 
     def stop(self) -> None:

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from psycopg import sql
@@ -17,6 +18,7 @@ from psycopg import sql
 from changefeed.backends.base import PublishError
 from changefeed.backends.local import SQLiteLog, SQLitePublisher
 from changefeed.identifiers import InvalidIdentifierError
+from changefeed.lifecycle import StopFlag
 from changefeed.sources.postgres_cdc import (
     CDCError,
     CDCTable,
@@ -27,6 +29,12 @@ from changefeed.sources.postgres_cdc import (
     libpq_dsn,
     load_config,
     slot_status,
+)
+from changefeed.sources.postgres_cdc.readers import (
+    OpenReader,
+    PollingReader,
+    SlotReader,
+    StreamingReader,
 )
 from changefeed.testing.postgres import PostgresUnavailableError, TempPostgresCluster
 from tests.harness._util import unavailable
@@ -463,3 +471,28 @@ def test_cdc_relay_registered_with_the_helper_runs_through_get_runnable(
         app.close()
         if slot_status(pg_dsn, name)["exists"]:
             drop_slot(pg_dsn, name)
+
+
+@pytest.mark.parametrize("open_reader", [PollingReader, StreamingReader])
+def test_both_readers_keep_one_contract(
+    pg_dsn: str, db: psycopg.Connection, slot: str, open_reader: OpenReader
+) -> None:
+    """Opened alike, read alike: whole transactions and the position to confirm; only a
+    poller can say the slot is drained. Confirmed changes are not read again."""
+    with db.transaction():
+        db.execute("INSERT INTO patients VALUES ('a', 'acme', 1, 'x'), ('b', 'acme', 1, 'y')")
+    add_tables = PATIENTS.qualified
+    reader: SlotReader = open_reader(libpq_dsn(pg_dsn), slot, add_tables, StopFlag())
+    try:
+        batch = reader.read(100, wait=30.0)  # returns as soon as the transaction is in
+        assert [orjson.loads(r)["action"] for r in batch.rows] == ["B", "I", "I", "C"]
+        assert batch.lsn is not None
+        assert batch.drained is (reader.mode == "poll")
+        reader.confirm(batch.lsn)
+    finally:
+        reader.close()
+    again = PollingReader(libpq_dsn(pg_dsn), slot, add_tables, StopFlag())
+    try:
+        assert again.read(100, wait=0.0) == ([], None, True)
+    finally:
+        again.close()

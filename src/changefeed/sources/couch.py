@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,19 +35,16 @@ except ImportError as exc:
 from changefeed.backoff import Backoff
 from changefeed.couchdb import (
     CouchDatabase,
-    CouchError,
     CouchUnavailableError,
     as_database,
     check_response,
 )
+from changefeed.lifecycle import StopFlag
 
 __all__ = [
     "COUCH_BACKOFF",
     "CouchChange",
     "CouchChangeFeed",
-    "CouchDatabase",
-    "CouchError",
-    "CouchUnavailableError",
     "Seq",
     "seq_param",
 ]
@@ -150,7 +146,7 @@ class CouchChangeFeed:
         self.max_retries = backoff.retries
         self._client = client or self.db.client()
         self._own_client = client is None
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self.last_seq: Seq = None
         self.reconnects = 0
         """How many times a failed request was retried (for tests and metrics)."""
@@ -163,6 +159,11 @@ class CouchChangeFeed:
     def stop(self) -> None:
         """End iteration at the next heartbeat (or at once when waiting to reconnect)."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop` ended the iteration in hand (cleared when a new one starts)."""
+        return self._stop.is_set()
 
     def close(self) -> None:
         self.stop()
@@ -212,7 +213,7 @@ class CouchChangeFeed:
                     delay,
                 )
                 yield None
-                self._stop.wait(delay)
+                self._stop.sleep(delay)
 
     def _params(self) -> dict[str, str]:
         params: dict[str, str] = {}

@@ -30,7 +30,7 @@ import orjson
 
 from changefeed.backends.base import Publisher
 from changefeed.change import Change, ChangeMeta, TopicPartition
-from changefeed.checkpoints import CheckpointStore
+from changefeed.checkpoints import CheckpointStore, SeqCheckpoint, partition_lag
 from changefeed.couchdb import CouchDatabase
 from changefeed.errors import ErrorQueue
 from changefeed.identifiers import object_name
@@ -43,7 +43,6 @@ from changefeed.sources.couch_classifier import (
     UnclassifiableDocumentError,
 )
 from changefeed.sources.host import SourceHost, check_one_process
-from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from changefeed.stores.base import UnknownDocumentStoreError
 from changefeed.stores.couch import CouchDocumentStore
 from changefeed.topics import TopicRouter
@@ -93,12 +92,12 @@ class CouchBridgePillow:
         self.feed = feed
         self.publisher = publisher
         self.checkpoints = checkpoints
-        self.seq_checkpoints = SeqCheckpointStore(checkpoints)
         self.error_queue = error_queue or ErrorQueue(checkpoints.engine)
         self.router = router or TopicRouter()
         self.classifier: Classifier = classifier or CouchDocumentClassifier()
         self.data_source_name = data_source_name or feed.db.name
         self.topic = feed.topics[0]
+        self._tp = TopicPartition(self.topic, 0)
         self.batch_size = batch_size
         self.max_wait = max_wait
         self.skip_design_docs = skip_design_docs
@@ -119,11 +118,16 @@ class CouchBridgePillow:
 
     def bootstrap(self) -> None:
         """Create the checkpoint tables."""
-        self.seq_checkpoints.create()
+        self.checkpoints.create()
 
     @property
-    def checkpoint(self) -> SeqCheckpoint | None:
-        return self.seq_checkpoints.get(self.name)
+    def checkpoint(self) -> SeqCheckpoint[Seq] | None:
+        """The saved seq (stored JSON-encoded: an int stays an int, a string a string) and the
+        changes read up to it; None when never saved or reset to 0 by an operator."""
+        saved = self.checkpoints.get_seq(self.name, self._tp)
+        if saved is None:
+            return None
+        return SeqCheckpoint(saved.tp, orjson.loads(saved.seq), saved.position, saved.updated_at)
 
     def stop(self) -> None:
         """Stop after the batch in hand (thread- and signal-safe)."""
@@ -141,7 +145,7 @@ class CouchBridgePillow:
         self._reseek = False
         try:
             total = self._run(forever)
-            while self._reseek and not self.feed._stop.is_set():  # not stopped by `stop`
+            while self._reseek and not self.feed.stopped:  # not stopped by `stop`
                 # An operator moved the checkpoint (`flush`): read on from their seq.
                 self._reseek = self._stopping = False
                 total += self._run(forever)
@@ -229,7 +233,8 @@ class CouchBridgePillow:
                     self.name,
                     moved[tp],
                 )
-            self.seq_checkpoints.commit(self.name, self.topic, self._seq, self._position)
+            seq = orjson.dumps(self._seq).decode()
+            self.checkpoints.commit_seq(self.name, tp, seq, self._position)
         self._last_progress_at = time.time()
         self._batch.clear()
         self._failures.clear()
@@ -311,7 +316,7 @@ class CouchBridgePillow:
             "partition": 0,
             "checkpoint": checkpoint,
             "head": head,
-            "lag": None if head is None else max(0, head - (checkpoint or 0)),
+            "lag": None if head is None else partition_lag(head, checkpoint),
             "checkpoint_age": None if saved is None else max(0.0, now - saved.updated_at),
         }
         counts = self.error_queue.counts(self.name)

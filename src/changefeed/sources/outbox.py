@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from changefeed.backends.base import Publisher
 from changefeed.backoff import Backoff
 from changefeed.change import ChangeMeta, InvalidChangeError
-from changefeed.db import make_engine
+from changefeed.db import create_tables, make_engine
 from changefeed.identifiers import object_name, sql_identifier, topic_name
 from changefeed.sources.host import SourceHost
 from changefeed.sources.relay import Relay, RelayBatch, RelayStats
@@ -116,7 +116,7 @@ class Outbox:
 
     def create(self, engine: sa.Engine | str) -> None:
         """Create the table and its index if missing (a migration tool may do this instead)."""
-        self.table.create(make_engine(engine), checkfirst=True)
+        create_tables(make_engine(engine), self.table.metadata, [self.table])
 
     def row(self, meta: ChangeMeta, topic: str | None = None) -> dict[str, Any]:
         """The values of one outbox row for a stub."""

@@ -15,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from changefeed.db import make_engine
+from changefeed.db import create_tables, make_engine
 from changefeed.identifiers import sql_identifier
 from changefeed.stores.base import Document, DocumentDeleted, DocumentStore, Fetched
 
@@ -85,7 +85,7 @@ class SQLDocumentStore(DocumentStore):
 
     def create(self) -> None:
         """Create the table if it is missing."""
-        self.table.metadata.create_all(self.engine, checkfirst=True)
+        create_tables(self.engine, self.table.metadata)
 
     def _upsert_statement(self) -> Any:
         """Built once: statement construction costs more than the SQLite write itself."""

@@ -1,13 +1,15 @@
 """The two ways to read a slot: polling with psycopg 3, streaming with psycopg2.
 
-Both return whole transactions in commit order as wal2json (format-version 2) rows, with the
-position to confirm once the log acknowledged what those rows became.
+Both keep one contract, `SlotReader`, opened alike (`OpenReader`): whole transactions in
+commit order as wal2json (format-version 2) rows, with the position to confirm once the log
+acknowledged what those rows became. The relay picks one and never asks which it has.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import psycopg
 
@@ -21,8 +23,39 @@ _PEEK = (
     "%s, NULL, %s, 'format-version', '2', 'include-types', '0', 'add-tables', %s)"
 )
 
-Batch = tuple[list[str], Any]
-"""(wal2json rows of whole transactions, the position to confirm after publishing them)."""
+
+class Batch(NamedTuple):
+    """What one read returns."""
+
+    rows: list[str]
+    """wal2json rows of whole transactions."""
+    lsn: Any
+    """The position to confirm after publishing them (None when there are no rows)."""
+    drained: bool
+    """The read reached the end of the WAL as of now (only a poller can know)."""
+
+
+class SlotReader(Protocol):
+    """Reads a replication slot: the one contract of the polling and streaming readers."""
+
+    mode: str
+    """``poll`` or ``stream``, for the relay's health."""
+
+    def read(self, max_rows: int, wait: float) -> Batch:
+        """Whole transactions, up to about ``max_rows`` changes, waiting at most ``wait``
+        seconds for the first one."""
+        ...
+
+    def confirm(self, lsn: Any) -> None:
+        """Let the server forget everything up to ``lsn`` (call only once it is published)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+OpenReader = Callable[[str, str, str, StopFlag], SlotReader]
+"""How a reader is opened: ``(dsn, slot, add_tables, stop)``; ``add_tables`` is wal2json's
+table filter, ``stop`` ends a wait early."""
 
 _WAL2JSON_OPTIONS = {"format-version": "2", "include-types": "0"}
 
@@ -32,19 +65,24 @@ class PollingReader:
 
     Exact about "drained" (it reads up to the current WAL end), so ``--once`` uses it. Each
     peek decodes again from the slot's restart point, which trails by up to ~15 s of WAL.
+    A peek returns at once (it never uses ``wait`` or ``stop``): the relay sleeps between
+    peeks.
     """
 
-    def __init__(self, dsn: str, slot: str, add_tables: str) -> None:
+    mode = "poll"
+
+    def __init__(self, dsn: str, slot: str, add_tables: str, stop: StopFlag) -> None:
         self.slot = slot
         self.add_tables = add_tables
         self.conn = connect(dsn)
 
-    def read(self, max_rows: int) -> Batch:
+    def read(self, max_rows: int, wait: float) -> Batch:
         try:
             rows = self.conn.execute(_PEEK, (self.slot, max_rows, self.add_tables)).fetchall()
         except psycopg.Error as exc:
             raise slot_error(exc, self.slot) or plugin_error(exc) or exc from None
-        return [r[1] for r in rows], (rows[-1][0] if rows else None)
+        lsn = rows[-1][0] if rows else None
+        return Batch([r[1] for r in rows], lsn, drained=len(rows) < max_rows)
 
     def confirm(self, lsn: Any) -> None:
         self.conn.execute("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)", (self.slot, lsn))
@@ -59,6 +97,8 @@ class StreamingReader:
     Changes arrive as they commit, and nothing is decoded twice. Confirmation is feedback
     sent at once (``force``), so a restart resumes right after what was published.
     """
+
+    mode = "stream"
 
     def __init__(self, dsn: str, slot: str, add_tables: str, stop: StopFlag) -> None:
         import psycopg2
@@ -91,7 +131,8 @@ class StreamingReader:
 
     def read(self, max_rows: int, wait: float) -> Batch:
         """Whole transactions that arrived, up to about ``max_rows``, waiting up to ``wait``
-        for the first one. A transaction still arriving is kept for the next call."""
+        for the first one. A transaction still arriving is kept for the next call. Never
+        ``drained``: a stream cannot tell that nothing more is committed."""
         import select
 
         rows = self._partial
@@ -112,7 +153,7 @@ class StreamingReader:
             select.select([self.cur], [], [], min(remaining, 0.5))
         self._partial = rows[complete:]
         done = rows[:complete]
-        return [data for _, data in done], (done[-1][0] if done else None)
+        return Batch([data for _, data in done], done[-1][0] if done else None, drained=False)
 
     def confirm(self, lsn: Any) -> None:
         self.cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)

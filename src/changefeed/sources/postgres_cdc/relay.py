@@ -22,7 +22,9 @@ from changefeed.sources.postgres_cdc.config import (
     slot_name,
 )
 from changefeed.sources.postgres_cdc.readers import (
+    OpenReader,
     PollingReader,
+    SlotReader,
     StreamingReader,
     streaming_available,
 )
@@ -103,7 +105,7 @@ class PostgresCDC(Relay):
         self.mode = mode
         self.create_slot = create_slot
         self._add_tables = ",".join(t.qualified for t in tables)
-        self._reader: PollingReader | StreamingReader | None = None
+        self._reader: SlotReader | None = None
 
     def bootstrap(self) -> None:
         """Create the slot when asked to (``create_slot``) and it is missing. Not by default:
@@ -187,23 +189,18 @@ class PostgresCDC(Relay):
         self.count_batch(len(items))
         return len(items)
 
-    def _open_reader(self, forever: bool) -> PollingReader | StreamingReader:
+    def _open_reader(self, forever: bool) -> SlotReader:
         if self._reader is None:
             stream = forever and (
                 self.mode == "stream" or (self.mode == "auto" and streaming_available())
             )
-            self._reader = (
-                StreamingReader(self.dsn, self.slot, self._add_tables, self._stop)
-                if stream
-                else PollingReader(self.dsn, self.slot, self._add_tables)
-            )
+            open_reader: OpenReader = StreamingReader if stream else PollingReader
+            self._reader = open_reader(self.dsn, self.slot, self._add_tables, self._stop)
         return self._reader
 
     def poll_once(self) -> int:
         """Read (peek), publish and confirm one batch; returns how many stubs were published."""
-        reader = self._open_reader(forever=False)
-        assert isinstance(reader, PollingReader)
-        rows, lsn = reader.read(self.batch_size)
+        rows, lsn, _ = self._open_reader(forever=False).read(self.batch_size, wait=0.0)
         return self._publish(rows, lsn) if rows else 0
 
     # -- the Relay loop's parts --------------------------------------------------------
@@ -213,14 +210,10 @@ class PostgresCDC(Relay):
         self.check()
 
     def relay_batch(self, forever: bool) -> RelayBatch:
-        reader = self._open_reader(forever)
-        if isinstance(reader, StreamingReader):
-            # The read waited for changes itself: go on at once.
-            rows, lsn = reader.read(self.batch_size, wait=max(self.poll_interval, 0.5))
-            drained = False
-        else:
-            rows, lsn = reader.read(self.batch_size)
-            drained = len(rows) < self.batch_size  # caught up with the WAL as of this peek
+        # A stream waits for changes itself (and is never drained: the loop goes on at once);
+        # a peek returns at once, drained when it caught up with the WAL.
+        wait = max(self.poll_interval, 0.5)
+        rows, lsn, drained = self._open_reader(forever).read(self.batch_size, wait)
         published = self._publish(rows, lsn) if rows else 0
         return RelayBatch(len(rows), published, drained)
 
@@ -242,7 +235,7 @@ class PostgresCDC(Relay):
             "last_lsn": self.stats.last_lsn,
             "transactions": self.stats.transactions,
             "truncates": self.stats.truncates,
-            "mode": "stream" if isinstance(self._reader, StreamingReader) else self.mode,
+            "mode": "stream" if self._reader and self._reader.mode == "stream" else self.mode,
         }
 
     def close(self) -> None:
