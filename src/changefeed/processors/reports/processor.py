@@ -85,7 +85,10 @@ class ReportTableProcessor(BulkProcessor):
         *,
         schema: str | None = None,
         table_name: str | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
+        """``lock``: the lock batches and swaps take, shared when one `ReportTablesProcessor`
+        writes many tables in one batch (a swap then holds off its batches)."""
         if isinstance(config, DataSourceConfig):
             self.config = config
         elif isinstance(config, Mapping):
@@ -102,7 +105,7 @@ class ReportTableProcessor(BulkProcessor):
         """Set for a shadow table: written under this name, no definition kept for it."""
         self.rebuild_needed: DefinitionChange | None = None
         """Set by `migrate` when the definition changed and the table is to be rebuilt."""
-        self._writing = threading.RLock()
+        self._writing = lock or threading.RLock()
         self._use(self.config)
 
     def _use(self, config: DataSourceConfig) -> None:
@@ -110,6 +113,11 @@ class ReportTableProcessor(BulkProcessor):
         self.config = config
         self.table = build_table(config, self.schema, self.table_name)
         self._writer = TableWriter(self.engine, self.table)
+
+    @property
+    def writer(self) -> TableWriter:
+        """The writer of the table as written now (a new one after a swap)."""
+        return self._writer
 
     @property
     def name(self) -> str:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from changefeed.db import upsert
+from changefeed.failures import is_dependency_failure
 from changefeed.processors.reports.config import SYSTEM_COLUMNS
 
 IDS_PER_STATEMENT = 500
@@ -41,6 +43,7 @@ class TableWriter:
             *(sa.Column(c.name, c.type) for c in table.columns),
         )
         self._upsert_stmt = self._pg_upsert() if self.postgres else None
+        self._sent: tuple[str, str, str] | None = None
 
     @property
     def copies(self) -> bool:
@@ -52,15 +55,74 @@ class TableWriter:
         """In one transaction: delete the rows of ``gone``, upsert ``rows``, and for each
         row count in ``by_count`` delete its documents' rows numbered that count and up."""
         with self.engine.begin() as conn:
-            try:
-                self.delete(conn, gone)
-                self.upsert(conn, rows)
-                for count, ids in by_count.items():
-                    self.delete(conn, ids, from_row=count)
-            except BaseException:
-                # the rollback also undoes a staging table created in this transaction
-                conn.connection.info.pop(self._stage.name, None)
-                raise
+            self.write_on(conn, gone, rows, by_count)
+
+    def write_on(
+        self,
+        conn: sa.Connection,
+        gone: list[str],
+        rows: list[Any],
+        by_count: Mapping[int, list[str]],
+    ) -> None:
+        """`write` inside the caller's transaction (several tables in one, `write_tables`)."""
+        try:
+            self.delete(conn, gone)
+            self.upsert(conn, rows)
+            for count, ids in by_count.items():
+                self.delete(conn, ids, from_row=count)
+        except BaseException:
+            self.forget_stage(conn)
+            raise
+
+    def forget_stage(self, conn: sa.Connection) -> None:
+        """After a rollback: the staging table may have been created in what was undone."""
+        conn.connection.info.pop(self._stage.name, None)
+
+    def send(
+        self, cur: Any, gone: list[str], rows: list[Any], by_count: Mapping[int, list[str]]
+    ) -> None:
+        """`write_on` as plain statements on a psycopg cursor in pipeline mode (PostgreSQL):
+        they go out without waiting for each other's answers, so a batch that touches many
+        tables with a few rows each costs one round trip, not three per table."""
+        if self._sent is None:
+            self._sent = self._pg_statements()
+        upsert_sql, delete_sql, delete_from_sql = self._sent
+        if gone:
+            cur.execute(delete_sql, (gone,))
+        if rows:
+            cur.executemany(upsert_sql, self._adapted(rows))
+        for count, ids in by_count.items():
+            cur.execute(delete_from_sql, (ids, count))
+
+    def _pg_statements(self) -> tuple[str, str, str]:
+        q = self.engine.dialect.identifier_preparer
+        t = self.table
+        names = [q.quote(c.name) for c in t.columns]
+        updates = [f"{n} = EXCLUDED.{n}" for n in names[len(SYSTEM_COLUMNS) :]]
+        keys = ", ".join(names[: len(SYSTEM_COLUMNS)])
+        conflict = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
+        upsert_sql = (
+            f"INSERT INTO {q.format_table(t)} ({', '.join(names)}) "
+            f"VALUES ({', '.join(['%s'] * len(names))}) ON CONFLICT ({keys}) {conflict}"
+        )
+        delete_sql = f"DELETE FROM {q.format_table(t)} WHERE {names[0]} = ANY(%s)"
+        return upsert_sql, delete_sql, f"{delete_sql} AND {names[1]} >= %s"
+
+    def _adapted(self, rows: list[Any]) -> list[Any]:
+        """Rows with JSON values wrapped for psycopg (it would send a dict as an object)."""
+        json_columns = [i for i, c in enumerate(self.table.columns) if isinstance(c.type, sa.JSON)]
+        if not json_columns:
+            return rows
+        from psycopg.types.json import Jsonb  # the driver of this connection: installed
+
+        out = []
+        for row in rows:
+            values = list(row)
+            for i in json_columns:
+                if values[i] is not None:
+                    values[i] = Jsonb(values[i])
+            out.append(values)
+        return out
 
     def delete(self, conn: sa.Connection, ids: list[str], from_row: int = 0) -> None:
         """Delete the rows of ``ids`` (only those numbered ``from_row`` and up)."""
@@ -112,9 +174,6 @@ class TableWriter:
             )
             info[self._stage.name] = True
         names = self.table.c.keys()
-        json_columns = [i for i, c in enumerate(self.table.columns) if isinstance(c.type, sa.JSON)]
-        from psycopg.types.json import Jsonb  # the driver of this connection: installed
-
         dbapi = conn.connection.driver_connection
         assert dbapi is not None
         columns = ", ".join(preparer.quote(n) for n in names)
@@ -123,14 +182,91 @@ class TableWriter:
             cur.copy(f"COPY {preparer.quote(self._stage.name)} ({columns}) FROM STDIN") as copy,
         ):
             write = copy.write_row
-            if json_columns:
-                for row in rows:
-                    values = list(row)
-                    for i in json_columns:
-                        if values[i] is not None:
-                            values[i] = Jsonb(values[i])
-                    write(values)
-            else:
-                for row in rows:
-                    write(row)
+            for row in self._adapted(rows):
+                write(row)
         conn.execute(self._upsert_stmt)
+
+
+COPY_ROWS = 500
+"""Rows of one table in a batch from which `write_tables` COPYs them (PostgreSQL) instead of
+sending a pipelined upsert: COPY wins on many rows, a plain statement on a few."""
+
+
+@dataclass(slots=True)
+class TableWrite:
+    """One table's part of a batch, for `write_tables`; ``key`` names it in the result."""
+
+    key: str
+    writer: TableWriter
+    gone: list[str] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
+    by_count: dict[int, list[str]] = field(default_factory=dict)
+
+
+def write_tables(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseException]:
+    """Write several tables of one database in one transaction; returns the tables that
+    failed (by key) with their error, the others' writes committed.
+
+    The batch is tried whole first. When that fails, it is redone table by table, each in a
+    SAVEPOINT of one transaction, so a table whose rows cannot be written (a value its
+    column cannot hold, the table dropped) fails alone. A dependency's failure (the server
+    down) raises: when every table failed so, or the database cannot be reached at all."""
+    if not writes:
+        return {}
+    try:
+        with engine.begin() as conn:
+            try:
+                _write_all(conn, writes)
+            except BaseException:
+                for w in writes:
+                    w.writer.forget_stage(conn)
+                raise
+    except Exception:  # noqa: BLE001 - found out table by table below
+        return _isolated(engine, writes)
+    return {}
+
+
+def _write_all(conn: sa.Connection, writes: list[TableWrite]) -> None:
+    if conn.dialect.name != "postgresql":
+        for w in writes:
+            w.writer.write_on(conn, w.gone, w.rows, w.by_count)
+        return
+    sent = []
+    for w in writes:
+        if len(w.rows) >= COPY_ROWS:  # COPY cannot run in pipeline mode: first
+            w.writer.write_on(conn, w.gone, w.rows, w.by_count)
+        else:
+            sent.append(w)
+    if not sent:
+        return
+    dbapi: Any = conn.connection.driver_connection
+    with dbapi.pipeline(), dbapi.cursor() as cur:
+        for w in sent:
+            w.writer.send(cur, w.gone, w.rows, w.by_count)
+
+
+def _isolated(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseException]:
+    failed: dict[str, BaseException] = {}
+    down: list[BaseException] = []
+    with engine.connect() as conn:
+        if conn.dialect.name == "sqlite":
+            # pysqlite begins a transaction only before DML; the savepoints need one around.
+            conn.exec_driver_sql("BEGIN")
+        for w in writes:
+            try:
+                with conn.begin_nested():
+                    w.writer.write_on(conn, w.gone, w.rows, w.by_count)
+            except Exception as exc:  # noqa: BLE001 - this table's failure, or the server's
+                failed[w.key] = exc
+                # SQLite calls a missing table an OperationalError, like a server down.
+                if is_dependency_failure(exc) and _exists(conn, w.writer.table):
+                    down.append(exc)
+        if down and len(down) == len(writes):
+            conn.rollback()
+            raise down[0]
+        conn.commit()
+    return failed
+
+
+def _exists(conn: sa.Connection, table: sa.Table) -> bool:
+    return bool(sa.inspect(conn).has_table(table.name, schema=table.schema))

@@ -1,0 +1,257 @@
+"""ReportTablesProcessor against real databases (SQLite and PostgreSQL): routing, one
+transaction per batch, isolation, quarantine, live refresh of the data sources."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from changefeed.change import Change, ChangeMeta
+from changefeed.processors.reports import (
+    ReportTablesProcessor,
+    SQLDataSourceProvider,
+    StateStore,
+)
+from changefeed.processors.reports.states import BACKFILLING, LIVE, QUARANTINED, REMOVED
+
+
+def source(domain: str, **extra: Any) -> dict[str, Any]:
+    """A data source of one domain's cases, like CommCare HQ's."""
+    return {
+        "name": f"cases-{domain}",
+        "table": f"report_cases_{domain}",
+        "filter": {
+            "type": "and",
+            "filters": [
+                {"type": "equals", "property_name": "domain", "value": domain},
+                {"type": "equals", "property_name": "doc_type", "value": "case"},
+            ],
+        },
+        "columns": [{"name": "owner"}, {"name": "age", "type": "integer"}],
+        **extra,
+    }
+
+
+def change(
+    doc_id: str, doc: dict[str, Any] | None, domain: str | None = None, offset: int = 0
+) -> Change:
+    meta = ChangeMeta(
+        doc_id,
+        "memory",
+        "docs",
+        is_deletion=doc is None,
+        domain=domain or (doc or {}).get("domain"),
+        document_type="case",
+    )
+    c = Change("case", 0, offset, meta)
+    c.set_document(doc)
+    return c
+
+
+def case(domain: str, owner: str = "ann", age: Any = 30) -> dict[str, Any]:
+    return {"domain": domain, "doc_type": "case", "owner": owner, "age": age}
+
+
+def table_rows(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(sa.text(f"SELECT doc_id, owner, age FROM {table} ORDER BY 1"))
+        ]
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    from changefeed.db import make_engine
+
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+DOMAINS = ["a", "b", "c"]
+
+
+@pytest.fixture
+def proc(engine: sa.Engine) -> Iterator[ReportTablesProcessor]:
+    p = ReportTablesProcessor([source(d) for d in DOMAINS], engine, poll_interval=3600)
+    p.bootstrap()
+    yield p
+    p.close()
+
+
+def test_documents_reach_exactly_the_matching_data_sources(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    failures = proc.process_changes(
+        [
+            change("1", case("a", "ann")),
+            change("2", case("b", "bob")),
+            change("3", {**case("a"), "doc_type": "form"}),  # a's domain, not a case
+            change("4", case("zz")),  # no data source
+        ]
+    )
+    assert failures == []
+    assert table_rows(engine, "report_cases_a") == [("1", "ann", 30)]
+    assert table_rows(engine, "report_cases_b") == [("2", "bob", 30)]
+    assert table_rows(engine, "report_cases_c") == []
+    stats = proc.stats()
+    assert stats.sources["cases-a"].rows_written == 1
+    assert stats.sources["cases-c"].rows_written == 0
+    assert set(stats.domain_seconds) == {"a", "b"}  # zz reached no data source
+
+
+def test_deleted_and_no_longer_matching_documents_lose_their_rows(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    proc.process_changes([change("1", case("a")), change("2", case("b")), change("3", case("c"))])
+    proc.process_changes(
+        [
+            change("1", None, domain="a"),  # deleted: routed by the stub's domain
+            change("2", {**case("b"), "doc_type": "closed"}),  # still b's, no longer matching
+            change("3", None),  # deleted, no domain in the stub: every table
+        ]
+    )
+    for domain in DOMAINS:
+        assert table_rows(engine, f"report_cases_{domain}") == []
+
+
+def test_one_transaction_per_batch_and_none_for_untouched_tables(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    proc.process_changes([change("0", case("a"))])  # warm up: staging, prepared statements
+    begins: list[object] = []
+    statements: list[str] = []
+    event.listen(engine, "begin", lambda conn: begins.append(conn))
+    event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *args: statements.append(statement),
+    )
+    proc.process_changes([change("1", case("a")), change("2", case("b"))])
+    assert len(begins) == 1
+    assert not [s for s in statements if "report_cases_c" in s]
+    begins.clear()
+    proc.process_changes([change("3", case("nobody"))])  # no table touched: no transaction
+    assert begins == []
+    assert table_rows(engine, "report_cases_a") == [("0", "ann", 30), ("1", "ann", 30)]
+
+
+def test_a_broken_table_fails_alone_then_is_quarantined_until_enabled(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    for batch in range(3):
+        failures = proc.process_changes(
+            [change(f"a{batch}", case("a")), change(f"b{batch}", case("b"))]
+        )
+        assert [(f.change.id, f.where) for f in failures] == [(f"b{batch}", "report:cases-b")]
+        assert failures[0].retryable
+    assert [r[0] for r in table_rows(engine, "report_cases_a")] == ["a0", "a1", "a2"]
+    states = {s.name: s for s in proc.data_source_states()}
+    assert states["cases-b"].state == QUARANTINED
+    assert "report_cases_b" in states["cases-b"].reason
+    assert proc.stats().sources["cases-b"].failures == 3
+    # Quarantined: skipped, no failure; the state is in the database for the CLI.
+    assert proc.process_changes([change("b9", case("b"))]) == []
+    assert StateStore(engine).read()["cases-b"].state == QUARANTINED
+    # enable (from another process): the table comes back and is to be back-filled.
+    other = StateStore(engine)
+    other.set_state("cases-b", LIVE)
+    other.request_reload()
+    proc.refresh()
+    assert {s.name: s.state for s in proc.data_source_states()}["cases-b"] == BACKFILLING
+    member = proc.pending_backfill()
+    assert member is not None and member.target.name == "cases-b"
+
+
+def test_a_value_the_column_cannot_hold_fails_that_data_source_only(
+    engine: sa.Engine,
+) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite stores any value in any column")
+    p = ReportTablesProcessor([source(d) for d in DOMAINS], engine, poll_interval=3600)
+    p.bootstrap()
+    with engine.begin() as conn:  # the column narrowed behind the processor's back
+        conn.execute(sa.text("ALTER TABLE report_cases_c ALTER COLUMN age TYPE smallint"))
+    failures = p.process_changes(
+        [change("1", case("a", age=10**9)), change("2", case("c", age=10**9))]
+    )
+    assert [(f.change.id, f.where) for f in failures] == [("2", "report:cases-c")]
+    assert table_rows(engine, "report_cases_a") == [("1", "ann", 10**9)]
+    p.close()
+
+
+def test_multi_row_data_sources_shrink_with_their_documents(engine: sa.Engine) -> None:
+    visits = {
+        "name": "visits",
+        "table": "report_visits",
+        "filter": {"type": "in", "property_name": "domain", "values": ["a", "b"]},
+        "base_item_expression": {"type": "property_name", "property_name": "visits"},
+        "columns": [{"name": "owner"}, {"name": "age", "type": "integer"}],
+    }
+    p = ReportTablesProcessor([visits, source("a")], engine, poll_interval=3600)
+    p.bootstrap()
+    two = [{"owner": "x", "age": 1}, {"owner": "y", "age": 2}]
+    assert p.process_changes([change("1", {**case("b"), "visits": two})]) == []
+    assert p.process_changes([change("1", {**case("b"), "visits": two[:1]})]) == []
+    assert table_rows(engine, "report_visits") == [("1", "x", 1)]
+    assert table_rows(engine, "report_cases_a") == []
+    p.close()
+
+
+def test_retrying_an_entry_writes_its_data_source_only(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    retry = proc.for_failure("report:cases-b")
+    assert retry is not None and retry.name == "report:cases-b"
+    assert proc.for_failure("report:nothing") is None
+    # A document of domain a, retried for b: b's filter decides (no row), a is not written.
+    assert retry.process_change(change("1", case("b"))) is None
+    assert table_rows(engine, "report_cases_b") == [("1", "ann", 30)]
+    assert table_rows(engine, "report_cases_a") == []
+
+
+def test_live_add_change_and_remove(tmp_path: Path, engine: sa.Engine) -> None:
+    provider = SQLDataSourceProvider(engine)
+    provider.add(source("a"))
+    p = ReportTablesProcessor(provider, engine, poll_interval=0, refresh_interval=3600)
+    p.bootstrap()
+    assert {s.name: s.state for s in p.data_source_states()} == {"cases-a": LIVE}
+    provider.add(source("b"))
+    StateStore(engine).request_reload()
+    p.process_changes([change("1", case("b"))])  # polls, sees the reload, adds b
+    states = {s.name: s.state for s in p.data_source_states()}
+    assert states == {"cases-a": LIVE, "cases-b": BACKFILLING}
+    assert table_rows(engine, "report_cases_b") == [("1", "ann", 30)]
+    # a changed definition: rebuilt (written with the old one until the swap)
+    changed = source("a")
+    changed["columns"].append({"name": "closed", "type": "boolean"})
+    provider.add(changed)
+    assert provider.remove("cases-b")
+    assert not provider.remove("cases-b")
+    StateStore(engine).request_reload()
+    p.poll()
+    states = {s.name: s.state for s in p.data_source_states()}
+    assert states == {"cases-a": BACKFILLING, "cases-b": REMOVED}
+    p.process_changes([change("2", case("a")), change("3", case("b"))])
+    assert table_rows(engine, "report_cases_b") == [("1", "ann", 30)]  # kept, not written
+    assert [r[0] for r in table_rows(engine, "report_cases_a")] == ["2"]
+    p.close()
+
+
+def test_drop_removed(engine: sa.Engine) -> None:
+    provider = SQLDataSourceProvider(engine)
+    provider.add(source("a"))
+    p = ReportTablesProcessor(provider, engine, poll_interval=3600, drop_removed=True)
+    p.bootstrap()
+    provider.remove("cases-a")
+    assert p.refresh() == ["cases-a: removed, table report_cases_a dropped"]
+    assert not sa.inspect(engine).has_table("report_cases_a")
+    p.close()
