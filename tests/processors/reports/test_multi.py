@@ -255,3 +255,47 @@ def test_drop_removed(engine: sa.Engine) -> None:
     assert p.refresh() == ["cases-a: removed, table report_cases_a dropped"]
     assert not sa.inspect(engine).has_table("report_cases_a")
     p.close()
+
+
+def test_every_column_type_is_written_as_the_single_table_processor_writes_it(
+    engine: sa.Engine,
+) -> None:
+    from changefeed.processors.reports import ReportTableProcessor
+
+    spec = {
+        "name": "typed",
+        "table": "report_typed",
+        "filter": {"type": "equals", "property_name": "domain", "value": "a"},
+        "columns": [
+            {"name": "owner"},
+            {"name": "age", "type": "integer"},
+            {"name": "opened", "type": "date"},
+            {"name": "seen", "type": "datetime"},
+            {"name": "score", "type": "decimal"},
+            {"name": "ratio", "type": "float"},
+            {"name": "closed", "type": "boolean"},
+            {"name": "meta", "type": "json"},
+        ],
+    }
+    doc = {
+        **case("a", "it's \\ \"quoted\""),
+        "opened": "2024-01-02",
+        "seen": "2024-01-02T03:04:05",
+        "score": "1.25",
+        "ratio": 0.5,
+        "closed": True,
+        "meta": {"k": [1, "two", None]},
+    }
+    multi = ReportTablesProcessor([spec], engine, poll_interval=3600)
+    multi.bootstrap()
+    assert multi.process_changes([change("1", doc), change("2", {**doc, "meta": None})]) == []
+    single = ReportTableProcessor({**spec, "table": "report_typed_single"}, engine)
+    single.bootstrap()
+    assert single.process_changes([change("1", doc), change("2", {**doc, "meta": None})]) == []
+    with engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT * FROM report_typed ORDER BY doc_id")).all()
+        want = conn.execute(sa.text("SELECT * FROM report_typed_single ORDER BY doc_id")).all()
+    assert got == want
+    assert got[0][2] == "it's \\ \"quoted\""
+    multi.close()
+    single.close()

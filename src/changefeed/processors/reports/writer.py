@@ -13,7 +13,8 @@ size) after the fastest bulk load the server has. SQLite gets an ``executemany``
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +44,7 @@ class TableWriter:
             *(sa.Column(c.name, c.type) for c in table.columns),
         )
         self._upsert_stmt = self._pg_upsert() if self.postgres else None
-        self._sent: tuple[str, str, str] | None = None
+        self._sql: tuple[tuple[str, str], tuple[str, str]] | None = None
 
     @property
     def copies(self) -> bool:
@@ -78,35 +79,47 @@ class TableWriter:
         """After a rollback: the staging table may have been created in what was undone."""
         conn.connection.info.pop(self._stage.name, None)
 
-    def send(
-        self, cur: Any, gone: list[str], rows: list[Any], by_count: Mapping[int, list[str]]
-    ) -> None:
-        """`write_on` as plain statements on a psycopg cursor in pipeline mode (PostgreSQL):
-        they go out without waiting for each other's answers, so a batch that touches many
-        tables with a few rows each costs one round trip, not three per table."""
-        if self._sent is None:
-            self._sent = self._pg_statements()
-        upsert_sql, delete_sql, delete_from_sql = self._sent
+    def statements(
+        self,
+        literal: Callable[[str], str],
+        gone: list[str],
+        rows: list[Any],
+        by_count: Mapping[int, list[str]],
+    ) -> list[str]:
+        """`write_on` as parameterless statements (PostgreSQL), so that those of every
+        table of a batch go to the server as one query: one round trip for a batch that
+        touches many tables with a few rows each, instead of a few per table. The rows
+        travel as one JSON literal per table (quoted by ``literal``, the driver's own
+        escaping), read back into the table's row type by ``jsonb_populate_recordset``."""
+        if self._sql is None:
+            self._sql = self._pg_statements()
+        (upsert_head, upsert_tail), (delete_head, delete_tail) = self._sql
+        out = []
         if gone:
-            cur.execute(delete_sql, (gone,))
+            out.append(f"{delete_head}{literal(_dumps(gone))}{delete_tail}")
         if rows:
-            cur.executemany(upsert_sql, self._adapted(rows))
+            names = self.table.c.keys()
+            data = literal(_dumps([dict(zip(names, row, strict=True)) for row in rows]))
+            out.append(f"{upsert_head}{data}{upsert_tail}")
         for count, ids in by_count.items():
-            cur.execute(delete_from_sql, (ids, count))
+            out.append(f"{delete_head}{literal(_dumps(ids))}{delete_tail} AND row_num >= {count:d}")
+        return out
 
-    def _pg_statements(self) -> tuple[str, str, str]:
+    def _pg_statements(self) -> tuple[tuple[str, str], tuple[str, str]]:
+        """The upsert and the delete, each split where its JSON literal goes."""
         q = self.engine.dialect.identifier_preparer
-        t = self.table
-        names = [q.quote(c.name) for c in t.columns]
+        t = q.format_table(self.table)
+        names = [q.quote(c.name) for c in self.table.columns]
         updates = [f"{n} = EXCLUDED.{n}" for n in names[len(SYSTEM_COLUMNS) :]]
         keys = ", ".join(names[: len(SYSTEM_COLUMNS)])
         conflict = f"DO UPDATE SET {', '.join(updates)}" if updates else "DO NOTHING"
-        upsert_sql = (
-            f"INSERT INTO {q.format_table(t)} ({', '.join(names)}) "
-            f"VALUES ({', '.join(['%s'] * len(names))}) ON CONFLICT ({keys}) {conflict}"
+        columns = ", ".join(names)
+        upsert = (
+            f"INSERT INTO {t} ({columns}) SELECT {columns} FROM jsonb_populate_recordset(NULL::{t}, ",
+            f") ON CONFLICT ({keys}) {conflict}",
         )
-        delete_sql = f"DELETE FROM {q.format_table(t)} WHERE {names[0]} = ANY(%s)"
-        return upsert_sql, delete_sql, f"{delete_sql} AND {names[1]} >= %s"
+        delete = (f"DELETE FROM {t} WHERE {names[0]} IN (SELECT jsonb_array_elements_text(", "))")
+        return upsert, delete
 
     def _adapted(self, rows: list[Any]) -> list[Any]:
         """Rows with JSON values wrapped for psycopg (it would send a dict as an object)."""
@@ -189,7 +202,8 @@ class TableWriter:
 
 COPY_ROWS = 500
 """Rows of one table in a batch from which `write_tables` COPYs them (PostgreSQL) instead of
-sending a pipelined upsert: COPY wins on many rows, a plain statement on a few."""
+sending them with the other tables' statements: COPY wins on many rows, one shared query
+on a few per table."""
 
 
 @dataclass(slots=True)
@@ -231,18 +245,28 @@ def _write_all(conn: sa.Connection, writes: list[TableWrite]) -> None:
         for w in writes:
             w.writer.write_on(conn, w.gone, w.rows, w.by_count)
         return
-    sent = []
+    from psycopg.sql import Literal  # the driver of this connection: installed
+
+    dbapi: Any = conn.connection.driver_connection
+
+    def literal(text: str) -> str:
+        return str(Literal(text).as_string(dbapi))
+
+    statements: list[str] = []
     for w in writes:
-        if len(w.rows) >= COPY_ROWS:  # COPY cannot run in pipeline mode: first
+        if len(w.rows) >= COPY_ROWS:
             w.writer.write_on(conn, w.gone, w.rows, w.by_count)
         else:
-            sent.append(w)
-    if not sent:
-        return
-    dbapi: Any = conn.connection.driver_connection
-    with dbapi.pipeline(), dbapi.cursor() as cur:
-        for w in sent:
-            w.writer.send(cur, w.gone, w.rows, w.by_count)
+            statements += w.writer.statements(literal, w.gone, w.rows, w.by_count)
+    if statements:
+        with dbapi.cursor() as cur:
+            cur.execute(";\n".join(statements))
+
+
+def _dumps(value: Any) -> str:
+    """JSON for `jsonb_populate_recordset`: dates, datetimes and decimals as their text
+    (which the column types read back); NaN refused (not JSON)."""
+    return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
 
 
 def _isolated(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseException]:
