@@ -169,6 +169,7 @@ class ReportTablesProcessor(BulkProcessor):
         schema: str | None = None,
         quarantine_after: int = QUARANTINE_AFTER,
         poll_interval: float = 1.0,
+        backfill_chunk_size: int = 1000,
         name: str = "reports",
     ) -> None:
         self.provider = as_provider(data_sources)
@@ -179,6 +180,7 @@ class ReportTablesProcessor(BulkProcessor):
         self.drop_removed = drop_removed
         self.schema = schema
         self.quarantine_after = quarantine_after
+        self.backfill_chunk_size = backfill_chunk_size
         self._name = name
         self.states = StateStore(self.engine)
         self._lock = threading.RLock()
@@ -339,9 +341,11 @@ class ReportTablesProcessor(BulkProcessor):
             return None
 
     def backfill_progress(self, name: str, done: int) -> None:
+        """A back-fill went through ``done`` changes (saved, for ``reports list``)."""
         source = self._sources.get(name)
-        if source is not None:
+        if source is not None and source.state == BACKFILLING:
             source.progress = done
+            self.states.save([source.snapshot()])
 
     def backfill_done(self, member: ReportTableProcessor, finished: bool) -> None:
         """The back-fill of ``member`` ended: live when ``finished`` and the data source was
