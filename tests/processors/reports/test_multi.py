@@ -278,7 +278,7 @@ def test_every_column_type_is_written_as_the_single_table_processor_writes_it(
         ],
     }
     doc = {
-        **case("a", "it's \\ \"quoted\""),
+        **case("a", 'it\'s \\ "quoted"'),
         "opened": "2024-01-02",
         "seen": "2024-01-02T03:04:05",
         "score": "1.25",
@@ -296,6 +296,6 @@ def test_every_column_type_is_written_as_the_single_table_processor_writes_it(
         got = conn.execute(sa.text("SELECT * FROM report_typed ORDER BY doc_id")).all()
         want = conn.execute(sa.text("SELECT * FROM report_typed_single ORDER BY doc_id")).all()
     assert got == want
-    assert got[0][2] == "it's \\ \"quoted\""
+    assert got[0][2] == 'it\'s \\ "quoted"'
     multi.close()
     single.close()
