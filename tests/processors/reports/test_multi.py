@@ -13,9 +13,11 @@ from sqlalchemy import event
 
 from changefeed.change import Change, ChangeMeta
 from changefeed.processors.reports import (
+    DataSourceConfig,
     ReportTablesProcessor,
     SQLDataSourceProvider,
     StateStore,
+    build_table,
 )
 from changefeed.processors.reports.states import BACKFILLING, LIVE, QUARANTINED, REMOVED
 
@@ -299,3 +301,44 @@ def test_every_column_type_is_written_as_the_single_table_processor_writes_it(
     assert got[0][2] == 'it\'s \\ "quoted"'
     multi.close()
     single.close()
+
+
+def test_a_queued_entry_is_retried_into_its_data_source_only(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    from changefeed.app import App
+    from changefeed.stores.memory import MemoryDocumentStore
+
+    app = App(f"sqlite:///{tmp_path / 'log.db'}", f"sqlite:///{tmp_path / 'state.db'}")
+    store = MemoryDocumentStore("docs")
+    app.document_stores.register(store)
+    proc = ReportTablesProcessor([source("a"), source("b")], engine, poll_interval=3600)
+    pillow = app.constructed_pillow("reports", ["case"], [proc])
+    pillow.bootstrap()
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    store.save("1", case("b", "bob"))
+    store.save("2", case("a", "ann"))
+    app.publish(ChangeMeta("1", "memory", "docs", domain="b"), "case")
+    app.publish(ChangeMeta("2", "memory", "docs", domain="a"), "case")
+    pillow.run(forever=False)
+    entries = app.error_queue.list(pillow="reports")
+    assert [(e.document_id, e.processor) for e in entries] == [("1", "report:cases-b")]
+    assert table_rows(engine, "report_cases_a") == [("2", "ann", 30)]
+    build_table(DataSourceConfig.from_dict(source("b"))).create(engine)  # put back
+    store.save("2", case("a", "changed"))  # a retry of b's entry must not touch a
+    assert pillow.runner.retry_errors(ids=[entries[0].id]) == (1, 0)
+    assert table_rows(engine, "report_cases_b") == [("1", "bob", 30)]
+    assert table_rows(engine, "report_cases_a") == [("2", "ann", 30)]
+    proc.close()
+    app.close()
+
+
+def test_a_broken_table_alone_in_its_batch_is_its_failure_not_a_server_down(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE report_cases_a"))
+    failures = proc.process_changes([change("1", case("a"))])
+    assert [(f.change.id, f.where) for f in failures] == [("1", "report:cases-a")]
+    assert "report_cases_a" in str(failures[0].exception)

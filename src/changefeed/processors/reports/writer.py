@@ -224,7 +224,8 @@ def write_tables(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseE
     The batch is tried whole first. When that fails, it is redone table by table, each in a
     SAVEPOINT of one transaction, so a table whose rows cannot be written (a value its
     column cannot hold, the table dropped) fails alone. A dependency's failure (the server
-    down) raises: when every table failed so, or the database cannot be reached at all."""
+    down) raises: when the database cannot be reached, or every table failed so and the
+    database no longer answers."""
     if not writes:
         return {}
     try:
@@ -282,15 +283,19 @@ def _isolated(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseExce
                     w.writer.write_on(conn, w.gone, w.rows, w.by_count)
             except Exception as exc:  # noqa: BLE001 - this table's failure, or the server's
                 failed[w.key] = exc
-                # SQLite calls a missing table an OperationalError, like a server down.
-                if is_dependency_failure(exc) and _exists(conn, w.writer.table):
+                if is_dependency_failure(exc):
                     down.append(exc)
-        if down and len(down) == len(writes):
-            conn.rollback()
+        # SQLite calls a missing table or a wrong schema an OperationalError, like a server
+        # that is down: when the database still answers, the tables are at fault.
+        if down and len(down) == len(writes) and not _answers(conn):
             raise down[0]
         conn.commit()
     return failed
 
 
-def _exists(conn: sa.Connection, table: sa.Table) -> bool:
-    return bool(sa.inspect(conn).has_table(table.name, schema=table.schema))
+def _answers(conn: sa.Connection) -> bool:
+    try:
+        conn.exec_driver_sql("SELECT 1")
+    except Exception:  # noqa: BLE001 - any failure: the database is not there
+        return False
+    return True
