@@ -140,8 +140,8 @@ def _selection_problems(multis: list[tuple[str, ReportTablesProcessor]]) -> list
 
 
 def _sql_provider(app: App, pillow: str | None) -> tuple[str, SQLDataSourceProvider]:
-    """The table of data sources that ``add``/``remove`` edit: the one pillow reading its
-    data sources from a table, or the one named ``--pillow``."""
+    """The table of data sources that ``add``/``remove`` edit: the one that pillows read
+    their data sources from, or that of the pillow named ``--pillow``."""
     multis = tables_processors(app)
     for _, multi in multis:
         multi.close()
@@ -156,7 +156,10 @@ def _sql_provider(app: App, pillow: str | None) -> tuple[str, SQLDataSourceProvi
             f"{where} its report data sources from a table (ReportTablesProcessor with a "
             "SQLDataSourceProvider)"
         )
-    if len(candidates) > 1:
+    tables = {
+        (p.engine.url.render_as_string(hide_password=False), p.table.name) for _, p in candidates
+    }
+    if len(tables) > 1:
         names = ", ".join(name for name, _ in candidates)
         raise UserError(f"several pillows read data sources from a table ({names}): pick --pillow")
     return candidates[0]
