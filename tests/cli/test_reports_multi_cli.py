@@ -12,6 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from changefeed.app import App
+from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTablesProcessor, SQLDataSourceProvider, StateStore
 from changefeed.processors.reports.states import LIVE, QUARANTINED
 from changefeed.stores.memory import MemoryDocumentStore
@@ -32,11 +33,11 @@ def make_app() -> App:
         selections = {"p1": {"include": ["a", "b"]}, "p2": {"exclude": ["a", "c"]}}
     for name, selection in selections.items():
 
-        def pillow(a: App, name: str = name, selection: dict[str, list[str]] = selection) -> object:
+        def pillow(a: App, name: str = name, selection: dict[str, list[str]] = selection) -> Pillow:
             processor = ReportTablesProcessor(SQLDataSourceProvider(reports), reports, **selection)
             return a.constructed_pillow(name, ["case"], [processor])
 
-        app.add_pillow(name, pillow)  # type: ignore[arg-type]
+        app.add_pillow(name, pillow)
     return app
 
 
