@@ -251,7 +251,8 @@ class ReportTablesProcessor(BulkProcessor):
                     actions.append(self._remove(source))
             self._loaded = True
             self._reroute()
-            self.states.save([s.snapshot() for s in self._sources.values()])
+            snapshots = [s.snapshot() for s in self._sources.values()]
+            self.states.save([s for s in snapshots if s != stored.get(s.name)])
             for action in actions:
                 log.info("reports %s: %s", self.name, action)
             return actions
@@ -489,6 +490,8 @@ class ReportTablesProcessor(BulkProcessor):
     # -- retrying one data source's entries ------------------------------------------------
 
     def for_failure(self, where: str) -> Processor | None:
+        if not self._loaded:  # a retry in a process of its own: the pillow never ran here
+            self.refresh()
         source = self._by_where.get(where)
         if source is None or source.state == REMOVED:
             return None
