@@ -45,6 +45,7 @@ class TableWriter:
         )
         self._upsert_stmt = self._pg_upsert() if self.postgres else None
         self._sql: tuple[tuple[str, str], tuple[str, str]] | None = None
+        self._names = table.c.keys()
 
     @property
     def copies(self) -> bool:
@@ -98,7 +99,7 @@ class TableWriter:
         if gone:
             out.append(f"{delete_head}{literal(_dumps(gone))}{delete_tail}")
         if rows:
-            names = self.table.c.keys()
+            names = self._names
             data = literal(_dumps([dict(zip(names, row, strict=True)) for row in rows]))
             out.append(f"{upsert_head}{data}{upsert_tail}")
         for count, ids in by_count.items():
@@ -246,12 +247,15 @@ def _write_all(conn: sa.Connection, writes: list[TableWrite]) -> None:
         for w in writes:
             w.writer.write_on(conn, w.gone, w.rows, w.by_count)
         return
-    from psycopg.sql import Literal  # the driver of this connection: installed
+    from psycopg.adapt import Transformer  # the driver of this connection: installed
 
     dbapi: Any = conn.connection.driver_connection
+    # The driver's quoting of a string literal (one adapter context for the whole batch).
+    as_literal = Transformer.from_context(dbapi).as_literal
+    encoding = dbapi.info.encoding
 
     def literal(text: str) -> str:
-        return str(Literal(text).as_string(dbapi))
+        return str(as_literal(text).decode(encoding))
 
     statements: list[str] = []
     for w in writes:
