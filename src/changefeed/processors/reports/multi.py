@@ -118,12 +118,24 @@ class _Source:
 class _Part:
     """One data source's part of a batch."""
 
-    __slots__ = ("by_count", "changes", "config", "failures", "gone", "rows", "source", "writer")
+    __slots__ = (
+        "by_count",
+        "changes",
+        "config",
+        "failures",
+        "gone",
+        "rows",
+        "rows_of",
+        "source",
+        "writer",
+    )
 
     def __init__(self, source: _Source) -> None:
         self.source = source
         self.config = source.member.config
         self.writer = source.member.writer
+        # PostgreSQL's writer takes tuples in column order; SQLite's upsert takes dicts.
+        self.rows_of = self.config.row_tuples if self.writer.copies else self.config.rows
         self.rows: list[Any] = []
         self.gone: list[str] = []
         self.by_count: dict[int, list[str]] = {}
@@ -410,12 +422,8 @@ class ReportTablesProcessor(BulkProcessor):
             written = 0
             for source in candidates:
                 part = parts.get(source.name) or parts.setdefault(source.name, _Part(source))
-                config = part.config
                 try:
-                    if part.writer.copies:
-                        doc_rows: list[Any] = config.row_tuples(doc_id, document)
-                    else:
-                        doc_rows = config.rows(doc_id, document)
+                    doc_rows: list[Any] = part.rows_of(doc_id, document)
                 except Exception as exc:  # noqa: BLE001 - a document the expressions refuse
                     part.failures.append(ChangeFailure(change, exc, False, source.where))
                     continue
@@ -423,9 +431,9 @@ class ReportTablesProcessor(BulkProcessor):
                 if not doc_rows:
                     part.gone.append(doc_id)
                     continue
-                part.rows.extend(doc_rows)
+                part.rows += doc_rows
                 written += len(doc_rows)
-                if config.multi_row:
+                if part.config.multi_row:
                     part.by_count.setdefault(len(doc_rows), []).append(doc_id)
             domain = change.metadata.domain if change.metadata else None
             domain = domain or str(document.get("domain") or "")
