@@ -354,25 +354,53 @@ def rebuild_pending(
     return results
 
 
-class BackgroundRebuild:
-    """The rebuilds of a running pillow's changed report tables, in a thread of their own,
-    reading through a second instance of the pillow (a feed is not shared between
-    threads) and swapping into the running instance's processors."""
+class _NextToPillow:
+    """A thread next to a running pillow that runs shadow rebuilds through a second
+    instance of it (a feed is not shared between threads), swapping into the running
+    instance's processors."""
 
-    def __init__(self, app: PillowSource, pillow: Pillow, chunk_size: int = 1000) -> None:
+    def __init__(self, app: PillowSource, pillow: Pillow, kind: str) -> None:
         self.app = app
         self.pillow = pillow
-        self.chunk_size = chunk_size
         self.results: list[RebuildResult] = []
-        self.error: BaseException | None = None
         self._job: ShadowRebuild | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name=f"changefeed-rebuild-{pillow.name}", daemon=True
+            target=self._run, name=f"changefeed-{kind}-{pillow.name}", daemon=True
         )
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the chunk in hand and wait for the thread."""
+        self._stopped.set()
+        if self._job is not None:
+            self._job.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _close(self, helper: Pillow) -> None:
+        """Close the second instance (not the processors it shares with the running one)."""
+        for processor in helper.processors:
+            if processor not in self.pillow.processors:
+                processor.close()
+        helper.change_feed.close()
+
+
+class BackgroundRebuild(_NextToPillow):
+    """The rebuilds of a running pillow's changed report tables, in a thread of their own."""
+
+    def __init__(self, app: PillowSource, pillow: Pillow, chunk_size: int = 1000) -> None:
+        super().__init__(app, pillow, "rebuild")
+        self.chunk_size = chunk_size
+        self.error: BaseException | None = None
 
     def _run(self) -> None:
         helper = self.app.get_pillow(self.pillow.name)
@@ -396,23 +424,10 @@ class BackgroundRebuild:
                 exc,
             )
         finally:
-            for processor in helper.processors:
-                if processor not in self.pillow.processors:
-                    processor.close()
-            helper.change_feed.close()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop after the chunk in hand and wait for the thread."""
-        self._stopped.set()
-        if self._job is not None:
-            self._job.stop()
-        self._thread.join(timeout)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+            self._close(helper)
 
 
-class Backfiller:
+class Backfiller(_NextToPillow):
     """Fills the tables of the data sources that a running pillow's
     `ReportTablesProcessor`s added, changed or enabled, one after another in a thread of
     its own: each is a shadow rebuild (`ShadowRebuild`: the shadow filled from the document
@@ -422,23 +437,13 @@ class Backfiller:
     its saved progress when the pillow starts again (the data source stays back-filling)."""
 
     def __init__(self, app: PillowSource, pillow: Pillow, idle: float = 1.0) -> None:
-        self.app = app
-        self.pillow = pillow
+        super().__init__(app, pillow, "backfill")
         self.idle = idle
         self.processors = [p for p in pillow.processors if isinstance(p, ReportTablesProcessor)]
-        self.results: list[RebuildResult] = []
         self.errors: list[BaseException] = []
         self._helper: Pillow | None = None
-        self._job: ShadowRebuild | None = None
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(
-            target=self._loop, name=f"changefeed-backfill-{pillow.name}", daemon=True
-        )
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def _loop(self) -> None:
+    def _run(self) -> None:
         try:
             while not self._stopped.is_set():
                 for processor in self.processors:
@@ -491,18 +496,12 @@ class Backfiller:
     def _close_helper(self) -> None:
         helper, self._helper = self._helper, None
         if helper is not None:
-            for processor in helper.processors:
-                processor.close()
-            helper.change_feed.close()
+            self._close(helper)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop after the chunk in hand (the back-fill resumes at the next start)."""
-        self._stopped.set()
-        if self._job is not None:
-            self._job.stop()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
-        else:
+        super().stop(timeout)
+        if not self._thread.is_alive():
             self._close_helper()
 
 
