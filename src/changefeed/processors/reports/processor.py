@@ -76,7 +76,10 @@ class _Plan:
 
 
 class ReportTableProcessor(BulkProcessor):
-    """A configurable report table (a "data source") fed by a pillow."""
+    """A configurable report table (a "data source") fed by a pillow.
+
+    One per data source costs a filter per document and a transaction per batch each: a
+    pillow of many data sources takes one `ReportTablesProcessor` instead."""
 
     def __init__(
         self,
