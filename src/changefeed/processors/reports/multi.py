@@ -32,7 +32,7 @@ from changefeed.errors import bounded
 from changefeed.failures import DocumentError
 from changefeed.processors.base import BulkProcessor, ChangeFailure, Processor
 from changefeed.processors.reports.config import DataSourceConfig
-from changefeed.processors.reports.definition import definition_hash
+from changefeed.processors.reports.definition import definition_hash, definitions_table
 from changefeed.processors.reports.processor import ReportTableProcessor
 from changefeed.processors.reports.providers import (
     DataSourceInput,
@@ -204,6 +204,7 @@ class ReportTablesProcessor(BulkProcessor):
         self._next_poll = 0.0
         self._next_refresh = 0.0
         self._claimed: set[str] = set()
+        self._built: dict[str, str] | None = None
         self._domain_seconds: defaultdict[str, float] = defaultdict(float)
         self.backfill_wanted = threading.Event()
         """Set when a data source is to be back-filled (`pending_backfill`)."""
@@ -251,6 +252,7 @@ class ReportTablesProcessor(BulkProcessor):
                 return [f"not refreshed: {exc}"]
             stored = self.states.read()
             first = not self._loaded and not stored
+            self._built = None
             actions: list[str] = []
             seen = set()
             for config in configs:
@@ -278,7 +280,10 @@ class ReportTablesProcessor(BulkProcessor):
                 return f"{config.name}: enabled, back-filling what it skipped"
             return ""
         member = ReportTableProcessor(config, self.engine, schema=self.schema, lock=self._lock)
-        done = member.migrate(rebuilding=True)
+        # A table built with this very definition needs no migration: known from one read
+        # for all data sources, so a restart with a thousand costs no thousand inspections.
+        built = self._built_tables()
+        done = [] if built.get(config.table) == wanted else member.migrate(rebuilding=True)
         created = any(a.startswith("created table") for a in done)
         source = _Source(member, LIVE)
         if source.where in self._by_where and self._by_where[source.where].name != config.name:
@@ -299,6 +304,20 @@ class ReportTablesProcessor(BulkProcessor):
             self._backfill(source, "")
             return f"{config.name}: added, table {member.table.name} created, back-filling"
         return f"{config.name}: live" + (f" ({'; '.join(done)})" if done else "")
+
+    def _built_tables(self) -> dict[str, str]:
+        """Per existing report table, the hash of the definition it was built with; read
+        once per refresh (``_built``), when a data source needs a table."""
+        if self._built is None:
+            definitions = definitions_table(self.schema)
+            names = set(sa.inspect(self.engine).get_table_names(schema=self.schema))
+            self._built = {}
+            if definitions.name in names:
+                t = definitions
+                with self.engine.connect() as conn:
+                    rows = conn.execute(sa.select(t.c.table_name, t.c.definition_hash)).all()
+                self._built = {table: h for table, h in rows if table in names}
+        return self._built
 
     def _backfill(self, source: _Source, reason: str) -> None:
         source.state, source.reason, source.progress, source.failing = BACKFILLING, reason, 0, 0
