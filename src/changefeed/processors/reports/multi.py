@@ -33,7 +33,7 @@ from changefeed.failures import DocumentError
 from changefeed.processors.base import BulkProcessor, ChangeFailure, Processor
 from changefeed.processors.reports.config import DataSourceConfig
 from changefeed.processors.reports.definition import definition_hash, definitions_table
-from changefeed.processors.reports.processor import ReportTableProcessor
+from changefeed.processors.reports.processor import ReportTableProcessor, create_table
 from changefeed.processors.reports.providers import (
     DataSourceInput,
     DataSourceProvider,
@@ -58,6 +58,9 @@ log = logging.getLogger("changefeed.reports")
 
 QUARANTINE_AFTER = 3
 """Batches in a row in which a data source failed before it is quarantined."""
+
+CREATE_PER_TRANSACTION = 50
+"""New tables created per transaction (each holds locks on its table and indexes)."""
 
 
 class DataSourceWriteError(DocumentError):
@@ -255,9 +258,10 @@ class ReportTablesProcessor(BulkProcessor):
             self._built = None
             actions: list[str] = []
             seen = set()
+            created = self._create_tables([c for c in configs if self._needs_table(c)])
             for config in configs:
                 seen.add(config.name)
-                action = self._apply(config, stored.get(config.name), first)
+                action = self._apply(config, stored.get(config.name), first, created)
                 if action:
                     actions.append(action)
             for source in self._sources.values():
@@ -271,10 +275,39 @@ class ReportTablesProcessor(BulkProcessor):
                 log.info("reports %s: %s", self.name, action)
             return actions
 
-    def _apply(self, config: DataSourceConfig, stored: SourceState | None, first: bool) -> str:
+    def _current(self, config: DataSourceConfig) -> _Source | None:
+        """The data source of ``config``, when held with this very definition."""
         source = self._sources.get(config.name)
+        if (
+            source is not None
+            and source.state != REMOVED
+            and source.hash == definition_hash(config)
+        ):
+            return source
+        return None
+
+    def _needs_table(self, config: DataSourceConfig) -> bool:
+        return self._current(config) is None and config.table not in self._built_tables()
+
+    def _create_tables(self, configs: list[DataSourceConfig]) -> set[str]:
+        """Create the tables of data sources that have none, `CREATE_PER_TRANSACTION` in
+        a transaction (a thousand new data sources: twenty commits, not a thousand, and not
+        one holding thousands of locks); returns their names."""
+        for start in range(0, len(configs), CREATE_PER_TRANSACTION):
+            with self.engine.begin() as conn:
+                for config in configs[start : start + CREATE_PER_TRANSACTION]:
+                    create_table(conn, config, self.schema)
+        built = self._built_tables()
+        for config in configs:
+            built[config.table] = definition_hash(config)
+        return {config.table for config in configs}
+
+    def _apply(
+        self, config: DataSourceConfig, stored: SourceState | None, first: bool, fresh: set[str]
+    ) -> str:
+        source = self._current(config)
         wanted = definition_hash(config)
-        if source is not None and source.state != REMOVED and source.hash == wanted:
+        if source is not None:
             if source.state == QUARANTINED and stored and stored.state != QUARANTINED:
                 self._backfill(source, "")
                 return f"{config.name}: enabled, back-filling what it skipped"
@@ -284,7 +317,7 @@ class ReportTablesProcessor(BulkProcessor):
         # for all data sources, so a restart with a thousand costs no thousand inspections.
         built = self._built_tables()
         done = [] if built.get(config.table) == wanted else member.migrate(rebuilding=True)
-        created = any(a.startswith("created table") for a in done)
+        created = config.table in fresh or any(a.startswith("created table") for a in done)
         source = _Source(member, LIVE)
         if source.where in self._by_where and self._by_where[source.where].name != config.name:
             raise ValueError(f"data sources {config.name!r} and another share a bounded name")
@@ -306,17 +339,16 @@ class ReportTablesProcessor(BulkProcessor):
         return f"{config.name}: live" + (f" ({'; '.join(done)})" if done else "")
 
     def _built_tables(self) -> dict[str, str]:
-        """Per existing report table, the hash of the definition it was built with; read
-        once per refresh (``_built``), when a data source needs a table."""
+        """Per existing table, the hash of the definition it was built with ("" when none
+        is stored); read once per refresh (``_built``), when a data source needs a table."""
         if self._built is None:
-            definitions = definitions_table(self.schema)
-            names = set(sa.inspect(self.engine).get_table_names(schema=self.schema))
-            self._built = {}
-            if definitions.name in names:
-                t = definitions
+            t = definitions_table(self.schema)
+            names = sa.inspect(self.engine).get_table_names(schema=self.schema)
+            self._built = dict.fromkeys(names, "")
+            if t.name in self._built:
                 with self.engine.connect() as conn:
                     rows = conn.execute(sa.select(t.c.table_name, t.c.definition_hash)).all()
-                self._built = {table: h for table, h in rows if table in names}
+                self._built.update((table, h) for table, h in rows if table in self._built)
         return self._built
 
     def _backfill(self, source: _Source, reason: str) -> None:

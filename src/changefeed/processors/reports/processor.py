@@ -210,8 +210,7 @@ class ReportTableProcessor(BulkProcessor):
         inspector = sa.inspect(self.engine)
         if not inspector.has_table(t.name, schema=t.schema):
             with self.engine.begin() as conn:
-                t.metadata.create_all(conn, checkfirst=True)
-                write_definition(conn, target, self.schema)
+                create_table(conn, target, self.schema)
             return [f"created table {t.name}"]
         reflected = {c["name"]: c["type"] for c in inspector.get_columns(t.name, schema=t.schema)}
         lacking = [name for name in SYSTEM_COLUMNS if name not in reflected]
@@ -393,6 +392,13 @@ class ReportTableProcessor(BulkProcessor):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def create_table(conn: sa.Connection, config: DataSourceConfig, schema: str | None) -> None:
+    """Create a data source's table and record its definition, in ``conn``'s transaction
+    (so several tables can be created in one)."""
+    build_table(config, schema).metadata.create_all(conn, checkfirst=True)
+    write_definition(conn, config, schema)
 
 
 def _row_num(row: tuple[Any, ...]) -> Any:
