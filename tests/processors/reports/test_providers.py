@@ -71,3 +71,20 @@ def test_sql_provider_adds_replaces_and_removes(db_url: str, tmp_path: Path) -> 
         SQLDataSourceProvider(db_url, table="bad name; drop")
     provider.close()
     other.close()
+
+
+def test_hq_data_sources_go_through_the_table_and_are_routed_by_domain(db_url: str) -> None:
+    from changefeed.processors.reports import definition_hash, load_data_source
+    from changefeed.processors.reports.routing import indexable_clauses
+
+    fixture = Path(__file__).parents[2] / "data" / "hq" / "households.json"
+    provider = SQLDataSourceProvider(db_url)
+    added = provider.add(fixture)
+    (read,) = SQLDataSourceProvider(db_url).get_data_sources()
+    assert (
+        definition_hash(read)
+        == definition_hash(added)
+        == definition_hash(load_data_source(fixture))
+    )
+    assert ("domain", ("river-district",)) in indexable_clauses(read.spec["filter"])
+    provider.close()
