@@ -8,6 +8,9 @@ same rows again, so the write is idempotent as the pillow contract requires.
 On PostgreSQL (psycopg 3) the batch is COPYed into a temporary table and upserted with one
 ``INSERT .. SELECT .. ON CONFLICT``: a fixed statement (compiled once, whatever the batch
 size) after the fastest bulk load the server has. SQLite gets an ``executemany`` upsert.
+
+`write_tables` writes several tables of one database in one transaction (a batch of
+`ReportTablesProcessor`), finding a table that fails with a savepoint per table.
 """
 
 from __future__ import annotations
