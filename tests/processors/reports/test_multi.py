@@ -342,3 +342,25 @@ def test_a_broken_table_alone_in_its_batch_is_its_failure_not_a_server_down(
     failures = proc.process_changes([change("1", case("a"))])
     assert [(f.change.id, f.where) for f in failures] == [("1", "report:cases-a")]
     assert "report_cases_a" in str(failures[0].exception)
+
+
+def test_a_bad_edit_keeps_the_data_sources_but_a_bad_start_refuses(
+    tmp_path: Path, engine: sa.Engine
+) -> None:
+    import json
+
+    from changefeed.processors.reports import ReportConfigError
+
+    folder = tmp_path / "sources"
+    folder.mkdir()
+    (folder / "a.json").write_text(json.dumps(source("a")))
+    p = ReportTablesProcessor(folder, engine, poll_interval=3600)
+    p.bootstrap()
+    (folder / "b.json").write_text(json.dumps({**source("b"), "colour": "red"}))
+    (action,) = p.refresh()
+    assert action.startswith("not refreshed: b.json: colour: unknown field")
+    assert p.process_changes([change("1", case("a"))]) == []
+    assert table_rows(engine, "report_cases_a") == [("1", "ann", 30)]
+    with pytest.raises(ReportConfigError, match="b.json: colour"):
+        ReportTablesProcessor(folder, engine).bootstrap()
+    p.close()

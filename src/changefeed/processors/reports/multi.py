@@ -153,14 +153,13 @@ class _Part:
 class _Plan:
     """A batch's parts by data source, with where the time went."""
 
-    __slots__ = ("build_seconds", "domain_rows", "domain_seconds", "parts", "router")
+    __slots__ = ("domain_rows", "domain_seconds", "parts", "router")
 
     def __init__(self, router: Router[_Source]) -> None:
         self.router = router
         self.parts: dict[str, _Part] = {}
         self.domain_seconds: defaultdict[str, float] = defaultdict(float)
         self.domain_rows: defaultdict[str, int] = defaultdict(int)
-        self.build_seconds: defaultdict[str, float] = defaultdict(float)
 
 
 class ReportTablesProcessor(BulkProcessor):
@@ -243,15 +242,18 @@ class ReportTablesProcessor(BulkProcessor):
         """Read the provider and the stored states again and apply what changed: added
         data sources get a table (to back-fill), changed ones are rebuilt, removed ones are
         no longer written, enabled ones come back. Returns what was done. A provider that
-        fails to read leaves everything as it was (logged)."""
+        fails to read leaves everything as it was (logged), except at the first load: a
+        pillow does not start without its data sources."""
         with self._lock:
             self._generation = self.states.generation()
             self._next_refresh = time.monotonic() + self.refresh_interval
             try:
                 configs = self.selected()
-            except Exception as exc:  # noqa: BLE001 - a bad edit must not stop the pillow
+            except Exception as exc:
+                if not self._loaded:
+                    raise
+                # A bad edit must not stop the pillow: the data sources stay as they were.
                 log.error("reports %s: cannot read the data sources: %s", self.name, exc)
-                self._loaded = True
                 return [f"not refreshed: {exc}"]
             stored = self.states.read()
             first = not self._loaded and not stored
@@ -525,7 +527,7 @@ class ReportTablesProcessor(BulkProcessor):
                 source.failing = 0
             elif error is not None or part.failures:
                 source.failing += 1
-                if source.failing >= self.quarantine_after and source.state == LIVE:
+                if source.failing >= self.quarantine_after and source.state != QUARANTINED:
                     reason = str(error or part.failures[-1].exception).splitlines()
                     source.state = QUARANTINED
                     source.reason = bounded(reason[0] if reason else "failed", 500)
