@@ -364,3 +364,23 @@ def test_a_bad_edit_keeps_the_data_sources_but_a_bad_start_refuses(
     with pytest.raises(ReportConfigError, match="b.json: colour"):
         ReportTablesProcessor(folder, engine).bootstrap()
     p.close()
+
+
+def test_every_table_failing_like_a_server_down_is_the_database_s_trouble(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    from changefeed.failures import is_dependency_failure
+
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE report_cases_a"))
+        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    batch = [change("1", case("a")), change("2", case("b"))]
+    if engine.dialect.name == "sqlite":
+        # SQLite says OperationalError for a missing table, as for a database it cannot
+        # use: with every table failing so, the pillow backs off rather than quarantining.
+        with pytest.raises(sa.exc.OperationalError) as info:
+            proc.process_changes(batch)
+        assert is_dependency_failure(info.value)
+    else:  # PostgreSQL tells a missing table apart: each fails alone
+        failures = proc.process_changes(batch)
+        assert sorted(f.where for f in failures) == ["report:cases-a", "report:cases-b"]

@@ -228,8 +228,8 @@ def write_tables(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseE
     The batch is tried whole first. When that fails, it is redone table by table, each in a
     SAVEPOINT of one transaction, so a table whose rows cannot be written (a value its
     column cannot hold, the table dropped) fails alone. A dependency's failure (the server
-    down) raises: when the database cannot be reached, or every table failed so and the
-    database no longer answers."""
+    down) raises: when the database cannot be reached, or every table failed so (one table
+    alone: when the database no longer answers either)."""
     if not writes:
         return {}
     try:
@@ -293,8 +293,9 @@ def _isolated(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseExce
                 if is_dependency_failure(exc):
                     down.append(exc)
         # SQLite calls a missing table or a wrong schema an OperationalError, like a server
-        # that is down: when the database still answers, the tables are at fault.
-        if down and len(down) == len(writes) and not _answers(conn):
+        # that is down: one table failing so while the database still answers is at fault;
+        # several tables all failing so is the database's trouble (a full disk, say).
+        if down and len(down) == len(writes) and (len(down) > 1 or not _answers(conn)):
             raise down[0]
         conn.commit()
     return failed
