@@ -67,6 +67,13 @@ def table_rows(engine: sa.Engine, table: str) -> list[tuple[Any, ...]]:
         ]
 
 
+def drop(engine: sa.Engine, *tables: str) -> None:
+    """Drop tables behind the processor's back."""
+    with engine.begin() as conn:
+        for table in tables:
+            conn.execute(sa.text(f"DROP TABLE {table}"))
+
+
 @pytest.fixture
 def engine(db_url: str) -> Iterator[sa.Engine]:
     from changefeed.db import make_engine
@@ -147,8 +154,7 @@ def test_one_transaction_per_batch_and_none_for_untouched_tables(
 def test_a_broken_table_fails_alone_then_is_quarantined_until_enabled(
     proc: ReportTablesProcessor, engine: sa.Engine
 ) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    drop(engine, "report_cases_b")
     for batch in range(3):
         failures = proc.process_changes(
             [change(f"a{batch}", case("a")), change(f"b{batch}", case("b"))]
@@ -315,8 +321,7 @@ def test_a_queued_entry_is_retried_into_its_data_source_only(
     proc = ReportTablesProcessor([source("a"), source("b")], engine, poll_interval=3600)
     pillow = app.constructed_pillow("reports", ["case"], [proc])
     pillow.bootstrap()
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    drop(engine, "report_cases_b")
     store.save("1", case("b", "bob"))
     store.save("2", case("a", "ann"))
     app.publish(ChangeMeta("1", "memory", "docs", domain="b"), "case")
@@ -337,8 +342,7 @@ def test_a_queued_entry_is_retried_into_its_data_source_only(
 def test_a_broken_table_alone_in_its_batch_is_its_failure_not_a_server_down(
     proc: ReportTablesProcessor, engine: sa.Engine
 ) -> None:
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE report_cases_a"))
+    drop(engine, "report_cases_a")
     failures = proc.process_changes([change("1", case("a"))])
     assert [(f.change.id, f.where) for f in failures] == [("1", "report:cases-a")]
     assert "report_cases_a" in str(failures[0].exception)
@@ -371,9 +375,7 @@ def test_every_table_failing_like_a_server_down_is_the_database_s_trouble(
 ) -> None:
     from changefeed.failures import is_dependency_failure
 
-    with engine.begin() as conn:
-        conn.execute(sa.text("DROP TABLE report_cases_a"))
-        conn.execute(sa.text("DROP TABLE report_cases_b"))
+    drop(engine, "report_cases_a", "report_cases_b")
     batch = [change("1", case("a")), change("2", case("b"))]
     if engine.dialect.name == "sqlite":
         # SQLite says OperationalError for a missing table, as for a database it cannot
