@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from changefeed.app import App
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTablesProcessor, SQLDataSourceProvider, StateStore
-from changefeed.processors.reports.states import LIVE, QUARANTINED
+from changefeed.processors.reports.states import BACKFILLING, LIVE, QUARANTINED
 from changefeed.stores.memory import MemoryDocumentStore
 from tests._cli import cf_in_process
 
@@ -120,6 +120,20 @@ def test_enable_and_reload(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
     assert store.read()["a"].state == LIVE and store.generation() == before + 1
     code, out, _ = run(capsys, "reports", "reload")
     assert code == 0 and store.generation() == before + 2
+
+
+def test_rebuild_asks_the_running_pillow_to_back_fill(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "reports", "add", str(workdir / "a.json"))
+    code, _, err = run(capsys, "reports", "rebuild", "a")
+    assert code == 2 and "data source 'a' is not bootstrapped yet (pillow reports)" in err
+    run(capsys, "bootstrap", "reports")
+    code, _, err = run(capsys, "reports", "rebuild", "a")
+    assert code == 0 and "rebuild of a requested: pillow reports back-fills it" in err
+    assert states(workdir).read()["a"].state == BACKFILLING
+    code, _, err = run(capsys, "reports", "rebuild", "nope")
+    assert code == 2 and "unknown report 'nope'" in err
 
 
 def test_list_check_names_data_sources_in_no_selection_or_several(

@@ -254,6 +254,39 @@ def validate_cmd(files: tuple[Path, ...]) -> None:
         )
 
 
+def _request_rebuild(app: App, name: str) -> bool:
+    """Ask the running pillow whose `ReportTablesProcessor` takes data source ``name`` to
+    back-fill it again (a shadow rebuild and a swap); False when none takes it."""
+    multis = tables_processors(app)
+    try:
+        with user_errors(ReportConfigError, SQLAlchemyError):
+            for pillow, multi in multis:
+                if name not in {c.name for c in multi.selected()}:
+                    continue
+                state = multi.states.read().get(name)
+                if state is None:
+                    raise UserError(
+                        f"data source {name!r} is not bootstrapped yet (pillow {pillow})"
+                    )
+                if state.state == QUARANTINED:
+                    raise UserError(
+                        f"data source {name!r} is quarantined ({state.reason}): "
+                        f"`changefeed reports enable {name}` back-fills it"
+                    )
+                multi.states.set_state(name, BACKFILLING)
+                multi.states.request_reload()
+                click.echo(
+                    f"rebuild of {name} requested: pillow {pillow} back-fills it into a shadow "
+                    "table and swaps it in while it runs (see `changefeed reports list`)",
+                    err=True,
+                )
+                return True
+    finally:
+        for _, multi in multis:
+            multi.close()
+    return False
+
+
 @reports_group.command("rebuild")
 @click.argument("name")
 @resume_options
@@ -272,6 +305,8 @@ def rebuild_cmd(
     matches = [(pillow, proc) for pillow, proc in found if proc.config.name == name]
     for _, proc in found:
         proc.close()
+    if not matches and _request_rebuild(app, name):
+        return
     if not matches:
         known = ", ".join(sorted(p.config.name for _, p in found)) or "none"
         raise UserError(f"unknown report {name!r} (known: {known})")

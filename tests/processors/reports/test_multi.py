@@ -177,6 +177,15 @@ def test_a_broken_table_fails_alone_then_is_quarantined_until_enabled(
     assert {s.name: s.state for s in proc.data_source_states()}["cases-b"] == BACKFILLING
     member = proc.pending_backfill()
     assert member is not None and member.target.name == "cases-b"
+    assert proc.pending_backfill() is None  # claimed
+    proc.backfill_done(member, finished=True)
+    assert StateStore(engine).read()["cases-b"].state == LIVE
+    # `changefeed reports rebuild cases-a` (from another process): back-filled again
+    other.set_state("cases-a", BACKFILLING)
+    other.request_reload()
+    proc.refresh()
+    again = proc.pending_backfill()
+    assert again is not None and again.target.name == "cases-a"
 
 
 def test_a_value_the_column_cannot_hold_fails_that_data_source_only(

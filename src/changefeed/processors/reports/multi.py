@@ -313,6 +313,9 @@ class ReportTablesProcessor(BulkProcessor):
             if source.state == QUARANTINED and stored and stored.state != QUARANTINED:
                 self._backfill(source, "")
                 return f"{config.name}: enabled, back-filling what it skipped"
+            if source.state == LIVE and stored and stored.state == BACKFILLING:
+                self._backfill(source, "")  # ``changefeed reports rebuild NAME``
+                return f"{config.name}: rebuild requested, back-filling"
             return ""
         member = ReportTableProcessor(config, self.engine, schema=self.schema, lock=self._lock)
         # A table built with this very definition needs no migration: known from one read
