@@ -378,7 +378,8 @@ class BatchRunner:
         failures: list[Failure] = []
         # Stored names are bounded: compare in the same form.
         processors = [p for p in self.processors if bounded(p.name) == record.processor]
-        if not processors:
+        if not processors and record.processor not in (FETCH, INVALID_STUB):
+            # A part of a processor (one data source of a ReportTablesProcessor).
             parts = (p.for_failure(record.processor) for p in self.processors)
             processors = [p for p in parts if p is not None][:1]
         if record.processor in (FETCH, INVALID_STUB) or not processors:
