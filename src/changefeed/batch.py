@@ -319,7 +319,9 @@ class BatchRunner:
                 for failure in result:
                     if failure.retryable:
                         self._raise_if_dependency(processor, failure.exception)
-                failures.extend(Failure(f.change, name, f.exception, f.retryable) for f in result)
+                failures.extend(
+                    Failure(f.change, f.where or name, f.exception, f.retryable) for f in result
+                )
                 return
         errors: list[Failure] = []
         for change in changes:
@@ -376,6 +378,10 @@ class BatchRunner:
         failures: list[Failure] = []
         # Stored names are bounded: compare in the same form.
         processors = [p for p in self.processors if bounded(p.name) == record.processor]
+        if not processors and record.processor not in (FETCH, INVALID_STUB):
+            # A part of a processor (one data source of a ReportTablesProcessor).
+            parts = (p.for_failure(record.processor) for p in self.processors)
+            processors = [p for p in parts if p is not None][:1]
         if record.processor in (FETCH, INVALID_STUB) or not processors:
             processors = self.processors
         try:

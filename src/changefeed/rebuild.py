@@ -38,12 +38,16 @@ from typing import TYPE_CHECKING, Any, TypeAlias, cast
 from rich.console import Console
 from rich.progress import Progress
 
-from changefeed.batch import BatchRunner, latest_per_document
+from changefeed.batch import BatchReport, BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
 from changefeed.extras import installed
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
-from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
+from changefeed.processors.reports import (
+    ReportSchemaError,
+    ReportTableProcessor,
+    ReportTablesProcessor,
+)
 from changefeed.reindex import PillowSource, Reindexer, ReindexError
 from changefeed.runner import Runnable, stop_on_signals
 
@@ -92,11 +96,21 @@ class ShadowReindexer(Reindexer):
     rebuild resumes into the same shadow."""
 
     def __init__(
-        self, pillow: Pillow, live: Processor, shadow: Processor, target: str, **kwargs: Any
+        self,
+        pillow: Pillow,
+        live: Processor,
+        shadow: Processor,
+        target: str,
+        on_progress: Callable[[int], None] | None = None,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(pillow, processors=[live.name], **kwargs)
+        # ``live`` may be a part of one of the pillow's processors (a data source of a
+        # `ReportTablesProcessor`), so it is not looked up among them.
+        super().__init__(pillow, **kwargs)
+        self.partial = True
         self.processors = [shadow]
-        self._runner = pillow.runner.with_processors([shadow])
+        runner = pillow.runner.with_processors([shadow])
+        self._runner = runner if on_progress is None else _Counted(runner, on_progress)
         self.job = f"{pillow.name}/{live.name}@{target}"
         self.mark: dict[TopicPartition, int] | None = None
         """The heads when the catch-up pass started: the shadow holds every change before."""
@@ -104,6 +118,27 @@ class ShadowReindexer(Reindexer):
     def _catch_up(self, heads: dict[TopicPartition, int], bar: Progress) -> int:
         self.mark = self.pillow.change_feed.latest_offsets()
         return int(super()._catch_up(heads, bar))
+
+
+class _Counted(BatchRunner):
+    """A runner that reports how many changes it went through (a back-fill's progress)."""
+
+    def __init__(self, runner: BatchRunner, on_progress: Callable[[int], None]) -> None:
+        super().__init__(
+            runner.name,
+            runner.processors,
+            fetcher=runner.fetcher,
+            error_queue=runner.error_queue,
+            retry_policy=runner.retry_policy,
+        )
+        self.on_progress = on_progress
+        self.done = 0
+
+    def process(self, changes: Sequence[Change]) -> BatchReport:
+        report = super().process(changes)
+        self.done += len(changes)
+        self.on_progress(self.done)
+        return report
 
 
 def replay(
@@ -146,9 +181,11 @@ class ShadowRebuild:
         chunk_size: int = 1000,
         show_progress: bool = False,
         console: Console | None = None,
+        on_progress: Callable[[int], None] | None = None,
     ) -> None:
         self.pillow = pillow
         self.live = live
+        self.on_progress = on_progress
         self.chunk_size = chunk_size
         self.show_progress = show_progress
         self.console = console
@@ -183,6 +220,7 @@ class ShadowRebuild:
             live,
             shadow,
             target,
+            self.on_progress,
             chunk_size=self.chunk_size,
             show_progress=self.show_progress,
             console=self.console,
@@ -316,25 +354,53 @@ def rebuild_pending(
     return results
 
 
-class BackgroundRebuild:
-    """The rebuilds of a running pillow's changed report tables, in a thread of their own,
-    reading through a second instance of the pillow (a feed is not shared between
-    threads) and swapping into the running instance's processors."""
+class _NextToPillow:
+    """A thread next to a running pillow that runs shadow rebuilds through a second
+    instance of it (a feed is not shared between threads), swapping into the running
+    instance's processors."""
 
-    def __init__(self, app: PillowSource, pillow: Pillow, chunk_size: int = 1000) -> None:
+    def __init__(self, app: PillowSource, pillow: Pillow, kind: str) -> None:
         self.app = app
         self.pillow = pillow
-        self.chunk_size = chunk_size
         self.results: list[RebuildResult] = []
-        self.error: BaseException | None = None
         self._job: ShadowRebuild | None = None
         self._stopped = threading.Event()
         self._thread = threading.Thread(
-            target=self._run, name=f"changefeed-rebuild-{pillow.name}", daemon=True
+            target=self._run, name=f"changefeed-{kind}-{pillow.name}", daemon=True
         )
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     def start(self) -> None:
         self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop after the chunk in hand and wait for the thread."""
+        self._stopped.set()
+        if self._job is not None:
+            self._job.stop()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def _close(self, helper: Pillow) -> None:
+        """Close the second instance (not the processors it shares with the running one)."""
+        for processor in helper.processors:
+            if processor not in self.pillow.processors:
+                processor.close()
+        helper.change_feed.close()
+
+
+class BackgroundRebuild(_NextToPillow):
+    """The rebuilds of a running pillow's changed report tables, in a thread of their own."""
+
+    def __init__(self, app: PillowSource, pillow: Pillow, chunk_size: int = 1000) -> None:
+        super().__init__(app, pillow, "rebuild")
+        self.chunk_size = chunk_size
+        self.error: BaseException | None = None
 
     def _run(self) -> None:
         helper = self.app.get_pillow(self.pillow.name)
@@ -358,20 +424,110 @@ class BackgroundRebuild:
                 exc,
             )
         finally:
-            for processor in helper.processors:
-                if processor not in self.pillow.processors:
-                    processor.close()
-            helper.change_feed.close()
+            self._close(helper)
+
+
+class Backfiller(_NextToPillow):
+    """Fills the tables of the data sources that a running pillow's
+    `ReportTablesProcessor`s added, changed or enabled, one after another in a thread of
+    its own: each is a shadow rebuild (`ShadowRebuild`: the shadow filled from the document
+    stores through a second instance of the pillow, the log replayed, the swap), while the
+    pillow keeps writing. Between back-fills it polls the processors, so an idle pillow
+    still sees ``changefeed reports reload``. A back-fill a kill interrupted resumes from
+    its saved progress when the pillow starts again (the data source stays back-filling)."""
+
+    def __init__(self, app: PillowSource, pillow: Pillow, idle: float = 1.0) -> None:
+        super().__init__(app, pillow, "backfill")
+        self.idle = idle
+        self.processors = [p for p in pillow.processors if isinstance(p, ReportTablesProcessor)]
+        self.errors: list[BaseException] = []
+        self._helper: Pillow | None = None
+
+    def _run(self) -> None:
+        try:
+            while not self._stopped.is_set():
+                for processor in self.processors:
+                    processor.poll()
+                if not self.run_pending():
+                    waiting = [p.backfill_wanted for p in self.processors]
+                    if not any(w.is_set() for w in waiting):
+                        self._stopped.wait(self.idle)
+        finally:
+            self._close_helper()
+
+    def run_pending(self) -> int:
+        """Back-fill every data source waiting for it, here and now; returns how many
+        were finished."""
+        done = 0
+        for processor in self.processors:
+            while not self._stopped.is_set():
+                member = processor.pending_backfill()
+                if member is None:
+                    break
+                done += self._backfill(processor, member)
+        return done
+
+    def _backfill(self, processor: ReportTablesProcessor, member: ReportTableProcessor) -> int:
+        name = member.target.name
+        finished = False
+        try:
+            if self._helper is None:
+                self._helper = self.app.get_pillow(self.pillow.name)
+            self._job = ShadowRebuild(
+                self._helper,
+                member,
+                chunk_size=processor.backfill_chunk_size,
+                on_progress=lambda n: processor.backfill_progress(name, n),
+            )
+            if self._stopped.is_set():
+                self._job.stop()
+            result = self._job.run()
+            finished = not result.interrupted
+            self.results.append(result)
+            log.warning("%s: back-fill of %s: %s", self.pillow.name, name, result.describe())
+        except Exception as exc:  # noqa: BLE001 - reported; tried again after a pause
+            self.errors.append(exc)
+            log.error("%s: back-fill of %s failed: %s", self.pillow.name, name, exc)
+            self._stopped.wait(self.idle * 5)
+        finally:
+            processor.backfill_done(member, finished)
+        return int(finished)
+
+    def _close_helper(self) -> None:
+        helper, self._helper = self._helper, None
+        if helper is not None:
+            self._close(helper)
 
     def stop(self, timeout: float | None = None) -> None:
-        """Stop after the chunk in hand and wait for the thread."""
-        self._stopped.set()
-        if self._job is not None:
-            self._job.stop()
-        self._thread.join(timeout)
+        """Stop after the chunk in hand (the back-fill resumes at the next start)."""
+        super().stop(timeout)
+        if not self._thread.is_alive():
+            self._close_helper()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+
+@contextmanager
+def _backfilling(
+    app: PillowSource, pillow: Pillow, *, forever: bool, split: bool
+) -> Iterator[Backfiller | None]:
+    """Around a bootstrapped pillow's run: its `ReportTablesProcessor`s' back-fills, in the
+    background when it runs forever, first otherwise. A pillow split over processes does
+    none (they would race): run it once in one process to back-fill."""
+    if split or not any(isinstance(p, ReportTablesProcessor) for p in pillow.processors):
+        yield None
+        return
+    backfiller = Backfiller(app, pillow)
+    if not forever:
+        try:
+            backfiller.run_pending()
+        finally:
+            backfiller.stop()
+        yield None
+        return
+    backfiller.start()
+    try:
+        yield backfiller
+    finally:
+        backfiller.stop()
 
 
 @contextmanager
@@ -394,11 +550,24 @@ def rebuilding(
         return
     pillow = runnable
     pillow.bootstrap()
+    split = num_processes > 1 or pillow.change_feed.uses_consumer_group
+    with (
+        _backfilling(app, pillow, forever=forever, split=split),
+        _rebuilding(app, pillow, forever=forever, split=split) as background,
+    ):
+        yield background
+
+
+@contextmanager
+def _rebuilding(
+    app: PillowSource, pillow: Pillow, *, forever: bool, split: bool
+) -> Iterator[BackgroundRebuild | None]:
+    """The rebuilds of `rebuilding` (its docstring)."""
     pending = pending_rebuilds(pillow)
     if not pending:
         yield None
         return
-    if num_processes > 1 or pillow.change_feed.uses_consumer_group:
+    if split:
         names = ", ".join(p.target.name for p in pending)
         raise ReportSchemaError(
             f"report {names}: definition changed ({pending[0].rebuild_needed}); a pillow "

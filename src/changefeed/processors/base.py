@@ -22,6 +22,10 @@ class ChangeFailure(NamedTuple):
     change: Change
     exception: BaseException
     retryable: bool = True
+    where: str | None = None
+    """The part of the processor that failed, when it is made of parts (one data source of
+    `ReportTablesProcessor`): queued under this name instead of the processor's, so a retry
+    redoes that part only (`Processor.for_failure`)."""
 
 
 @dataclass(slots=True)
@@ -62,6 +66,12 @@ class Processor(ABC):
     @abstractmethod
     def process_change(self, change: Change) -> None:
         """Do the work for one change; raise to send it to the error queue."""
+
+    def for_failure(self, where: str) -> Processor | None:
+        """The processor that redoes an error-queue entry queued under ``where`` (a
+        `ChangeFailure.where` of this processor's), or None when ``where`` is none of its
+        parts (the default: a processor of one part is found by its name)."""
+        return None
 
     def bootstrap(self) -> None:  # noqa: B027 - optional hook
         """One-time setup before the pillow runs (create an index or table). Idempotent."""

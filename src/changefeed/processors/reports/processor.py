@@ -76,7 +76,10 @@ class _Plan:
 
 
 class ReportTableProcessor(BulkProcessor):
-    """A configurable report table (a "data source") fed by a pillow."""
+    """A configurable report table (a "data source") fed by a pillow.
+
+    One per data source costs a filter per document and a transaction per batch each: a
+    pillow of many data sources takes one `ReportTablesProcessor` instead."""
 
     def __init__(
         self,
@@ -85,7 +88,10 @@ class ReportTableProcessor(BulkProcessor):
         *,
         schema: str | None = None,
         table_name: str | None = None,
+        lock: threading.RLock | None = None,
     ) -> None:
+        """``lock``: the lock batches and swaps take, shared when one `ReportTablesProcessor`
+        writes many tables in one batch (a swap then holds off its batches)."""
         if isinstance(config, DataSourceConfig):
             self.config = config
         elif isinstance(config, Mapping):
@@ -102,7 +108,7 @@ class ReportTableProcessor(BulkProcessor):
         """Set for a shadow table: written under this name, no definition kept for it."""
         self.rebuild_needed: DefinitionChange | None = None
         """Set by `migrate` when the definition changed and the table is to be rebuilt."""
-        self._writing = threading.RLock()
+        self._writing = lock or threading.RLock()
         self._use(self.config)
 
     def _use(self, config: DataSourceConfig) -> None:
@@ -110,6 +116,11 @@ class ReportTableProcessor(BulkProcessor):
         self.config = config
         self.table = build_table(config, self.schema, self.table_name)
         self._writer = TableWriter(self.engine, self.table)
+
+    @property
+    def writer(self) -> TableWriter:
+        """The writer of the table as written now (a new one after a swap)."""
+        return self._writer
 
     @property
     def name(self) -> str:
@@ -199,8 +210,7 @@ class ReportTableProcessor(BulkProcessor):
         inspector = sa.inspect(self.engine)
         if not inspector.has_table(t.name, schema=t.schema):
             with self.engine.begin() as conn:
-                t.metadata.create_all(conn, checkfirst=True)
-                write_definition(conn, target, self.schema)
+                create_table(conn, target, self.schema)
             return [f"created table {t.name}"]
         reflected = {c["name"]: c["type"] for c in inspector.get_columns(t.name, schema=t.schema)}
         lacking = [name for name in SYSTEM_COLUMNS if name not in reflected]
@@ -382,6 +392,13 @@ class ReportTableProcessor(BulkProcessor):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def create_table(conn: sa.Connection, config: DataSourceConfig, schema: str | None) -> None:
+    """Create a data source's table and record its definition, in ``conn``'s transaction
+    (so several tables can be created in one)."""
+    build_table(config, schema).metadata.create_all(conn, checkfirst=True)
+    write_definition(conn, config, schema)
 
 
 def _row_num(row: tuple[Any, ...]) -> Any:

@@ -1,0 +1,153 @@
+"""Where the data sources of a `ReportTablesProcessor` come from: a list, a folder of files,
+or a table of the reports database that ``changefeed reports add/remove`` edit.
+
+A provider is read again every refresh, so reading one is cheap when nothing changed: the
+folder and the table providers keep what they parsed and parse a file or row again only when
+it changed. Every provider parses through `load_data_source` / `DataSourceConfig.from_dict`,
+so every format those accept works through every provider.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import sqlalchemy as sa
+
+from changefeed.db import make_engine
+from changefeed.identifiers import sql_identifier
+from changefeed.processors.reports.config import DataSourceConfig, load_data_source
+from changefeed.processors.reports.spec import ReportConfigError
+
+DataSourceInput = DataSourceConfig | Mapping[str, Any] | str | Path
+"""One data source: a config, its spec as a dict, or the path of its file."""
+
+SUFFIXES = (".yaml", ".yml", ".json")
+
+
+@runtime_checkable
+class DataSourceProvider(Protocol):
+    """Gives the current data sources; called again on every refresh."""
+
+    def get_data_sources(self) -> list[DataSourceConfig]: ...
+
+
+def parse_data_source(source: DataSourceInput) -> DataSourceConfig:
+    """A config from any `DataSourceInput` (validated; errors name the field path)."""
+    if isinstance(source, DataSourceConfig):
+        return source
+    if isinstance(source, Mapping):
+        return DataSourceConfig.from_dict(source)
+    return load_data_source(source)
+
+
+class ListProvider:
+    """A fixed list of data sources, parsed once."""
+
+    def __init__(self, sources: Sequence[DataSourceInput]) -> None:
+        self._configs = [parse_data_source(s) for s in sources]
+
+    def get_data_sources(self) -> list[DataSourceConfig]:
+        return list(self._configs)
+
+
+class DirectoryProvider:
+    """The ``.yaml``, ``.yml`` and ``.json`` files of a folder (not its subfolders); a file
+    is parsed again only when its size or modification time changed."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ReportConfigError("", f"{self.path} is not a directory")
+        self._cache: dict[Path, tuple[tuple[int, int], DataSourceConfig]] = {}
+
+    def get_data_sources(self) -> list[DataSourceConfig]:
+        found: dict[Path, tuple[tuple[int, int], DataSourceConfig]] = {}
+        for file in sorted(self.path.iterdir()):
+            if file.suffix.lower() not in SUFFIXES or not file.is_file():
+                continue
+            stat = file.stat()
+            key = (stat.st_mtime_ns, stat.st_size)
+            cached = self._cache.get(file)
+            found[file] = cached if cached and cached[0] == key else (key, load_data_source(file))
+        self._cache = found
+        return [config for _, config in found.values()]
+
+
+DATA_SOURCES_TABLE = "changefeed_data_sources"
+
+
+class SQLDataSourceProvider:
+    """Data sources kept as rows (name, spec as JSON) of a table of a database, usually the
+    reports database; `add` and `remove` edit them (``changefeed reports add/remove``)."""
+
+    def __init__(self, url_or_engine: sa.Engine | str, table: str = DATA_SOURCES_TABLE) -> None:
+        self.engine = make_engine(url_or_engine)
+        self.table = sa.Table(
+            sql_identifier(table, "table name"),
+            sa.MetaData(),
+            sa.Column("name", sa.String(255), primary_key=True),
+            sa.Column("spec", sa.Text, nullable=False),
+            sa.Column("updated_at", sa.Float, nullable=False),
+        )
+        self._created = False
+        self._cache: dict[str, tuple[str, DataSourceConfig]] = {}
+
+    def _create(self) -> None:
+        if not self._created:
+            self.table.create(self.engine, checkfirst=True)
+            self._created = True
+
+    def add(self, source: DataSourceInput) -> DataSourceConfig:
+        """Insert the data source, or replace the one of the same name; validated first."""
+        config = parse_data_source(source)
+        spec = json.dumps(dict(config.spec), sort_keys=True, default=str)
+        self._create()
+        t = self.table
+        with self.engine.begin() as conn:
+            conn.execute(t.delete().where(t.c.name == config.name))
+            conn.execute(t.insert().values(name=config.name, spec=spec, updated_at=time.time()))
+        return config
+
+    def remove(self, name: str) -> bool:
+        """Remove the data source ``name``; False when there is none."""
+        self._create()
+        with self.engine.begin() as conn:
+            return bool(conn.execute(self.table.delete().where(self.table.c.name == name)).rowcount)
+
+    def get_data_sources(self) -> list[DataSourceConfig]:
+        self._create()
+        t = self.table
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(t.c.name, t.c.spec).order_by(t.c.name)).all()
+        cache: dict[str, tuple[str, DataSourceConfig]] = {}
+        for name, spec in rows:
+            cached = self._cache.get(name)
+            if cached is None or cached[0] != spec:
+                try:
+                    cached = (spec, DataSourceConfig.from_dict(json.loads(spec)))
+                except ReportConfigError as exc:
+                    raise exc.in_source(f"{t.name}[{name}]") from None
+            cache[name] = cached
+        self._cache = cache
+        return [config for _, config in cache.values()]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def as_provider(
+    data_sources: DataSourceProvider | Sequence[DataSourceInput] | str | Path,
+) -> DataSourceProvider:
+    """The provider of what `ReportTablesProcessor` was given: a provider as is, a directory
+    as a `DirectoryProvider`, a list (or one file) as a `ListProvider`."""
+    if isinstance(data_sources, DataSourceProvider):
+        return data_sources
+    if isinstance(data_sources, str | Path):
+        if Path(data_sources).is_dir():
+            return DirectoryProvider(data_sources)
+        return ListProvider([data_sources])
+    return ListProvider(list(data_sources))
