@@ -129,3 +129,69 @@ def test_metrics_are_served_over_http(app: App) -> None:
     assert "changefeed_changes_processed_total{" in text
     assert 'changefeed_lag{partition="0",pillow="cases",topic="case"} 0.0' in text
     assert 'changefeed_error_queue_size{pillow="cases",status="parked"} 0.0' in text
+
+
+def test_report_series_per_data_source_after_a_batch(
+    tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prometheus_client import generate_latest
+
+    from tests.apps.report_pillow import PILLOW, make_app, run_with_a_broken_source
+
+    monkeypatch.setenv("REPORT_APP_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORT_APP_DB", db_url)
+    app = make_app()
+    run_with_a_broken_source(app)
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(app, [PILLOW], top_domains=1))
+    text = generate_latest(registry).decode()
+    assert (
+        'changefeed_report_rows_written_total{data_source="cases-a",pillow="reports"} 3.0' in text
+    )
+
+    def source(name: str, data_source: str, **labels: str) -> float | None:
+        return registry.get_sample_value(
+            name, {"pillow": PILLOW, "data_source": data_source, **labels}
+        )
+
+    assert source("changefeed_report_rows_written_total", "cases-c") == 0
+    assert source("changefeed_report_rows_deleted_total", "cases-a") == 0
+    assert source("changefeed_report_failures_total", "cases-b") == 3
+    assert (source("changefeed_report_seconds_total", "cases-a") or 0) > 0
+    assert source("changefeed_report_data_source_state", "cases-b", state="quarantined") == 1
+    assert source("changefeed_report_data_source_state", "cases-a", state="live") == 1
+    assert source("changefeed_report_data_source_state", "cases-b", state="live") is None
+    per_state = {"pillow": PILLOW, "state": "quarantined"}
+    assert registry.get_sample_value("changefeed_report_data_sources", per_state) == 1
+    per_state["state"] = "back-filling"
+    assert registry.get_sample_value("changefeed_report_data_sources", per_state) == 0
+    # Two domains took time; only the slowest is a label (top_domains=1).
+    domains = [
+        line
+        for line in text.splitlines()
+        if line.startswith("changefeed_report_domain_seconds_total{")
+    ]
+    assert len(domains) == 1 and 'pillow="reports"' in domains[0]
+    app.close()
+
+
+def test_an_unreachable_reports_database_leaves_the_other_series(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.apps.report_pillow import PILLOW, make_app
+
+    monkeypatch.setenv("REPORT_APP_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORT_APP_DB", "postgresql+psycopg://nobody:pw@127.0.0.1:1/reports")
+    app = make_app()
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(app, [PILLOW]))
+    assert value(registry, "changefeed_status_up", pillow=PILLOW) == 1
+    assert (
+        registry.get_sample_value(
+            "changefeed_lag", {"pillow": PILLOW, "topic": "cases", "partition": "0"}
+        )
+        == 0
+    )
+    per_state = {"pillow": PILLOW, "state": "live"}
+    assert registry.get_sample_value("changefeed_report_data_sources", per_state) is None
+    app.close()

@@ -17,9 +17,10 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from changefeed import App, BulkProcessor, Change, ChangeFailure, ChangeMeta
+from changefeed import BulkProcessor, Change, ChangeFailure, ChangeMeta
 from changefeed.metrics import PillowMetrics, StatusCollector, serve
 from changefeed.sources.postgres_cdc import create_slot, drop_slot
+from tests.apps.report_pillow import PILLOW, make_app, run_with_a_broken_source
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "monitoring" / "grafana-dashboard.json"
@@ -80,9 +81,13 @@ def slot(pg_dsn: str) -> Iterator[str]:
 
 
 @pytest.fixture
-def scraped(tmp_path: Path, pg_dsn: str, slot: str) -> set[str]:
-    """Names (families and samples) one scrape of a small app's exporter returns."""
-    app = App(f"sqlite:///{tmp_path}/log.db?partitions=2", f"sqlite:///{tmp_path}/state.db")
+def scraped(tmp_path: Path, pg_dsn: str, slot: str, monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Names (families and samples) one scrape of a small app's exporter returns: a plain
+    pillow, and a report pillow with a quarantined data source."""
+    monkeypatch.setenv("REPORT_APP_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORT_APP_DB", f"sqlite:///{tmp_path}/reports.db")
+    app = make_app()
+    run_with_a_broken_source(app)
     app.add_pillow("mon", lambda a: a.constructed_pillow("mon", ["records"], Nothing()))
     app.watch_replication_slot(pg_dsn, slot)
     with app.backend.publisher() as pub:
@@ -92,7 +97,7 @@ def scraped(tmp_path: Path, pg_dsn: str, slot: str) -> set[str]:
     pillow = app.get_pillow("mon")
     metrics.attach(pillow)
     pillow.run(forever=False)
-    registry.register(StatusCollector(app, ["mon"]))
+    registry.register(StatusCollector(app, ["mon", PILLOW]))
     server, thread = serve(registry, 0)
     try:
         port = server.server_address[1]
@@ -120,6 +125,7 @@ def test_names_are_found_in_expressions() -> None:
 
 def test_dashboard_and_alerts_use_exported_metrics(scraped: set[str]) -> None:
     assert "changefeed_replication_slot_lag_bytes" in scraped
+    assert "changefeed_report_rows_written_total" in scraped
     used = {name for expr in dashboard_exprs() + alert_exprs() for name in metric_names(expr)}
     assert used, "no metric found in the dashboard or the rules"
     unknown = used - scraped
@@ -134,5 +140,6 @@ def test_dashboard_and_alerts_use_exported_metrics(scraped: set[str]) -> None:
         "changefeed_error_queue_size",
         "changefeed_batches_total",
         "changefeed_replication_slot_lag_bytes",
+        "changefeed_report_data_source_state",
     ):
         assert needed in rule_names

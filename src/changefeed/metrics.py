@@ -5,7 +5,8 @@ Two halves, because they are measured in different places. `PillowMetrics` is a
 time per processor) in the process that runs the pillow, once per batch, so it costs nothing
 per change. `StatusCollector` computes lag, checkpoint age and error queue size when
 Prometheus scrapes, from `changefeed.status.pillow_status`, so the numbers agree with
-``changefeed status`` and the dashboard and stay right even while a pillow is down.
+``changefeed status`` and the dashboard and stay right even while a pillow is down; so are
+the report data sources' series (`ReportFamilies`, from the reports database).
 
 Under the supervisor, children write their counters to ``PROMETHEUS_MULTIPROC_DIR`` and the
 supervisor serves them all (prometheus-client's multiprocess mode) next to the status gauges.
@@ -26,7 +27,7 @@ from changefeed.extras import MissingExtraError
 
 try:
     from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
     from prometheus_client.multiprocess import MultiProcessCollector
     from prometheus_client.registry import Collector
 except ImportError as exc:
@@ -34,6 +35,8 @@ except ImportError as exc:
 
 from changefeed.change import TopicPartition
 from changefeed.pillow import BatchReport, DependencyDownError, Pillow, PillowListener
+from changefeed.processors.reports.states import BACKFILLING
+from changefeed.report_status import TOP_DOMAINS, ReportsStatus, reports_or_error
 from changefeed.status import pillow_status
 
 if TYPE_CHECKING:
@@ -140,15 +143,19 @@ class PillowMetrics(PillowListener):
 
 
 class StatusCollector(Collector):
-    """Lag, checkpoint age and error queue size per pillow, computed on every scrape.
+    """Lag, checkpoint age and error queue size per pillow, computed on every scrape, and
+    the data sources of its `ReportTablesProcessor`s (`ReportFamilies`).
 
     It builds its own pillows (own feed connections), so scraping never shares a connection
     with a running pillow's loop.
     """
 
-    def __init__(self, app: App, pillow_names: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, app: App, pillow_names: Sequence[str] | None = None, top_domains: int = TOP_DOMAINS
+    ) -> None:
         self.app = app
         self.pillow_names = list(pillow_names) if pillow_names is not None else None
+        self.top_domains = top_domains
         self._pillows: dict[str, Pillow] = {}
         self._lock = threading.Lock()
 
@@ -184,6 +191,7 @@ class StatusCollector(Collector):
         up = GaugeMetricFamily(
             "changefeed_status_up", "1 when the pillow's status could be read.", labels=["pillow"]
         )
+        reports = ReportFamilies(self.top_domains)
         with self._lock:
             for pillow in self._iter_pillows():
                 try:
@@ -192,6 +200,11 @@ class StatusCollector(Collector):
                     log.warning("status of pillow %s failed: %s", pillow.name, exc)
                     up.add_metric([pillow.name], 0)
                     continue
+                found = reports_or_error(pillow, self.top_domains)
+                if isinstance(found, str):
+                    log.warning("report data sources of pillow %s: %s", pillow.name, found)
+                for report in found if isinstance(found, list) else []:
+                    reports.add(report)
                 up.add_metric([pillow.name], 1)
                 for p in st.partitions:
                     labels = [st.pillow, p.topic, str(p.partition)]
@@ -203,7 +216,7 @@ class StatusCollector(Collector):
                         age.add_metric(labels, p.checkpoint_age)
                 queue.add_metric([st.pillow, "pending"], st.errors_pending)
                 queue.add_metric([st.pillow, "parked"], st.errors_parked)
-        return [lag, head, checkpoint, age, queue, up, self._slot_lag()]
+        return [lag, head, checkpoint, age, queue, up, *reports.families(), self._slot_lag()]
 
     def _slot_lag(self) -> Metric:
         """WAL held by each watched CDC slot (`App.watch_replication_slot`): a slot nobody
@@ -224,6 +237,80 @@ class StatusCollector(Collector):
             if st.get("exists") and st.get("lag_bytes") is not None:
                 gauge.add_metric([slot], float(st["lag_bytes"]))
         return gauge
+
+
+class ReportFamilies:
+    """The report data source series of one scrape, read from the reports database
+    (`changefeed.report_status`), so they are the same under ``run`` and ``supervise``.
+
+    Per data source (labels ``pillow``, ``data_source``): rows written and deleted, seconds
+    and failures as counters (totals kept by `changefeed.report_usage`), its state as a
+    gauge of 1 with a ``state`` label, back-fill progress. Per pillow and state: how many.
+    Per domain: seconds, for the ``top_domains`` slowest only, so the label set stays
+    bounded however many domains there are (a domain that leaves the top drops out)."""
+
+    def __init__(self, top_domains: int = TOP_DOMAINS) -> None:
+        self.top_domains = top_domains
+        labels = ["pillow", "data_source"]
+        self.counters = {
+            key: CounterMetricFamily(f"changefeed_report_{key}", text, labels=labels)
+            for key, text in (
+                ("rows_written", "Report table rows written, per data source."),
+                ("rows_deleted", "Report table rows deleted, per data source."),
+                ("seconds", "Seconds spent writing each data source's rows."),
+                ("failures", "Changes a data source failed (queued under its name)."),
+            )
+        }
+        self.state = GaugeMetricFamily(
+            "changefeed_report_data_source_state",
+            "1 for each data source, labelled with its state (live, back-filling, "
+            "quarantined, removed).",
+            labels=[*labels, "state"],
+        )
+        self.progress = GaugeMetricFamily(
+            "changefeed_report_backfill_progress",
+            "Documents a back-filling data source's back-fill went through.",
+            labels=labels,
+        )
+        self.per_state = GaugeMetricFamily(
+            "changefeed_report_data_sources",
+            "Data sources per state.",
+            labels=["pillow", "state"],
+        )
+        self.domain_seconds = CounterMetricFamily(
+            "changefeed_report_domain_seconds",
+            "Seconds spent on the documents of a domain (the slowest domains only).",
+            labels=["pillow", "domain"],
+        )
+
+    def add(self, report: ReportsStatus) -> None:
+        pillow = report.pillow
+        for state, count in report.counts().items():
+            self.per_state.add_metric([pillow, state], count)
+        for source in report.data_sources:
+            labels = [pillow, source.name]
+            c = source.counters
+            for key, value in (
+                ("rows_written", c.rows_written),
+                ("rows_deleted", c.rows_deleted),
+                ("seconds", c.seconds),
+                ("failures", c.failures),
+            ):
+                self.counters[key].add_metric(labels, value)
+            self.state.add_metric([*labels, source.state], 1)
+            if source.state == BACKFILLING:
+                self.progress.add_metric(labels, source.progress)
+        for domain, seconds in report.slowest_domains[: self.top_domains]:
+            self.domain_seconds.add_metric([pillow, domain], seconds)
+
+    def families(self) -> list[Metric]:
+        return [
+            *self.counters.values(),
+            self.state,
+            self.progress,
+            self.per_state,
+            self.domain_seconds,
+        ]
 
 
 def multiprocess_registry(path: str | None = None) -> CollectorRegistry:

@@ -57,9 +57,10 @@ def make_app(tmp_path: Path, broken: set[str]) -> App:
 def start_site(tmp_path: Path) -> Iterator[Callable[..., Site]]:
     servers: list[tuple[uvicorn.Server, threading.Thread, App]] = []
 
-    def start(token: str | None = None) -> Site:
+    def start(token: str | None = None, app: App | None = None) -> Site:
+        """A dashboard of ``app`` (default: `make_app`'s)."""
         broken: set[str] = set()
-        app = make_app(tmp_path, broken)
+        app = app if app is not None else make_app(tmp_path, broken)
         port = free_port()
         web = create_app(app, token=token, sample_interval=0.3)
         server = uvicorn.Server(

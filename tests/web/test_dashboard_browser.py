@@ -115,3 +115,37 @@ def test_token_in_url_becomes_a_cookie_for_the_stream(
     expect(page.locator("#live-status")).to_have_attribute("data-state", "connected")
     site.publish("secured-doc")
     expect(page.locator('#live tbody tr[data-document-id="secured-doc"]')).to_be_visible()
+
+
+def test_report_data_sources_quarantined_flagged_and_enabled(
+    start_site: Callable[..., Site],
+    page: object,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from playwright.sync_api import Page, expect
+
+    from tests.apps.report_pillow import make_app, run_with_a_broken_source
+
+    assert isinstance(page, Page)
+    monkeypatch.setenv("REPORT_APP_DIR", str(tmp_path))
+    monkeypatch.setenv("REPORT_APP_DB", f"sqlite:///{tmp_path / 'reports.db'}")
+    app = make_app()
+    run_with_a_broken_source(app)
+    site = start_site(app=app)
+
+    page.goto(site.url + "/")
+    section = page.locator("#reports-section")
+    expect(section).to_be_visible()
+    row = section.locator('tr[data-data-source="cases-b"]')
+    expect(row).to_have_attribute("data-state", "quarantined")
+    expect(row.locator(".state-quarantined")).to_have_text("QUARANTINED")
+    expect(row).to_contain_text("changefeed reports enable cases-b")
+    expect(section.locator('tr[data-data-source="cases-a"]')).to_have_count(0)  # live
+    expect(section).to_contain_text("slowest domains (of 2)")
+
+    row.locator("button.enable").click()
+    expect(page.locator("#enable-result")).to_have_text(
+        "enabled cases-b: it is back-filled, then written again"
+    )
+    expect(section.locator('tr[data-data-source="cases-b"]')).to_have_count(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from contextlib import nullcontext
 from functools import partial
 from typing import Any
 
@@ -16,9 +17,12 @@ from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
 from changefeed.cli.output import escape, human, is_terminal
 from changefeed.cli.reindex import REBUILD_ERRORS
+from changefeed.cli.report_view import render_reports
 from changefeed.cli.supervise import check_metrics_access, run_supervised
 from changefeed.pillow import Pillow, PillowListener
 from changefeed.rebuild import rebuilding
+from changefeed.report_status import ReportsStatus, reports_or_error
+from changefeed.report_usage import ReportUsageRecorder
 from changefeed.runner import NotScalableError, Runnable, check_split, run_runnable
 from changefeed.status import (
     PillowStatus,
@@ -163,7 +167,8 @@ def run_cmd(
         click.echo(f"{escape(runnable.name)}: running {until}", err=True)
     started = time.monotonic()
     try:
-        # A report table whose definition changed is rebuilt next to the running pillow.
+        # A report table whose definition changed is rebuilt next to the running pillow;
+        # where its report tables spend their time is recorded for `status` and metrics.
         with (
             user_errors(*REBUILD_ERRORS),
             rebuilding(
@@ -173,6 +178,7 @@ def run_cmd(
                 num_processes=num_processes,
                 bootstrap=not no_bootstrap,
             ),
+            ReportUsageRecorder(runnable) if isinstance(runnable, Pillow) else nullcontext(),
         ):
             total = run_runnable(
                 runnable,
@@ -280,6 +286,7 @@ def _render(
     others: list[dict[str, Any]],
     slots: list[dict[str, Any]],
     orphans: list[dict[str, Any]] | None = None,
+    reports: dict[str, list[ReportsStatus] | str] | None = None,
 ) -> None:
     console = Console()
     table = Table()
@@ -313,6 +320,11 @@ def _render(
         )
         for note in st.notes:
             console.print(f"  note: {human(note)}", markup=False)
+        found = (reports or {}).get(st.pillow, [])
+        if isinstance(found, str):
+            console.print(f"  report data sources unavailable: {human(found)}", markup=False)
+        for report in found if isinstance(found, list) else []:
+            render_reports(console, report)
     for row in others:
         _render_runnable(console, row)
     for slot in slots:
@@ -368,9 +380,12 @@ def status_cmd(
     slot_names: tuple[str, ...],
     cdc_db: str | None,
 ) -> None:
-    """Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of
-    the other runnables (Couch bridges, relays); the lag of the app's watched CDC replication
-    slots; error-queue entries of pillows no longer in the app (orphaned). With --json, other
+    """Per partition: checkpoint, head, lag and checkpoint age; error counts; the data
+    sources of report pillows (ReportTablesProcessor: counts per state, the ones not live,
+    the slowest data sources and domains; with --json every data source, under "reports");
+    the state of the other runnables (Couch bridges, relays); the lag of the app's watched
+    CDC replication slots; error-queue entries of pillows no longer in the app (orphaned).
+    With --json, other
     runnables follow the pillows in the list as objects with a "runnable" key, then slots as
     objects with a "replication_slot" key, then orphaned entries as objects with an
     "orphaned_errors" key (the pillow's name) and "entries". Credentials in any URL or
@@ -409,29 +424,52 @@ def status_cmd(
             [{"orphaned_errors": name, "entries": n} for name, n in orphans.items()],
         )
 
-    def as_list(statuses: list[PillowStatus], *rest: list[dict[str, Any]]) -> list[Any]:
-        rows = [*(s.to_dict() for s in statuses), *(row for rows in rest for row in rows)]
+    def report_snapshot() -> dict[str, list[ReportsStatus] | str]:
+        """The report data sources of the pillows that have some (or why they could not
+        be read)."""
+        found = {pillow.name: reports_or_error(pillow) for pillow in pillows}
+        return {name: statuses for name, statuses in found.items() if statuses}
+
+    def as_list(
+        statuses: list[PillowStatus],
+        reports: dict[str, list[ReportsStatus] | str],
+        *rest: list[dict[str, Any]],
+    ) -> list[Any]:
+        rows: list[dict[str, Any]] = []
+        for st in statuses:
+            row = st.to_dict()
+            found = reports.get(st.pillow)
+            if isinstance(found, str):
+                row["reports_error"] = found
+            elif found:
+                row["reports"] = [r.to_dict() for r in found]
+            rows.append(row)
+        rows += [row for more in rest for row in more]
         return redacted(rows)  # exact JSON, but no credential
 
     if watch is None:
         statuses, rows, slots, orphans = snapshot()
+        reports = report_snapshot()
         if as_json:
-            click.echo(json.dumps(as_list(statuses, rows, slots, orphans), indent=2, default=str))
+            listed = as_list(statuses, reports, rows, slots, orphans)
+            click.echo(json.dumps(listed, indent=2, default=str))
         else:
-            _render(statuses, rows, slots, orphans)
+            _render(statuses, rows, slots, orphans, reports)
         return
     console = Console()
     try:
         while True:
             statuses, rows, slots, orphans = snapshot()
+            reports = report_snapshot()
             if as_json:
-                click.echo(json.dumps(as_list(statuses, rows, slots, orphans), default=str))
+                listed = as_list(statuses, reports, rows, slots, orphans)
+                click.echo(json.dumps(listed, default=str))
             else:
                 console.clear()
                 console.print(
                     f"every {watch:g}s: {time.strftime('%Y-%m-%d %H:%M:%S')}  (Ctrl-C to stop)"
                 )
-                _render(statuses, rows, slots, orphans)
+                _render(statuses, rows, slots, orphans, reports)
             time.sleep(watch)
     except KeyboardInterrupt:
         return

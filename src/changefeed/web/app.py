@@ -1,8 +1,9 @@
 """The dashboard's web application (Starlette): JSON API, server-sent events, static page.
 
-Read-only except one route, ``POST /api/errors/retry``, which marks error-queue entries due
-(`ErrorQueue.make_due`) and retries them at once (`Pillow.retry_errors`) so the operator sees
-the outcome. That route only accepts same-origin JSON requests.
+Read-only except two routes, which only accept same-origin JSON requests:
+``POST /api/errors/retry`` marks error-queue entries due (`ErrorQueue.make_due`) and retries
+them at once (`Pillow.retry_errors`) so the operator sees the outcome; ``POST
+/api/reports/enable`` lifts a data source's quarantine as ``changefeed reports enable`` does.
 
 Every string the API returns that can quote a URL (log and state URLs, status notes and
 errors, error-queue messages, stubs and tracebacks, history reasons) passes through
@@ -27,6 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from changefeed.identifiers import InvalidValueError, int64
+from changefeed.report_status import NotQuarantinedError, enable_data_source, reports_or_error
 from changefeed.status import orphaned_errors, redacted
 from changefeed.web.live import LiveChanges
 from changefeed.web.monitor import PillowMonitor
@@ -126,6 +128,23 @@ class Dashboard:
             return JSON({"error": "no such error entry"}, 404)
         return JSON(redacted(record.to_dict(detail=True)))
 
+    def reports(self, request: Request) -> Response:
+        """The data sources of every report pillow (`changefeed.report_status`)."""
+        found: list[dict[str, Any]] = []
+        failed: dict[str, str] = {}
+        for name in self.pillow_names:
+            try:
+                pillow = self.monitor.pillow(name)
+            except Exception as exc:  # noqa: BLE001 - the pillows section shows it too
+                failed[name] = redacted(f"{type(exc).__name__}: {exc}")
+                continue
+            statuses = reports_or_error(pillow)
+            if isinstance(statuses, str):
+                failed[name] = statuses
+            else:
+                found += [st.to_dict() for st in statuses]
+        return JSON({"reports": found, "errors": failed})
+
     def checkpoint_history(self, request: Request) -> Response:
         pillow = request.query_params.get("pillow") or None
         limit = _int(request, "limit", 50)
@@ -136,18 +155,13 @@ class Dashboard:
         ]
         return JSON({"history": redacted([e.to_dict() for e in entries])})
 
-    # -- the one write -------------------------------------------------------------------
+    # -- the writes ----------------------------------------------------------------------
 
     async def retry(self, request: Request) -> Response:
-        if not same_origin(request):
-            return JSON({"error": "cross-origin request refused"}, 403)
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            return JSON({"error": "send JSON"}, 415)
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            return JSON({"error": "invalid JSON"}, 400)
-        ids = body.get("ids") if isinstance(body, dict) else None
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        ids = body.get("ids")
         if (
             not isinstance(ids, list)
             or not ids
@@ -179,6 +193,26 @@ class Dashboard:
                 results[name] = {"resolved": ok, "failed": failed}
         still = [i for i in ids if queue.get(i) is not None]
         return {"results": results, "resolved": [i for i in ids if i not in still], "open": still}
+
+    async def enable(self, request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, Response):
+            return body
+        pillow, name = body.get("pillow"), body.get("data_source")
+        if not isinstance(pillow, str) or not isinstance(name, str) or not name:
+            return JSON({"error": "give 'pillow' and 'data_source' names"}, 400)
+        if pillow not in self.pillow_names:
+            return JSON({"error": f"unknown pillow {pillow!r}"}, 404)
+        try:
+            await asyncio.to_thread(self._enable, pillow, name)
+        except KeyError:
+            return JSON({"error": f"no data source {name!r} in pillow {pillow!r}"}, 404)
+        except NotQuarantinedError as exc:
+            return JSON({"error": str(exc)}, 409)
+        return JSON({"enabled": name, "pillow": pillow})
+
+    def _enable(self, pillow: str, name: str) -> None:
+        enable_data_source(self.monitor.pillow(pillow), name)
 
     # -- live changes (server-sent events) ------------------------------------------------
 
@@ -223,6 +257,23 @@ class Dashboard:
             await asyncio.to_thread(self.monitor.stop)
 
 
+async def _json_body(request: Request) -> dict[str, Any] | Response:
+    """The JSON object a state-changing request sends, or the response refusing it: only
+    a page of this dashboard (same origin) may send one, and only as JSON (a cross-site
+    form cannot send that content type without a preflight)."""
+    if not same_origin(request):
+        return JSON({"error": "cross-origin request refused"}, 403)
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return JSON({"error": "send JSON"}, 415)
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return JSON({"error": "invalid JSON"}, 400)
+    if not isinstance(body, dict):
+        return JSON({"error": "send a JSON object"}, 400)
+    return body
+
+
 async def _bad_request(request: Request, exc: Exception) -> Response:
     return JSON({"error": str(exc)}, 400)
 
@@ -244,6 +295,8 @@ def create_app(
         Route("/api/errors/retry", dash.retry, methods=["POST"]),
         Route("/api/errors/{error_id:int}", dash.error_detail),
         Route("/api/checkpoints/history", dash.checkpoint_history),
+        Route("/api/reports", dash.reports),
+        Route("/api/reports/enable", dash.enable, methods=["POST"]),
         Route("/api/stream", dash.stream),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

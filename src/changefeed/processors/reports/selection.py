@@ -78,11 +78,16 @@ class Selection:
         )
 
     def selects(self, config: DataSourceConfig) -> bool:
-        if self.include is not None and config.name not in self.include:
+        return self.takes(config.name, config.table)
+
+    def takes(self, name: str, table: str) -> bool:
+        """Whether a data source of this name and table is selected (also for a stored
+        state, whose definition may be gone from the provider)."""
+        if self.include is not None and name not in self.include:
             return False
-        if config.name in self.exclude:
+        if name in self.exclude:
             return False
-        return self.division is None or config.table in self.division
+        return self.division is None or table in self.division
 
     @property
     def everything(self) -> bool:

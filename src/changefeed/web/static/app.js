@@ -174,6 +174,111 @@ async function refreshErrors() {
   renderErrors(await getJSON("/api/errors?" + params));
 }
 
+// -- report data sources -----------------------------------------------------------------
+
+const REPORT_STATES = ["live", "back-filling", "quarantined", "removed"];
+const MAX_REPORT_ROWS = 100;
+const TOP_ROWS = 10;
+
+function table(headers, rows) {
+  const t = el("table");
+  const head = document.createElement("tr");
+  for (const h of headers) head.appendChild(el("th", h));
+  t.appendChild(head);
+  for (const r of rows) t.appendChild(r);
+  return t;
+}
+
+async function enableSource(pillow, name, button) {
+  const out = document.getElementById("enable-result");
+  button.disabled = true;
+  try {
+    const resp = await fetch("/api/reports/enable", {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ pillow, data_source: name }),
+    });
+    const data = await resp.json();
+    if (!resp.ok) throw new Error(data.error || "HTTP " + resp.status);
+    out.textContent = `enabled ${name}: it is back-filled, then written again`;
+  } catch (err) {
+    out.textContent = "enable failed: " + err.message;
+    button.disabled = false;
+  }
+  refreshReports();
+}
+
+function renderReport(r) {
+  const box = el("div", null, "report");
+  box.dataset.pillow = r.pillow;
+  const title = el("h3", `${r.pillow} / ${r.processor} `);
+  const total = REPORT_STATES.reduce((n, s) => n + (r.counts[s] || 0), 0);
+  title.appendChild(el("span", `${total} data sources`, "muted"));
+  box.appendChild(title);
+  const counts = el("div");
+  for (const state of REPORT_STATES) {
+    const n = r.counts[state] || 0;
+    counts.appendChild(el("span", `${n} ${state}  `, n && state !== "live" ? "state-" + state : "muted"));
+  }
+  box.appendChild(counts);
+
+  const notLive = r.data_sources.filter(d => d.state !== "live");
+  const order = { quarantined: 0, "back-filling": 1, removed: 2 };  // what needs a look first
+  notLive.sort((a, b) => (order[a.state] ?? 3) - (order[b.state] ?? 3) || a.name.localeCompare(b.name));
+  if (notLive.length) {
+    const rows = notLive.slice(0, MAX_REPORT_ROWS).map(d => {
+      let detail = "";
+      const action = el("span");
+      if (d.state === "quarantined") {
+        detail = d.reason || "failed";
+        const button = el("button", "enable", "enable");
+        button.addEventListener("click", () => enableSource(r.pillow, d.name, button));
+        action.append(button, " or ", el("code", "changefeed reports enable " + d.name));
+      } else if (d.state === "back-filling") {
+        detail = `${d.progress} documents done`;
+      } else {
+        detail = "table kept, no longer written";
+      }
+      const tr = row([el("span", d.state.toUpperCase(), "state-" + d.state), d.name, d.table, detail, action]);
+      tr.dataset.dataSource = d.name;
+      tr.dataset.state = d.state;
+      return tr;
+    });
+    box.appendChild(table(["state", "data source", "table", "detail", ""], rows));
+    if (notLive.length > MAX_REPORT_ROWS) {
+      box.appendChild(el("p", `… and ${notLive.length - MAX_REPORT_ROWS} more (changefeed reports list)`, "muted"));
+    }
+  }
+
+  const slowest = r.data_sources.filter(d => d.seconds > 0).sort((a, b) => b.seconds - a.seconds).slice(0, TOP_ROWS);
+  const sourceRows = slowest.map(d => row([d.name, d.seconds.toFixed(3), d.rows_written, d.rows_deleted, d.failures]));
+  const domainRows = r.slowest_domains.slice(0, TOP_ROWS).map(d => row([d.domain || "(none)", d.seconds.toFixed(3)]));
+  const tables = el("div", null, "tables");
+  const left = el("div"), right = el("div");
+  left.append(el("h4", "slowest data sources"), table(["data source", "seconds", "written", "deleted", "failures"], sourceRows));
+  right.append(el("h4", `slowest domains (of ${r.domains})`), table(["domain", "seconds"], domainRows));
+  tables.append(left, right);
+  box.appendChild(tables);
+  return box;
+}
+
+async function refreshReports() {
+  const data = await getJSON("/api/reports");
+  const root = document.getElementById("reports");
+  root.replaceChildren();
+  for (const r of data.reports) root.appendChild(renderReport(r));
+  for (const [pillow, error] of Object.entries(data.errors || {})) {
+    root.appendChild(el("div", `${pillow}: report data sources unavailable: ${error}`, "lag-bad"));
+  }
+  document.getElementById("reports-section").hidden = !data.reports.length && !Object.keys(data.errors || {}).length;
+}
+
+async function refreshReportsLoop() {
+  try { await refreshReports(); } catch (err) { /* shown by the main refresh */ }
+  setTimeout(refreshReportsLoop, 10000);
+}
+
 // -- checkpoint history ----------------------------------------------------------------
 
 async function refreshHistory() {
@@ -249,4 +354,5 @@ document.addEventListener("DOMContentLoaded", () => {
   connectLive();
   refresh();
   refreshHistoryLoop();
+  refreshReportsLoop();
 });
