@@ -8,6 +8,7 @@ here, so there is no global configuration.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sqlite3
 import sys
@@ -29,6 +30,9 @@ from changefeed.topics import TopicRouter
 
 DEFAULT_LOG_URL = "sqlite:///.changefeed/log.db"
 DEFAULT_STATE_URL = "sqlite:///.changefeed/state.db"
+
+NO_APP = "no app was given (--app or CHANGEFEED_APP) or it defines no pillows"
+"""Why nothing was found to run or show: worded once, for every command that looks."""
 
 PillowFactory = Callable[["App"], Pillow]
 RunnableFactory = Callable[["App"], Runnable]
@@ -195,7 +199,9 @@ class App:
         return sorted([*self._pillows, *self._runnables])
 
     def _unknown(self, what: str, name: str, known: list[str]) -> ConfigError:
-        return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known) or 'none'})")
+        if not known:
+            return ConfigError(f"unknown {what} {name!r}: {NO_APP}")
+        return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known)})")
 
     def get_pillow(self, name: str) -> Pillow:
         try:
@@ -230,6 +236,16 @@ class App:
         self.document_stores.close()
 
 
+def _takes_no_arguments(factory: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (some builtins): let the call decide
+        return True
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     """A driver error's first line (psycopg adds hints, SQLAlchemy a background link)."""
     orig = getattr(exc, "orig", None)
@@ -259,6 +275,13 @@ def load_app(spec: str | None) -> App:
     except AttributeError:
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
     if callable(app) and not isinstance(app, App):
+        # A factory takes no arguments; anything else (``json:dumps``) is not an app, and
+        # calling it would only fail with its own TypeError.
+        if not _takes_no_arguments(app):
+            raise ConfigError(
+                f"{spec} is not a changefeed.App nor a factory without arguments "
+                f"(got {type(app).__name__})"
+            )
         app = app()
     if not isinstance(app, App):
         raise ConfigError(f"{spec} is not a changefeed.App (got {type(app).__name__})")

@@ -182,8 +182,12 @@ def get_app(ctx: click.Context) -> App:
 def get_runnable(app: App, name: str) -> Runnable:
     """A pillow or other runnable by name; an unknown name is a user error (worded for
     pillows first: that is what most names are)."""
+    if not app.runnable_names:
+        from changefeed.app import NO_APP
+
+        raise UserError(f"unknown pillow {name!r}: {NO_APP}")
     if name not in app.runnable_names:
-        known = ", ".join(app.runnable_names) or "none"
+        known = ", ".join(app.runnable_names)
         raise UserError(f"unknown pillow {name!r} or other runnable (known: {known})")
     with user_errors():
         return app.get_runnable(name)

@@ -12,6 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from changefeed.app import NO_APP
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
 from changefeed.cli.output import escape, human, is_terminal
@@ -48,7 +49,7 @@ def pillows_cmd(ctx: click.Context) -> None:
     bridges, relays) with their kind."""
     app = get_app(ctx)
     if not app.runnable_names:
-        click.echo("no pillows defined (point --app or CHANGEFEED_APP at your changefeed.App)")
+        click.echo(f"no pillows to list: {NO_APP}")
         return
     for name in app.pillow_names:
         with user_errors():
@@ -383,8 +384,7 @@ def status_cmd(
     if not names and not slot_specs and not as_json:
         # An empty table looks like "all is well"; say what was (not) looked at.
         click.echo(
-            "no pillows to show: no app was given (--app or CHANGEFEED_APP) or it defines "
-            f"none; log {human(app.log_url)}, state {human(app.state_url)}"
+            f"no pillows to show: {NO_APP}; log {human(app.log_url)}, state {human(app.state_url)}"
         )
         return
     pillows: list[Pillow] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import click
 
+from changefeed.app import NO_APP
 from changefeed.cli.common import F, UserError, cli, get_app, user_errors
 from changefeed.pillow import Pillow
 from changefeed.processors.elastic.errors import ElasticBootstrapError
@@ -140,7 +141,7 @@ def bootstrap_cmd(ctx: click.Context, pillow_names: tuple[str, ...]) -> None:
     app = get_app(ctx)
     names = list(pillow_names) or app.pillow_names
     if not names:
-        raise UserError("no pillows defined (point --app or CHANGEFEED_APP at your changefeed.App)")
+        raise UserError(f"nothing to bootstrap: {NO_APP}")
     for name in names:
         with user_errors(*REBUILD_ERRORS):
             pillow = app.get_pillow(name)
