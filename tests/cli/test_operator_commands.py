@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from changefeed import App, ChangeMeta, SQLDocumentStore
 from tests._cli import cf, recorder_env
 
 
@@ -34,3 +37,51 @@ def test_a_pillow_named_without_an_app_says_no_app_was_given(
     del env["CHANGEFEED_APP"]
     line = _one_error_line(cf(env, *command))
     assert "no app was given (--app or CHANGEFEED_APP)" in line
+
+
+def test_an_interrupted_reindex_exits_130_and_resumes(env: dict[str, str], tmp_path: Path) -> None:
+    docs_url = f"sqlite:///{tmp_path}/docs.db"
+    cases = SQLDocumentStore(docs_url, "cases")
+    cases.create()
+    for i in range(6):
+        cases.save(f"case-{i}", {"name": f"Case {i}"})
+    cases.close()
+    env = {**env, "CHANGEFEED_APP": "tests.apps.interrupts:app", "INTERRUPTS_DOCS": docs_url}
+
+    stopped = cf(
+        {**env, "INTERRUPTS_ON": "1"},
+        "reindex",
+        "interrupted",
+        "--chunk-size",
+        "2",
+        "--no-progress",
+    )
+
+    assert stopped.returncode == 130, stopped.stderr
+    assert "progress saved" in stopped.stderr and "--resume" in stopped.stderr
+    resumed = cf(env, "reindex", "interrupted", "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed, " in resumed.stderr and "documents from the stores" in resumed.stderr
+
+
+def _publish(env: dict[str, str], count: int) -> list[str]:
+    app = App(env["CHANGEFEED_LOG"], env["CHANGEFEED_STATE"])
+    ids = [f"doc-{i:02d}" for i in range(count)]
+    for doc_id in ids:
+        app.publish(ChangeMeta(doc_id, "memory", "docs"), "records")
+    app.close()
+    return ids
+
+
+def _printed_ids(result: subprocess.CompletedProcess[str]) -> list[str]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line)["stub"]["document_id"] for line in result.stdout.splitlines()]
+
+
+def test_tail_n_prints_n_changes_in_all_partitions_together(env: dict[str, str]) -> None:
+    ids = _publish(env, 12)  # two partitions (recorder_env)
+
+    assert _printed_ids(cf(env, "tail", "records", "-n", "5")) == ids[-5:]
+    assert _printed_ids(cf(env, "tail", "records", "--from-beginning", "-n", "4")) == ids[:4]
+    assert len(_printed_ids(cf(env, "tail", "records"))) == 10
+    assert _printed_ids(cf(env, "tail", "records", "--from-beginning")) == ids

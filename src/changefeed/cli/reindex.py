@@ -13,6 +13,10 @@ from changefeed.processors.reports import ReportSchemaError, ReportTableProcesso
 from changefeed.rebuild import rebuild, rebuild_pending, swappable
 from changefeed.reindex import ReindexError, ReindexResult, reindex
 
+INTERRUPTED = 130
+"""Exit code of a rebuild stopped by SIGINT/SIGTERM (the shell's 128 + SIGINT): its progress
+is saved, but it did not finish, so scripts and cron must not take it for a success."""
+
 REBUILD_ERRORS = (ReindexError, ReportSchemaError, ElasticBootstrapError)
 """Errors of a rebuild that the user fixes (config, schema), reported without a traceback."""
 
@@ -104,6 +108,7 @@ def reindex_cmd(
             )
         if results and results[-1].interrupted:
             click.echo(f"run `changefeed reindex {pillow_name} --new-index` again", err=True)
+            ctx.exit(INTERRUPTED)
         return
     with user_errors(*REBUILD_ERRORS):
         result = reindex(
@@ -115,6 +120,8 @@ def reindex_cmd(
             show_progress=not no_progress,
         )
     click.echo(describe(result), err=True)
+    if result.interrupted:
+        ctx.exit(INTERRUPTED)
 
 
 def _mapping_changed(pillow: Pillow) -> bool:
