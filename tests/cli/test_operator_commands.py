@@ -85,3 +85,23 @@ def test_tail_n_prints_n_changes_in_all_partitions_together(env: dict[str, str])
     assert _printed_ids(cf(env, "tail", "records", "--from-beginning", "-n", "4")) == ids[:4]
     assert len(_printed_ids(cf(env, "tail", "records"))) == 10
     assert _printed_ids(cf(env, "tail", "records", "--from-beginning")) == ids
+
+
+@pytest.mark.parametrize(
+    "writer", [("checkpoint", "dump-remaining", "recorder"), ("changes", "records", "--json")]
+)
+def test_run_docs_reads_what_the_cli_writes(
+    env: dict[str, str], tmp_path: Path, writer: tuple[str, ...]
+) -> None:
+    ids = _publish(env, 3)
+    written = cf(env, *writer)
+    assert written.returncode == 0, written.stderr
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(written.stdout)
+
+    result = cf(env, "run", "recorder", "--docs", str(docs))
+
+    assert result.returncode == 0, result.stderr
+    assert "3 documents processed" in result.stderr
+    recorded = (tmp_path / "recorded.txt").read_text().splitlines()
+    assert sorted(line.split()[-1] for line in recorded) == ids

@@ -76,8 +76,9 @@ def pillows_cmd(ctx: click.Context) -> None:
 @click.option(
     "--docs",
     metavar="F",
-    help="Process exactly these documents now (ids one per line, or JSON lines of stubs); "
-    "no log read, no checkpoint moved.",
+    help="Process exactly these documents now (ids one per line, or JSON lines of stubs, "
+    "also as 'changes --json' and 'checkpoint dump-remaining' print them); no log read, no "
+    "checkpoint moved.",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port."

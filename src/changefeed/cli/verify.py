@@ -4,6 +4,7 @@ pillow's output against its document stores, and re-processing chosen documents 
 from __future__ import annotations
 
 import json
+from typing import Any
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,13 +157,25 @@ def read_docs(path: Path, pillow: Pillow) -> Iterator[ChangeMeta]:
                 continue
             if line.startswith("{"):
                 try:
-                    yield ChangeMeta.from_dict(orjson.loads(line))
+                    yield ChangeMeta.from_dict(_stub_of(orjson.loads(line)))
                 except (orjson.JSONDecodeError, InvalidChangeError) as exc:
                     raise UserError(f"{path}:{number}: not a valid stub: {exc}") from None
                 continue
             if store is None:
                 store = single_store(pillow)
             yield ChangeMeta(line, store.data_source_type, store.data_source_name)
+
+
+def _stub_of(line: Any) -> Any:
+    """The stub of a JSON line: the line itself, or its ``stub`` when it is a line the CLI
+    prints (``changes --json``, ``tail``, ``checkpoint dump-remaining``: position, then the
+    stub), so their output can be handed to ``run --docs`` as it is."""
+    if isinstance(line, dict) and isinstance(line.get("stub"), dict):
+        stub = line["stub"]
+        if "invalid" in stub:
+            raise InvalidChangeError(f"the log holds no valid stub here ({stub['invalid']})")
+        return stub
+    return line
 
 
 def run_docs(pillow: Pillow, path: Path, *, bootstrap: bool = True) -> tuple[int, int]:
