@@ -4,9 +4,9 @@ pillow's output against its document stores, and re-processing chosen documents 
 from __future__ import annotations
 
 import json
-from typing import Any
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
