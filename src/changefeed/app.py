@@ -63,6 +63,7 @@ class App:
         """Everything else that runs like a pillow: bridges, relays (by name)."""
         self.replication_slots: list[tuple[str, str]] = []
         """(database URL, slot) pairs whose lag `changefeed status` reports."""
+        self._read_only = False
         self._backend: Backend | None = None
         self._checkpoints: CheckpointStore | None = None
         self._errors: ErrorQueue | None = None
@@ -71,13 +72,38 @@ class App:
     # -- shared resources, made on first use ------------------------------------------
 
     @property
+    def read_only(self) -> bool:
+        """Set by commands that only look (``changefeed status``): an embedded log or SQLite
+        state database that does not exist yet is read as empty instead of being created."""
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        if self._read_only and not value:
+            # What was opened for looking may be an empty stand-in: open it again for real.
+            if self._backend is not None:
+                self._backend.close()
+            self._backend = None
+            self._checkpoints = None
+            self._errors = None
+        self._read_only = value
+
+    @property
     def backend(self) -> Backend:
         if self._backend is None:
-            try:
-                self._backend = open_backend(self.log_url)
-            except (OSError, sqlite3.Error) as exc:
-                raise ConfigError(f"cannot open log {self.log_url}: {_first_line(exc)}") from None
+            self._backend = self._open_backend(create=not self.read_only)
         return self._backend
+
+    def check_log(self) -> None:
+        """Open the log once and close it, creating nothing: a bad URL or an unreadable log
+        is a `ConfigError` now, before a command does anything."""
+        self._open_backend(create=False).close()
+
+    def _open_backend(self, *, create: bool) -> Backend:
+        try:
+            return open_backend(self.log_url, create=create)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open log {self.log_url}: {_first_line(exc)}") from None
 
     @property
     def checkpoints(self) -> CheckpointStore:
@@ -85,8 +111,11 @@ class App:
         unwritable or unreachable ``state_url`` is one `ConfigError` here rather than a
         driver error from whichever command touched it first."""
         if self._checkpoints is None:
+            url = self.state_url
+            if self.read_only and _missing_sqlite_file(url):
+                url = "sqlite://"  # empty, in memory: looking creates no state database
             try:
-                store = CheckpointStore(self.state_url)
+                store = CheckpointStore(url)
                 store.create()
             except (sa.exc.ArgumentError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
                 raise ConfigError(
@@ -234,6 +263,21 @@ class App:
             self._backend.close()
             self._backend = None
         self.document_stores.close()
+
+
+def _missing_sqlite_file(url: str) -> bool:
+    """True for a SQLite URL naming a file that does not exist (yet)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return False  # reported as a bad URL where the database is opened
+    database = parsed.database
+    return (
+        parsed.get_backend_name() == "sqlite"
+        and bool(database)
+        and database != ":memory:"
+        and not os.path.exists(str(database))
+    )
 
 
 def _takes_no_arguments(factory: Callable[..., Any]) -> bool:

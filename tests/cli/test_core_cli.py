@@ -129,7 +129,7 @@ def test_tail_prints_last_changes(env: dict[str, str]) -> None:
     result = cf(env, "tail", "records", "-n", "2")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 4  # two per partition
+    assert len(lines) == 2  # in all, whatever the partitions (issue 20)
     assert {line["stub"]["data_source_name"] for line in lines} == {"docs"}
     everything = cf(env, "tail", "records", "--from-beginning")
     assert len(everything.stdout.splitlines()) == 8

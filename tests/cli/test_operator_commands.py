@@ -105,3 +105,51 @@ def test_run_docs_reads_what_the_cli_writes(
     assert "3 documents processed" in result.stderr
     recorded = (tmp_path / "recorded.txt").read_text().splitlines()
     assert sorted(line.split()[-1] for line in recorded) == ids
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("pillows",),
+        ("status",),
+        ("status", "--json"),
+        ("run", "recorderr"),
+        ("checkpoint", "show", "recorder"),
+        ("checkpoint", "history"),
+        ("errors", "list"),
+        ("tail", "records"),
+    ],
+)
+def test_commands_that_only_look_create_no_files(
+    env: dict[str, str], tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    before = sorted(tmp_path.iterdir())
+
+    result = cf(env, *command)
+
+    assert result.returncode in (0, 2), result.stderr
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_no_app_and_no_files_status_and_pillows_say_so(env: dict[str, str], tmp_path: Path) -> None:
+    del env["CHANGEFEED_APP"]
+    for command in ("status", "pillows"):
+        result = cf(env, *command.split())
+        assert "no app was given" in result.stdout + result.stderr, command
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_history_records_moves_and_each_is_undone_once(env: dict[str, str]) -> None:
+    _publish(env, 6)
+    assert "no checkpoint moves recorded yet" in cf(env, "checkpoint", "history").stdout
+    moved = cf(env, "checkpoint", "set", "recorder", "records", "0", "1")
+    assert moved.returncode == 0, moved.stderr
+    entry = moved.stdout.split()[0].lstrip("#")
+
+    again = cf(env, "checkpoint", "set", "recorder", "records", "0", "1")
+
+    assert again.returncode == 0 and "nothing changed" in again.stderr
+    assert len(cf(env, "checkpoint", "history").stdout.splitlines()) == 1
+    assert cf(env, "checkpoint", "undo", entry).returncode == 0
+    line = _one_error_line(cf(env, "checkpoint", "undo", entry))
+    assert f"entry {entry} was undone already" in line

@@ -243,7 +243,7 @@ def changes_cmd(
     with user_errors():
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     feed = app.change_feed([topic], client_id="changefeed-changes", idle_timeout=0.5)
     try:
         partitions = feed.topic_partitions()

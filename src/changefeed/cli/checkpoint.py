@@ -39,6 +39,7 @@ def checkpoint_group() -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
     """Checkpoint per partition, with the head and when it was written."""
+    get_app(ctx, read_only=True)
     p = _pillow(ctx, pillow)
     saved = get_app(ctx).checkpoints.get_detailed(p.name)
     heads = p.change_feed.latest_offsets()
@@ -113,7 +114,7 @@ def _apply(
 def _undo_hint(ids: list[int]) -> str:
     """The exact undo command(s), with the entry numbers just written (one per partition)."""
     if not ids:
-        return "nothing changed"
+        return "nothing changed: the checkpoints were there already"
     return "undo with: " + "; ".join(f"changefeed checkpoint undo {i}" for i in ids)
 
 
@@ -156,7 +157,7 @@ def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
 @click.pass_context
 def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: bool) -> None:
     """Past checkpoint moves: who, when, old and new offset, what kind of move, why."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     entries = app.checkpoints.history(pillow, limit=limit)
     if pillow is not None and not entries and pillow not in app.runnable_names:
         # A removed pillow keeps its history (shown above); a name never seen is a typo.
@@ -165,6 +166,9 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
+    if not entries:
+        of = f" of {escape(pillow)}" if pillow is not None else ""
+        click.echo(f"no checkpoint moves{of} recorded yet")
     for e in entries:
         old = "-" if e.old_offset is None else e.old_offset
         new = "-" if e.new_offset is None else e.new_offset

@@ -59,7 +59,7 @@ def list_cmd(
 ) -> None:
     """Queued errors, oldest first. Entries of pillows not in the app are shown as
     orphaned (never retried; ``errors purge --orphaned`` removes them)."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     _check_pillow(app, pillow)
     names = app.runnable_names
     records = app.error_queue.list(pillow, status, limit, not_pillows=names if orphaned else None)
@@ -105,7 +105,7 @@ def _line(r: ErrorRecord, orphaned: bool) -> str:
 @click.pass_context
 def show_cmd(ctx: click.Context, error_id: int, as_json: bool) -> None:
     """One error with its stub and traceback."""
-    record = get_app(ctx).error_queue.get(error_id)
+    record = get_app(ctx, read_only=True).error_queue.get(error_id)
     if record is None:
         raise UserError(f"no error #{error_id}")
     detail = _without_secrets(record.to_dict(detail=True))

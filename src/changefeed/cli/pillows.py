@@ -47,7 +47,7 @@ def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
 def pillows_cmd(ctx: click.Context) -> None:
     """List the pillows the app defines, with their topics, and its other runnables (Couch
     bridges, relays) with their kind."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     if not app.runnable_names:
         click.echo(f"no pillows to list: {NO_APP}")
         return
@@ -379,7 +379,7 @@ def status_cmd(
     message are redacted."""
     if slot_names and not cdc_db:
         raise UserError("--slot needs --cdc-db URL (or $CHANGEFEED_CDC_DB)")
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     slot_specs = [*app.replication_slots, *((cdc_db or "", name) for name in slot_names)]
     names = list(pillow_names) or app.runnable_names
     if not names and not slot_specs and not as_json:

@@ -44,7 +44,7 @@ def validate_cmd(ctx: click.Context, pillows: tuple[str, ...]) -> None:
     """Exit 1 naming every pillow whose checkpoint is before the earliest offset the log
     still holds (retention removed changes it has not read) or beyond the head (wrong log
     or a topic recreated); 0 when all are readable. Run it before a deploy."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     names = pillows or tuple(app.pillow_names)
     bad: list[str] = []
     for name in names:
@@ -144,8 +144,8 @@ def merge_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
 def dump_remaining_cmd(ctx: click.Context, pillow: str) -> None:
     """Print the changes PILLOW has not processed yet (checkpoint to head) as JSON lines:
     position, then the stub."""
+    app = get_app(ctx, read_only=True)
     p = _pillow(ctx, pillow)
-    app = get_app(ctx)
     saved = app.checkpoints.get(p.name)
     probe = p.change_feed
     partitions = probe.topic_partitions()

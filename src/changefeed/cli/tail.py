@@ -50,7 +50,7 @@ def tail_cmd(
     with user_errors():
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     feed = app.change_feed([topic], client_id="changefeed-tail", idle_timeout=0.5)
     partitions = feed.topic_partitions()
     if not partitions:
