@@ -228,9 +228,9 @@ class App:
         return sorted([*self._pillows, *self._runnables])
 
     def _unknown(self, what: str, name: str, known: list[str]) -> ConfigError:
-        if not known:
+        if not self.runnable_names:
             return ConfigError(f"unknown {what} {name!r}: {NO_APP}")
-        return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known)})")
+        return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known) or 'none'})")
 
     def get_pillow(self, name: str) -> Pillow:
         try:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from changefeed import App, ChangeMeta, SQLDocumentStore
+from changefeed.checkpoints import CheckpointStore
+from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from tests._cli import cf, recorder_env
 
 
@@ -153,3 +156,62 @@ def test_checkpoint_history_records_moves_and_each_is_undone_once(env: dict[str,
     assert cf(env, "checkpoint", "undo", entry).returncode == 0
     line = _one_error_line(cf(env, "checkpoint", "undo", entry))
     assert f"entry {entry} was undone already" in line
+
+
+@pytest.fixture
+def couch_env(env: dict[str, str]) -> dict[str, str]:
+    """The docs' Couch bridge ``couch-bridge-cases``, its CouchDB unreachable (a closed
+    port): what is tested here needs no CouchDB answer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {
+        **env,
+        "CHANGEFEED_APP": "tests.apps.couch:app",
+        "COUCH_BRIDGE_URL": f"http://admin:{'pw' * 8}@127.0.0.1:{port}/cases",
+    }
+
+
+def _seq_checkpoint(env: dict[str, str]) -> SeqCheckpoint | None:
+    return SeqCheckpointStore(CheckpointStore(env["CHANGEFEED_STATE"])).get("couch-bridge-cases")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("checkpoint", "reset", "couch-bridge-cases"),
+        ("checkpoint", "set", "couch-bridge-cases", "couch:cases", "0", "0"),
+    ],
+)
+def test_the_couch_replay_commands_work_as_written(
+    couch_env: dict[str, str], command: tuple[str, ...]
+) -> None:
+    """docs/couchdb.md: setting the bridge's checkpoint to 0 replays the database."""
+    SeqCheckpointStore(CheckpointStore(couch_env["CHANGEFEED_STATE"])).commit(
+        "couch-bridge-cases", "couch:cases", "12-abc", 12
+    )
+    assert _seq_checkpoint(couch_env) is not None
+
+    result = cf(couch_env, *command)
+
+    assert result.returncode == 0, result.stderr
+    assert "12 -> 0" in result.stdout and "checkpoint undo" in result.stderr
+    assert _seq_checkpoint(couch_env) is None  # the bridge starts from the beginning
+
+
+def test_status_shows_the_couch_bridge_as_rows(couch_env: dict[str, str]) -> None:
+    SeqCheckpointStore(CheckpointStore(couch_env["CHANGEFEED_STATE"])).commit(
+        "couch-bridge-cases", "couch:cases", "12-abc", 12
+    )
+
+    result = cf(couch_env, "status")
+
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "couch:cases" in line)
+    cells = [cell.strip() for cell in row.split("│")[1:5]]
+    assert cells == ["couch-bridge-cases", "couch:cases", "0", "12"]
+    words = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "couch-bridge-cases (couch-bridge): idle" in words
+    assert "seq 12-abc" in words and "lag unknown" in words
+    for dump in ("{'", "[{", "None", "pwpw"):
+        assert dump not in result.stdout

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,31 @@ import click
 
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import RESET, SET, TO_HEAD
-from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, human
+from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
+from changefeed.cli.output import escape, human, when
 from changefeed.cli.params import ENTRY_ID, LIMIT, OFFSET, PARTITION
 from changefeed.pillow import Pillow
+from changefeed.runner import Checkpointed
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+@dataclass(frozen=True)
+class _Subject:
+    """What the checkpoint commands show and move: a pillow's checkpoints, or those of
+    another runnable that keeps them per partition (the Couch bridge: docs/couchdb.md's
+    replay is ``checkpoint reset couch-bridge-<db>``)."""
+
+    name: str
+    change_feed: Checkpointed
 
 
-def _pillow(ctx: click.Context, name: str) -> Pillow:
+def _pillow(ctx: click.Context, name: str) -> _Subject:
     app = get_app(ctx)
-    with user_errors():
-        return app.get_pillow(name)
+    runnable = get_runnable(app, name)
+    if isinstance(runnable, Pillow):
+        return _Subject(runnable.name, runnable.change_feed)
+    if isinstance(runnable, Checkpointed):
+        return _Subject(runnable.name, runnable)
+    raise UserError(f"{name!r} is not a pillow and keeps no checkpoints per partition")
 
 
 @cli.group("checkpoint")
@@ -59,9 +70,11 @@ def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        when = _when(r["updated_at"]) if r["updated_at"] else "never"
+        written = when(r["updated_at"]) if r["updated_at"] else "never"
         offset = "-" if r["checkpoint"] is None else r["checkpoint"]
-        click.echo(f"{r['topic']}[{r['partition']}]\tcheckpoint={offset}\thead={r['head']}\t{when}")
+        click.echo(
+            f"{r['topic']}[{r['partition']}]\tcheckpoint={offset}\thead={r['head']}\t{written}"
+        )
 
 
 @checkpoint_group.command("set")
@@ -92,7 +105,7 @@ def set_cmd(
         raise UserError(f"pillow {pillow!r} does not read {tp}")
     # Past the head the pillow would silently skip every change published up to OFFSET,
     # and status would show no lag: almost always a typo or the wrong log.
-    head = p.change_feed.latest_offsets().get(tp, 0)
+    head = p.change_feed.latest_offsets().get(tp, 0) if offset else 0
     if offset > head and not force:
         raise UserError(
             f"offset {offset} is past the head of {tp} (head {head}); changes published up to "
@@ -102,7 +115,7 @@ def set_cmd(
 
 
 def _apply(
-    ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str, kind: str
+    ctx: click.Context, p: _Subject, offsets: dict[TopicPartition, int], reason: str, kind: str
 ) -> None:
     entries = get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind=kind)
     for entry in entries:
@@ -173,7 +186,7 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
         old = "-" if e.old_offset is None else e.old_offset
         new = "-" if e.new_offset is None else e.new_offset
         click.echo(
-            f"#{e.id}\t{_when(e.changed_at)}\t{escape(e.pillow)}\t{escape(str(e.tp))}\t"
+            f"#{e.id}\t{when(e.changed_at)}\t{escape(e.pillow)}\t{escape(str(e.tp))}\t"
             f"{old} -> {new}\t{escape(e.changed_by)}\t{escape(e.kind)}\t{human(e.reason)}"
         )
 

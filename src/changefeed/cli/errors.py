@@ -9,13 +9,12 @@ too, and the retry runner visits it.
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, human, show_text
+from changefeed.cli.output import escape, human, show_text, when
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
 from changefeed.identifiers import redact_secrets
@@ -86,15 +85,11 @@ def list_cmd(
 
 
 def _line(r: ErrorRecord, orphaned: bool) -> str:
-    when = (
-        "-"
-        if r.next_attempt_at is None
-        else time.strftime("%H:%M:%S", time.gmtime(r.next_attempt_at)) + "Z"
-    )
+    next_at = "-" if r.next_attempt_at is None else when(r.next_attempt_at)
     status = f"{r.status},{ORPHANED}" if orphaned else r.status
     return (
         f"#{r.id}\t{escape(r.pillow)}\t{escape(r.processor)}\t{escape(r.document_id)}\t{status}\t"
-        f"attempts={r.attempts}\tnext={when}\t{escape(r.error_type.rsplit('.', 1)[-1])}: "
+        f"attempts={r.attempts}\tnext={next_at}\t{escape(r.error_type.rsplit('.', 1)[-1])}: "
         f"{human(r.message[:120])}"
     )
 

@@ -15,7 +15,7 @@ from rich.table import Table
 from changefeed.app import NO_APP
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
-from changefeed.cli.output import escape, human, is_terminal
+from changefeed.cli.output import escape, human, is_terminal, size, when
 from changefeed.cli.reindex import REBUILD_ERRORS
 from changefeed.cli.supervise import check_metrics_access, run_supervised
 from changefeed.pillow import Pillow, PillowListener
@@ -262,19 +262,63 @@ class _Progress(PillowListener):
             self._shown = False
 
 
-_HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "last_progress_at", "error")
+_HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "error", "partitions")
+_POSITION_KEYS = ("topic", "partition", "checkpoint", "head", "lag", "checkpoint_age")
+"""A runnable's partition fields: shown as rows of the table, not again on its line."""
 
 
 def _render_runnable(console: Console, row: dict[str, Any]) -> None:
-    """One line per non-pillow runnable: kind, state, and whatever detail its health adds
-    (a bridge's checkpoint, a relay's backlog)."""
+    """One line per non-pillow runnable: kind, state, then whatever detail its health adds
+    (a bridge's seq and counts, a relay's batches), as words: times as times, no
+    ``None``, no nested structures (those are in ``--json``)."""
     parts = [f"{row['runnable']} ({row.get('kind', '?')}): {row.get('state', '?')}"]
     if row.get("processed"):
         parts.append(f"processed {row['processed']}")
-    parts += [f"{key} {value}" for key, value in row.items() if key not in _HEALTH_KEYS]
+    for key, value in row.items():
+        if key in _HEALTH_KEYS or (key in _POSITION_KEYS and row.get("partitions")):
+            continue
+        shown = _detail_value(key, value)
+        if shown is not None:
+            parts.append(f"{key.replace('_', ' ')} {shown}")
     if row.get("error"):
         parts.append(f"error: {row['error']}")
     console.print(human(", ".join(parts)), markup=False)
+
+
+def _detail_value(key: str, value: Any) -> str | None:
+    """A health detail value for reading; None when there is nothing to show."""
+    if value is None or isinstance(value, dict):
+        return None
+    if isinstance(value, list):
+        if any(isinstance(item, dict | list) for item in value):
+            return None
+        return ", ".join(map(str, value)) or "none"
+    if key.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        return when(value)
+    if key.endswith("_age") and isinstance(value, int | float):
+        return f"{value:.0f}s"
+    return str(value)
+
+
+def _runnable_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Table rows for a runnable that reports partitions like a pillow (the Couch bridge)."""
+    rows: list[tuple[str, ...]] = []
+    for p in row.get("partitions") or ():
+        if not isinstance(p, dict):
+            continue
+        age = p.get("checkpoint_age")
+        rows.append(
+            (
+                escape(row["runnable"]),
+                escape(p.get("topic", "?")),
+                str(p.get("partition", "?")),
+                "-" if p.get("checkpoint") is None else str(p["checkpoint"]),
+                "?" if p.get("head") is None else str(p["head"]),
+                "?" if p.get("lag") is None else str(p["lag"]),
+                "never" if age is None else f"{age:.0f}s",
+            )
+        )
+    return rows
 
 
 def _render(
@@ -285,9 +329,10 @@ def _render(
 ) -> None:
     console = Console()
     table = Table()
+    extra_rows = [r for row in others for r in _runnable_rows(row)]
     for column, names in (
-        ("pillow", [st.pillow for st in statuses]),
-        ("topic", [p.topic for st in statuses for p in st.partitions]),
+        ("pillow", [st.pillow for st in statuses] + [r[0] for r in extra_rows]),
+        ("topic", [p.topic for st in statuses for p in st.partitions] + [r[1] for r in extra_rows]),
     ):
         # Names are never cut: two names with one prefix must stay two names when narrow.
         width = max([len(column), *(len(escape(n)) for n in names)])
@@ -306,6 +351,8 @@ def _render(
                 str(p.lag),
                 age,
             )
+    for extra in extra_rows:
+        table.add_row(*extra)
     console.print(table)
     for st in statuses:
         console.print(
@@ -320,8 +367,8 @@ def _render(
     for slot in slots:
         if slot.get("exists"):
             console.print(
-                f"replication slot {escape(slot['replication_slot'])}: lag {slot['lag_bytes']} "
-                f"bytes, retains {slot['retained_bytes']} bytes, "
+                f"replication slot {escape(slot['replication_slot'])}: lag "
+                f"{size(slot['lag_bytes'])}, retains {size(slot['retained_bytes'])}, "
                 f"{'active' if slot['active'] else 'NOT ACTIVE'}",
                 markup=False,
             )
