@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
+from changefeed.db import not_created_yet
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.identifiers import object_name
 from changefeed.pillow import Pillow
@@ -266,7 +267,7 @@ class App:
 
 
 def _missing_sqlite_file(url: str) -> bool:
-    """True for a SQLite URL naming a file that does not exist (yet)."""
+    """True for a SQLite URL naming a file that does not exist yet (`not_created_yet`)."""
     try:
         parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
@@ -276,7 +277,7 @@ def _missing_sqlite_file(url: str) -> bool:
         parsed.get_backend_name() == "sqlite"
         and bool(database)
         and database != ":memory:"
-        and not os.path.exists(str(database))
+        and not_created_yet(str(database))
     )
 
 

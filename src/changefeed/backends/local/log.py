@@ -18,6 +18,7 @@ from changefeed.backends.local.feed import SQLiteChangeFeed
 from changefeed.backends.local.publisher import SQLitePublisher
 from changefeed.backends.local.retention import remove_expired
 from changefeed.backends.local.schema import SCHEMA
+from changefeed.db import not_created_yet
 from changefeed.identifiers import redact_url
 from changefeed.wire import WireFormat, wire_format
 
@@ -87,7 +88,7 @@ class SQLiteLog(Backend):
         self.url = url or f"sqlite:///{self.path}"
         self._in_memory: str | None = None
         self._keeper: sqlite3.Connection | None = None
-        if not create and not self.path.exists():
+        if not create and not_created_yet(self.path):
             # A shared in-memory database lives while one connection to it is open.
             self._in_memory = (
                 f"file:changefeed-empty-log-{uuid.uuid4().hex}?mode=memory&cache=shared"
