@@ -215,3 +215,27 @@ def test_status_shows_the_couch_bridge_as_rows(couch_env: dict[str, str]) -> Non
     assert "seq 12-abc" in words and "lag unknown" in words
     for dump in ("{'", "[{", "None", "pwpw"):
         assert dump not in result.stdout
+
+
+def test_republish_of_a_deleted_document_says_where_it_went(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    docs_url = f"sqlite:///{tmp_path}/docs.db"
+    cases = SQLDocumentStore(docs_url, "cases")
+    cases.create()
+    cases.save("live", {"doc_type": "case"})
+    cases.save("gone", {"doc_type": "case"})
+    cases.delete("gone")
+    cases.close()
+    env = {**env, "CHANGEFEED_APP": "tests.apps.interrupts:app", "INTERRUPTS_DOCS": docs_url}
+
+    result = cf(env, "republish", "--store", "cases", "--id", "live", "--id", "gone")
+
+    assert result.returncode == 0, result.stderr
+    assert "published 2 stubs from sql/cases (1 deletion) to case (1), meta (1)" in result.stdout
+    assert "1 deletion went to meta (a deleted document has no type" in result.stdout
+    # The app's pillow reads "case": only "meta" is warned about.
+    assert result.stderr.splitlines() == [
+        "changefeed: warning: no pillow of this app reads topic 'meta': its stubs wait there "
+        "for pillows elsewhere, if any"
+    ]

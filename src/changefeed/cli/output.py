@@ -23,6 +23,7 @@ __all__ = [
     "escape",
     "human",
     "install_log_filters",
+    "plural",
     "redact",
     "redact_url",
     "size",
@@ -119,6 +120,11 @@ def install_log_filters(logger: logging.Logger | None = None) -> None:
             handler.addFilter(DedupeFilter())
         if not any(isinstance(f, EscapingFilter) for f in handler.filters):
             handler.addFilter(EscapingFilter())
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 stub``, ``2 stubs``: a count with its noun (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def when(ts: float) -> str:
