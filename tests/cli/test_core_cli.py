@@ -120,7 +120,7 @@ def test_errors_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert "0 succeeded, 1 failed again" in retried.stdout
     purged = cf(env, "errors", "purge", "--status", "parked", "--pillow", "recorder")
     assert purged.returncode == 0, purged.stderr
-    assert "1 error(s) purged" in purged.stdout
+    assert "1 error purged" in purged.stdout
     assert json.loads(cf(env, "errors", "list", "--json").stdout) == []
 
 

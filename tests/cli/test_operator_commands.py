@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 
 from changefeed import App, ChangeMeta, SQLDocumentStore
 from changefeed.checkpoints import CheckpointStore
+from changefeed.cli import _load_commands
+from changefeed.cli.common import cli
 from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from tests._cli import cf, recorder_env
 
@@ -239,3 +244,21 @@ def test_republish_of_a_deleted_document_says_where_it_went(
         "changefeed: warning: no pillow of this app reads topic 'meta': its stubs wait there "
         "for pillows elsewhere, if any"
     ]
+
+
+def _commands(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[str, str]]:
+    ctx = click.Context(command, info_name=" ".join(path))
+    yield " ".join(path), command.get_help(ctx)
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _commands(sub, (*path, name))
+
+
+def test_help_texts_show_no_markup() -> None:
+    """Docstrings become ``--help`` as they are: reStructuredText literals and roles would
+    be printed as backticks and colons."""
+    _load_commands()
+    helps = dict(_commands(cli, ("changefeed",)))
+    assert len(helps) > 40
+    for path, text in helps.items():
+        assert not re.search(r"`|:\w+:`|\x08", text), (path, text)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, size
+from changefeed.cli.output import escape, plural, size
 from changefeed.runner import run_runnable
 from changefeed.sources.postgres_cdc import (
     CDCError,
@@ -179,4 +179,4 @@ def run_cmd(
     finally:
         app.close()
     elapsed = time.monotonic() - started
-    click.echo(f"cdc slot {slot}: {total} stubs published in {elapsed:.1f}s", err=True)
+    click.echo(f"cdc slot {slot}: {plural(total, 'stub')} published in {elapsed:.1f}s", err=True)

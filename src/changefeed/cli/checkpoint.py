@@ -295,7 +295,7 @@ def import_pillowtop_cmd(
 ) -> None:
     """Set a pillow's checkpoints to where a CommCare HQ pillow stopped.
 
-    Reads HQ's Kafka checkpoint rows (``pillowtop_kafkacheckpoint``) and sets every
+    Reads HQ's Kafka checkpoint rows ('pillowtop_kafkacheckpoint') and sets every
     partition the pillow reads to HQ's offset, recorded in the history (undo restores the
     old ones). Refuses when HQ's rows and the pillow's topics and partitions differ.
     """

@@ -14,7 +14,7 @@ import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, human, show_text, when
+from changefeed.cli.output import escape, human, plural, show_text, when
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
 from changefeed.identifiers import redact_secrets
@@ -57,7 +57,7 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """Queued errors, oldest first. Entries of pillows not in the app are shown as
-    orphaned (never retried; ``errors purge --orphaned`` removes them)."""
+    orphaned (never retried; 'errors purge --orphaned' removes them)."""
     app = get_app(ctx, read_only=True)
     _check_pillow(app, pillow)
     names = app.runnable_names
@@ -128,7 +128,7 @@ def retry_cmd(
 ) -> None:
     """Make errors (parked ones too) due again, and by default re-process them now.
 
-    With ``--id`` exactly those entries are retried. A retry that fails again counts as one
+    With '--id' exactly those entries are retried. A retry that fails again counts as one
     more attempt (and parks the entry again past the maximum)."""
     app = get_app(ctx)
     queue = app.error_queue
@@ -143,7 +143,7 @@ def retry_cmd(
         return
     marked = queue.make_due(pillow, None, parked_only)
     started = queue.clock()  # everything marked is due by now; what fails again is later
-    click.echo(f"{marked} error(s) marked due")
+    click.echo(f"{plural(marked, 'error')} marked due")
     if not now or not marked:
         return
     names = [pillow] if pillow else list(queue.pillows())
@@ -189,7 +189,7 @@ def _retry_ids(app: App, ids: list[int], pillow: str | None, parked_only: bool, 
             continue
         records.append(record)
     marked = queue.make_due(ids=[r.id for r in records]) if records else 0
-    click.echo(f"{marked} error(s) marked due")
+    click.echo(f"{plural(marked, 'error')} marked due")
     if not now or not records:
         return
     by_pillow: dict[str, list[int]] = {}
@@ -234,7 +234,7 @@ def purge_cmd(
             older_than,
             not_pillows=app.runnable_names if orphaned else None,
         )
-    click.echo(f"{n} error(s) purged")
+    click.echo(f"{plural(n, 'error')} purged")
 
 
 def _without_secrets(entry: dict[str, object]) -> dict[str, object]:

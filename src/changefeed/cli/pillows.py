@@ -15,7 +15,7 @@ from rich.table import Table
 from changefeed.app import NO_APP
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
-from changefeed.cli.output import escape, human, is_terminal, size, when
+from changefeed.cli.output import escape, human, is_terminal, plural, size, when
 from changefeed.cli.reindex import REBUILD_ERRORS
 from changefeed.cli.supervise import check_metrics_access, run_supervised
 from changefeed.pillow import Pillow, PillowListener
@@ -187,7 +187,7 @@ def run_cmd(
         if progress is not None:
             progress.clear()
     elapsed = time.monotonic() - started
-    done = f"{escape(runnable.name)}: {total} changes read in {elapsed:.1f}s"
+    done = f"{escape(runnable.name)}: {plural(total, 'change')} read in {elapsed:.1f}s"
     if progress is not None:
         # Read is not done: with Elasticsearch down, 3 read can be 0 processed, 3 queued.
         done += f": {progress.processed} processed, {progress.queued} queued as errors"

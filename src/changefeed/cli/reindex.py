@@ -7,6 +7,7 @@ import click
 
 from changefeed.app import NO_APP
 from changefeed.cli.common import F, UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.pillow import Pillow
 from changefeed.processors.elastic.errors import ElasticBootstrapError
 from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
@@ -25,12 +26,13 @@ def describe(result: ReindexResult) -> str:
     how = "resumed, " if result.resumed else ""
     if result.interrupted:
         return (
-            f"{result.job}: stopped after {result.documents} documents ({how}progress saved); "
+            f"{result.job}: stopped after {plural(result.documents, 'document')} ({how}progress saved); "
             f"run `changefeed reindex {result.pillow} --resume` to continue"
         )
     return (
-        f"{result.job}: {how}{result.documents} documents from the stores, "
-        f"{result.caught_up} changes replayed from the log, {result.failures} failures "
+        f"{result.job}: {how}{plural(result.documents, 'document')} from the stores, "
+        f"{plural(result.caught_up, 'change')} replayed from the log, "
+        f"{plural(result.failures, 'failure')} "
         f"(see `changefeed errors`), {result.seconds:.1f}s"
     )
 
@@ -143,7 +145,7 @@ def _mapping_changed(pillow: Pillow) -> bool:
 def bootstrap_cmd(ctx: click.Context, pillow_names: tuple[str, ...]) -> None:
     """Run the processors' one-time setup (create indexes and tables) for the given pillows,
     or all of them; a report table whose definition changed is rebuilt next to the live one
-    and swapped in (or refused, with auto_rebuild: false). ``changefeed run`` does this too
+    and swapped in (or refused, with auto_rebuild: false). 'changefeed run' does this too
     before processing."""
     app = get_app(ctx)
     names = list(pillow_names) or app.pillow_names

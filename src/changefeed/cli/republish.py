@@ -169,7 +169,10 @@ def republish_cmd(
         shown = ", ".join(unknown[:10]) + (
             f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
         )
-        click.echo(f"changefeed: error: {len(unknown)} ids unknown to the store: {shown}", err=True)
+        click.echo(
+            f"changefeed: error: {plural(len(unknown), 'id')} unknown to the store: {shown}",
+            err=True,
+        )
         ctx.exit(2)
 
 

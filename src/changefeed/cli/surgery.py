@@ -16,6 +16,7 @@ from changefeed.change import TopicPartition
 from changefeed.checkpoints import COPY, MERGE
 from changefeed.cli.checkpoint import checkpoint_group
 from changefeed.cli.common import UserError, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.pillow import Pillow
 
 
@@ -135,7 +136,7 @@ def merge_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
     baseline = {tp: current.get(tp, max(offsets[tp] for _, offsets in found)) for tp in merged}
     again = sum(max(0, baseline[tp] - off) for tp, off in merged.items())
     _echo_entries(ctx, target.name, merged, f"merged from {', '.join(sources)}", MERGE)
-    click.echo(f"{again} change(s) will be processed again by {target.name}")
+    click.echo(f"{plural(again, 'change')} will be processed again by {target.name}")
 
 
 @checkpoint_group.command("dump-remaining")

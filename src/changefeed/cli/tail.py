@@ -46,7 +46,7 @@ def tail_cmd(
     until: str | None,
 ) -> None:
     """Print a topic's changes as JSON lines: position, publish time, then the stub.
-    ``--since`` starts at that time (looked up, not scanned for) instead of ``-n``."""
+    '--since' starts at that time (looked up, not scanned for) instead of '-n'."""
     with user_errors():
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)

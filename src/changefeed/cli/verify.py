@@ -15,6 +15,7 @@ from rich.console import Console
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, InvalidChangeError
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.cli.params import CHUNK, SAMPLE
 from changefeed.failures import DependencyDownError
 from changefeed.pillow import Pillow
@@ -37,7 +38,7 @@ def describe(result: VerifyResult) -> list[str]:
     """The text report: one line per processor, then the verdict."""
     how = f"a sample of {result.sample}" if result.sample is not None else "all"
     lines = [
-        f"{result.pillow}: {result.documents} documents checked ({how}) in {result.seconds:.1f}s"
+        f"{result.pillow}: {plural(result.documents, 'document')} checked ({how}) in {result.seconds:.1f}s"
     ]
     for report in result.processors:
         if not report.verifiable:
@@ -58,7 +59,9 @@ def describe(result: VerifyResult) -> list[str]:
         lines.append("no drift")
     elif result.unrepaired:
         hint = "" if result.repair else f"; `changefeed verify {result.pillow} --repair` fixes it"
-        lines.append(f"DRIFT: {result.unrepaired} documents differ from their stores{hint}")
+        lines.append(
+            f"DRIFT: {plural(result.unrepaired, 'document')} differ{'s' if result.unrepaired == 1 else ''} from their stores{hint}"
+        )
     else:
         lines.append(f"repaired: all {result.drift} drifted documents now match their stores")
     return lines
@@ -223,5 +226,5 @@ def run_docs_command(
     finally:
         _close(pillow)
     note = f", {failures} failed (see `changefeed errors`)" if failures else ""
-    click.echo(f"{pillow.name}: {done} documents processed{note}", err=True)
+    click.echo(f"{pillow.name}: {plural(done, 'document')} processed{note}", err=True)
     ctx.exit(1 if failures else 0)
