@@ -17,7 +17,7 @@ from changefeed.checkpoints import CheckpointStore
 from changefeed.cli import _load_commands
 from changefeed.cli.common import cli
 from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
-from tests._cli import cf, recorder_env
+from tests._cli import ROOT, cf, recorder_env
 
 
 @pytest.fixture
@@ -262,3 +262,17 @@ def test_help_texts_show_no_markup() -> None:
     assert len(helps) > 40
     for path, text in helps.items():
         assert not re.search(r"`|:\w+:`|\x08", text), (path, text)
+
+
+def test_the_readme_cli_table_names_commands_that_exist() -> None:
+    """Each row of the README's CLI table is a command (and its subcommands) as typed."""
+    _load_commands()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| `changefeed ([a-z-]+)(?: ([a-z-]+(?:\\\|[a-z-]+)+))?", readme, re.M)
+    assert len(rows) > 15
+    for name, subcommands in rows:
+        command = cli.commands.get(name)
+        assert command is not None, name
+        for sub in filter(None, subcommands.split("\\|")):
+            assert isinstance(command, click.Group) and sub in command.commands, (name, sub)
+    assert ("retry-runner", "") in rows
