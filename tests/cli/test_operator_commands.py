@@ -12,10 +12,12 @@ from pathlib import Path
 import click
 import pytest
 
-from changefeed import App, ChangeMeta, SQLDocumentStore
+from changefeed import App, Change, ChangeMeta, SQLDocumentStore
 from changefeed.checkpoints import CheckpointStore
 from changefeed.cli import _load_commands
 from changefeed.cli.common import cli
+from changefeed.cli.output import size
+from changefeed.errors import ErrorQueue
 from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from tests._cli import ROOT, cf, recorder_env
 
@@ -276,3 +278,32 @@ def test_the_readme_cli_table_names_commands_that_exist() -> None:
         for sub in filter(None, subcommands.split("\\|")):
             assert isinstance(command, click.Group) and sub in command.commands, (name, sub)
     assert ("retry-runner", "") in rows
+
+
+def test_errors_show_prints_times_as_times(env: dict[str, str]) -> None:
+    queue = ErrorQueue(env["CHANGEFEED_STATE"])
+    queue.create()
+    queue.add(
+        "recorder",
+        Change("records", 0, 0, ChangeMeta("doc", "memory", "docs")),
+        "p",
+        ValueError("x"),
+    )
+
+    shown = cf(env, "errors", "show", "1")
+
+    assert shown.returncode == 0, shown.stderr
+    times = [line for line in shown.stdout.splitlines() if line.split(":")[0].endswith("_at")]
+    assert times and all(
+        re.fullmatch(r"\w+_at: (\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ|-)", t) for t in times
+    )
+
+
+def test_sizes_read_the_same_everywhere() -> None:
+    assert [size(n) for n in (None, 0, 1023, 1536, 5 * 2**20)] == [
+        "-",
+        "0 B",
+        "1023 B",
+        "1.5 KiB",
+        "5.0 MiB",
+    ]
