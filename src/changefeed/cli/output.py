@@ -154,10 +154,9 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def show_text(detail: dict[str, Any]) -> str:
-    """An error-queue entry for reading: fields one per line (times as `when` shows
-    them), the stub as indented JSON
-    and the traceback as its own lines (each made human-safe), instead of one JSON string
-    with ``\\n`` and ``\\"`` in it."""
+    """An error-queue entry for reading: fields one per line (times as `when` shows them),
+    the stub as indented JSON and the traceback as its own lines (each made human-safe),
+    instead of one JSON string with ``\\n`` and ``\\"`` in it."""
     import json
 
     lines = []

@@ -26,8 +26,9 @@ def describe(result: ReindexResult) -> str:
     how = "resumed, " if result.resumed else ""
     if result.interrupted:
         return (
-            f"{result.job}: stopped after {plural(result.documents, 'document')} ({how}progress saved); "
-            f"run `changefeed reindex {result.pillow} --resume` to continue"
+            f"{result.job}: stopped after {plural(result.documents, 'document')} "
+            f"({how}progress saved); run `changefeed reindex {result.pillow} --resume` to "
+            "continue"
         )
     return (
         f"{result.job}: {how}{plural(result.documents, 'document')} from the stores, "

@@ -38,7 +38,8 @@ def describe(result: VerifyResult) -> list[str]:
     """The text report: one line per processor, then the verdict."""
     how = f"a sample of {result.sample}" if result.sample is not None else "all"
     lines = [
-        f"{result.pillow}: {plural(result.documents, 'document')} checked ({how}) in {result.seconds:.1f}s"
+        f"{result.pillow}: {plural(result.documents, 'document')} checked ({how}) in "
+        f"{result.seconds:.1f}s"
     ]
     for report in result.processors:
         if not report.verifiable:
@@ -59,9 +60,8 @@ def describe(result: VerifyResult) -> list[str]:
         lines.append("no drift")
     elif result.unrepaired:
         hint = "" if result.repair else f"; `changefeed verify {result.pillow} --repair` fixes it"
-        lines.append(
-            f"DRIFT: {plural(result.unrepaired, 'document')} differ{'s' if result.unrepaired == 1 else ''} from their stores{hint}"
-        )
+        differ = "document differs" if result.unrepaired == 1 else "documents differ"
+        lines.append(f"DRIFT: {result.unrepaired} {differ} from their stores{hint}")
     else:
         lines.append(f"repaired: all {result.drift} drifted documents now match their stores")
     return lines
@@ -175,7 +175,7 @@ def _stub_of(line: Any) -> Any:
     stub), so their output can be handed to ``run --docs`` as it is."""
     if isinstance(line, dict) and isinstance(line.get("stub"), dict):
         stub = line["stub"]
-        if "invalid" in stub:
+        if "invalid" in stub and "document_id" not in stub:
             raise InvalidChangeError(f"the log holds no valid stub here ({stub['invalid']})")
         return stub
     return line
