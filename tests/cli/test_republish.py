@@ -81,7 +81,7 @@ def test_ids_publish_fresh_stubs_and_deletions_unknown_exit_2(
     assert code == 2
     assert "published 2 stubs from sql/cases (1 deletion) to case (1), meta (1)" in out
     assert "1 deletion went to meta" in out
-    assert err.strip().splitlines()[-1] == "changefeed: error: 1 ids unknown to the store: zz"
+    assert err.strip().splitlines()[-1] == "changefeed: error: 1 id unknown to the store: zz"
     found = log_contents(log_url, "case", "meta")
     (a,) = found["case"]
     assert (a.document_id, a.version, a.domain, a.document_type) == ("a", 2, "north", "case")
