@@ -13,12 +13,11 @@ import click
 import pytest
 
 from changefeed import App, Change, ChangeMeta, SQLDocumentStore
+from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
-from changefeed.cli import _load_commands
 from changefeed.cli.common import cli
 from changefeed.cli.output import size
 from changefeed.errors import ErrorQueue
-from changefeed.sources.seq_checkpoints import SeqCheckpoint, SeqCheckpointStore
 from tests._cli import ROOT, cf, recorder_env
 
 
@@ -179,8 +178,16 @@ def couch_env(env: dict[str, str]) -> dict[str, str]:
     }
 
 
-def _seq_checkpoint(env: dict[str, str]) -> SeqCheckpoint | None:
-    return SeqCheckpointStore(CheckpointStore(env["CHANGEFEED_STATE"])).get("couch-bridge-cases")
+BRIDGE, BRIDGE_TP = "couch-bridge-cases", TopicPartition("couch:cases", 0)
+
+
+def _save_seq(env: dict[str, str]) -> None:
+    """The bridge read 12 changes, up to seq "12-abc" (JSON, as the bridge writes it)."""
+    CheckpointStore(env["CHANGEFEED_STATE"]).commit_seq(BRIDGE, BRIDGE_TP, '"12-abc"', 12)
+
+
+def _seq_checkpoint(env: dict[str, str]) -> object:
+    return CheckpointStore(env["CHANGEFEED_STATE"]).get_seq(BRIDGE, BRIDGE_TP)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +201,7 @@ def test_the_couch_replay_commands_work_as_written(
     couch_env: dict[str, str], command: tuple[str, ...]
 ) -> None:
     """docs/couchdb.md: setting the bridge's checkpoint to 0 replays the database."""
-    SeqCheckpointStore(CheckpointStore(couch_env["CHANGEFEED_STATE"])).commit(
-        "couch-bridge-cases", "couch:cases", "12-abc", 12
-    )
+    _save_seq(couch_env)
     assert _seq_checkpoint(couch_env) is not None
 
     result = cf(couch_env, *command)
@@ -207,9 +212,7 @@ def test_the_couch_replay_commands_work_as_written(
 
 
 def test_status_shows_the_couch_bridge_as_rows(couch_env: dict[str, str]) -> None:
-    SeqCheckpointStore(CheckpointStore(couch_env["CHANGEFEED_STATE"])).commit(
-        "couch-bridge-cases", "couch:cases", "12-abc", 12
-    )
+    _save_seq(couch_env)
 
     result = cf(couch_env, "status")
 
@@ -252,14 +255,15 @@ def _commands(command: click.Command, path: tuple[str, ...]) -> Iterator[tuple[s
     ctx = click.Context(command, info_name=" ".join(path))
     yield " ".join(path), command.get_help(ctx)
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)  # imports a lazy command's module
+            assert sub is not None, name
             yield from _commands(sub, (*path, name))
 
 
 def test_help_texts_show_no_markup() -> None:
     """Docstrings become ``--help`` as they are: reStructuredText literals and roles would
     be printed as backticks and colons."""
-    _load_commands()
     helps = dict(_commands(cli, ("changefeed",)))
     assert len(helps) > 40
     for path, text in helps.items():
@@ -268,12 +272,12 @@ def test_help_texts_show_no_markup() -> None:
 
 def test_the_readme_cli_table_names_commands_that_exist() -> None:
     """Each row of the README's CLI table is a command (and its subcommands) as typed."""
-    _load_commands()
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    ctx = click.Context(cli)
     rows = re.findall(r"^\| `changefeed ([a-z-]+)(?: ([a-z-]+(?:\\\|[a-z-]+)+))?", readme, re.M)
     assert len(rows) > 15
     for name, subcommands in rows:
-        command = cli.commands.get(name)
+        command = cli.get_command(ctx, name)
         assert command is not None, name
         for sub in filter(None, subcommands.split("\\|")):
             assert isinstance(command, click.Group) and sub in command.commands, (name, sub)
