@@ -211,6 +211,15 @@ def test_the_couch_replay_commands_work_as_written(
     assert _seq_checkpoint(couch_env) is None  # the bridge starts from the beginning
 
 
+def test_the_couch_bridge_checkpoint_moves_only_to_replay(couch_env: dict[str, str]) -> None:
+    _save_seq(couch_env)
+
+    line = _one_error_line(cf(couch_env, "checkpoint", "set", BRIDGE, "couch:cases", "0", "5"))
+
+    assert "moves only to 0" in line
+    assert _seq_checkpoint(couch_env) is not None  # untouched
+
+
 def test_status_shows_the_couch_bridge_as_rows(couch_env: dict[str, str]) -> None:
     _save_seq(couch_env)
 

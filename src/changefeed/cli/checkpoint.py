@@ -27,6 +27,19 @@ class _Subject:
 
     name: str
     change_feed: Checkpointed
+    replays_only: bool = False
+    """Its position is opaque (a CouchDB seq) and its offset only counts what it read: a
+    move to 0 replays from the start, any other would show a position it does not use."""
+
+
+def _check_move(p: _Subject, to_zero: bool) -> None:
+    """Refuse a move that a runnable reading from an opaque position would not follow."""
+    if p.replays_only and not to_zero:
+        raise UserError(
+            f"{p.name!r} reads from an opaque position (a CouchDB seq): its checkpoint moves "
+            "only to 0, to replay from the start ('checkpoint reset'), or back with "
+            "'checkpoint undo'"
+        )
 
 
 def _pillow(ctx: click.Context, name: str) -> _Subject:
@@ -35,7 +48,7 @@ def _pillow(ctx: click.Context, name: str) -> _Subject:
     if isinstance(runnable, Pillow):
         return _Subject(runnable.name, runnable.change_feed)
     if isinstance(runnable, Checkpointed):
-        return _Subject(runnable.name, runnable)
+        return _Subject(runnable.name, runnable, replays_only=True)
     raise UserError(f"{name!r} is not a pillow and keeps no checkpoints per partition")
 
 
@@ -105,6 +118,7 @@ def set_cmd(
         raise UserError(f"pillow {pillow!r} does not read {tp}")
     # Past the head the pillow would silently skip every change published up to OFFSET,
     # and status would show no lag: almost always a typo or the wrong log.
+    _check_move(p, to_zero=offset == 0)
     head = p.change_feed.latest_offsets().get(tp, 0) if offset else 0
     if offset > head and not force:
         raise UserError(
@@ -134,6 +148,7 @@ def _undo_hint(ids: list[int]) -> str:
 def _move_all(ctx: click.Context, pillow: str, topic: str | None, to_head: bool) -> None:
     """Move every partition (of ``topic``) to the earliest offset or to the head."""
     p = _pillow(ctx, pillow)
+    _check_move(p, to_zero=not to_head)
     feed = p.change_feed
     where = feed.latest_offsets() if to_head else feed.earliest_offsets()
     offsets = {tp: off for tp, off in where.items() if topic in (None, tp.topic)}
