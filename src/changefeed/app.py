@@ -8,6 +8,7 @@ here, so there is no global configuration.
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import sqlite3
 import sys
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
+from changefeed.db import not_created_yet
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.identifiers import object_name
 from changefeed.pillow import Pillow
@@ -29,6 +31,9 @@ from changefeed.topics import TopicRouter
 
 DEFAULT_LOG_URL = "sqlite:///.changefeed/log.db"
 DEFAULT_STATE_URL = "sqlite:///.changefeed/state.db"
+
+NO_APP = "no app was given (--app or CHANGEFEED_APP) or it defines no pillows"
+"""Why nothing was found to run or show: worded once, for every command that looks."""
 
 PillowFactory = Callable[["App"], Pillow]
 RunnableFactory = Callable[["App"], Runnable]
@@ -59,6 +64,7 @@ class App:
         """Everything else that runs like a pillow: bridges, relays (by name)."""
         self.replication_slots: list[tuple[str, str]] = []
         """(database URL, slot) pairs whose lag `changefeed status` reports."""
+        self._read_only = False
         self._backend: Backend | None = None
         self._checkpoints: CheckpointStore | None = None
         self._errors: ErrorQueue | None = None
@@ -67,13 +73,38 @@ class App:
     # -- shared resources, made on first use ------------------------------------------
 
     @property
+    def read_only(self) -> bool:
+        """Set by commands that only look (``changefeed status``): an embedded log or SQLite
+        state database that does not exist yet is read as empty instead of being created."""
+        return self._read_only
+
+    @read_only.setter
+    def read_only(self, value: bool) -> None:
+        if self._read_only and not value:
+            # What was opened for looking may be an empty stand-in: open it again for real.
+            if self._backend is not None:
+                self._backend.close()
+            self._backend = None
+            self._checkpoints = None
+            self._errors = None
+        self._read_only = value
+
+    @property
     def backend(self) -> Backend:
         if self._backend is None:
-            try:
-                self._backend = open_backend(self.log_url)
-            except (OSError, sqlite3.Error) as exc:
-                raise ConfigError(f"cannot open log {self.log_url}: {_first_line(exc)}") from None
+            self._backend = self._open_backend(create=not self.read_only)
         return self._backend
+
+    def check_log(self) -> None:
+        """Open the log once and close it, creating nothing: a bad URL or an unreadable log
+        is a `ConfigError` now, before a command does anything."""
+        self._open_backend(create=False).close()
+
+    def _open_backend(self, *, create: bool) -> Backend:
+        try:
+            return open_backend(self.log_url, create=create)
+        except (OSError, sqlite3.Error) as exc:
+            raise ConfigError(f"cannot open log {self.log_url}: {_first_line(exc)}") from None
 
     @property
     def checkpoints(self) -> CheckpointStore:
@@ -81,8 +112,11 @@ class App:
         unwritable or unreachable ``state_url`` is one `ConfigError` here rather than a
         driver error from whichever command touched it first."""
         if self._checkpoints is None:
+            url = self.state_url
+            if self.read_only and _missing_sqlite_file(url):
+                url = "sqlite://"  # empty, in memory: looking creates no state database
             try:
-                store = CheckpointStore(self.state_url)
+                store = CheckpointStore(url)
                 store.create()
             except (sa.exc.ArgumentError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
                 raise ConfigError(
@@ -195,6 +229,8 @@ class App:
         return sorted([*self._pillows, *self._runnables])
 
     def _unknown(self, what: str, name: str, known: list[str]) -> ConfigError:
+        if not self.runnable_names:
+            return ConfigError(f"unknown {what} {name!r}: {NO_APP}")
         return ConfigError(f"unknown {what} {name!r} (known: {', '.join(known) or 'none'})")
 
     def get_pillow(self, name: str) -> Pillow:
@@ -230,6 +266,31 @@ class App:
         self.document_stores.close()
 
 
+def _missing_sqlite_file(url: str) -> bool:
+    """True for a SQLite URL naming a file that does not exist yet (`not_created_yet`)."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return False  # reported as a bad URL where the database is opened
+    database = parsed.database
+    return (
+        parsed.get_backend_name() == "sqlite"
+        and bool(database)
+        and database != ":memory:"
+        and not_created_yet(str(database))
+    )
+
+
+def _takes_no_arguments(factory: Callable[..., Any]) -> bool:
+    try:
+        inspect.signature(factory).bind()
+    except TypeError:
+        return False
+    except ValueError:  # no signature to inspect (some builtins): let the call decide
+        return True
+    return True
+
+
 def _first_line(exc: BaseException) -> str:
     """A driver error's first line (psycopg adds hints, SQLAlchemy a background link)."""
     orig = getattr(exc, "orig", None)
@@ -259,6 +320,13 @@ def load_app(spec: str | None) -> App:
     except AttributeError:
         raise ConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
     if callable(app) and not isinstance(app, App):
+        # A factory takes no arguments; anything else (``json:dumps``) is not an app, and
+        # calling it would only fail with its own TypeError.
+        if not _takes_no_arguments(app):
+            raise ConfigError(
+                f"{spec} is not a changefeed.App nor a factory without arguments "
+                f"(got {type(app).__name__})"
+            )
         app = app()
     if not isinstance(app, App):
         raise ConfigError(f"{spec} is not a changefeed.App (got {type(app).__name__})")

@@ -380,7 +380,8 @@ class CheckpointStore:
         changed_by: str | None = None,
     ) -> list[HistoryEntry]:
         """Move checkpoints on purpose, recording the old values in the history under
-        ``kind`` (one of `HISTORY_KINDS`) with the human-readable ``reason``."""
+        ``kind`` (one of `HISTORY_KINDS`) with the human-readable ``reason``. A partition
+        already at its offset is not moved and records nothing: the history holds moves."""
         if kind not in HISTORY_KINDS:
             raise ValueError(f"unknown checkpoint history kind {kind!r}")
         self.create()
@@ -398,6 +399,8 @@ class CheckpointStore:
             for tp, new in sorted(offsets.items()):
                 if new < 0:
                     raise ValueError(f"offset must be >= 0, got {new} for {tp}")
+            offsets = {tp: new for tp, new in offsets.items() if old.get(tp) != new}
+            for tp, new in sorted(offsets.items()):
                 res = conn.execute(
                     h.insert().values(
                         pillow=pillow,
@@ -425,7 +428,8 @@ class CheckpointStore:
                         kind,
                     )
                 )
-            upsert(conn, t, _rows(pillow, offsets, now), ["pillow", "topic", "partition"])
+            if offsets:
+                upsert(conn, t, _rows(pillow, offsets, now), ["pillow", "topic", "partition"])
         # A move made through this store (the pillow's own retention jump, a reindex) is
         # known to it; only moves by other stores (another process's CLI) are detected.
         self._known.setdefault(pillow, {}).update(offsets)
@@ -455,13 +459,23 @@ class CheckpointStore:
         ]
 
     def undo(self, entry_id: int, changed_by: str | None = None) -> HistoryEntry:
-        """Restore the offset a history entry replaced (itself recorded in the history)."""
+        """Restore the offset a history entry replaced (itself recorded in the history).
+        An entry is undone once: a second undo would move the checkpoint again from
+        wherever it has got to since, so it is refused (`LookupError`), as is an undo that
+        would move nothing."""
         self.create()
         h = history_table
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(h).where(h.c.id == entry_id)).first()
+            undone = conn.execute(
+                sa.select(h.c.id)
+                .where((h.c.kind == UNDO) & (h.c.reason == f"undo #{entry_id}"))
+                .limit(1)
+            ).scalar()
         if row is None:
             raise LookupError(f"no checkpoint history entry {entry_id}")
+        if undone is not None:
+            raise LookupError(f"checkpoint history entry {entry_id} was undone already (#{undone})")
         tp = TopicPartition(row.topic, row.partition)
         if row.old_offset is None:
             with self.engine.begin() as conn:
@@ -498,13 +512,16 @@ class CheckpointStore:
                 f"undo #{entry_id}",
                 UNDO,
             )
-        return self.set(
+        entries = self.set(
             row.pillow,
             {tp: row.old_offset},
             reason=f"undo #{entry_id}",
             kind=UNDO,
             changed_by=changed_by,
-        )[0]
+        )
+        if not entries:
+            raise LookupError(f"nothing to undo: {row.pillow} {tp} is at {row.old_offset} already")
+        return entries[0]
 
     def pillows(self) -> list[str]:
         self.create()

@@ -47,6 +47,19 @@ def make_engine(url: str | sa.Engine) -> sa.Engine:
     return engine
 
 
+def not_created_yet(path: str | Path) -> bool:
+    """True when a SQLite file does not exist but could be made: its nearest existing
+    ancestor is a directory. Commands that only look read such a log or state database as
+    empty instead of creating it; a path under a regular file is still an error."""
+    target = Path(path)
+    if target.exists():
+        return False
+    for parent in target.absolute().parents:
+        if parent.exists():
+            return parent.is_dir()
+    return False
+
+
 def ping_when_idle(engine: sa.Engine, idle: float = IDLE_PING_AFTER) -> None:
     """Ping a pooled connection on checkout only if it sat unused for ``idle`` seconds.
 

@@ -76,6 +76,26 @@ class ErrorRetrier(Protocol):
         ...
 
 
+@runtime_checkable
+class Checkpointed(Protocol):
+    """Positions of what a runnable reads, per topic partition, as the app's checkpoint
+    store holds them under the runnable's name: a pillow's change feed, and the Couch
+    bridge (one pseudo partition ``couch:<db>``/0). The checkpoint commands show and move
+    them alike."""
+
+    def topic_partitions(self) -> list[TopicPartition]:
+        """The partitions read."""
+        ...
+
+    def earliest_offsets(self) -> dict[TopicPartition, int]:
+        """Where each partition starts (a reset moves there)."""
+        ...
+
+    def latest_offsets(self) -> dict[TopicPartition, int]:
+        """Each partition's head."""
+        ...
+
+
 def stride(
     partitions: Iterable[TopicPartition], num_processes: int, process_number: int
 ) -> list[TopicPartition]:

@@ -78,7 +78,7 @@ def test_run_with_config_file_creates_the_slot(
         capsys, "--log", log_url, "cdc", "run", "--db", db, "--config", str(config), "--once",
         "--topic", "all-cases",
     )  # fmt: skip
-    assert code == 0 and "1 stubs published" in err
+    assert code == 0 and "1 stub published" in err
     assert [(c.topic, c.id) for c in read_log(SQLiteLog(tmp_path / "log.db"))] == [
         ("all-cases", "5")
     ]

@@ -119,7 +119,7 @@ def test_validate_copy_merge_and_undo(env: dict[str, str], app: App) -> None:
     assert r.returncode == 0, r.stderr
     assert cps.get("gamma") == {P0: 5, P1: 3}
     reprocessed = (heads[P0] - 5) + (heads[P1] + 5 - 3)
-    assert f"{reprocessed} change(s) will be processed again" in r.stdout
+    assert reprocessed > 1 and f"{reprocessed} changes will be processed again" in r.stdout
     assert cps.history("gamma", limit=1)[0].kind == "merge"
 
     r = cf(env, "checkpoint", "copy", "beta", "alpha")

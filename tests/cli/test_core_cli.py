@@ -120,7 +120,7 @@ def test_errors_commands(env: dict[str, str], tmp_path: Path) -> None:
     assert "0 succeeded, 1 failed again" in retried.stdout
     purged = cf(env, "errors", "purge", "--status", "parked", "--pillow", "recorder")
     assert purged.returncode == 0, purged.stderr
-    assert "1 error(s) purged" in purged.stdout
+    assert "1 error purged" in purged.stdout
     assert json.loads(cf(env, "errors", "list", "--json").stdout) == []
 
 
@@ -129,7 +129,7 @@ def test_tail_prints_last_changes(env: dict[str, str]) -> None:
     result = cf(env, "tail", "records", "-n", "2")
     assert result.returncode == 0, result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
-    assert len(lines) == 4  # two per partition
+    assert len(lines) == 2  # in all, whatever the partitions (issue 20)
     assert {line["stub"]["data_source_name"] for line in lines} == {"docs"}
     everything = cf(env, "tail", "records", "--from-beginning")
     assert len(everything.stdout.splitlines()) == 8

@@ -79,8 +79,9 @@ def test_ids_publish_fresh_stubs_and_deletions_unknown_exit_2(
         capsys, "republish", "--store", "sql/cases", "--id", "a", "--id", "c", "--id", "zz"
     )
     assert code == 2
-    assert "published 2 stubs from sql/cases (1 deletions)" in out
-    assert err.strip() == "changefeed: error: 1 ids unknown to the store: zz"
+    assert "published 2 stubs from sql/cases (1 deletion) to case (1), meta (1)" in out
+    assert "1 deletion went to meta" in out
+    assert err.strip().splitlines()[-1] == "changefeed: error: 1 id unknown to the store: zz"
     found = log_contents(log_url, "case", "meta")
     (a,) = found["case"]
     assert (a.document_id, a.version, a.domain, a.document_type) == ("a", 2, "north", "case")
@@ -103,7 +104,7 @@ def test_ids_file_and_topic(
 
 def test_all_streams_the_store(app: App, log_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = cli(capsys, "republish", "--store", "forms", "--all")
-    assert code == 0 and "published 2500 stubs from sql/forms (0 deletions) to form" in out
+    assert code == 0 and "published 2500 stubs from sql/forms (0 deletions) to form (2500)" in out
     forms = log_contents(log_url, "form")["form"]
     assert len(forms) == 2500 and {m.version for m in forms} == {1}
 

@@ -147,7 +147,7 @@ def test_a_runnable_that_queues_errors_is_not_orphaned(env: dict[str, str]) -> N
         "cases": False,
     }
     purged = cf(env, "errors", "purge", "--orphaned")
-    assert purged.returncode == 0 and "1 error(s) purged" in purged.stdout, purged.stderr
+    assert purged.returncode == 0 and "1 error purged" in purged.stdout, purged.stderr
     left = {e["pillow"] for e in json.loads(cf(env, "errors", "list", "--json").stdout)}
     assert left == {"bridge", "cases"}
     bridge_id = next(

@@ -1,5 +1,8 @@
-"""The example's changefeed App: the embedded log and state under .changefeed/, and the
-notes table as the document store pillows fetch notes from."""
+"""The example's changefeed App: the embedded log and state under .changefeed/.
+
+The example only publishes: each stub names data source ``sql``/``notes_note`` (the model's
+table), and no document store is registered for it. A pillow that fetches notes needs one
+registered under that name (``app.document_stores.register``)."""
 
 from changefeed import App
 

@@ -30,8 +30,9 @@ class BackendURLError(ValueError):
     """A log URL with an unknown scheme or bad options."""
 
 
-def open_backend(url: str) -> Backend:
-    """The backend for a log URL (``sqlite:///changefeed.db``, ``kafka://host:9092``)."""
+def open_backend(url: str, *, create: bool = True) -> Backend:
+    """The backend for a log URL (``sqlite:///changefeed.db``, ``kafka://host:9092``);
+    ``create=False``: a log that does not exist yet is read as empty, and nothing is made."""
     scheme, sep, _ = url.partition("://")
     if not sep or scheme not in _SCHEMES:
         raise BackendURLError(
@@ -40,7 +41,7 @@ def open_backend(url: str) -> Backend:
     module, _, attr = _SCHEMES[scheme].partition(":")
     cls = getattr(importlib.import_module(module), attr)
     try:
-        backend: Backend = cls.from_url(url)
+        backend: Backend = cls.from_url(url, create=create)
     except ValueError as exc:
         raise BackendURLError(redact_url(str(exc))) from None
     return backend

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape
+from changefeed.cli.output import escape, plural, size
 from changefeed.runner import run_runnable
 from changefeed.sources.postgres_cdc import (
     CDCError,
@@ -54,16 +54,6 @@ def slot_create_cmd(slot: str, dsn: str) -> None:
     click.echo(f"slot {slot} created at {status['confirmed_flush_lsn']}")
 
 
-def _fmt_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)  # pragma: no cover
-
-
 @slot_group.command("show")
 @click.argument("slot", required=False)
 @_db_option
@@ -94,8 +84,8 @@ def slot_show_cmd(slot: str | None, dsn: str, as_json: bool) -> None:
             escape(s["database"]),
             "yes" if s["active"] else "no",
             str(s["confirmed_flush_lsn"]),
-            _fmt_bytes(s["lag_bytes"]),
-            _fmt_bytes(s["retained_bytes"]),
+            size(s["lag_bytes"]),
+            size(s["retained_bytes"]),
         )
     Console().print(table)
 
@@ -189,4 +179,4 @@ def run_cmd(
     finally:
         app.close()
     elapsed = time.monotonic() - started
-    click.echo(f"cdc slot {slot}: {total} stubs published in {elapsed:.1f}s", err=True)
+    click.echo(f"cdc slot {slot}: {plural(total, 'stub')} published in {elapsed:.1f}s", err=True)

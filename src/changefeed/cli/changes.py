@@ -23,6 +23,7 @@ import orjson
 from changefeed.backends.base import Backend, ChangeFeed
 from changefeed.change import Change, TopicPartition
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.cli.params import LIMIT
 from changefeed.identifiers import topic_name
 
@@ -238,12 +239,12 @@ def changes_cmd(
 ) -> None:
     """Find changes in TOPIC, with partition, offset and publish time.
 
-    For example every change of one document (``--doc-id``), or what was published in a
+    For example every change of one document ('--doc-id'), or what was published in a
     time range; time bounds are looked up, not scanned for."""
     with user_errors():
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     feed = app.change_feed([topic], client_id="changefeed-changes", idle_timeout=0.5)
     try:
         partitions = feed.topic_partitions()
@@ -275,4 +276,4 @@ def changes_cmd(
     finally:
         feed.close()
     if not as_json:
-        click.echo(f"{found} change(s)", err=True)
+        click.echo(plural(found, "change"), err=True)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,20 +12,44 @@ import click
 
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import RESET, SET, TO_HEAD
-from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, human
+from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
+from changefeed.cli.output import escape, human, when
 from changefeed.cli.params import ENTRY_ID, LIMIT, OFFSET, PARTITION
 from changefeed.pillow import Pillow
+from changefeed.runner import Checkpointed
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+@dataclass(frozen=True)
+class _Subject:
+    """What the checkpoint commands show and move: a pillow's checkpoints, or those of
+    another runnable that keeps them per partition (the Couch bridge: docs/couchdb.md's
+    replay is ``checkpoint reset couch-bridge-<db>``)."""
+
+    name: str
+    change_feed: Checkpointed
+    replays_only: bool = False
+    """Its position is opaque (a CouchDB seq) and its offset only counts what it read: a
+    move to 0 replays from the start, any other would show a position it does not use."""
 
 
-def _pillow(ctx: click.Context, name: str) -> Pillow:
+def _check_move(p: _Subject, to_zero: bool) -> None:
+    """Refuse a move that a runnable reading from an opaque position would not follow."""
+    if p.replays_only and not to_zero:
+        raise UserError(
+            f"{p.name!r} reads from an opaque position (a CouchDB seq): its checkpoint moves "
+            "only to 0, to replay from the start ('checkpoint reset'), or back with "
+            "'checkpoint undo'"
+        )
+
+
+def _pillow(ctx: click.Context, name: str) -> _Subject:
     app = get_app(ctx)
-    with user_errors():
-        return app.get_pillow(name)
+    runnable = get_runnable(app, name)
+    if isinstance(runnable, Pillow):
+        return _Subject(runnable.name, runnable.change_feed)
+    if isinstance(runnable, Checkpointed):
+        return _Subject(runnable.name, runnable, replays_only=True)
+    raise UserError(f"{name!r} is not a pillow and keeps no checkpoints per partition")
 
 
 @cli.group("checkpoint")
@@ -39,6 +63,7 @@ def checkpoint_group() -> None:
 @click.pass_context
 def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
     """Checkpoint per partition, with the head and when it was written."""
+    get_app(ctx, read_only=True)
     p = _pillow(ctx, pillow)
     saved = get_app(ctx).checkpoints.get_detailed(p.name)
     heads = p.change_feed.latest_offsets()
@@ -58,9 +83,11 @@ def show_cmd(ctx: click.Context, pillow: str, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        when = _when(r["updated_at"]) if r["updated_at"] else "never"
+        written = when(r["updated_at"]) if r["updated_at"] else "never"
         offset = "-" if r["checkpoint"] is None else r["checkpoint"]
-        click.echo(f"{r['topic']}[{r['partition']}]\tcheckpoint={offset}\thead={r['head']}\t{when}")
+        click.echo(
+            f"{r['topic']}[{r['partition']}]\tcheckpoint={offset}\thead={r['head']}\t{written}"
+        )
 
 
 @checkpoint_group.command("set")
@@ -91,7 +118,8 @@ def set_cmd(
         raise UserError(f"pillow {pillow!r} does not read {tp}")
     # Past the head the pillow would silently skip every change published up to OFFSET,
     # and status would show no lag: almost always a typo or the wrong log.
-    head = p.change_feed.latest_offsets().get(tp, 0)
+    _check_move(p, to_zero=offset == 0)
+    head = p.change_feed.latest_offsets().get(tp, 0) if offset else 0
     if offset > head and not force:
         raise UserError(
             f"offset {offset} is past the head of {tp} (head {head}); changes published up to "
@@ -101,7 +129,7 @@ def set_cmd(
 
 
 def _apply(
-    ctx: click.Context, p: Pillow, offsets: dict[TopicPartition, int], reason: str, kind: str
+    ctx: click.Context, p: _Subject, offsets: dict[TopicPartition, int], reason: str, kind: str
 ) -> None:
     entries = get_app(ctx).checkpoints.set(p.name, offsets, reason=reason, kind=kind)
     for entry in entries:
@@ -113,13 +141,14 @@ def _apply(
 def _undo_hint(ids: list[int]) -> str:
     """The exact undo command(s), with the entry numbers just written (one per partition)."""
     if not ids:
-        return "nothing changed"
+        return "nothing changed: the checkpoints were there already"
     return "undo with: " + "; ".join(f"changefeed checkpoint undo {i}" for i in ids)
 
 
 def _move_all(ctx: click.Context, pillow: str, topic: str | None, to_head: bool) -> None:
     """Move every partition (of ``topic``) to the earliest offset or to the head."""
     p = _pillow(ctx, pillow)
+    _check_move(p, to_zero=not to_head)
     feed = p.change_feed
     where = feed.latest_offsets() if to_head else feed.earliest_offsets()
     offsets = {tp: off for tp, off in where.items() if topic in (None, tp.topic)}
@@ -156,7 +185,7 @@ def to_head_cmd(ctx: click.Context, pillow: str, topic: str | None) -> None:
 @click.pass_context
 def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: bool) -> None:
     """Past checkpoint moves: who, when, old and new offset, what kind of move, why."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     entries = app.checkpoints.history(pillow, limit=limit)
     if pillow is not None and not entries and pillow not in app.runnable_names:
         # A removed pillow keeps its history (shown above); a name never seen is a typo.
@@ -165,11 +194,14 @@ def history_cmd(ctx: click.Context, pillow: str | None, limit: int, as_json: boo
     if as_json:
         click.echo(json.dumps([e.to_dict() for e in entries], indent=2))
         return
+    if not entries:
+        of = f" of {escape(pillow)}" if pillow is not None else ""
+        click.echo(f"no checkpoint moves{of} recorded yet")
     for e in entries:
         old = "-" if e.old_offset is None else e.old_offset
         new = "-" if e.new_offset is None else e.new_offset
         click.echo(
-            f"#{e.id}\t{_when(e.changed_at)}\t{escape(e.pillow)}\t{escape(str(e.tp))}\t"
+            f"#{e.id}\t{when(e.changed_at)}\t{escape(e.pillow)}\t{escape(str(e.tp))}\t"
             f"{old} -> {new}\t{escape(e.changed_by)}\t{escape(e.kind)}\t{human(e.reason)}"
         )
 
@@ -278,7 +310,7 @@ def import_pillowtop_cmd(
 ) -> None:
     """Set a pillow's checkpoints to where a CommCare HQ pillow stopped.
 
-    Reads HQ's Kafka checkpoint rows (``pillowtop_kafkacheckpoint``) and sets every
+    Reads HQ's Kafka checkpoint rows ('pillowtop_kafkacheckpoint') and sets every
     partition the pillow reads to HQ's offset, recorded in the history (undo restores the
     old ones). Refuses when HQ's rows and the pillow's topics and partitions differ.
     """

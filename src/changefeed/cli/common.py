@@ -94,7 +94,8 @@ class State:
                     app.log_url = self.log_url
                 if self.state_url:
                     app.state_url = self.state_url
-                app.backend  # noqa: B018 - validate the log URL now, as a user error
+                app.read_only = False  # until a command says it only looks (`get_app`)
+                app.check_log()  # a bad log URL is a user error now; nothing is created
             self._app = app
         return self._app
 
@@ -173,17 +174,26 @@ def cli(
     ctx.obj = State(app_spec, log_url, state_url)
 
 
-def get_app(ctx: click.Context) -> App:
+def get_app(ctx: click.Context, *, read_only: bool = False) -> App:
+    """The user's app; ``read_only`` for commands that only look, so that they leave no
+    log or state database behind where there was none (`App.read_only`)."""
     state = ctx.find_object(State)
     assert state is not None
-    return state.app
+    app = state.app
+    if read_only:
+        app.read_only = True
+    return app
 
 
 def get_runnable(app: App, name: str) -> Runnable:
     """A pillow or other runnable by name; an unknown name is a user error (worded for
     pillows first: that is what most names are)."""
+    if not app.runnable_names:
+        from changefeed.app import NO_APP
+
+        raise UserError(f"unknown pillow {name!r}: {NO_APP}")
     if name not in app.runnable_names:
-        known = ", ".join(app.runnable_names) or "none"
+        known = ", ".join(app.runnable_names)
         raise UserError(f"unknown pillow {name!r} or other runnable (known: {known})")
     with user_errors():
         return app.get_runnable(name)

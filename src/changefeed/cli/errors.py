@@ -9,13 +9,12 @@ too, and the retry runner visits it.
 from __future__ import annotations
 
 import json
-import time
 
 import click
 
 from changefeed.app import App
 from changefeed.cli.common import UserError, cli, get_app, user_errors
-from changefeed.cli.output import escape, human, show_text
+from changefeed.cli.output import escape, human, plural, show_text, when
 from changefeed.cli.params import ENTRY_ID, LIMIT
 from changefeed.errors import PARKED, PENDING, ErrorRecord
 from changefeed.identifiers import redact_secrets
@@ -58,8 +57,8 @@ def list_cmd(
     as_json: bool,
 ) -> None:
     """Queued errors, oldest first. Entries of pillows not in the app are shown as
-    orphaned (never retried; ``errors purge --orphaned`` removes them)."""
-    app = get_app(ctx)
+    orphaned (never retried; 'errors purge --orphaned' removes them)."""
+    app = get_app(ctx, read_only=True)
     _check_pillow(app, pillow)
     names = app.runnable_names
     records = app.error_queue.list(pillow, status, limit, not_pillows=names if orphaned else None)
@@ -86,15 +85,11 @@ def list_cmd(
 
 
 def _line(r: ErrorRecord, orphaned: bool) -> str:
-    when = (
-        "-"
-        if r.next_attempt_at is None
-        else time.strftime("%H:%M:%S", time.gmtime(r.next_attempt_at)) + "Z"
-    )
+    next_at = "-" if r.next_attempt_at is None else when(r.next_attempt_at)
     status = f"{r.status},{ORPHANED}" if orphaned else r.status
     return (
         f"#{r.id}\t{escape(r.pillow)}\t{escape(r.processor)}\t{escape(r.document_id)}\t{status}\t"
-        f"attempts={r.attempts}\tnext={when}\t{escape(r.error_type.rsplit('.', 1)[-1])}: "
+        f"attempts={r.attempts}\tnext={next_at}\t{escape(r.error_type.rsplit('.', 1)[-1])}: "
         f"{human(r.message[:120])}"
     )
 
@@ -105,7 +100,7 @@ def _line(r: ErrorRecord, orphaned: bool) -> str:
 @click.pass_context
 def show_cmd(ctx: click.Context, error_id: int, as_json: bool) -> None:
     """One error with its stub and traceback."""
-    record = get_app(ctx).error_queue.get(error_id)
+    record = get_app(ctx, read_only=True).error_queue.get(error_id)
     if record is None:
         raise UserError(f"no error #{error_id}")
     detail = _without_secrets(record.to_dict(detail=True))
@@ -133,7 +128,7 @@ def retry_cmd(
 ) -> None:
     """Make errors (parked ones too) due again, and by default re-process them now.
 
-    With ``--id`` exactly those entries are retried. A retry that fails again counts as one
+    With '--id' exactly those entries are retried. A retry that fails again counts as one
     more attempt (and parks the entry again past the maximum)."""
     app = get_app(ctx)
     queue = app.error_queue
@@ -148,7 +143,7 @@ def retry_cmd(
         return
     marked = queue.make_due(pillow, None, parked_only)
     started = queue.clock()  # everything marked is due by now; what fails again is later
-    click.echo(f"{marked} error(s) marked due")
+    click.echo(f"{plural(marked, 'error')} marked due")
     if not now or not marked:
         return
     names = [pillow] if pillow else list(queue.pillows())
@@ -194,7 +189,7 @@ def _retry_ids(app: App, ids: list[int], pillow: str | None, parked_only: bool, 
             continue
         records.append(record)
     marked = queue.make_due(ids=[r.id for r in records]) if records else 0
-    click.echo(f"{marked} error(s) marked due")
+    click.echo(f"{plural(marked, 'error')} marked due")
     if not now or not records:
         return
     by_pillow: dict[str, list[int]] = {}
@@ -239,7 +234,7 @@ def purge_cmd(
             older_than,
             not_pillows=app.runnable_names if orphaned else None,
         )
-    click.echo(f"{n} error(s) purged")
+    click.echo(f"{plural(n, 'error')} purged")
 
 
 def _without_secrets(entry: dict[str, object]) -> dict[str, object]:

@@ -9,6 +9,7 @@ import click
 import sqlalchemy as sa
 
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.db import make_engine
 from changefeed.runner import run_runnable
 from changefeed.sources.outbox import (
@@ -119,7 +120,7 @@ def relay_cmd(
     finally:
         app.close()
     elapsed = time.monotonic() - started
-    click.echo(f"outbox {outbox.name}: {total} stubs relayed in {elapsed:.1f}s", err=True)
+    click.echo(f"outbox {outbox.name}: {plural(total, 'stub')} relayed in {elapsed:.1f}s", err=True)
 
 
 @outbox_group.command("status")
@@ -154,7 +155,7 @@ def status_cmd(db_url: str, table: str, schema: str | None, as_json: bool) -> No
     help="Delete rows published (with --mark) more than this long ago.",
 )
 def purge_cmd(db_url: str, table: str, schema: str | None, older_than: float) -> None:
-    """Delete rows a ``--mark`` relay kept after publishing."""
+    """Delete rows a '--mark' relay kept after publishing."""
     engine, outbox = _open(db_url, table, schema)
     _require_table(engine, outbox)
     removed = purge_published(engine, older_than, outbox)

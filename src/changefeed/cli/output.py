@@ -23,8 +23,11 @@ __all__ = [
     "escape",
     "human",
     "install_log_filters",
+    "plural",
     "redact",
     "redact_url",
+    "size",
+    "when",
 ]
 
 # C0 and C1 controls, DEL, line/paragraph separators and bidi overrides: each can move the
@@ -119,6 +122,30 @@ def install_log_filters(logger: logging.Logger | None = None) -> None:
             handler.addFilter(EscapingFilter())
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 stub``, ``2 stubs``: a count with its noun (regular plurals only)."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def when(ts: float) -> str:
+    """A Unix time for reading, in UTC: ``2026-12-07 15:54:06Z``; every command shows
+    times this way."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) + "Z"
+
+
+def size(n: float | None) -> str:
+    """A number of bytes for reading, in binary units (``512 B``, ``1.5 MiB``); every
+    command shows sizes this way. None (unknown) is ``-``."""
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def is_terminal(stream: Any = None) -> bool:
     """Whether ``stream`` (default stderr) is an interactive terminal."""
     stream = stream if stream is not None else sys.stderr
@@ -127,15 +154,17 @@ def is_terminal(stream: Any = None) -> bool:
 
 
 def show_text(detail: dict[str, Any]) -> str:
-    """An error-queue entry for reading: fields one per line, the stub as indented JSON
-    and the traceback as its own lines (each made human-safe), instead of one JSON string
-    with ``\\n`` and ``\\"`` in it."""
+    """An error-queue entry for reading: fields one per line (times as `when` shows them),
+    the stub as indented JSON and the traceback as its own lines (each made human-safe),
+    instead of one JSON string with ``\\n`` and ``\\"`` in it."""
     import json
 
     lines = []
     for key, value in detail.items():
         if key in ("stub", "traceback"):
             continue
+        if key.endswith("_at") and isinstance(value, int | float) and value:
+            value = when(value)
         lines.append(f"{key}: {human('-' if value is None else value)}")
     stub = detail.get("stub")
     if stub:

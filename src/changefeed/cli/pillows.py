@@ -13,9 +13,10 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from changefeed.app import NO_APP
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
-from changefeed.cli.output import escape, human, is_terminal
+from changefeed.cli.output import escape, human, is_terminal, plural, size, when
 from changefeed.cli.reindex import REBUILD_ERRORS
 from changefeed.cli.report_view import render_reports
 from changefeed.cli.supervise import check_metrics_access, run_supervised
@@ -50,9 +51,9 @@ def replication_slot_status(database_url: str, slot: str) -> dict[str, Any]:
 def pillows_cmd(ctx: click.Context) -> None:
     """List the pillows the app defines, with their topics, and its other runnables (Couch
     bridges, relays) with their kind."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     if not app.runnable_names:
-        click.echo("no pillows defined (point --app or CHANGEFEED_APP at your changefeed.App)")
+        click.echo(f"no pillows to list: {NO_APP}")
         return
     for name in app.pillow_names:
         with user_errors():
@@ -79,8 +80,9 @@ def pillows_cmd(ctx: click.Context) -> None:
 @click.option(
     "--docs",
     metavar="F",
-    help="Process exactly these documents now (ids one per line, or JSON lines of stubs); "
-    "no log read, no checkpoint moved.",
+    help="Process exactly these documents now (ids one per line, or JSON lines of stubs, "
+    "also as 'changes --json' and 'checkpoint dump-remaining' print them); no log read, no "
+    "checkpoint moved.",
 )
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus /metrics on this port."
@@ -191,7 +193,7 @@ def run_cmd(
         if progress is not None:
             progress.clear()
     elapsed = time.monotonic() - started
-    done = f"{escape(runnable.name)}: {total} changes read in {elapsed:.1f}s"
+    done = f"{escape(runnable.name)}: {plural(total, 'change')} read in {elapsed:.1f}s"
     if progress is not None:
         # Read is not done: with Elasticsearch down, 3 read can be 0 processed, 3 queued.
         done += f": {progress.processed} processed, {progress.queued} queued as errors"
@@ -266,19 +268,63 @@ class _Progress(PillowListener):
             self._shown = False
 
 
-_HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "last_progress_at", "error")
+_HEALTH_KEYS = ("runnable", "name", "kind", "state", "processed", "error", "partitions")
+_POSITION_KEYS = ("topic", "partition", "checkpoint", "head", "lag", "checkpoint_age")
+"""A runnable's partition fields: shown as rows of the table, not again on its line."""
 
 
 def _render_runnable(console: Console, row: dict[str, Any]) -> None:
-    """One line per non-pillow runnable: kind, state, and whatever detail its health adds
-    (a bridge's checkpoint, a relay's backlog)."""
+    """One line per non-pillow runnable: kind, state, then whatever detail its health adds
+    (a bridge's seq and counts, a relay's batches), as words: times as times, no
+    ``None``, no nested structures (those are in ``--json``)."""
     parts = [f"{row['runnable']} ({row.get('kind', '?')}): {row.get('state', '?')}"]
     if row.get("processed"):
         parts.append(f"processed {row['processed']}")
-    parts += [f"{key} {value}" for key, value in row.items() if key not in _HEALTH_KEYS]
+    for key, value in row.items():
+        if key in _HEALTH_KEYS or (key in _POSITION_KEYS and row.get("partitions")):
+            continue
+        shown = _detail_value(key, value)
+        if shown is not None:
+            parts.append(f"{key.replace('_', ' ')} {shown}")
     if row.get("error"):
         parts.append(f"error: {row['error']}")
     console.print(human(", ".join(parts)), markup=False)
+
+
+def _detail_value(key: str, value: Any) -> str | None:
+    """A health detail value for reading; None when there is nothing to show."""
+    if value is None or isinstance(value, dict):
+        return None
+    if isinstance(value, list):
+        if any(isinstance(item, dict | list) for item in value):
+            return None
+        return ", ".join(map(str, value)) or "none"
+    if key.endswith("_at") and isinstance(value, int | float) and not isinstance(value, bool):
+        return when(value)
+    if key.endswith("_age") and isinstance(value, int | float):
+        return f"{value:.0f}s"
+    return str(value)
+
+
+def _runnable_rows(row: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Table rows for a runnable that reports partitions like a pillow (the Couch bridge)."""
+    rows: list[tuple[str, ...]] = []
+    for p in row.get("partitions") or ():
+        if not isinstance(p, dict):
+            continue
+        age = p.get("checkpoint_age")
+        rows.append(
+            (
+                escape(row["runnable"]),
+                escape(p.get("topic", "?")),
+                str(p.get("partition", "?")),
+                "-" if p.get("checkpoint") is None else str(p["checkpoint"]),
+                "?" if p.get("head") is None else str(p["head"]),
+                "?" if p.get("lag") is None else str(p["lag"]),
+                "never" if age is None else f"{age:.0f}s",
+            )
+        )
+    return rows
 
 
 def _render(
@@ -290,9 +336,10 @@ def _render(
 ) -> None:
     console = Console()
     table = Table()
+    extra_rows = [r for row in others for r in _runnable_rows(row)]
     for column, names in (
-        ("pillow", [st.pillow for st in statuses]),
-        ("topic", [p.topic for st in statuses for p in st.partitions]),
+        ("pillow", [st.pillow for st in statuses] + [r[0] for r in extra_rows]),
+        ("topic", [p.topic for st in statuses for p in st.partitions] + [r[1] for r in extra_rows]),
     ):
         # Names are never cut: two names with one prefix must stay two names when narrow.
         width = max([len(column), *(len(escape(n)) for n in names)])
@@ -311,6 +358,8 @@ def _render(
                 str(p.lag),
                 age,
             )
+    for extra in extra_rows:
+        table.add_row(*extra)
     console.print(table)
     for st in statuses:
         console.print(
@@ -330,8 +379,8 @@ def _render(
     for slot in slots:
         if slot.get("exists"):
             console.print(
-                f"replication slot {escape(slot['replication_slot'])}: lag {slot['lag_bytes']} "
-                f"bytes, retains {slot['retained_bytes']} bytes, "
+                f"replication slot {escape(slot['replication_slot'])}: lag "
+                f"{size(slot['lag_bytes'])}, retains {size(slot['retained_bytes'])}, "
                 f"{'active' if slot['active'] else 'NOT ACTIVE'}",
                 markup=False,
             )
@@ -392,14 +441,13 @@ def status_cmd(
     message are redacted."""
     if slot_names and not cdc_db:
         raise UserError("--slot needs --cdc-db URL (or $CHANGEFEED_CDC_DB)")
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     slot_specs = [*app.replication_slots, *((cdc_db or "", name) for name in slot_names)]
     names = list(pillow_names) or app.runnable_names
     if not names and not slot_specs and not as_json:
         # An empty table looks like "all is well"; say what was (not) looked at.
         click.echo(
-            "no pillows to show: no app was given (--app or CHANGEFEED_APP) or it defines "
-            f"none; log {human(app.log_url)}, state {human(app.state_url)}"
+            f"no pillows to show: {NO_APP}; log {human(app.log_url)}, state {human(app.state_url)}"
         )
         return
     pillows: list[Pillow] = []

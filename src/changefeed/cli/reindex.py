@@ -5,12 +5,18 @@ from __future__ import annotations
 
 import click
 
+from changefeed.app import NO_APP
 from changefeed.cli.common import F, UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.pillow import Pillow
 from changefeed.processors.elastic.errors import ElasticBootstrapError
 from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
 from changefeed.rebuild import rebuild, rebuild_pending, swappable
 from changefeed.reindex import ReindexError, ReindexResult, reindex
+
+INTERRUPTED = 130
+"""Exit code of a rebuild stopped by SIGINT/SIGTERM (the shell's 128 + SIGINT): its progress
+is saved, but it did not finish, so scripts and cron must not take it for a success."""
 
 REBUILD_ERRORS = (ReindexError, ReportSchemaError, ElasticBootstrapError)
 """Errors of a rebuild that the user fixes (config, schema), reported without a traceback."""
@@ -20,12 +26,14 @@ def describe(result: ReindexResult) -> str:
     how = "resumed, " if result.resumed else ""
     if result.interrupted:
         return (
-            f"{result.job}: stopped after {result.documents} documents ({how}progress saved); "
-            f"run `changefeed reindex {result.pillow} --resume` to continue"
+            f"{result.job}: stopped after {plural(result.documents, 'document')} "
+            f"({how}progress saved); run `changefeed reindex {result.pillow} --resume` to "
+            "continue"
         )
     return (
-        f"{result.job}: {how}{result.documents} documents from the stores, "
-        f"{result.caught_up} changes replayed from the log, {result.failures} failures "
+        f"{result.job}: {how}{plural(result.documents, 'document')} from the stores, "
+        f"{plural(result.caught_up, 'change')} replayed from the log, "
+        f"{plural(result.failures, 'failure')} "
         f"(see `changefeed errors`), {result.seconds:.1f}s"
     )
 
@@ -103,6 +111,7 @@ def reindex_cmd(
             )
         if results and results[-1].interrupted:
             click.echo(f"run `changefeed reindex {pillow_name} --new-index` again", err=True)
+            ctx.exit(INTERRUPTED)
         return
     with user_errors(*REBUILD_ERRORS):
         result = reindex(
@@ -114,6 +123,8 @@ def reindex_cmd(
             show_progress=not no_progress,
         )
     click.echo(describe(result), err=True)
+    if result.interrupted:
+        ctx.exit(INTERRUPTED)
 
 
 def _mapping_changed(pillow: Pillow) -> bool:
@@ -135,12 +146,12 @@ def _mapping_changed(pillow: Pillow) -> bool:
 def bootstrap_cmd(ctx: click.Context, pillow_names: tuple[str, ...]) -> None:
     """Run the processors' one-time setup (create indexes and tables) for the given pillows,
     or all of them; a report table whose definition changed is rebuilt next to the live one
-    and swapped in (or refused, with auto_rebuild: false). ``changefeed run`` does this too
+    and swapped in (or refused, with auto_rebuild: false). 'changefeed run' does this too
     before processing."""
     app = get_app(ctx)
     names = list(pillow_names) or app.pillow_names
     if not names:
-        raise UserError("no pillows defined (point --app or CHANGEFEED_APP at your changefeed.App)")
+        raise UserError(f"nothing to bootstrap: {NO_APP}")
     for name in names:
         with user_errors(*REBUILD_ERRORS):
             pillow = app.get_pillow(name)

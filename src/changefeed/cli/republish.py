@@ -4,6 +4,7 @@ them again (after a bug fix, or for documents whose change never made it to the 
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -13,6 +14,7 @@ import click
 from changefeed.app import App
 from changefeed.change import ChangeMeta
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import escape, plural
 from changefeed.identifiers import topic_name
 from changefeed.stores.base import DocumentStore
 
@@ -127,9 +129,10 @@ def republish_cmd(
             raise UserError(f"{ids_file} lists no ids")
     else:
         ids = doc_ids
-    published = deletions = 0
+    published = 0
     unknown: list[str] = []
-    topics: set[str] = set()
+    topics: Counter[str] = Counter()
+    deletions: Counter[str] = Counter()
     for chunk in _chunks(dict.fromkeys(ids)):
         found = store.get_documents(chunk)
         metas: list[ChangeMeta] = []
@@ -137,28 +140,56 @@ def republish_cmd(
             if doc_id not in found:
                 unknown.append(doc_id)
                 continue
-            meta = stub_for(store, doc_id, found[doc_id], doc_type)
-            deletions += meta.is_deletion
-            metas.append(meta)
+            metas.append(stub_for(store, doc_id, found[doc_id], doc_type))
         if not metas:
             continue
-        if topic is not None:
-            app.publisher().publish_many((topic, m) for m in metas)
-            topics.add(topic)
-        else:
-            app.publish_many(metas)
-            topics.update(app.router.topic_for(m) for m in metas)
+        routed = [(topic or app.router.topic_for(m), m) for m in metas]
+        app.publisher().publish_many(routed)
+        topics.update(t for t, _ in routed)
+        deletions.update(t for t, m in routed if m.is_deletion)
         published += len(metas)
     if published:
         app.publisher().flush()
-    where = ", ".join(sorted(topics)) or "-"
+    where = ", ".join(f"{escape(t)} ({n})" for t, n in sorted(topics.items())) or "-"
     click.echo(
-        f"published {published} stubs from {store.data_source_type}/{store.data_source_name} "
-        f"({deletions} deletions) to {where}"
+        f"published {plural(published, 'stub')} from "
+        f"{store.data_source_type}/{store.data_source_name} "
+        f"({plural(deletions.total(), 'deletion')}) to {where}"
     )
+    for t, n in sorted(deletions.items()):
+        # A deleted document has no type to route it by: say where its stub went.
+        how = (
+            ""
+            if topic or doc_type
+            else " (a deleted document has no type: --type or --topic route it)"
+        )
+        click.echo(f"{plural(n, 'deletion')} went to {escape(t)}{how}")
+    _warn_unread(app, set(topics))
     if unknown:
         shown = ", ".join(unknown[:10]) + (
             f" (and {len(unknown) - 10} more)" if len(unknown) > 10 else ""
         )
-        click.echo(f"changefeed: error: {len(unknown)} ids unknown to the store: {shown}", err=True)
+        click.echo(
+            f"changefeed: error: {plural(len(unknown), 'id')} unknown to the store: {shown}",
+            err=True,
+        )
         ctx.exit(2)
+
+
+def _warn_unread(app: App, topics: set[str]) -> None:
+    """Warn about each topic no pillow of the app reads: its stubs wait there for pillows
+    of another deployment, if any, and this app will not process them."""
+    read: set[str] = set()
+    for name in app.pillow_names:
+        try:
+            pillow = app.get_pillow(name)
+        except Exception:  # noqa: BLE001 - the stubs are published; only the warning is lost
+            return
+        read.update(pillow.change_feed.topics)
+        pillow.change_feed.close()
+    for t in sorted(topics - read):
+        click.echo(
+            f"changefeed: warning: no pillow of this app reads topic {escape(t)!r}: its stubs "
+            "wait there for pillows elsewhere, if any",
+            err=True,
+        )

@@ -16,6 +16,7 @@ from changefeed.change import TopicPartition
 from changefeed.checkpoints import COPY, MERGE
 from changefeed.cli.checkpoint import checkpoint_group
 from changefeed.cli.common import UserError, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.pillow import Pillow
 
 
@@ -44,7 +45,7 @@ def validate_cmd(ctx: click.Context, pillows: tuple[str, ...]) -> None:
     """Exit 1 naming every pillow whose checkpoint is before the earliest offset the log
     still holds (retention removed changes it has not read) or beyond the head (wrong log
     or a topic recreated); 0 when all are readable. Run it before a deploy."""
-    app = get_app(ctx)
+    app = get_app(ctx, read_only=True)
     names = pillows or tuple(app.pillow_names)
     bad: list[str] = []
     for name in names:
@@ -135,7 +136,7 @@ def merge_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
     baseline = {tp: current.get(tp, max(offsets[tp] for _, offsets in found)) for tp in merged}
     again = sum(max(0, baseline[tp] - off) for tp, off in merged.items())
     _echo_entries(ctx, target.name, merged, f"merged from {', '.join(sources)}", MERGE)
-    click.echo(f"{again} change(s) will be processed again by {target.name}")
+    click.echo(f"{plural(again, 'change')} will be processed again by {target.name}")
 
 
 @checkpoint_group.command("dump-remaining")
@@ -144,8 +145,8 @@ def merge_cmd(ctx: click.Context, names: tuple[str, ...]) -> None:
 def dump_remaining_cmd(ctx: click.Context, pillow: str) -> None:
     """Print the changes PILLOW has not processed yet (checkpoint to head) as JSON lines:
     position, then the stub."""
+    app = get_app(ctx, read_only=True)
     p = _pillow(ctx, pillow)
-    app = get_app(ctx)
     saved = app.checkpoints.get(p.name)
     probe = p.change_feed
     partitions = probe.topic_partitions()

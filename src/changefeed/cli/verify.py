@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
@@ -14,6 +15,7 @@ from rich.console import Console
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, InvalidChangeError
 from changefeed.cli.common import UserError, cli, get_app, user_errors
+from changefeed.cli.output import plural
 from changefeed.cli.params import CHUNK, SAMPLE
 from changefeed.failures import DependencyDownError
 from changefeed.pillow import Pillow
@@ -36,7 +38,8 @@ def describe(result: VerifyResult) -> list[str]:
     """The text report: one line per processor, then the verdict."""
     how = f"a sample of {result.sample}" if result.sample is not None else "all"
     lines = [
-        f"{result.pillow}: {result.documents} documents checked ({how}) in {result.seconds:.1f}s"
+        f"{result.pillow}: {plural(result.documents, 'document')} checked ({how}) in "
+        f"{result.seconds:.1f}s"
     ]
     for report in result.processors:
         if not report.verifiable:
@@ -57,7 +60,8 @@ def describe(result: VerifyResult) -> list[str]:
         lines.append("no drift")
     elif result.unrepaired:
         hint = "" if result.repair else f"; `changefeed verify {result.pillow} --repair` fixes it"
-        lines.append(f"DRIFT: {result.unrepaired} documents differ from their stores{hint}")
+        differ = "document differs" if result.unrepaired == 1 else "documents differ"
+        lines.append(f"DRIFT: {result.unrepaired} {differ} from their stores{hint}")
     else:
         lines.append(f"repaired: all {result.drift} drifted documents now match their stores")
     return lines
@@ -156,13 +160,25 @@ def read_docs(path: Path, pillow: Pillow) -> Iterator[ChangeMeta]:
                 continue
             if line.startswith("{"):
                 try:
-                    yield ChangeMeta.from_dict(orjson.loads(line))
+                    yield ChangeMeta.from_dict(_stub_of(orjson.loads(line)))
                 except (orjson.JSONDecodeError, InvalidChangeError) as exc:
                     raise UserError(f"{path}:{number}: not a valid stub: {exc}") from None
                 continue
             if store is None:
                 store = single_store(pillow)
             yield ChangeMeta(line, store.data_source_type, store.data_source_name)
+
+
+def _stub_of(line: Any) -> Any:
+    """The stub of a JSON line: the line itself, or its ``stub`` when it is a line the CLI
+    prints (``changes --json``, ``tail``, ``checkpoint dump-remaining``: position, then the
+    stub), so their output can be handed to ``run --docs`` as it is."""
+    if isinstance(line, dict) and isinstance(line.get("stub"), dict):
+        stub = line["stub"]
+        if "invalid" in stub and "document_id" not in stub:
+            raise InvalidChangeError(f"the log holds no valid stub here ({stub['invalid']})")
+        return stub
+    return line
 
 
 def run_docs(pillow: Pillow, path: Path, *, bootstrap: bool = True) -> tuple[int, int]:
@@ -210,5 +226,5 @@ def run_docs_command(
     finally:
         _close(pillow)
     note = f", {failures} failed (see `changefeed errors`)" if failures else ""
-    click.echo(f"{pillow.name}: {done} documents processed{note}", err=True)
+    click.echo(f"{pillow.name}: {plural(done, 'document')} processed{note}", err=True)
     ctx.exit(1 if failures else 0)

@@ -40,7 +40,9 @@ class KafkaBackend(Backend):
         self.wire = config.wire
 
     @classmethod
-    def from_url(cls, url: str) -> KafkaBackend:
+    def from_url(cls, url: str, *, create: bool = True) -> KafkaBackend:
+        """``create`` is for logs that opening makes (the embedded one): opening a Kafka
+        log creates nothing either way."""
         return cls(parse_kafka_url(url))
 
     def publisher(

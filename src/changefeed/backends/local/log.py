@@ -7,6 +7,7 @@ import math
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -17,6 +18,7 @@ from changefeed.backends.local.feed import SQLiteChangeFeed
 from changefeed.backends.local.publisher import SQLitePublisher
 from changefeed.backends.local.retention import remove_expired
 from changefeed.backends.local.schema import SCHEMA
+from changefeed.db import not_created_yet
 from changefeed.identifiers import redact_url
 from changefeed.wire import WireFormat, wire_format
 
@@ -56,6 +58,10 @@ class SQLiteLog(Backend):
     query options ``partitions`` (for auto-created topics, 1..10000), ``retention_seconds``
     (positive), ``retention_count`` (per partition, at least 1), ``synchronous`` (``normal``
     or ``full``) and ``wire`` (the stub format publishers write: ``changefeed`` or ``hq``).
+
+    ``create=False`` opens a file that does not exist yet as an empty log held in memory,
+    creating nothing on disk: commands that only look (``changefeed status``) must not leave
+    a log behind where a user merely asked.
     """
 
     def __init__(
@@ -68,6 +74,7 @@ class SQLiteLog(Backend):
         synchronous: str = "normal",
         wire: WireFormat | str | None = None,
         url: str | None = None,
+        create: bool = True,
     ) -> None:
         partition_count(partitions)
         if synchronous.lower() not in ("normal", "full"):
@@ -79,12 +86,22 @@ class SQLiteLog(Backend):
         self.synchronous = synchronous.upper()
         self.wire = wire_format(wire)
         self.url = url or f"sqlite:///{self.path}"
+        self._in_memory: str | None = None
+        self._keeper: sqlite3.Connection | None = None
+        if not create and not_created_yet(self.path):
+            # A shared in-memory database lives while one connection to it is open.
+            self._in_memory = (
+                f"file:changefeed-empty-log-{uuid.uuid4().hex}?mode=memory&cache=shared"
+            )
+            self._keeper = self.connect()
+            self._keeper.executescript(SCHEMA)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.connect() as conn:
             conn.executescript(SCHEMA)
 
     @classmethod
-    def from_url(cls, url: str) -> SQLiteLog:
+    def from_url(cls, url: str, *, create: bool = True) -> SQLiteLog:
         parts = urlsplit(url)
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
@@ -106,11 +123,16 @@ class SQLiteLog(Backend):
                 synchronous=query.get("synchronous", "normal"),
                 wire=query.get("wire"),
                 url=url,
+                create=create,
             )
         except ValueError as exc:
             raise ValueError(f"bad sqlite log URL {redact_url(url)!r}: {exc}") from None
 
     def connect(self) -> sqlite3.Connection:
+        if self._in_memory is not None:
+            return sqlite3.connect(
+                self._in_memory, isolation_level=None, check_same_thread=False, uri=True
+            )
         conn = sqlite3.connect(
             self.path, timeout=60.0, isolation_level=None, check_same_thread=False
         )
@@ -118,6 +140,11 @@ class SQLiteLog(Backend):
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=60000")
         return conn
+
+    def close(self) -> None:
+        if self._keeper is not None:  # the empty in-memory log goes with it
+            self._keeper.close()
+            self._keeper = None
 
     def publisher(self, *, wire: WireFormat | str | None = None) -> SQLitePublisher:
         """A publisher writing ``wire`` (None: the URL's ``wire=``, else ``changefeed``)."""

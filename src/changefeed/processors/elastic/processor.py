@@ -79,9 +79,9 @@ class ElasticProcessor(BulkProcessor):
         sleep: Callable[[float], None] | None = None,
         name: str | None = None,
     ) -> None:
-        self._owns_client = isinstance(client, str)
-        # Our own backoff does the retrying, so a client we make does not retry on its own.
-        self.client = Elasticsearch(client, max_retries=0) if isinstance(client, str) else client
+        self._url = client if isinstance(client, str) else None
+        self._owns_client = self._url is not None
+        self._client = None if isinstance(client, str) else client
         self.alias = index_name(alias, "alias name")
         self.mappings = dict(mappings or {})
         self.settings = dict(settings or {})
@@ -107,6 +107,17 @@ class ElasticProcessor(BulkProcessor):
     @property
     def name(self) -> str:
         return self._name
+
+    @property
+    def client(self) -> Elasticsearch:
+        """The client; one made from a URL is made on first use, and again after `close`:
+        the docs make a processor once per module and the CLI builds a pillow around it more
+        than once in one command (a mapping check, then the reindex), closing each."""
+        if self._client is None:
+            assert self._url is not None
+            # Our own backoff does the retrying, so a client we make does not retry on its own.
+            self._client = Elasticsearch(self._url, max_retries=0)
+        return self._client
 
     def spec_hash(self) -> str:
         """Short hash of settings and mappings: a changed mapping gets a new index name."""
@@ -163,6 +174,7 @@ class ElasticProcessor(BulkProcessor):
         """A processor like this one that writes straight into ``index`` (not through the
         alias), to fill a new index before `swap_alias`."""
         other = copy.copy(self)
+        other._client = self.client  # shared, never closed by the writer
         other.alias = index
         other.require_alias = False
         other._owns_client = False
@@ -297,5 +309,6 @@ class ElasticProcessor(BulkProcessor):
                 self.client.options(ignore_status=404).clear_scroll(scroll_id=scroll_id)
 
     def close(self) -> None:
-        if self._owns_client:
-            self.client.close()
+        if self._owns_client and self._client is not None:
+            self._client.close()
+            self._client = None
