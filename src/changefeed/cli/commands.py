@@ -95,9 +95,12 @@ COMMANDS: dict[str, LazyCommand] = {
     "status": LazyCommand(
         ("pillows",),
         (
-            "Per partition: checkpoint, head, lag and checkpoint age; error counts; the state of "
-            "the other runnables (Couch bridges, relays); the lag of the app's watched CDC "
-            "replication slots; error-queue entries of pillows no longer in the app (orphaned)."
+            "Per partition: checkpoint, head, lag and checkpoint age; error counts; the data "
+            "sources of report pillows (ReportTablesProcessor: counts per state, the ones not "
+            "live, the slowest data sources and domains; with --json every data source, under "
+            '"reports"); the state of the other runnables (Couch bridges, relays); the lag of '
+            "the app's watched CDC replication slots; error-queue entries of pillows no longer "
+            "in the app (orphaned)."
         ),
     ),
     "supervise": LazyCommand(

@@ -75,6 +75,20 @@ def test_the_most_selective_property_is_indexed() -> None:
     assert ROUTER.candidates({"domain": "b", "doc_type": "case"}) == ["everything", "b"]
 
 
+def test_a_shared_clause_does_not_hide_the_selective_one() -> None:
+    # HQ's shape: every data source says doc_type == "CommCareCase" and its own domain.
+    # Counting clauses would tie the two properties; counting distinct values picks domain.
+    router = Router(
+        (
+            {"type": "and", "filters": [eq("doc_type", "CommCareCase"), eq("domain", f"d{i}")]},
+            f"d{i}",
+        )
+        for i in range(50)
+    )
+    assert router.properties == ["domain"]
+    assert router.candidates({"domain": "d7", "doc_type": "CommCareCase"}) == ["d7"]
+
+
 @pytest.mark.parametrize(
     ("doc", "reached"),
     [

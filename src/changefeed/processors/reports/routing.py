@@ -91,10 +91,13 @@ class Router(Generic[T]):
 
     def __init__(self, entries: Iterable[tuple[object, T]]) -> None:
         pairs = [(indexable_clauses(spec), value) for spec, value in entries]
-        distinct: Counter[str] = Counter()
+        # Distinct values, not clauses: every data source of a thousand may say
+        # doc_type == "case" (one value, useless to look up) and domain == its own.
+        seen: dict[str, set[Hashable]] = {}
         for clauses, _ in pairs:
             for prop, values in clauses:
-                distinct[prop] += len(values)
+                seen.setdefault(prop, set()).update(values)
+        distinct = Counter({prop: len(values) for prop, values in seen.items()})
         self._index: dict[str, dict[Hashable, list[T]]] = {}
         self._unindexed: list[T] = []
         self._everything: list[T] = []

@@ -16,11 +16,11 @@ size) after the fastest bulk load the server has. SQLite gets an ``executemany``
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
@@ -48,7 +48,8 @@ class TableWriter:
         )
         self._upsert_stmt = self._pg_upsert() if self.postgres else None
         self._sql: tuple[tuple[str, str], tuple[str, str]] | None = None
-        self._names = table.c.keys()
+        # Plain str: orjson takes no str subclass (SQLAlchemy's quoted_name) as a key.
+        self._names = [str(c.name) for c in table.columns]
 
     @property
     def copies(self) -> bool:
@@ -272,9 +273,11 @@ def _write_all(conn: sa.Connection, writes: list[TableWrite]) -> None:
 
 
 def _dumps(value: Any) -> str:
-    """JSON for `jsonb_populate_recordset`: dates, datetimes and decimals as their text
-    (which the column types read back); NaN refused (not JSON)."""
-    return json.dumps(value, default=str, allow_nan=False, separators=(",", ":"))
+    """JSON for `jsonb_populate_recordset`: dates and datetimes in ISO form, decimals as
+    their text (which the column types read back). orjson, since this runs for every table
+    a batch touches, on the thread that holds up the pillow; it writes NaN and the
+    infinities as null (JSON has no such numbers)."""
+    return orjson.dumps(value, default=str).decode()
 
 
 def _isolated(engine: sa.Engine, writes: list[TableWrite]) -> dict[str, BaseException]:
