@@ -23,7 +23,7 @@ from changefeed.processors.reports import (
     SQLDataSourceProvider,
     StateStore,
 )
-from changefeed.processors.reports.states import BACKFILLING, LIVE, REMOVED
+from changefeed.processors.reports.states import BACKFILLING, LIVE, QUARANTINED, REMOVED
 from changefeed.rebuild import rebuilding
 from changefeed.stores.sql import SQLDocumentStore
 from tests._cli import ROOT
@@ -205,3 +205,33 @@ def cf_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
     )
+
+
+def test_enabled_while_stopped_back_fills_what_the_quarantine_skipped(
+    world: World, tmp_path: Path
+) -> None:
+    world.provider.add(source("a"))
+    world.save("d000", {"domain": "a", "owner": "o0", "age": 0})
+    assert cf_run(tmp_path, "--once").returncode == 0
+    assert world.rows("report_cases_a") == world.expected("a")
+    # quarantined (as after failing batches), then written to while no pillow runs
+    store = StateStore(world.engine)
+    store.set_state("cases-a", QUARANTINED, "table dropped")
+    assert cf_run(tmp_path, "--once").returncode == 0  # starts quarantined: skipped
+    for i in range(1, 30):
+        world.save(f"d{i:03d}", {"domain": "a", "owner": f"o{i}", "age": i})
+    assert cf_run(tmp_path, "--once").returncode == 0
+    assert world.rows("report_cases_a") == {("d000", "o0", 0)}
+    enabled = subprocess.run(
+        [sys.executable, "-m", "changefeed", "reports", "enable", "cases-a"],
+        env=cf_env(tmp_path),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert enabled.returncode == 0, enabled.stderr
+    done = cf_run(tmp_path, "--once")  # the pillow was stopped when it was enabled
+    assert done.returncode == 0, done.stderr
+    assert world.states()["cases-a"] == LIVE
+    assert world.rows("report_cases_a") == world.expected("a")

@@ -90,4 +90,4 @@ def test_enable_lifts_a_quarantine_only(app: App) -> None:
     generation = processor.states.generation()
     enable_data_source(pillow, "cases-b")
     stored: SourceState = processor.states.read()["cases-b"]
-    assert stored.state == LIVE and processor.states.generation() == generation + 1
+    assert stored.state == BACKFILLING and processor.states.generation() == generation + 1

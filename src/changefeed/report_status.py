@@ -12,7 +12,7 @@ from typing import Any
 
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportTablesProcessor, SourceCounters, SourceState
-from changefeed.processors.reports.states import LIVE, QUARANTINED, STATES
+from changefeed.processors.reports.states import QUARANTINED, STATES
 from changefeed.processors.reports.usage import UsageStore
 from changefeed.status import redacted
 
@@ -116,8 +116,8 @@ class NotQuarantinedError(ValueError):
 
 def enable_data_source(pillow: Pillow, name: str) -> None:
     """Lift the quarantine of data source ``name`` of ``pillow`` as ``changefeed reports
-    enable`` does: its stored state becomes live and a reload is requested, so the running
-    processor back-fills what it skipped. `KeyError` when the pillow has no such data
+    enable`` does: its stored state becomes back-filling and a reload is requested, so the
+    pillow back-fills what it skipped, now if it runs, else when it starts. `KeyError` when the pillow has no such data
     source, `NotQuarantinedError` when it is not quarantined."""
     for processor in pillow.processors:
         if not isinstance(processor, ReportTablesProcessor):
@@ -128,7 +128,6 @@ def enable_data_source(pillow: Pillow, name: str) -> None:
             continue
         if state.state != QUARANTINED:
             raise NotQuarantinedError(f"data source {name!r} is {state.state}, not quarantined")
-        store.set_state(name, LIVE)
-        store.request_reload()
+        store.request_backfill(name)
         return
     raise KeyError(name)

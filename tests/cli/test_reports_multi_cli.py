@@ -117,7 +117,7 @@ def test_enable_and_reload(workdir: Path, capsys: pytest.CaptureFixture[str]) ->
     before = store.generation()
     code, out, _ = run(capsys, "reports", "enable", "a")
     assert code == 0 and "enabled a" in out
-    assert store.read()["a"].state == LIVE and store.generation() == before + 1
+    assert store.read()["a"].state == BACKFILLING and store.generation() == before + 1
     code, out, _ = run(capsys, "reports", "reload")
     assert code == 0 and store.generation() == before + 2
 

@@ -74,11 +74,11 @@ def test_enable_is_a_same_origin_json_request(ran: tuple[Site, Pillow]) -> None:
         done = client.post("/api/reports/enable", json=body, headers=same)
         assert done.status_code == 200 and done.json() == {"enabled": "cases-b", "pillow": PILLOW}
         assert client.post("/api/reports/enable", json=body, headers=same).status_code == 409
-    # As `changefeed reports enable` leaves it: live in the database and a reload
+    # As `changefeed reports enable` leaves it: back-filling in the database and a reload
     # requested, which the running processor acts on at its next poll: it back-fills b.
     processor = pillow.processors[0]
     assert isinstance(processor, ReportTablesProcessor)
-    assert processor.states.read()["cases-b"].state == LIVE
+    assert processor.states.read()["cases-b"].state == BACKFILLING
     processor.refresh()  # what its next poll does (the test app polls hourly)
     states = {s.name: s.state for s in processor.data_source_states()}
     assert states["cases-b"] == BACKFILLING

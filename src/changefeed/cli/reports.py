@@ -22,7 +22,7 @@ from changefeed.processors.reports import (
     StateStore,
     load_data_source,
 )
-from changefeed.processors.reports.states import BACKFILLING, LIVE, QUARANTINED
+from changefeed.processors.reports.states import BACKFILLING, QUARANTINED
 from changefeed.rebuild import rebuild
 
 P = TypeVar("P")
@@ -221,8 +221,7 @@ def enable_cmd(ctx: click.Context, name: str) -> None:
                 continue
             if state.state != QUARANTINED:
                 raise UserError(f"data source {name!r} is {state.state}, not quarantined")
-            store.set_state(name, LIVE)
-            store.request_reload()
+            store.request_backfill(name)
             click.echo(f"enabled {name}: it is back-filled, then written again")
             return
     raise UserError(f"no data source {name!r} known to the reports databases")
@@ -273,8 +272,7 @@ def _request_rebuild(app: App, name: str) -> bool:
                         f"data source {name!r} is quarantined ({state.reason}): "
                         f"`changefeed reports enable {name}` back-fills it"
                     )
-                multi.states.set_state(name, BACKFILLING)
-                multi.states.request_reload()
+                multi.states.request_backfill(name)
                 click.echo(
                     f"rebuild of {name} requested: pillow {pillow} back-fills it into a shadow "
                     "table and swaps it in while it runs (see `changefeed reports list`)",

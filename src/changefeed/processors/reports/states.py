@@ -172,6 +172,16 @@ class StateStore:
             value = conn.execute(sa.select(t.c.value).where(t.c.key == RELOAD)).scalar()
         return int(value or 0)
 
+    def request_backfill(self, name: str) -> bool:
+        """Mark a data source to be back-filled and ask running processors to look
+        (``reports rebuild``, ``reports enable``): a running pillow starts at once, and one
+        that is stopped finds the state when it starts, so what a quarantined data source
+        skipped is filled in either way. False when the data source is unknown."""
+        if not self.set_state(name, BACKFILLING):
+            return False
+        self.request_reload()
+        return True
+
     def request_reload(self) -> int:
         """Bump the reload generation: running processors re-read their data sources."""
         self.create()
