@@ -104,15 +104,15 @@ def is_integration(item: pytest.Item) -> bool:
     }:
         return True
     function = getattr(item, "function", None)
-    if function is not None and _starts_server(function, set()):
+    if function is not None and _starts_server(function, function.__module__, set()):
         return True
     return item.nodeid.split("::")[0] in INTEGRATION_MODULES
 
 
-def _starts_server(function: Any, seen: set[int]) -> bool:
+def _starts_server(function: Any, home: str, seen: set[int]) -> bool:
     """Whether `function` names one of `SERVER_NAMES` or a server class of
-    ``changefeed.testing``, itself, in its nested functions, or in a test helper (a function
-    of a ``tests`` module) it calls by name."""
+    ``changefeed.testing``, itself, in its nested functions, or in a helper it calls by name
+    (a function of the test's module `home` or of the ``tests`` package)."""
     code = getattr(function, "__code__", None)
     if not isinstance(code, CodeType) or id(code) in seen:
         return False
@@ -125,8 +125,9 @@ def _starts_server(function: Any, seen: set[int]) -> bool:
         found = scope.get(name)
         if isinstance(found, type) and issubclass(found, (LocalServer, PostgresServer)):
             return True
-        in_tests = getattr(found, "__module__", "").startswith("tests.")
-        if in_tests and callable(found) and _starts_server(found, seen):
+        module = getattr(found, "__module__", None) or ""
+        helper = module == home or module.startswith("tests.")
+        if helper and callable(found) and _starts_server(found, home, seen):
             return True
     return False
 
@@ -195,9 +196,14 @@ _PATCHES: list[tuple[Any, str, Callable[[Callable[..., Any]], Callable[..., Any]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """Install the guards once; they act only while a unit test is set up and run."""
+    """Install the guards once (a session run inside a test finds them in place); they act
+    only while a unit test is set up and run."""
     for owner, name, wrap in _PATCHES:
-        setattr(owner, name, wrap(getattr(owner, name)))
+        original = getattr(owner, name)
+        if not getattr(original, "tier_guard", False):
+            guarded = wrap(original)
+            guarded.tier_guard = True  # type: ignore[attr-defined]
+            setattr(owner, name, guarded)
 
 
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any]) -> None:
