@@ -5,6 +5,7 @@ a port or a server fixture fails even when it swallows the error."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -33,20 +34,29 @@ def db_url(request):
 
 
 @pytest.fixture
-def session(pytester: pytest.Pytester) -> Iterator[pytest.Pytester]:
-    """A pytester whose sessions load the tier plugin, with this test's guard state put back
-    afterwards (the inner session shares the plugin module with this one)."""
+def session(pytester: pytest.Pytester) -> pytest.Pytester:
+    """A pytester with the conftest above; its sessions load the tier plugin."""
     pytester.makeconftest(CONFTEST)
+    return pytester
+
+
+@contextmanager
+def inner_session() -> Iterator[None]:
+    """Around a session run inside this test: it shares the plugin module, so this test's
+    guard is put back afterwards, with nothing refused on its account."""
     active = tiers._Guard.active
-    yield pytester
-    tiers._Guard.active = active
-    tiers._Guard.refused.clear()
+    try:
+        yield
+    finally:
+        tiers._Guard.active = active
+        tiers._Guard.refused.clear()
 
 
 def tiers_of(pytester: pytest.Pytester, source: str) -> dict[str, set[str]]:
     """The tier markers each test of `source` gets."""
     pytester.makepyfile(test_tiered=source)
-    items, _ = pytester.inline_genitems(*PLUGINS)
+    with inner_session():
+        items, _ = pytester.inline_genitems(*PLUGINS)
     names = {"unit", "integration", "slow"}
     return {item.name: {m.name for m in item.iter_markers()} & names for item in items}
 
@@ -120,7 +130,8 @@ def test_nothing_of_the_kind():
     assert sum([1, 2]) == 3
 """
     )
-    result = session.inline_run(*PLUGINS, "-m", "unit")
+    with inner_session():
+        result = session.inline_run(*PLUGINS, "-m", "unit")
     passed, _, failed = result.listoutcomes()
     assert [r.nodeid.split("::")[1] for r in passed] == ["test_nothing_of_the_kind"]
     reasons = {r.nodeid.split("::")[1]: str(r.longrepr) for r in failed}

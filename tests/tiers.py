@@ -78,8 +78,8 @@ supervisor's children, in classes of the package)."""
 
 _MARKERS = (
     "unit: starts no server, no process, listens on no port (selected by -m unit)",
-    "integration: talks to a real server or starts processes (alias: slow)",
-    "slow: the older name of integration; -m 'not slow' is the unit tier",
+    "integration: talks to a real server or starts processes (alias: slow, whose "
+    "description is in pyproject.toml; -m 'not slow' is the unit tier)",
 )
 
 
