@@ -108,6 +108,14 @@ def test_a_unit_test_that_swallows_the_guards_error_still_fails(
         test_sneaky="""
 import os
 import socket
+import sys
+from subprocess import run as go  # out of the rule's sight: the guard must catch it
+
+def test_process():
+    try:
+        go([sys.executable, "-c", "pass"])
+    except Exception:
+        pass
 
 def test_shell():
     try:
@@ -135,7 +143,8 @@ def test_nothing_of_the_kind():
     passed, _, failed = result.listoutcomes()
     assert [r.nodeid.split("::")[1] for r in passed] == ["test_nothing_of_the_kind"]
     reasons = {r.nodeid.split("::")[1]: str(r.longrepr) for r in failed}
-    assert sorted(reasons) == ["test_listener", "test_server_by_name", "test_shell"]
+    assert sorted(reasons) == ["test_listener", "test_process", "test_server_by_name", "test_shell"]
+    assert "starting a process in a unit test" in reasons["test_process"]
     assert "starting a shell in a unit test" in reasons["test_shell"]
     assert "listening on a TCP port in a unit test" in reasons["test_listener"]
     assert "the server fixture 'postgres_server'" in reasons["test_server_by_name"]
