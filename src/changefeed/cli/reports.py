@@ -171,7 +171,7 @@ def _sql_provider(app: App, pillow: str | None) -> tuple[str, SQLDataSourceProvi
 @click.pass_context
 def add_cmd(ctx: click.Context, file: Path, pillow: str | None) -> None:
     """Add a data source (or replace the one of its name) to the table a pillow reads its
-    data sources from; running pillows pick it up at once (as after `reports reload`)."""
+    data sources from; running pillows pick it up at once (as after changefeed reports reload)."""
     name, provider = _sql_provider(get_app(ctx), pillow)
     with user_errors(ReportConfigError, SQLAlchemyError):
         config = provider.add(file)
@@ -186,7 +186,7 @@ def add_cmd(ctx: click.Context, file: Path, pillow: str | None) -> None:
 @click.pass_context
 def remove_cmd(ctx: click.Context, name: str, pillow: str | None) -> None:
     """Remove a data source from the table a pillow reads its data sources from; its report
-    table is kept (dropped by a processor made with ``drop_removed=True``)."""
+    table is kept (dropped by a processor made with drop_removed=True)."""
     pillow_name, provider = _sql_provider(get_app(ctx), pillow)
     with user_errors(SQLAlchemyError):
         removed = provider.remove(name)
@@ -231,7 +231,7 @@ def enable_cmd(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def reload_cmd(ctx: click.Context) -> None:
     """Make running pillows read their data sources again now (not only every
-    ``refresh_interval``)."""
+    refresh_interval)."""
     stores = _state_stores(get_app(ctx))
     if not stores:
         raise UserError("no pillow has a ReportTablesProcessor")
