@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any
 
 from changefeed.clock import SYSTEM_CLOCK, Clock
