@@ -25,7 +25,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 from changefeed.backends.kafka import KafkaBackend
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow
 from changefeed.processors import NoopProcessor
 from changefeed.testing.servers import NoidaServer
 
@@ -55,7 +55,11 @@ def run_pillow(
     name = f"bench-{round_no}"
     feed = backend.change_feed([topic], client_id=name, idle_timeout=1.0)
     pillow = Pillow(
-        name, feed, NoopProcessor(), checkpoints=CheckpointStore(state), batch_size=batch_size
+        name,
+        feed,
+        NoopProcessor(),
+        checkpoints=CheckpointStore(state),
+        batching=BatchPolicy(batch_size),
     )
     start, cpu = time.perf_counter(), time.process_time()
     read = pillow.run(forever=False)

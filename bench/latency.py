@@ -34,7 +34,7 @@ from pathlib import Path
 from changefeed.backends import Backend, Publisher, open_backend
 from changefeed.change import Change, ChangeMeta
 from changefeed.checkpoints import CheckpointStore
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow
 from changefeed.processors import BulkProcessor, ChangeFailure, NoopProcessor
 from changefeed.testing.servers import NoidaServer
 
@@ -80,8 +80,12 @@ def pillow_process(
     feed = backend.change_feed([topic], client_id=f"latency-{os.getpid()}")
     recorder = LatencyRecorder(expected, out)
     pillow = Pillow(
-        "latency", feed, recorder, checkpoints=CheckpointStore(state), adaptive=adaptive
-    )  # default batch_size and max_wait
+        "latency",
+        feed,
+        recorder,
+        checkpoints=CheckpointStore(state),
+        batching=BatchPolicy(adaptive=adaptive),  # default batch_size and max_wait
+    )
     recorder.pillow = pillow
     pillow.run(forever=True)
     out.send(recorder.latencies)
@@ -147,7 +151,11 @@ def throughput(
     """(changes per wall-clock second, changes per CPU second of this process)"""
     feed = backend.change_feed([topic], client_id=name)
     pillow = Pillow(
-        name, feed, NoopProcessor(), checkpoints=CheckpointStore(state), adaptive=adaptive
+        name,
+        feed,
+        NoopProcessor(),
+        checkpoints=CheckpointStore(state),
+        batching=BatchPolicy(adaptive=adaptive),
     )
     start, cpu = time.perf_counter(), time.process_time()
     read = pillow.run(forever=False)

@@ -1,6 +1,6 @@
 """The one backoff policy's arithmetic, and the two places that spend it by count: the error
 queue's retry schedule and a sink's bounded retries inside a batch. Unit tests: no server,
-no sleeping (a sink's waits are recorded instead of slept)."""
+no sleeping (a sink's waits are recorded by a fake clock instead of slept)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from changefeed.backoff import DEPENDENCY_BACKOFF, Backoff
 from changefeed.errors import RetryPolicy
 from changefeed.processors.backoff import SINK_BACKOFF, SinkRetrier, SinkUnavailableError
+from changefeed.testing.clock import FakeClock
 
 
 def test_delay_doubles_from_the_base_and_stops_at_the_cap() -> None:
@@ -90,8 +91,8 @@ def test_an_error_queue_that_never_retries_has_no_retries_left() -> None:
 
 
 def test_a_sink_retries_transient_errors_with_the_backoff_then_gives_up() -> None:
-    waits: list[float] = []
-    retrier = SinkRetrier("search", Backoff(base=0.5, factor=2.0, cap=1.5, retries=3), waits.append)
+    clock = FakeClock()
+    retrier = SinkRetrier("search", Backoff(base=0.5, factor=2.0, cap=1.5, retries=3), clock)
     calls: list[int] = []
 
     def refused() -> None:
@@ -101,12 +102,12 @@ def test_a_sink_retries_transient_errors_with_the_backoff_then_gives_up() -> Non
     with pytest.raises(SinkUnavailableError, match="search unavailable after 4 attempts"):
         retrier.call(refused, lambda exc: isinstance(exc, ConnectionError))
     assert len(calls) == 4  # the first try and three retries
-    assert waits == [0.5, 1.0, 1.5]
+    assert clock.sleeps == [0.5, 1.0, 1.5]
 
 
 def test_a_sink_that_recovers_returns_the_result_after_the_waits_so_far() -> None:
-    waits: list[float] = []
-    retrier = SinkRetrier("cache", Backoff(base=0.1, retries=5), waits.append)
+    clock = FakeClock()
+    retrier = SinkRetrier("cache", Backoff(base=0.1, retries=5), clock)
     answers: Iterator[Exception | str] = iter([TimeoutError("slow"), TimeoutError("slow"), "ok"])
 
     def flaky() -> str:
@@ -116,29 +117,29 @@ def test_a_sink_that_recovers_returns_the_result_after_the_waits_so_far() -> Non
         return answer
 
     assert retrier.call(flaky, lambda exc: isinstance(exc, TimeoutError)) == "ok"
-    assert waits == [0.1, 0.2]
+    assert clock.sleeps == [0.1, 0.2]
 
 
 def test_a_sink_raises_errors_that_are_not_transient_at_once() -> None:
-    waits: list[float] = []
-    retrier = SinkRetrier("cache", Backoff(retries=5), waits.append)
+    clock = FakeClock()
+    retrier = SinkRetrier("cache", Backoff(retries=5), clock)
 
     def wrong() -> None:
         raise KeyError("bad request")
 
     with pytest.raises(KeyError):
         retrier.call(wrong, lambda exc: isinstance(exc, ConnectionError))
-    assert waits == []
+    assert clock.sleeps == []
 
 
 def test_after_giving_up_a_sink_fails_fast_until_the_next_batch() -> None:
-    waits: list[float] = []
-    retrier = SinkRetrier("search", Backoff(base=1.0, retries=1), waits.append)
+    clock = FakeClock()
+    retrier = SinkRetrier("search", Backoff(base=1.0, retries=1), clock)
     with pytest.raises(SinkUnavailableError):
         retrier.next_try(1, "503 from the server")
     with pytest.raises(SinkUnavailableError, match="503 from the server"):
         retrier.fail_fast()
-    assert waits == []
+    assert clock.sleeps == []
     retrier.begin_batch()
     retrier.fail_fast()  # a new batch gets a fresh chance
 

@@ -15,31 +15,24 @@ from changefeed.checkpoints import (
     current_actor,
     history_table,
 )
+from changefeed.testing.clock import FakeClock
 
 TP0 = TopicPartition("form", 0)
 TP1 = TopicPartition("form", 1)
 TP2 = TopicPartition("case", 0)
 
 
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def store(db_url: str, clock: Clock) -> CheckpointStore:
+def store(db_url: str, clock: FakeClock) -> CheckpointStore:
     return CheckpointStore(db_url, clock=clock)
 
 
-def test_commit_and_get(store: CheckpointStore, clock: Clock) -> None:
+def test_commit_and_get(store: CheckpointStore, clock: FakeClock) -> None:
     assert store.get("p") == {}
     store.commit("p", {TP0: 10, TP1: 3})
     clock.now = 1005.0
@@ -54,7 +47,7 @@ def test_commit_and_get(store: CheckpointStore, clock: Clock) -> None:
     assert store.history("p") == []
 
 
-def test_set_records_who_when_and_old_value(store: CheckpointStore, clock: Clock) -> None:
+def test_set_records_who_when_and_old_value(store: CheckpointStore, clock: FakeClock) -> None:
     store.commit("p", {TP0: 10})
     clock.now = 2000.0
     entries = store.set("p", {TP0: 0, TP1: 5}, reason="replay everything", changed_by="alice")

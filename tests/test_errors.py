@@ -13,27 +13,19 @@ from changefeed import errors
 from changefeed.backoff import DEPENDENCY_BACKOFF
 from changefeed.change import Change, ChangeMeta
 from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy
+from changefeed.testing.clock import FakeClock
 from tests._cli import cf, recorder_env
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
 
 POLICY = RetryPolicy(base_delay=10.0, factor=2.0, max_delay=35.0, max_attempts=4)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> ErrorQueue:
+def queue(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> ErrorQueue:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path}/state.db"
     else:
@@ -74,7 +66,7 @@ def test_add_stores_everything_needed_to_retry(queue: ErrorQueue) -> None:
     assert queue.get(rec.id + 100) is None
 
 
-def test_same_document_and_processor_updates_entry(queue: ErrorQueue, clock: Clock) -> None:
+def test_same_document_and_processor_updates_entry(queue: ErrorQueue, clock: FakeClock) -> None:
     queue.add("p", change(offset=1, version=1), "indexer", fail("first"))
     clock.now = 1001.0
     queue.add("p", change(offset=9, version=2), "indexer", fail("second"))
@@ -104,7 +96,7 @@ def test_invalid_stubs_are_never_merged(queue: ErrorQueue) -> None:
     assert sorted(r.stub for r in queue.list()) == [b"junk-1", b"junk-2"]
 
 
-def test_due_respects_next_attempt(queue: ErrorQueue, clock: Clock) -> None:
+def test_due_respects_next_attempt(queue: ErrorQueue, clock: FakeClock) -> None:
     queue.add("p", change("a"), "proc", fail())
     clock.now = 1005.0
     queue.add("p", change("b"), "proc", fail())
@@ -116,7 +108,7 @@ def test_due_respects_next_attempt(queue: ErrorQueue, clock: Clock) -> None:
     assert len(queue.due("p", limit=1)) == 1
 
 
-def test_backoff_then_parking_at_max_attempts(queue: ErrorQueue, clock: Clock) -> None:
+def test_backoff_then_parking_at_max_attempts(queue: ErrorQueue, clock: FakeClock) -> None:
     queue.add("p", change(), "proc", fail())
     rec = queue.list()[0]
     seen = []
@@ -148,7 +140,7 @@ def test_resolve_removes_entry(queue: ErrorQueue) -> None:
     assert [r.document_id for r in queue.list()] == ["b"]
 
 
-def test_make_due_operator_retry(queue: ErrorQueue, clock: Clock) -> None:
+def test_make_due_operator_retry(queue: ErrorQueue, clock: FakeClock) -> None:
     queue.add("p", change("a"), "proc", fail(), retryable=False)
     queue.add("p", change("b"), "proc", fail())
     queue.add("q", change("c"), "proc", fail(), retryable=False)
@@ -186,7 +178,7 @@ def test_counts_and_list_filters(queue: ErrorQueue) -> None:
     assert [r.document_id for r in queue.list(after_id=first[0].id)] == ["b", "c"]
 
 
-def test_purge(queue: ErrorQueue, clock: Clock) -> None:
+def test_purge(queue: ErrorQueue, clock: FakeClock) -> None:
     queue.add("p", change("a"), "proc", fail(), retryable=False)
     clock.now = 2000.0
     queue.add("p", change("b"), "proc", fail())

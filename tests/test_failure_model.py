@@ -26,11 +26,12 @@ from changefeed.change import Change, ChangeMeta
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import NAME_CHARS, PARKED, ErrorQueue, RetryPolicy
 from changefeed.failures import INVALID_STUB, DependencyDownError
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow, RetrySettings
 from changefeed.processors import BulkProcessor, ChangeFailure, Processor
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.registry import DocumentStoreRegistry
 from changefeed.stores.sql import SQLDocumentStore
+from changefeed.testing.clock import FakeClock
 
 TOPIC = "docs"
 
@@ -78,7 +79,8 @@ class Env:
         self.stores = DocumentStoreRegistry()
         self.stores.register(self.store)
         self.publisher = self.log.publisher()
-        self.sleeps: list[float] = []
+        self.clock = FakeClock()
+        """The pillows' time: their backoff sleeps are recorded, not slept."""
         self.published = 0
 
     def save(self, doc_id: str, data: dict[str, Any] | None = None) -> None:
@@ -102,11 +104,9 @@ class Env:
         self,
         processors: Processor | Sequence[Processor],
         error_queue: ErrorQueue | None = None,
+        batch_size: int = 500,
         **options: Any,
     ) -> Pillow:
-        options.setdefault("batch_size", 500)
-        options.setdefault("max_wait", 60.0)
-        options.setdefault("sleep", self.sleeps.append)
         return Pillow(
             "fault-pillow",
             self.log.change_feed([TOPIC], idle_timeout=0.1),
@@ -114,6 +114,8 @@ class Env:
             checkpoints=self.checkpoints,
             error_queue=error_queue or self.errors,
             document_stores=self.stores,
+            batching=BatchPolicy(batch_size, max_wait=60.0),
+            clock=self.clock,
             **options,
         )
 
@@ -181,7 +183,7 @@ def test_unstorable_input_is_queued_and_the_pillow_goes_on(env: Env, case: str) 
     assert "before" in recorder.processed and "after" in recorder.processed
     (entry,) = env.errors.list()
     assert len(entry.processor) <= NAME_CHARS and "\x00" not in entry.message
-    assert env.sleeps == []
+    assert env.clock.sleeps == []
     # A second run (a restart) neither crashes nor adds the entry again.
     env.pillow([Recorder(), failing]).run(forever=False)
     assert len(env.errors.list()) == 1
@@ -200,7 +202,7 @@ def test_bad_documents_are_queued_alone_without_backoff(env: Env, bad_count: int
             env.save(bad[i])
     recorder = Recorder(bad=bad)
     env.pillow(recorder).run(forever=False)
-    assert env.sleeps == []  # no batch backoff
+    assert env.clock.sleeps == []  # no batch backoff
     assert sorted(recorder.processed) == sorted(good)  # in the same run
     entries = env.errors.list(limit=1000)
     assert sorted(e.document_id for e in entries) == sorted(bad)  # once each
@@ -240,7 +242,7 @@ def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
         # Batches of two: the two bad documents make a batch of their own, which every
         # change of fails alike (what used to freeze the pillow for five minutes).
         env.pillow(report, batch_size=2).run(forever=False)
-        assert env.sleeps == []  # not taken for an outage
+        assert env.clock.sleeps == []  # not taken for an outage
         entries = env.errors.list()
         assert sorted(e.document_id for e in entries) == ["bad-0", "bad-1"]
         assert all("DataError" in e.error_type or "out of range" in e.message for e in entries)
@@ -263,7 +265,7 @@ def test_sink_outage_backs_off_and_loses_nothing(env: Env, batch_size: int) -> N
     recorder = Recorder()
     recorder.down = 3
     env.pillow(recorder, batch_size=batch_size).run(forever=False)
-    assert len(env.sleeps) == 3 and env.sleeps == sorted(env.sleeps)
+    assert len(env.clock.sleeps) == 3 and env.clock.sleeps == sorted(env.clock.sleeps)
     assert env.errors.list() == []
     assert sorted(recorder.processed) == [f"doc-{i}" for i in range(5)]
     assert env.checkpoint() == 5
@@ -283,7 +285,7 @@ def test_non_object_document_is_queued_with_a_reason(env: Env, value: object) ->
     (entry,) = env.errors.list()
     assert entry.document_id == "odd" and "not a JSON object" in entry.message
     assert recorder.processed == ["fine"]
-    assert env.sleeps == []
+    assert env.clock.sleeps == []
 
 
 # -- item 8: a late deletion for a re-created document -----------------------------------
@@ -353,7 +355,7 @@ def test_retries_by_hand_that_fail_again_leave_what_cannot_succeed_parked(env: E
     env.errors.make_due(ids=ids)
     assert pillow.runner.retry_errors(ids=ids) == (0, 2)
     env.errors.make_due("fault-pillow")
-    assert pillow.runner.retry_errors(now=env.errors.clock()) == (0, 2)
+    assert pillow.runner.retry_errors(now=env.errors.clock.time()) == (0, 2)
     after = env.errors.list()
     assert [(e.status, e.attempts, e.next_attempt_at) for e in after] == [(PARKED, 3, None)] * 2
 
@@ -387,16 +389,10 @@ def test_error_queue_down_backs_off_instead_of_crashing(env: Env) -> None:
     env.save("good")
     dead = ErrorQueue("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     recorder = Recorder(bad=["bad-1"])
-    pillow: Pillow | None = None
-
-    def sleep(seconds: float) -> None:
-        env.sleeps.append(seconds)
-        if len(env.sleeps) == 3 and pillow is not None:
-            pillow.stop()
-
-    pillow = env.pillow(recorder, error_queue=dead, sleep=sleep, max_batch_retries=None)
+    pillow = env.pillow(recorder, error_queue=dead, retries=RetrySettings(max_batch_retries=None))
+    env.clock.on_sleep = lambda _s: pillow.stop() if len(env.clock.sleeps) == 3 else None
     pillow.run(forever=False)
-    assert env.sleeps == sorted(env.sleeps) and len(env.sleeps) == 3
+    assert env.clock.sleeps == sorted(env.clock.sleeps) and len(env.clock.sleeps) == 3
     assert env.checkpoint() == 0  # nothing skipped: the batch is replayed later
     health = pillow.health()
     assert "error queue" in str(health.error)

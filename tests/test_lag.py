@@ -11,19 +11,7 @@ from changefeed.app import App
 from changefeed.change import ChangeMeta, TopicPartition
 from changefeed.lag import LagThrottle, LagTimeoutError
 from changefeed.processors.base import NoopProcessor
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from changefeed.testing.clock import FakeClock
 
 
 @pytest.fixture
@@ -41,8 +29,8 @@ def publish(app: App, topic: str, n: int) -> None:
 
 def test_no_wait_below_threshold(app: App) -> None:
     publish(app, "case", 5)
-    t = FakeTime()
-    throttle = LagThrottle(app, ["cases"], max_lag=5, clock=t.clock, sleep=t.sleep)
+    t = FakeClock(0.0)
+    throttle = LagThrottle(app, ["cases"], max_lag=5, clock=t)
     assert throttle.lag() == 5
     assert throttle.wait() == 0.0
     with throttle:
@@ -52,10 +40,8 @@ def test_no_wait_below_threshold(app: App) -> None:
 
 def test_times_out_while_lag_stays_high(app: App) -> None:
     publish(app, "case", 10)
-    t = FakeTime()
-    throttle = LagThrottle(
-        app, ["cases"], max_lag=3, poll_interval=0.5, timeout=2.0, clock=t.clock, sleep=t.sleep
-    )
+    t = FakeClock(0.0)
+    throttle = LagThrottle(app, ["cases"], max_lag=3, poll_interval=0.5, timeout=2.0, clock=t)
     with pytest.raises(LagTimeoutError, match="above 3"):
         throttle.wait()
     assert sum(t.sleeps) == pytest.approx(2.0)
@@ -67,15 +53,8 @@ def test_resumes_when_the_pillow_catches_up(app: App) -> None:
     publish(app, "case", 10)
     publish(app, "form", 2)
     pillow = app.get_pillow("cases")
-    t = FakeTime()
-
-    def sleep_while_pillow_runs(seconds: float) -> None:
-        t.sleep(seconds)
-        pillow.run(forever=False)
-
-    throttle = LagThrottle(
-        app, ["cases", "forms"], max_lag=4, clock=t.clock, sleep=sleep_while_pillow_runs
-    )
+    t = FakeClock(0.0, on_sleep=lambda _s: pillow.run(forever=False))
+    throttle = LagThrottle(app, ["cases", "forms"], max_lag=4, clock=t)
     assert throttle.lags() == {"cases": 10, "forms": 2}
     waited = throttle.wait()
     assert waited == pytest.approx(throttle.poll_interval)
@@ -84,10 +63,8 @@ def test_resumes_when_the_pillow_catches_up(app: App) -> None:
 
 def test_lag_reads_are_cached(app: App) -> None:
     publish(app, "case", 3)
-    t = FakeTime()
-    throttle = LagThrottle(
-        app, ["cases"], max_lag=10, cache_seconds=1.0, clock=t.clock, sleep=t.sleep
-    )
+    t = FakeClock(0.0)
+    throttle = LagThrottle(app, ["cases"], max_lag=10, cache_seconds=1.0, clock=t)
     for _ in range(50):
         throttle.wait()
     assert throttle.reads == 1
@@ -101,20 +78,17 @@ def test_lag_reads_are_cached(app: App) -> None:
 def test_hysteresis_waits_for_resume_lag(app: App) -> None:
     publish(app, "case", 10)
     pillow = app.get_pillow("cases")
-    t = FakeTime()
-    runs = []
 
-    def sleep(seconds: float) -> None:
-        t.sleep(seconds)
-        runs.append(seconds)
-        if len(runs) == 1:  # some progress: lag 5, under max_lag but over resume_lag
+    def progress(_seconds: float) -> None:
+        if len(t.sleeps) == 1:  # some progress: lag 5, under max_lag but over resume_lag
             app.checkpoints.commit("cases", {TopicPartition("case", 0): 5})
         else:
             pillow.run(forever=False)
 
-    throttle = LagThrottle(app, [pillow], max_lag=8, resume_lag=0, clock=t.clock, sleep=sleep)
+    t = FakeClock(0.0, on_sleep=progress)
+    throttle = LagThrottle(app, [pillow], max_lag=8, resume_lag=0, clock=t)
     throttle.wait()
-    assert len(runs) == 2
+    assert len(t.sleeps) == 2
     assert throttle.lag() == 0
 
 

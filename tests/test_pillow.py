@@ -23,10 +23,19 @@ from changefeed.backends.local import SQLiteLog
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import FETCH, INVALID_STUB, PARKED, PENDING, ErrorQueue, RetryPolicy
-from changefeed.pillow import BatchReport, DependencyDownError, Pillow, PillowListener, stride
+from changefeed.pillow import (
+    BatchPolicy,
+    BatchReport,
+    DependencyDownError,
+    Pillow,
+    PillowListener,
+    RetrySettings,
+    stride,
+)
 from changefeed.processors import BulkProcessor, ChangeFailure, FunctionProcessor, Processor
 from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
 from changefeed.stores.base import Fetched
+from changefeed.testing.clock import FakeClock
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPIC = "events"
@@ -113,7 +122,8 @@ class Env:
         self.log = SQLiteLog(tmp_path / "log.db")
         self.log.admin().create_topic(TOPIC, partitions)
         self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
-        self.now = 1000.0
+        self.clock = FakeClock()
+        """The pillow's and the error queue's time; the pillow's backoff sleeps move it."""
         self.errors = ErrorQueue(
             self.checkpoints.engine, RetryPolicy(base_delay=10, max_attempts=3), clock=self.clock
         )
@@ -121,10 +131,6 @@ class Env:
         self.docs = CountingStore("docs")
         self.stores.register(self.docs)
         self.publisher = self.log.publisher()
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
 
     def change(self, doc_id: str, data: dict[str, Any] | None = None, store: str = "docs") -> None:
         """Save (or delete, with data None) a document and publish its change."""
@@ -136,10 +142,9 @@ class Env:
             ChangeMeta(doc_id, "memory", store, version=version, is_deletion=data is None),
         )
 
-    def pillow(self, processors: Processor | Sequence[Processor], **options: Any) -> Pillow:
-        options.setdefault("batch_size", 100)
-        options.setdefault("max_wait", 5.0)
-        options.setdefault("sleep", self.sleeps.append)
+    def pillow(
+        self, processors: Processor | Sequence[Processor], batch_size: int = 100, **options: Any
+    ) -> Pillow:
         return Pillow(
             "test-pillow",
             self.log.change_feed([TOPIC], idle_timeout=0.1),
@@ -147,6 +152,7 @@ class Env:
             checkpoints=self.checkpoints,
             error_queue=self.errors,
             document_stores=self.stores,
+            batching=BatchPolicy(batch_size, max_wait=5.0),
             clock=self.clock,
             **options,
         )
@@ -160,16 +166,6 @@ def env(tmp_path: Path) -> Iterator[Env]:
     e = Env(tmp_path)
     yield e
     e.publisher.close()
-
-
-class FakeClock:
-    """The pillow's batching clock, moved by the script instead of by sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class ScriptedFeed(ChangeFeed):
@@ -189,7 +185,7 @@ class ScriptedFeed(ChangeFeed):
     ) -> Iterator[Change | None]:
         for item in self.script:
             if isinstance(item, float):
-                self.clock.now += item
+                self.clock.advance(item)
             else:
                 yield item
 
@@ -233,8 +229,7 @@ def test_partial_batch_flushes_after_max_wait(tmp_path: Path) -> None:
         feed,
         proc,
         checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
-        batch_size=100,
-        max_wait=0.1,
+        batching=BatchPolicy(100, max_wait=0.1),
         clock=feed.clock,
     )
     pillow.run(forever=True)
@@ -245,7 +240,9 @@ def test_idle_sentinel_flushes_partial_batch(tmp_path: Path) -> None:
     proc = Collect(needs_documents=False)
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/s.db")
     feed = ScriptedFeed([stub_change(0), stub_change(1), None, None, stub_change(2)])
-    pillow = Pillow("p", feed, proc, checkpoints=checkpoints, batch_size=100, max_wait=60)
+    pillow = Pillow(
+        "p", feed, proc, checkpoints=checkpoints, batching=BatchPolicy(100, max_wait=60)
+    )
     pillow.run(forever=True)
     assert [[i for i, _ in b] for b in proc.batches] == [["d0", "d1"], ["d2"]]
     assert checkpoints.get("p") == {TopicPartition(TOPIC, 0): 3}
@@ -381,12 +378,12 @@ def test_stale_read_is_retried_and_never_processed_with_old_data(env: Env) -> No
     env.docs.stale_for["a"] = 1  # the first fetch returns version 1 (a lagging replica)
     proc = Collect()
     env.docs.fetches.clear()
-    env.pillow(proc, stale_read_retries=2).run(forever=False)
+    env.pillow(proc).run(forever=False)
     processed_a = [doc for batch in proc.batches for doc_id, doc in batch if doc_id == "a"]
     assert processed_a == [{"_id": "a", "_version": 2, "n": 2}]  # never version 1
     assert sorted(proc.ids) == ["a", "b"]
     assert env.docs.fetches[1:] == [["a"]]  # only the stale document is read again
-    assert env.sleeps == [0.05]  # one re-read, after the injected sleep
+    assert env.clock.sleeps == [0.05]  # one re-read, after the injected sleep
     assert env.errors.list() == []
 
 
@@ -397,7 +394,7 @@ def test_persistent_stale_read_goes_to_error_queue(env: Env) -> None:
     env.change("b", {"n": 1})
     env.docs.stale_for["a"] = 100
     proc = Collect()
-    env.pillow(proc, stale_read_retries=2).run(forever=False)
+    env.pillow(proc).run(forever=False)
     assert proc.ids == ["b"]
     (err,) = env.errors.list()
     assert (err.document_id, err.processor) == ("a", FETCH)
@@ -440,7 +437,7 @@ def test_whole_batch_failing_backs_off_and_retries(env: Env) -> None:
     pillow = env.pillow(FunctionProcessor(flaky, name="search"))
     pillow.listeners.append(reports)
     pillow.run(forever=False)
-    assert env.sleeps == [1.0, 2.0]  # exponential backoff, injected sleep
+    assert env.clock.sleeps == [1.0, 2.0]  # exponential backoff, injected sleep
     assert reports.down == [1.0, 2.0]
     assert reports.batches[0].retries == 2
     assert calls[-5:] == [f"d{i}" for i in range(5)]
@@ -453,8 +450,8 @@ def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> N
         env.change(f"d{i}", {"i": i})
     env.docs.down = True
     proc = Collect()
-    env.pillow(proc, max_batch_retries=2).run(forever=False)
-    assert env.sleeps == [1.0, 2.0]
+    env.pillow(proc, retries=RetrySettings(max_batch_retries=2)).run(forever=False)
+    assert env.clock.sleeps == [1.0, 2.0]
     assert proc.ids == []
     errors = env.errors.list()
     assert sorted(e.document_id for e in errors) == ["d0", "d1", "d2"]
@@ -465,16 +462,13 @@ def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> N
 def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
     env.change("a", {"n": 1})
     env.change("b", {"n": 1})
-    pillows: list[Pillow] = []
 
-    # An operator stops the pillow while it waits for the dependency to come back.
     def unreachable(change: Change) -> None:
         raise ConnectionError("sink unreachable")
 
-    pillow = env.pillow(
-        FunctionProcessor(unreachable, name="broken"), sleep=lambda _: pillows[0].stop()
-    )
-    pillows.append(pillow)
+    pillow = env.pillow(FunctionProcessor(unreachable, name="broken"))
+    # An operator stops the pillow while it waits for the dependency to come back.
+    env.clock.on_sleep = lambda _s: pillow.stop()
     pillow.run(forever=False)
     assert env.checkpoint() == {}
     assert env.errors.list() == []
@@ -513,15 +507,15 @@ def test_retry_errors_backoff_then_park_then_operator_retry(env: Env) -> None:
     (err,) = env.errors.list()
     assert (err.attempts, err.next_attempt_at) == (1, 1010.0)
     assert pillow.retry_errors() == (0, 0)  # not due yet
-    env.now = 1010.0
+    env.clock.now = 1010.0
     assert pillow.retry_errors() == (0, 1)
     (err,) = env.errors.list()
     assert (err.attempts, err.status, err.next_attempt_at) == (2, PENDING, 1030.0)
-    env.now = 1030.0
+    env.clock.now = 1030.0
     assert pillow.retry_errors() == (0, 1)
     (err,) = env.errors.list()
     assert (err.attempts, err.status) == (3, PARKED)  # max_attempts=3
-    env.now = 99999.0
+    env.clock.now = 99999.0
     assert pillow.retry_errors() == (0, 0)
     # The operator fixes the cause and retries parked changes: processed with current data.
     env.docs.save("bad", {"n": 2})
@@ -602,8 +596,7 @@ def test_a_group_pillow_leaves_its_group_however_it_stops(tmp_path: Path, ending
         feed,
         proc,
         checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
-        batch_size=2,
-        max_wait=60,
+        batching=BatchPolicy(2, max_wait=60),
     )
     if ending == "stopped":
         pillow.listeners.append(
@@ -650,7 +643,7 @@ def test_topic_created_after_start_is_read(tmp_path: Path) -> None:
         log.change_feed(["late"], idle_timeout=0.05),
         proc,
         checkpoints=CheckpointStore(f"sqlite:///{tmp_path}/s.db"),
-        max_wait=0.05,
+        batching=BatchPolicy(max_wait=0.05),
     )
     pillow.partition_check_interval = 0.05
     pillow.listeners.append(

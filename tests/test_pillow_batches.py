@@ -10,8 +10,9 @@ from changefeed.backends.base import ChangeFeed, ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import ErrorQueue
-from changefeed.pillow import BatchReport, Pillow, PillowListener
+from changefeed.pillow import BatchPolicy, BatchReport, Pillow, PillowListener
 from changefeed.processors import BulkProcessor, ChangeFailure
+from changefeed.testing.clock import FakeClock
 
 TOPIC = "events"
 
@@ -87,7 +88,9 @@ def run(
     proc = Record()
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state-{batched}-{stop}.db")
     feed = ListFeed(script, batched)
-    pillow = Pillow("p", feed, proc, checkpoints=checkpoints, batch_size=batch_size, max_wait=60)
+    pillow = Pillow(
+        "p", feed, proc, checkpoints=checkpoints, batching=BatchPolicy(batch_size, max_wait=60)
+    )
     if stop:
         proc.stop_after = (pillow, stop)
     total = pillow.run(forever=True)
@@ -166,7 +169,9 @@ def test_where_the_feed_stands_is_the_checkpoint_once_its_whole_list_is_in(
         def on_batch(self, pillow: Pillow, report: BatchReport) -> None:
             seen.append(dict(report.checkpoint))
 
-    pillow = Pillow("p", ListFeed([listed]), Record(), checkpoints=checkpoints, batch_size=3)
+    pillow = Pillow(
+        "p", ListFeed([listed]), Record(), checkpoints=checkpoints, batching=BatchPolicy(3)
+    )
     pillow.listeners.append(Watch())
     assert pillow.run(forever=True) == 4
     assert seen == [{TopicPartition(TOPIC, 0): 3}, ends]
@@ -205,10 +210,8 @@ def run_adaptive(
         Feed([]),
         proc,
         checkpoints=checkpoints,
-        batch_size=100,
-        max_wait=60,
-        clock=lambda: 1000.0,
-        adaptive=adaptive,
+        batching=BatchPolicy(100, max_wait=60, adaptive=adaptive),
+        clock=FakeClock(),
     )
     pillow.run(forever=True)
     return proc, asked

@@ -18,10 +18,18 @@ import pytest
 from changefeed.backends.base import ChangeFeed, ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import RETENTION, CheckpointStore
-from changefeed.pillow import PIPELINE_ENV, BatchReport, DependencyDownError, Pillow, PillowListener
+from changefeed.pillow import (
+    PIPELINE_ENV,
+    BatchPolicy,
+    BatchReport,
+    DependencyDownError,
+    Pillow,
+    PillowListener,
+)
 from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
 from changefeed.stores.base import Fetched
+from changefeed.testing.clock import FakeClock
 
 TOPIC = "events"
 TP = TopicPartition(TOPIC, 0)
@@ -153,15 +161,14 @@ class Rig:
         self.registry.register(self.store)
         self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
         self.items = items if items is not None else script()
-        self.sleeps: list[float] = []
+        self.clock = FakeClock()
         self.processor = Apply(self.checkpoints)
         self.pillow = self.make()
 
     def make(self, **kwargs: Any) -> Pillow:
         options: dict[str, Any] = {
-            "batch_size": 2,
-            "max_wait": 60,
-            "sleep": self.sleeps.append,
+            "batching": BatchPolicy(2, max_wait=60),
+            "clock": self.clock,
             "pipeline": True,
         }
         options.update(kwargs)
@@ -249,7 +256,7 @@ def test_a_store_down_while_fetching_the_next_batch_fails_that_batch_in_its_turn
 
     # Batch 1 was not affected: applied and checkpointed before batch 2 failed.
     assert downs == [("(fetch) memory/docs", {TP: 2}, 1)]
-    assert len(rig.sleeps) == 1
+    assert len(rig.clock.sleeps) == 1
     assert rig.processor.batches == BATCHES
     assert rig.checkpoints.get("p") == {TP: 6}
     # Batch 2 was fetched again on retry, and batch 3 only after that: fetches stay in log
@@ -428,4 +435,4 @@ def test_nothing_is_prepared_for_a_batch_whose_fetch_failed(tmp_path: Path) -> N
     assert rig.processor.batches == BATCHES
     assert rig.processor.got == BATCHES
     assert len(rig.processor.prepared_on) == 3  # not for the failed fetch
-    assert rig.sleeps  # backed off
+    assert rig.clock.sleeps  # backed off

@@ -17,7 +17,13 @@ if TYPE_CHECKING:
     from changefeed.change import Change, ChangeMeta, InvalidChangeError, TopicPartition
     from changefeed.checkpoints import CheckpointStore
     from changefeed.errors import ErrorQueue, RetryPolicy
-    from changefeed.pillow import ConstructedPillow, Pillow, PillowListener
+    from changefeed.pillow import (
+        BatchPolicy,
+        ConstructedPillow,
+        Pillow,
+        PillowListener,
+        RetrySettings,
+    )
     from changefeed.processors import (
         BulkProcessor,
         ChangeFailure,
@@ -39,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "BatchPolicy",
     "BulkProcessor",
     "Change",
     "ChangeFailure",
@@ -62,6 +69,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "RetryPolicy",
+    "RetrySettings",
     "SQLDocumentStore",
     "TopicPartition",
     "TopicRouter",
@@ -86,9 +94,11 @@ _WHERE = {
     "CheckpointStore": "changefeed.checkpoints",
     "ErrorQueue": "changefeed.errors",
     "RetryPolicy": "changefeed.errors",
+    "BatchPolicy": "changefeed.pillow",
     "ConstructedPillow": "changefeed.pillow",
     "Pillow": "changefeed.pillow",
     "PillowListener": "changefeed.pillow",
+    "RetrySettings": "changefeed.pillow",
     "BulkProcessor": "changefeed.processors",
     "ChangeFailure": "changefeed.processors",
     "FunctionProcessor": "changefeed.processors",

@@ -13,7 +13,8 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from dataclasses import fields
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -23,7 +24,7 @@ from changefeed.checkpoints import CheckpointStore
 from changefeed.db import not_created_yet
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.identifiers import object_name
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow, RetrySettings
 from changefeed.processors.base import Processor
 from changefeed.runner import Runnable
 from changefeed.stores.registry import DocumentStoreRegistry
@@ -37,6 +38,9 @@ NO_APP = "no app was given (--app or CHANGEFEED_APP) or it defines no pillows"
 
 PillowFactory = Callable[["App"], Pillow]
 RunnableFactory = Callable[["App"], Runnable]
+
+
+_Settings = TypeVar("_Settings", BatchPolicy, RetrySettings)
 
 
 class ConfigError(ValueError):
@@ -203,11 +207,18 @@ class App:
         feed_options: dict[str, Any] | None = None,
         **options: Any,
     ) -> Pillow:
-        """A pillow on this app's log, checkpoints, error queue and document stores."""
-        options.setdefault("retry_policy", self.retry_policy)
+        """A pillow on this app's log, checkpoints, error queue and document stores.
+
+        ``options`` go to `Pillow`; the fields of its settings may be given one by one, as
+        pillowtop users write them: ``batch_size``, ``max_wait``, ``adaptive`` make its
+        `BatchPolicy` (or pass ``batching=``), and ``retry_policy`` (default: the app's),
+        ``max_batch_retries``, ``batch_backoff``, ``stale_read_retries``,
+        ``stale_read_delay`` its `RetrySettings` (or pass ``retries=``)."""
+        batching = _settings(BatchPolicy, "batching", options)
+        retries = _settings(RetrySettings, "retries", options, retry_policy=self.retry_policy)
         feed_options = dict(feed_options or {})
         feed_options.setdefault("client_id", name)
-        feed_options.setdefault("idle_timeout", min(1.0, options.get("max_wait", 1.0)))
+        feed_options.setdefault("idle_timeout", min(1.0, batching.max_wait))
         return Pillow(
             name,
             self.change_feed(topics, **feed_options),
@@ -215,6 +226,8 @@ class App:
             checkpoints=self.checkpoints,
             error_queue=self.error_queue,
             document_stores=self.document_stores,
+            batching=batching,
+            retries=retries,
             **options,
         )
 
@@ -331,3 +344,19 @@ def load_app(spec: str | None) -> App:
     if not isinstance(app, App):
         raise ConfigError(f"{spec} is not a changefeed.App (got {type(app).__name__})")
     return app
+
+
+def _settings(
+    kind: type[_Settings], keyword: str, options: dict[str, Any], **defaults: Any
+) -> _Settings:
+    """The ``keyword=`` settings object from ``options``, or one made of its fields given
+    one by one (taken out of ``options``); not both."""
+    loose = {f.name: options.pop(f.name) for f in fields(kind) if f.name in options}
+    given = options.pop(keyword, None)
+    if given is None:
+        return kind(**{**defaults, **loose})
+    if loose:
+        raise TypeError(f"pass either {keyword}= or {', '.join(loose)}, not both")
+    if not isinstance(given, kind):
+        raise TypeError(f"{keyword} must be a {kind.__name__}")
+    return given

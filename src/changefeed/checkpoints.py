@@ -15,7 +15,6 @@ from __future__ import annotations
 import getpass
 import os
 import socket
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -23,6 +22,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 
 from changefeed.change import TopicPartition
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.db import create_tables, make_engine, upsert
 
 metadata = sa.MetaData()
@@ -188,7 +188,7 @@ def _rows(pillow: str, offsets: Mapping[TopicPartition, int], now: float) -> lis
 
 
 class CheckpointStore:
-    def __init__(self, engine: sa.Engine | str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, engine: sa.Engine | str, clock: Clock = SYSTEM_CLOCK) -> None:
         self.engine = make_engine(engine)
         self.clock = clock
         self._created = False
@@ -258,7 +258,7 @@ class CheckpointStore:
         if not offsets:
             return {}
         self.create()
-        now = self.clock()
+        now = self.clock.time()
         known = self._known.setdefault(pillow, {})
         stmt = self._commit_statement()
         t = checkpoints_table
@@ -325,7 +325,7 @@ class CheckpointStore:
         """Save an opaque position with ``position``, the changes read up to it, which is
         also the partition's offset (what ``changefeed status`` shows)."""
         self.create()
-        now = self.clock()
+        now = self.clock.time()
         row = {**_rows(pillow, {tp: position}, now)[0], "seq": seq, "seq_offset": position}
         with self.engine.begin() as conn:
             upsert(conn, checkpoints_table, [row], ["pillow", "topic", "partition"])
@@ -386,7 +386,7 @@ class CheckpointStore:
             raise ValueError(f"unknown checkpoint history kind {kind!r}")
         self.create()
         actor = changed_by or current_actor()
-        now = self.clock()
+        now = self.clock.time()
         t, h = checkpoints_table, history_table
         entries = []
         with self.engine.begin() as conn:
@@ -494,7 +494,7 @@ class CheckpointStore:
                         partition=tp.partition,
                         old_offset=row.new_offset,
                         new_offset=None,
-                        changed_at=self.clock(),
+                        changed_at=self.clock.time(),
                         changed_by=changed_by or current_actor(),
                         reason=f"undo #{entry_id}",
                         kind=UNDO,
@@ -507,7 +507,7 @@ class CheckpointStore:
                 tp,
                 row.new_offset,
                 None,
-                self.clock(),
+                self.clock.time(),
                 changed_by or current_actor(),
                 f"undo #{entry_id}",
                 UNDO,

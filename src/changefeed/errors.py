@@ -9,8 +9,7 @@ The table, the bounds on what is written to it and its migration are `errors_sch
 from __future__ import annotations
 
 import builtins
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import sqlalchemy as sa
 
 from changefeed.backoff import Backoff
 from changefeed.change import Change
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.db import create_tables, make_engine
 from changefeed.errors_schema import (
     ID_CHARS,
@@ -147,7 +147,7 @@ class ErrorQueue:
         self,
         engine: sa.Engine | str,
         policy: RetryPolicy | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.engine = make_engine(engine)
         self.policy = policy or RetryPolicy()
@@ -188,7 +188,7 @@ class ErrorQueue:
             return
         self.create()
         policy = policy or self.policy
-        now = self.clock()
+        now = self.clock.time()
         t = errors_table
         pillow = bounded(pillow)
         with self.engine.begin() as conn:
@@ -252,7 +252,7 @@ class ErrorQueue:
         the sink refuses) parks it at once, as when it was first queued, so a manual retry
         that fails again does not put it back on the retry schedule."""
         policy = policy or self.policy
-        now = self.clock()
+        now = self.clock.time()
         attempts = record.attempts + 1
         parked = not retryable or attempts >= policy.max_attempts
         with self.engine.begin() as conn:
@@ -276,7 +276,7 @@ class ErrorQueue:
     def due(self, pillow: str, limit: int = 500, now: float | None = None) -> list[ErrorRecord]:
         self.create()
         t = errors_table
-        when = self.clock() if now is None else now
+        when = self.clock.time() if now is None else now
         query = (
             self._select()
             .where((t.c.pillow == pillow) & (t.c.status == PENDING) & (t.c.next_attempt_at <= when))
@@ -369,7 +369,7 @@ class ErrorQueue:
         kept, so a retry that fails again counts, and parks the entry again at the max."""
         self.create()
         t = errors_table
-        stmt = t.update().values(status=PENDING, next_attempt_at=self.clock())
+        stmt = t.update().values(status=PENDING, next_attempt_at=self.clock.time())
         if pillow is not None:
             stmt = stmt.where(t.c.pillow == pillow)
         if ids is not None:
@@ -400,7 +400,7 @@ class ErrorQueue:
         if status is not None:
             stmt = stmt.where(t.c.status == status)
         if older_than is not None:
-            stmt = stmt.where(t.c.created_at < self.clock() - older_than)
+            stmt = stmt.where(t.c.created_at < self.clock.time() - older_than)
         if not_pillows is not None:
             stmt = stmt.where(t.c.pillow.not_in(not_pillows))
         with self.engine.begin() as conn:

@@ -17,12 +17,12 @@ nothing from the application layer but the small `LagSource` it declares.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from changefeed.checkpoints import CheckpointStore, partition_lag
+from changefeed.clock import SYSTEM_CLOCK, Clock
 
 if TYPE_CHECKING:
     from changefeed.pillow import Pillow
@@ -66,8 +66,7 @@ class LagThrottle:
         cache_seconds: float = 1.0,
         poll_interval: float = 0.5,
         timeout: float | None = 60.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         if max_lag < 0:
             raise ValueError("max_lag must be >= 0")
@@ -83,7 +82,6 @@ class LagThrottle:
         self.poll_interval = poll_interval
         self.timeout = timeout
         self.clock = clock
-        self.sleep = sleep
         self._lag: dict[str, int] = {}
         self._read_at: float | None = None
         self.reads = 0
@@ -93,7 +91,7 @@ class LagThrottle:
 
     def lags(self, fresh: bool = False) -> dict[str, int]:
         """Lag per pillow, read at most once per ``cache_seconds`` unless ``fresh``."""
-        now = self.clock()
+        now = self.clock.monotonic()
         if fresh or self._read_at is None or now - self._read_at >= self.cache_seconds:
             checkpoints = self.app.checkpoints
             self._lag = {p.name: pillow_lag(checkpoints, p) for p in self._pillows}
@@ -116,9 +114,9 @@ class LagThrottle:
         limit = self.timeout if timeout is None else timeout
         if not self.over():
             return 0.0
-        started = self.clock()
+        started = self.clock.monotonic()
         while True:
-            waited = self.clock() - started
+            waited = self.clock.monotonic() - started
             if limit is not None and waited >= limit:
                 self.waited += waited
                 lags = ", ".join(f"{k}={v}" for k, v in sorted(self._lag.items()))
@@ -128,9 +126,9 @@ class LagThrottle:
             step = self.poll_interval
             if limit is not None:
                 step = min(step, max(0.0, limit - waited))
-            self.sleep(step)
+            self.clock.sleep(step)
             if self.lag(fresh=True) <= self.resume_lag:
-                waited = self.clock() - started
+                waited = self.clock.monotonic() - started
                 self.waited += waited
                 return waited
 

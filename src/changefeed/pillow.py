@@ -14,17 +14,20 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from changefeed import gctune
-from changefeed.backends.base import ChangeFeed, ChangeList, next_offsets_of
+from changefeed.backends.base import ChangeFeed, ChangeList
 from changefeed.backoff import DEPENDENCY_BACKOFF, Backoff
-from changefeed.batch import BatchReport, BatchRunner, latest_per_document
+from changefeed.batch import BatchReport, BatchRunner
+from changefeed.batch_buffer import DEFAULT_BATCHING, BatchBuffer, BatchPolicy, Cut
 from changefeed.change import Change, TopicPartition
 from changefeed.checkpoints import CheckpointStore
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.failures import DependencyDownError
 from changefeed.identifiers import object_name
-from changefeed.pipeline import Cut, Pipeline, PipelinedConsumption
+from changefeed.pipeline import Pipeline
 from changefeed.processors.base import Processor
 from changefeed.runner import Health, stride
 from changefeed.stores.base import DocumentStore
@@ -32,11 +35,13 @@ from changefeed.stores.fetch import DocumentFetcher
 from changefeed.stores.registry import DocumentStoreRegistry
 
 __all__ = [
+    "BatchPolicy",
     "BatchReport",
     "ConstructedPillow",
     "DependencyDownError",
     "Pillow",
     "PillowListener",
+    "RetrySettings",
     "stride",
 ]
 
@@ -58,15 +63,30 @@ class PillowListener:
         """A batch failed as a whole; the pillow sleeps ``delay`` and retries."""
 
 
-class Pillow(PipelinedConsumption):
+@dataclass(frozen=True, slots=True)
+class RetrySettings:
+    """How a pillow retries: documents in the error queue (``retry_policy``; None: the
+    queue's own), whole batches while a dependency is down (``batch_backoff``, at most
+    ``max_batch_retries`` times; None retries until it is back), and stale reads from a
+    document store (``stale_read_retries`` more reads, ``stale_read_delay`` apart)."""
+
+    retry_policy: RetryPolicy | None = None
+    max_batch_retries: int | None = 10
+    batch_backoff: Backoff = DEPENDENCY_BACKOFF
+    stale_read_retries: int = 2
+    stale_read_delay: float = 0.05
+
+
+DEFAULT_RETRIES = RetrySettings()
+
+
+class Pillow:
     """A named subscriber: a change feed, processors and a checkpoint.
 
     ``ConstructedPillow`` is the same class, under the name users of pillowtop know.
 
-    Batching is adaptive: while the feed has a backlog, batches fill up to ``batch_size``;
-    once a read reaches the end of the log, what is in hand is processed at once, so a
-    change at low load waits milliseconds, not ``max_wait`` (which stays an upper bound).
-    ``adaptive=False`` waits for a full batch, ``max_wait`` or an idle feed (for comparison).
+    ``batching`` (`BatchPolicy`) says when the batch in hand is due: full, ``max_wait``
+    passed, or (adaptive, the default) as soon as a read caught up with the log.
 
     Pipelining (``pipeline``): a reader thread reads and fetches batch N+1 while the main
     thread runs the processors of batch N, so the database's and Python's waits overlap.
@@ -78,9 +98,12 @@ class Pillow(PipelinedConsumption):
     both batches.
 
     A batch whose dependency is down is retried with backoff (1 s doubling to 60 s) up to
-    ``max_batch_retries`` times (about five minutes with the default 10); then its changes go
-    to the error queue as pending, so an outage cannot stall the pillow forever. ``None``
-    retries until the dependency is back.
+    ``retries.max_batch_retries`` times (about five minutes with the default 10); then its
+    changes go to the error queue as pending, so an outage cannot stall the pillow forever.
+    ``None`` retries until the dependency is back (`RetrySettings`).
+
+    ``clock`` gives batching, health, backoff sleeps and the default error queue their time;
+    a test passes a `changefeed.testing.clock.FakeClock` so that nothing waits.
     """
 
     scalable = True
@@ -95,17 +118,10 @@ class Pillow(PipelinedConsumption):
         checkpoints: CheckpointStore,
         error_queue: ErrorQueue | None = None,
         document_stores: DocumentStoreRegistry | None = None,
-        batch_size: int = 1000,
-        max_wait: float = 1.0,
-        retry_policy: RetryPolicy | None = None,
-        stale_read_retries: int = 2,
-        stale_read_delay: float = 0.05,
-        max_batch_retries: int | None = 10,
-        batch_backoff: Backoff = DEPENDENCY_BACKOFF,
-        clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] | None = None,
+        batching: BatchPolicy = DEFAULT_BATCHING,
+        retries: RetrySettings = DEFAULT_RETRIES,
+        clock: Clock = SYSTEM_CLOCK,
         reindex_stores: Sequence[DocumentStore] | None = None,
-        adaptive: bool = True,
         pipeline: bool | None = None,
     ) -> None:
         self.name = object_name(name, "pillow name")
@@ -115,23 +131,18 @@ class Pillow(PipelinedConsumption):
         )
         if not self.processors:
             raise ValueError("a pillow needs at least one processor")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
         self.checkpoints = checkpoints
         self.error_queue = error_queue or ErrorQueue(checkpoints.engine, clock=clock)
         self.document_stores = document_stores or DocumentStoreRegistry()
-        self.batch_size = batch_size
-        self.max_wait = max_wait
-        self.adaptive = adaptive
-        """Flush as soon as a read caught up with the log (`ChangeList.caught_up`)."""
+        self.batching = batching
         self.pipeline = pipeline
         """Read and fetch the next batch while this one is processed (None: automatic, see
         `pipelined`)."""
-        self.retry_policy = retry_policy or self.error_queue.policy
-        self.max_batch_retries = max_batch_retries
-        self.batch_backoff = batch_backoff
+        self.retries = retries
+        self.retry_policy = retries.retry_policy or self.error_queue.policy
         self.clock = clock
-        """Time for batching (``max_wait``) and health; injectable so tests need not sleep."""
+        """Time for batching (``max_wait``), health and backoff; injectable so tests need
+        not sleep."""
         self.reindex_stores: list[DocumentStore] | None = (
             list(reindex_stores) if reindex_stores is not None else None
         )
@@ -139,12 +150,12 @@ class Pillow(PipelinedConsumption):
         store registered in ``document_stores``)."""
         self.listeners: list[PillowListener] = []
         self._stop = threading.Event()
-        self._sleep = sleep or self._interruptible_sleep
         self.fetcher = DocumentFetcher(
             self.document_stores,
-            stale_read_retries=stale_read_retries,
-            stale_read_delay=stale_read_delay,
-            sleep=self._sleep,
+            stale_read_retries=retries.stale_read_retries,
+            stale_read_delay=retries.stale_read_delay,
+            clock=clock,
+            wake=self._stop,
         )
         self.runner = BatchRunner(
             self.name,
@@ -153,17 +164,9 @@ class Pillow(PipelinedConsumption):
             error_queue=self.error_queue,
             retry_policy=self.retry_policy,
         )
-        self._batch: list[Change] = []
-        """Changes read since the last checkpoint, in log order (deduplicated at flush)."""
-        self._pending: dict[TopicPartition, int] = {}
-        """The checkpoint once the batch is done."""
-        self._seen = 0
-        self._started = 0.0
-        self._resets: list[tuple[TopicPartition, int, int]] = []
-        """Retention jumps seen by a pipelined reader, for the main thread to record."""
+        self.buffer = BatchBuffer(batching, clock)
+        """The batch in hand (read since the last checkpoint)."""
         self._pipe: Pipeline[Cut] | None = None
-        self._emit: Callable[[], bool] = self.flush
-        """What a full batch goes to: `flush` (in turn), or `_hand_over` (pipelined)."""
         self._restart = False
         self._health = Health(self.name, "pillow")
         self.partition_check_interval = 2.0
@@ -212,9 +215,6 @@ class Pillow(PipelinedConsumption):
 
     def health(self) -> Health:
         return self._health
-
-    def _interruptible_sleep(self, seconds: float) -> None:
-        self._stop.wait(seconds)
 
     def assigned_partitions(
         self, num_processes: int = 1, process_number: int = 0
@@ -295,14 +295,19 @@ class Pillow(PipelinedConsumption):
         lists: Iterator[ChangeList | None],
         restart_check: Callable[[], bool] | None = None,
         stop: threading.Event | None = None,
+        emit: Callable[[], bool] | None = None,
     ) -> int:
-        """Batch, dedupe and flush the feed's lists; ``None`` means the feed is idle."""
+        """Fill the batch in hand from the feed's lists (``None`` means the feed is idle) and
+        hand each batch that is due to ``emit``: `flush` (in turn), or `_hand_over`
+        (pipelined)."""
         self._restart = False
         total = 0
         stop = stop or self._stop
+        emit = emit or self.flush
+        buffer = self.buffer
         for item in lists:
             if item is None:  # the feed is idle: flush a partial batch, maybe re-assign
-                if self._seen and not self._emit():
+                if buffer.count and not emit():
                     break
                 if stop.is_set():
                     break
@@ -310,75 +315,19 @@ class Pillow(PipelinedConsumption):
                     self._restart = True
                     break
                 continue
-            added, stop_reading = self._add_list(item, stop)
+            added, stop_reading = buffer.add(item, emit, stop)
             total += added
             if stop_reading:
                 break
         else:
-            if self._seen:
-                self._emit()
+            if buffer.count:
+                emit()
         return total
-
-    def _add_list(
-        self, changes: ChangeList, stop: threading.Event | None = None
-    ) -> tuple[int, bool]:
-        """Add a feed's list to the batch in hand, flushing whenever it is full, ``max_wait``
-        passed, the feed caught up with the log, or the pillow is stopping. Returns (changes
-        added, whether to stop reading); what is not added is replayed later. Dedupe waits
-        for `flush`, once per batch."""
-        batch_size = self.batch_size
-        stop = stop or self._stop
-        emit = self._emit
-        clock = self.clock
-        n = len(changes)
-        caught_up = self.adaptive and changes.caught_up
-        if not n:
-            # A feed may tell of a catch-up without changes (Kafka's end-of-partition events
-            # can come after the last messages): process what is in hand now.
-            if caught_up and self._seen and (not emit() or stop.is_set()):
-                return 0, True
-            return 0, False
-        i = 0
-        while i < n:
-            # Re-read per slice: a flush (here, or on a rebalance inside the feed) starts a
-            # new batch.
-            batch = self._batch
-            seen = self._seen
-            if not seen:
-                self._started = clock()
-            room = batch_size - seen
-            part = changes if i == 0 and room >= n else changes[i : i + room]
-            batch += part
-            taken = len(part)
-            i += taken
-            # Where the checkpoint goes after this part: where the feed says it stands once
-            # the whole list is in, else worked out from the changes of the part.
-            self._pending.update(changes.next_offsets if i == n else next_offsets_of(part))
-            self._seen = seen = seen + taken
-            if (
-                seen < batch_size
-                and not (i == n and caught_up)
-                and clock() - self._started < self.max_wait
-                and not stop.is_set()
-            ):
-                continue
-            if not emit() or stop.is_set():
-                return i, True
-        return n, False
 
     def flush(self) -> bool:
         """Process the batch in hand and write its checkpoint. False when stopped before the
         batch could be finished (it is then replayed on the next start)."""
-        return self._finish(self._cut())
-
-    def _cut(self) -> Cut:
-        """Take the batch in hand (deduplicated) and start a new one."""
-        cut = Cut(latest_per_document(self._batch), self._seen, self._pending, resets=self._resets)
-        self._batch = []
-        self._pending = {}
-        self._seen = 0
-        self._resets = []
-        return cut
+        return self._finish(self.buffer.cut())
 
     def _finish(self, cut: Cut, waited: float = 0.0) -> bool:
         """Apply one batch (`BatchRunner.apply_with_backoff`: backing off while a dependency
@@ -390,8 +339,8 @@ class Pillow(PipelinedConsumption):
             report, attempt = self.runner.apply_with_backoff(
                 cut.prepared or self.runner.prepare(cut.changes),
                 cut.seen,
-                backoff=self.batch_backoff,
-                max_retries=self.max_batch_retries,
+                backoff=self.retries.batch_backoff,
+                max_retries=self.retries.max_batch_retries,
                 wait=self._wait_for_dependency,
             )
         finally:
@@ -414,7 +363,7 @@ class Pillow(PipelinedConsumption):
         health.state = "running"
         health.error = None
         health.processed += max(cut.seen - report.failures, 0)  # queued is not processed
-        health.last_progress_at = self.clock()
+        health.last_progress_at = self.clock.time()
         for listener in self.listeners:
             listener.on_batch(self, report)
         if moved:  # the loop re-reads the checkpoints (`run` restarts on ``_restart``)
@@ -432,8 +381,73 @@ class Pillow(PipelinedConsumption):
             listener.on_dependency_down(self, error, delay)
         if self._stop.is_set():
             return False
-        self._sleep(delay)
+        self.clock.sleep(delay, self._stop)
         return not self._stop.is_set()
+
+    # -- the pipelined run -------------------------------------------------------------
+
+    def _consume_pipelined(
+        self,
+        lists: Iterator[ChangeList | None],
+        restart_check: Callable[[], bool] | None = None,
+    ) -> int:
+        """`_consume` in a `Pipeline` reader thread that also fetches each batch
+        (`_hand_over`), while this thread applies the batches and writes their checkpoints,
+        one at a time, in order. Returns the number read once everything handed over was
+        applied (or dropped, when stopping)."""
+
+        def read(pipe: Pipeline[Cut]) -> int:
+            try:
+                return self._consume(lists, restart_check, pipe.stopping, self._hand_over)
+            finally:
+                close = getattr(lists, "close", None)
+                if close is not None:
+                    close()  # the feed's own clean-up runs in the thread that read it
+
+        pipe: Pipeline[Cut] = Pipeline(self.name, read)
+        self._pipe = pipe
+        buffer = self.buffer
+        buffer.clear()
+        buffer.take_resets()
+        if self._stop.is_set():
+            pipe.stop()
+        pipe.start()
+        ended = False
+        try:
+            while True:
+                t0 = time.perf_counter()
+                cut = pipe.take()
+                if cut is None:
+                    ended = not pipe.stopping.is_set()  # nothing read was dropped
+                    break
+                if not self._finish(cut, time.perf_counter() - t0) or self._stop.is_set():
+                    break
+        finally:
+            pipe.close()
+            self._pipe = None
+            buffer.clear()
+        resets = buffer.take_resets()
+        if ended:  # jumps after the last batch (else the next start finds them again)
+            for tp, needed, earliest in resets:
+                self._write_offset_reset(tp, needed, earliest)
+        return pipe.result
+
+    def _hand_over(self) -> bool:
+        """Reader thread: fetch the batch in hand and wait until the main thread takes it.
+        False when stopping (the batch is dropped; no checkpoint covers it). When its fetch
+        failed, wait until it was applied before reading on: its retry fetches again, and
+        the next batch must fetch after that (see `_finish`)."""
+        pipe = self._pipe
+        assert pipe is not None
+        cut = self.buffer.cut()
+        if pipe.stopping.is_set():
+            return False
+        cut.prepared = self.runner.prepare(cut.changes)
+        if cut.prepared.error is not None:
+            cut.done = threading.Event()
+        if not pipe.put(cut):
+            return False
+        return cut.done is None or pipe.wait_for(cut.done)
 
     # -- rebalancing feeds (Kafka consumer groups) ----------------------------------------
 
@@ -442,7 +456,7 @@ class Pillow(PipelinedConsumption):
 
     def on_revoke(self, partitions: Sequence[TopicPartition]) -> None:
         """Finish and checkpoint the batch in hand before the partitions move away."""
-        if self._seen:
+        if self.buffer.count:
             self.flush()
 
     def _record_offset_reset(self, tp: TopicPartition, needed: int, earliest: int) -> None:
@@ -450,7 +464,7 @@ class Pillow(PipelinedConsumption):
         if pipe is not None and pipe.in_reader:
             # Checkpoints are written by the main thread only, in batch order: the jump is
             # recorded just before the batch read after it.
-            self._resets.append((tp, needed, earliest))
+            self.buffer.resets.append((tp, needed, earliest))
             return
         self._write_offset_reset(tp, needed, earliest)
 

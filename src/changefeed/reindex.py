@@ -26,13 +26,14 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from rich.console import Console
 from rich.progress import Progress
 
 from changefeed.batch import latest_per_document
 from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
@@ -101,7 +102,7 @@ class Reindexer:
         chunk_size: int = 1000,
         console: Console | None = None,
         show_progress: bool = False,
-        clock: Any = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         pipeline: bool = True,
     ) -> None:
         """``pipeline``: read the next chunk from the store in a thread of its own while the

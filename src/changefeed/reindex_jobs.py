@@ -7,14 +7,13 @@ so that the loop reads as what it does, and this as what survives a crash.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 import sqlalchemy as sa
 
 from changefeed.change import TopicPartition
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.db import create_tables, upsert
 
 metadata = sa.MetaData()
@@ -56,7 +55,7 @@ class ReindexJobs:
     """The saved state of one reindex job."""
 
     def __init__(
-        self, engine: sa.Engine, job: str, pillow: str, clock: Callable[[], float] = time.time
+        self, engine: sa.Engine, job: str, pillow: str, clock: Clock = SYSTEM_CLOCK
     ) -> None:
         self.engine = engine
         self.job = job
@@ -82,7 +81,7 @@ class ReindexJobs:
             "job": self.job,
             "pillow": self.pillow,
             "heads": encoded.decode(),
-            "started_at": self.clock(),
+            "started_at": self.clock.time(),
             "finished_at": None,
         }
         with self.engine.begin() as conn:
@@ -94,7 +93,7 @@ class ReindexJobs:
             conn.execute(
                 jobs_table.update()
                 .where(jobs_table.c.job == self.job)
-                .values(finished_at=self.clock())
+                .values(finished_at=self.clock.time())
             )
 
     def load(self, store: str) -> StoreProgress:
@@ -117,7 +116,7 @@ class ReindexJobs:
             "position": state.position,
             "ordered": state.ordered,
             "done": state.done,
-            "updated_at": self.clock(),
+            "updated_at": self.clock.time(),
         }
         with self.engine.begin() as conn:
             upsert(conn, progress_table, [row], ["job", "store"])

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from changefeed.backoff import Backoff
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.lifecycle import StopFlag
 from changefeed.retry_runner import RETRY_RUNNER
 
@@ -186,7 +187,7 @@ class Supervisor:
         stop_timeout: float = 30.0,
         poll_interval: float = 0.1,
         env: Mapping[str, str] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Clock = SYSTEM_CLOCK,
         on_exit: Callable[[Child], None] | None = None,
     ) -> None:
         names = [c.name for c in children]
@@ -208,7 +209,7 @@ class Supervisor:
         self._lock = threading.Lock()
         self._pillows: dict[str, Pillow] = {}
         self._next_health = 0.0
-        self.started_at = clock()
+        self.started_at = clock.monotonic()
         for child in self.children:
             if child.spec.pillow is not None:
                 child.progress = ProgressTracker(stuck_after)
@@ -220,7 +221,7 @@ class Supervisor:
         if child.spec.env:
             env.update(child.spec.env)
         child.proc = subprocess.Popen(list(child.spec.argv), env=env)
-        child.started_at = self.clock()
+        child.started_at = self.clock.monotonic()
         child.starts += 1
         if child.progress is not None:
             child.progress.restarted(child.started_at)
@@ -234,7 +235,7 @@ class Supervisor:
 
     def poll_once(self) -> None:
         """Reap exited children, restart the due ones, and check progress when it is time."""
-        now = self.clock()
+        now = self.clock.monotonic()
         with self._lock:
             for child in self.children:
                 proc = child.proc
@@ -276,7 +277,7 @@ class Supervisor:
         from changefeed.status import pillow_status
 
         assert self.app is not None
-        now = self.clock()
+        now = self.clock.monotonic()
         for child in self.children:
             tracker, name = child.progress, child.spec.pillow
             if tracker is None or name is None:
@@ -350,7 +351,7 @@ class Supervisor:
 
     def health(self) -> dict[str, Any]:
         """Liveness and progress of every child; ``ok`` only when all are alive, not stuck."""
-        now = self.clock()
+        now = self.clock.monotonic()
         children = []
         ok = True
         for child in self.children:

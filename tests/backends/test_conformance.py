@@ -20,7 +20,7 @@ from changefeed.backends import Backend, ChangeFeed, OffsetOutOfRangeError, open
 from changefeed.backends.base import ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow
 from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
 
@@ -374,8 +374,7 @@ def test_pillow_end_to_end_with_checkpoints(backend: Backend, tmp_path: Path) ->
             proc,
             checkpoints=checkpoints,
             document_stores=registry,
-            batch_size=7,
-            max_wait=0.5,
+            batching=BatchPolicy(7, max_wait=0.5),
         )
         pillow.run(forever=False)
         feed.close()

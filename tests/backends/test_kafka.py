@@ -25,7 +25,7 @@ from changefeed.backends.kafka import KafkaBackend, parse_kafka_url
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import INVALID_STUB
-from changefeed.pillow import Pillow
+from changefeed.pillow import BatchPolicy, Pillow
 from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.status import pillow_status
 from tests.harness._util import free_port
@@ -92,7 +92,11 @@ def make_pillow(
     feed_options.setdefault("idle_timeout", IDLE)
     feed = backend.change_feed(list(topics), client_id=name, **feed_options)
     return Pillow(
-        name, feed, processor or Recorder(), checkpoints=checkpoints, batch_size=50, max_wait=0.3
+        name,
+        feed,
+        processor or Recorder(),
+        checkpoints=checkpoints,
+        batching=BatchPolicy(50, max_wait=0.3),
     )
 
 

@@ -3,7 +3,6 @@ processor tests run real pillows on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,13 @@ from changefeed.pillow import Pillow
 from changefeed.processors.base import Processor
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.registry import DocumentStoreRegistry
+from changefeed.testing.clock import FakeClock
 
 
 class Rig:
     """Documents saved here are published to topic ``case`` as ``memory``/``cases`` stubs
     (with ``domain``). ``with_store=False`` registers no document store, so any fetch
-    fails. Pillows record their backoff sleeps in ``sleeps`` instead of sleeping."""
+    fails. Pillows run on ``clock``, which records their backoff sleeps instead of sleeping."""
 
     def __init__(
         self, tmp_path: Path, name: str, *, domain: str | None = None, with_store: bool = True
@@ -35,7 +35,7 @@ class Rig:
         self.store = MemoryDocumentStore("cases")
         if with_store:
             self.stores.register(self.store)
-        self.sleeps: list[float] = []
+        self.clock = FakeClock()
 
     def save(self, doc_id: str, doc: dict[str, Any]) -> None:
         self.publish(doc_id, self.store.save(doc_id, doc))
@@ -60,7 +60,7 @@ class Rig:
     def pillow(
         self,
         processor: Processor,
-        sleep: Callable[[float], None] | None = None,
+        clock: FakeClock | None = None,
         name: str | None = None,
     ) -> Pillow:
         pillow = Pillow(
@@ -70,7 +70,7 @@ class Rig:
             checkpoints=self.checkpoints,
             error_queue=self.errors,
             document_stores=self.stores,
-            sleep=sleep or self.sleeps.append,
+            clock=clock or self.clock,
         )
         pillow.bootstrap()
         return pillow

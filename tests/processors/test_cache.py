@@ -13,6 +13,7 @@ from changefeed.change import Change
 from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.cache import CacheInvalidationProcessor, KeyTemplate
+from changefeed.testing.clock import FakeClock
 from tests.harness.redis import RedisServer
 from tests.processors._rig import Rig
 
@@ -113,29 +114,29 @@ def test_bad_templates_are_refused(template: str, message: str) -> None:
 def test_redis_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
     server = RedisServer().start()
     try:
-        proc_sleeps: list[float] = []
+        proc_clock = FakeClock()
         proc = CacheInvalidationProcessor(
             server.url,
             ["case:{document_id}"],
             backoff=Backoff(retries=1, base=0.25),
-            sleep=proc_sleeps.append,
+            clock=proc_clock,
         )
         client = redis.Redis.from_url(server.url, decode_responses=True)
         client.mset({f"case:c{i}": "x" for i in range(10)})
         for i in range(10):
             rig.save(f"c{i}", {})
         server.stop()
-        sleeps: list[float] = []
 
-        def sleep_then_recover(seconds: float) -> None:
-            sleeps.append(seconds)
-            if len(sleeps) == 2:
+        def recover(_seconds: float) -> None:
+            if len(rig.clock.sleeps) == 2:
                 server.start()
                 client.mset({f"case:c{i}": "x" for i in range(10)})
 
-        assert rig.pillow(proc, sleep=sleep_then_recover).run(forever=False) == 10
+        rig.clock.on_sleep = recover
+        assert rig.pillow(proc).run(forever=False) == 10
+        sleeps = rig.clock.sleeps
         assert len(sleeps) == 2 and sleeps[0] < sleeps[1], "batch backoff grows"
-        assert proc_sleeps[:2] == [0.25, 0.25], "bounded in-batch retries"
+        assert proc_clock.sleeps[:2] == [0.25, 0.25], "bounded in-batch retries"
         assert rig.errors.counts() == {PENDING: 0, PARKED: 0}, "nothing parked while down"
         assert client.keys() == []
         client.close()

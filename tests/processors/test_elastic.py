@@ -19,6 +19,7 @@ from changefeed.pillow import Pillow
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
 from changefeed.stores.memory import MemoryDocumentStore
+from changefeed.testing.clock import FakeClock
 from tests.harness.elasticsearch import NoidaElasticsearch
 from tests.processors._rig import Rig
 
@@ -35,7 +36,7 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 def processor(url: str, alias: str, **options: Any) -> ElasticProcessor:
     options.setdefault("mappings", MAPPINGS)
     options.setdefault("backoff", Backoff(retries=2, base=0.01))
-    options.setdefault("sleep", lambda _s: None)
+    options.setdefault("clock", FakeClock())
     return ElasticProcessor(url, alias, **options)
 
 
@@ -195,24 +196,25 @@ def test_server_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_
     (tmp_path / "es").mkdir()
     server = NoidaElasticsearch(data_dir=tmp_path / "es").start()
     try:
-        proc_sleeps: list[float] = []
+        proc_clock = FakeClock()
         proc = processor(
-            server.url, "cases", backoff=Backoff(retries=2, base=0.5), sleep=proc_sleeps.append
+            server.url, "cases", backoff=Backoff(retries=2, base=0.5), clock=proc_clock
         )
 
-        def sleep_then_recover(seconds: float) -> None:
-            rig.sleeps.append(seconds)
-            if len(rig.sleeps) == 2:
+        def recover(_seconds: float) -> None:
+            if len(rig.clock.sleeps) == 2:
                 server.start()
 
-        pillow = rig.pillow(proc, sleep=sleep_then_recover)
+        rig.clock.on_sleep = recover
+        pillow = rig.pillow(proc)
         for i in range(20):
             rig.save(f"c{i}", {"name": str(i), "count": i})
         server.stop()
         assert pillow.run(forever=False) == 20
 
-        assert len(rig.sleeps) == 2 and rig.sleeps[0] < rig.sleeps[1], "batch backoff grows"
-        assert proc_sleeps[:2] == [0.5, 1.0], "bounded in-batch retries with backoff"
+        sleeps = rig.clock.sleeps
+        assert len(sleeps) == 2 and sleeps[0] < sleeps[1], "batch backoff grows"
+        assert proc_clock.sleeps[:2] == [0.5, 1.0], "bounded in-batch retries with backoff"
         assert rig.errors.counts() == {PENDING: 0, PARKED: 0}, "nothing parked while down"
         es = Elasticsearch(server.url)
         es.indices.refresh(index="cases")
@@ -306,14 +308,14 @@ def test_429s_are_retried_with_backoff(
 ) -> None:
     processor(elasticsearch_url, es_alias).bootstrap()
     proxy = overloaded(whole=2, items=1)
-    sleeps: list[float] = []
-    proc = processor(proxy.url, es_alias, backoff=Backoff(retries=3, base=0.5), sleep=sleeps.append)
+    proc_clock = FakeClock()
+    proc = processor(proxy.url, es_alias, backoff=Backoff(retries=3, base=0.5), clock=proc_clock)
     for i in range(5):
         rig.save(f"c{i}", {"name": str(i), "count": i})
     rig.pillow(proc).run(forever=False)
 
     assert proxy.bulk_calls == 4, "two whole 429s, one item 429, then the item alone"
-    assert sleeps == [0.5, 1.0, 2.0]
+    assert proc_clock.sleeps == [0.5, 1.0, 2.0]
     es.indices.refresh(index=es_alias)
     assert es.count(index=es_alias)["count"] == 5
     assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
@@ -328,7 +330,7 @@ def test_persistent_429s_hand_over_to_the_pillow_backoff(
     for i in range(3):
         rig.save(f"c{i}", {"name": str(i), "count": i})
     rig.pillow(proc).run(forever=False)
-    assert len(rig.sleeps) == 1, "the pillow waited once, then the batch went through"
+    assert len(rig.clock.sleeps) == 1, "the pillow waited once, then the batch went through"
     assert proxy.bulk_calls == 4
     assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
 
@@ -344,7 +346,8 @@ def test_missing_alias_waits_for_bootstrap_instead_of_creating_an_index(
         checkpoints=rig.checkpoints,
         error_queue=rig.errors,
         document_stores=rig.stores,
-        sleep=lambda _s: proc.bootstrap(),  # an operator runs `changefeed bootstrap`
+        # While the pillow backs off, an operator runs `changefeed bootstrap`.
+        clock=FakeClock(on_sleep=lambda _s: proc.bootstrap()),
     )
     for i in range(3):
         rig.save(f"c{i}", {"name": str(i), "count": i})

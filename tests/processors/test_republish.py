@@ -14,6 +14,7 @@ from changefeed.change import ChangeMeta, TopicPartition
 from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.republish import RepublishProcessor
+from changefeed.testing.clock import FakeClock
 from tests.processors._rig import Rig
 
 
@@ -54,7 +55,7 @@ def test_republishes_to_another_log_keeping_every_stub_field(rig: Rig, tmp_path:
     rig.publisher.publish_many(("case", m) for m in stubs())
     target = SQLiteLog(tmp_path / "target.db")
     with target.publisher() as out:
-        proc = RepublishProcessor(out, clock=lambda: 5000.0)
+        proc = RepublishProcessor(out, clock=FakeClock(5000.0))
         assert proc.needs_documents is False
         assert rig.pillow(proc).run(forever=False) == 6
 
@@ -115,14 +116,14 @@ class FlakyPublisher(Publisher):
 def test_target_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
     rig.publisher.publish_many(("case", m) for m in stubs())
     target = SQLiteLog(tmp_path / "target.db")
-    proc_sleeps: list[float] = []
+    proc_clock = FakeClock()
     flaky = FlakyPublisher(target.publisher(), failures=5)
-    proc = RepublishProcessor(flaky, backoff=Backoff(retries=1, base=0.1), sleep=proc_sleeps.append)
+    proc = RepublishProcessor(flaky, backoff=Backoff(retries=1, base=0.1), clock=proc_clock)
     pillow = rig.pillow(proc)
     assert pillow.run(forever=False) == 6
     # 2 calls per batch attempt (first try + 1 retry): attempts 1 and 2 fail, 3 succeeds
-    assert len(rig.sleeps) == 2 and rig.sleeps[0] < rig.sleeps[1]
-    assert proc_sleeps == [0.1, 0.1, 0.1]
+    assert len(rig.clock.sleeps) == 2 and rig.clock.sleeps[0] < rig.clock.sleeps[1]
+    assert proc_clock.sleeps == [0.1, 0.1, 0.1]
     assert rig.errors.counts() == {PENDING: 0, PARKED: 0}
     assert len(read_all(target, "case")) == 6
     assert pillow.checkpoints.get("republish") == {TopicPartition("case", 0): 6}

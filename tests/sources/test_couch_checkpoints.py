@@ -15,6 +15,7 @@ from changefeed.app import App
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore, SeqCheckpoint, checkpoints_table
 from changefeed.sources.couch_bridge import get_change_feed_pillow_for_db
+from changefeed.testing.clock import FakeClock
 
 TP = TopicPartition("couch:cases", 0)
 LEGACY = "changefeed_seq_checkpoints"
@@ -65,7 +66,7 @@ def _old_state(
 
 
 def test_a_seq_is_saved_with_its_count_and_reset_like_any_checkpoint(db_url: str) -> None:
-    store = CheckpointStore(db_url, clock=lambda: 5.0)
+    store = CheckpointStore(db_url, clock=FakeClock(5.0))
     assert store.get_seq("bridge", TP) is None
     store.commit_seq("bridge", TP, '"12-g1AAAA"', 12)
     saved = store.get_seq("bridge", TP)

@@ -15,6 +15,7 @@ from changefeed.stores.base import (
 )
 from changefeed.stores.fetch import DocumentFetcher
 from changefeed.stores.registry import DocumentStoreRegistry
+from changefeed.testing.clock import FakeClock
 
 
 class CountingStore(DocumentStore):
@@ -38,14 +39,14 @@ class CountingStore(DocumentStore):
         return iter(sorted(self.docs))
 
 
-def _fetcher(store: DocumentStore, sleeps: list[float] | None = None) -> DocumentFetcher:
+def _fetcher(store: DocumentStore, clock: FakeClock | None = None) -> DocumentFetcher:
     registry = DocumentStoreRegistry()
     registry.register(store)
     return DocumentFetcher(
         registry,
         stale_read_retries=2,
         stale_read_delay=0.01,
-        sleep=(sleeps if sleeps is not None else []).append,
+        clock=clock or FakeClock(),
     )
 
 
@@ -147,9 +148,9 @@ def test_not_found_is_a_fetch_failure_of_that_document() -> None:
 def test_stale_read_is_retried_then_failed() -> None:
     store = CountingStore({"a": {"_version": 1}})
     failures: list[Failure] = []
-    sleeps: list[float] = []
-    ready = _fetcher(store, sleeps).fetch([_change("a", version=2)], failures)
-    assert not ready and store.calls == 3 and sleeps == [0.01, 0.01]
+    clock = FakeClock()
+    ready = _fetcher(store, clock).fetch([_change("a", version=2)], failures)
+    assert not ready and store.calls == 3 and clock.sleeps == [0.01, 0.01]
     assert isinstance(failures[0].exception, StaleReadError)
 
 

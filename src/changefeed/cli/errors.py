@@ -142,7 +142,7 @@ def retry_cmd(
         _retry_ids(app, list(dict.fromkeys(ids)), pillow, parked_only, now)
         return
     marked = queue.make_due(pillow, None, parked_only)
-    started = queue.clock()  # everything marked is due by now; what fails again is later
+    started = queue.clock.time()  # everything marked is due by now; what fails again is later
     click.echo(f"{plural(marked, 'error')} marked due")
     if not now or not marked:
         return

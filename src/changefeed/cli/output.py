@@ -15,6 +15,7 @@ import sys
 import time
 from typing import Any
 
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.identifiers import redact_secrets
 
 __all__ = [
@@ -88,7 +89,7 @@ class DedupeFilter(logging.Filter):
     (elastic_transport, urllib3) log the same warning once per node or connection attempt,
     so one retry of a batch printed four identical lines."""
 
-    def __init__(self, window: float = 30.0, clock: Any = time.monotonic) -> None:
+    def __init__(self, window: float = 30.0, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__()
         self.window = window
         self.clock = clock
@@ -101,7 +102,7 @@ class DedupeFilter(logging.Filter):
             key = (record.name, record.levelno, record.getMessage())
         except Exception:
             return True
-        now = self.clock()
+        now = self.clock.monotonic()
         last = self._seen.get(key)
         if last is not None and now - last < self.window:
             return False

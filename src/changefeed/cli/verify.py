@@ -193,8 +193,9 @@ def run_docs(pillow: Pillow, path: Path, *, bootstrap: bool = True) -> tuple[int
             pillow.bootstrap()
     changes = latest_per_document([Change(DOCS_TOPIC, 0, i, meta) for i, meta in enumerate(metas)])
     failures = 0
-    for start in range(0, len(changes), pillow.batch_size):
-        failures += pillow.runner.process(changes[start : start + pillow.batch_size]).failures
+    size = pillow.batching.batch_size
+    for start in range(0, len(changes), size):
+        failures += pillow.runner.process(changes[start : start + size]).failures
     return len(changes), failures
 
 

@@ -11,11 +11,11 @@ pillow recognises "the whole batch failed the same way" within milliseconds.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from changefeed.backoff import Backoff
+from changefeed.clock import SYSTEM_CLOCK, Clock
 
 __all__ = ["SINK_BACKOFF", "Backoff", "SinkRetrier", "SinkUnavailableError"]
 
@@ -47,14 +47,14 @@ class SinkRetrier:
         self,
         sink: str,
         backoff: Backoff | None = None,
-        sleep: Callable[[float], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.sink = sink
         self.backoff = backoff or SINK_BACKOFF
         if self.backoff.retries is None:
             raise ValueError("a sink's backoff needs a bound on retries (it must fail fast)")
         self.retries: int = self.backoff.retries
-        self.sleep = sleep or time.sleep
+        self.clock = clock
         self.down: SinkUnavailableError | None = None
 
     def begin_batch(self) -> None:
@@ -69,7 +69,7 @@ class SinkRetrier:
     def wait(self, retry: int, cause: BaseException | str) -> None:
         delay = self.backoff.delay(retry)
         log.info("%s: retry %d in %.2fs after %s", self.sink, retry, delay, cause)
-        self.sleep(delay)
+        self.clock.sleep(delay)
 
     def give_up(self, cause: BaseException | str) -> SinkUnavailableError:
         """The error to raise once retries are exhausted; later calls in the batch fail fast."""

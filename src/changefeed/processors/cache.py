@@ -12,6 +12,7 @@ import string
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.extras import MissingExtraError
 
 try:
@@ -123,7 +124,7 @@ class CacheInvalidationProcessor(BulkProcessor):
         refresh: Refresh | None = None,
         ttl: int | None = None,
         backoff: Backoff | None = None,
-        sleep: Callable[[float], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
         cluster: bool = False,
     ) -> None:
@@ -152,7 +153,7 @@ class CacheInvalidationProcessor(BulkProcessor):
         self.ttl = ttl
         self.needs_documents = refresh is not None or any(t.uses_document for t in self.templates)
         self._name = name or "cache"
-        self._retrier = SinkRetrier(self._name, backoff, sleep)
+        self._retrier = SinkRetrier(self._name, backoff, clock)
 
     @property
     def name(self) -> str:

@@ -12,11 +12,11 @@ topic, or another backend's publisher.
 from __future__ import annotations
 
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 
 from changefeed.backends.base import Publisher, PublishError
 from changefeed.change import Change, ChangeMeta
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.identifiers import topic_name
 from changefeed.processors.backoff import Backoff, SinkRetrier
 from changefeed.processors.base import BulkProcessor, ChangeFailure
@@ -48,9 +48,8 @@ class RepublishProcessor(BulkProcessor):
         filter: Callable[[Change], bool] | None = None,
         flush_timeout: float | None = 30.0,
         backoff: Backoff | None = None,
-        sleep: Callable[[float], None] | None = None,
         name: str | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.publisher = publisher
         if isinstance(topic, str):
@@ -64,7 +63,7 @@ class RepublishProcessor(BulkProcessor):
         self.flush_timeout = flush_timeout
         self.clock = clock
         self._name = name or (f"republish:{topic}" if isinstance(topic, str) else "republish")
-        self._retrier = SinkRetrier(self._name, backoff, sleep)
+        self._retrier = SinkRetrier(self._name, backoff, clock)
 
     @property
     def name(self) -> str:
@@ -83,7 +82,7 @@ class RepublishProcessor(BulkProcessor):
         self._retrier.begin_batch()
         failures: list[ChangeFailure] = []
         items: list[tuple[str, ChangeMeta]] = []
-        now = self.clock()
+        now = self.clock.time()
         for change in changes:
             try:
                 if self.filter is not None and not self.filter(change):

@@ -14,10 +14,12 @@ the last change of a document in a batch stands for all of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Iterable
 from typing import Any
 
 from changefeed.change import Change, InvalidChangeError
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.failures import (
     FETCH,
     INVALID_STUB,
@@ -39,12 +41,15 @@ class DocumentFetcher:
         *,
         stale_read_retries: int = 2,
         stale_read_delay: float = 0.05,
-        sleep: Callable[[float], Any],
+        clock: Clock = SYSTEM_CLOCK,
+        wake: threading.Event | None = None,
     ) -> None:
         self.stores = stores
         self.stale_read_retries = stale_read_retries
         self.stale_read_delay = stale_read_delay
-        self.sleep = sleep
+        self.clock = clock
+        self.wake = wake
+        """Cuts a stale-read wait short (the pillow's stop request)."""
 
     def fetch(self, changes: Iterable[Change], failures: list[Failure]) -> list[Change]:
         """The changes ready for processors (documents set, deletions marked); the others
@@ -104,7 +109,7 @@ class DocumentFetcher:
         where = f"{store.data_source_type}/{store.data_source_name}"
         for attempt in range(self.stale_read_retries + 1):
             if attempt:
-                self.sleep(self.stale_read_delay)
+                self.clock.sleep(self.stale_read_delay, self.wake)
             try:
                 found = store.get_documents([c.id for c in pending])
             except Exception as exc:  # noqa: BLE001 - the store as a whole is failing

@@ -16,6 +16,7 @@ import orjson
 from elasticsearch import Elasticsearch
 
 from changefeed.change import Change
+from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.errors import bounded
 from changefeed.processors.backoff import Backoff, SinkRetrier
 from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
@@ -76,7 +77,7 @@ class ElasticProcessor(BulkProcessor):
         require_alias: bool = True,
         refresh: bool | str | None = None,
         backoff: Backoff | None = None,
-        sleep: Callable[[float], None] | None = None,
+        clock: Clock = SYSTEM_CLOCK,
         name: str | None = None,
     ) -> None:
         self._url = client if isinstance(client, str) else None
@@ -101,7 +102,7 @@ class ElasticProcessor(BulkProcessor):
         self.refresh = refresh
         # Bounded like every name the error queue stores (stable hash suffix when long).
         self._name = bounded(name or f"elastic:{self.alias}")
-        self._retrier = SinkRetrier(self._name, backoff, sleep)
+        self._retrier = SinkRetrier(self._name, backoff, clock)
         self._bootstrapped = False
 
     @property
@@ -179,7 +180,7 @@ class ElasticProcessor(BulkProcessor):
         other.require_alias = False
         other._owns_client = False
         other._bootstrapped = True
-        other._retrier = SinkRetrier(self._name, None, None)
+        other._retrier = SinkRetrier(self._name)
         return other
 
     def swap_alias(self, index: str) -> list[str]:
