@@ -20,11 +20,13 @@
 
     python bench/report_scale.py [--docs 100000] [--domains 1000] [--sources 1,100,1000]
         [--rounds 1] [--old 1,20,100] [--old-docs 4000] [--rate 1000] [--seconds 30]
-        [--batch-size 1000] [--only throughput|latency]
+        [--batch-size N] [--only throughput|latency]
 
-``--batch-size`` is the pillows' ``batch_size`` (the same for every N): with many data
-sources a batch's cost is mostly one statement per table it touches, so a larger batch
-(fewer, fuller statements) is what makes 1,000 data sources cheap.
+``--batch-size`` gives the pillows a ``batch_size`` (the same for every N). Without it the
+pillow takes its default (1,000) or what its processor asks for (`batch_size_hint`:
+`ReportTablesProcessor` asks for 5 changes per data source): with many data sources a batch
+costs about one statement per table it touches, so fuller batches make 1,000 data sources
+cheap. The batch size each run used is printed.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def fill(
 
 def _throughput_child(
     pg_url: str, state_url: str, log_url: str, docs_url: str, n: int, domains: int, docs: int,
-    old: bool, batch: int, out: Any,
+    old: bool, batch: int | None, out: Any,
 ) -> None:  # fmt: skip
     """One run, in a process of its own: bootstrap N data sources, then read every stub."""
     specs = data_sources(n, domains)
@@ -176,9 +178,9 @@ def _throughput_child(
     for p in processors:
         p.bootstrap()
     bootstrap = time.perf_counter() - t0
-    pillow = app.constructed_pillow(
-        f"bench-{uuid.uuid4().hex[:8]}", [TOPIC], processors, batch_size=batch
-    )
+    sizing = {} if batch is None else {"batch_size": batch}
+    pillow = app.constructed_pillow(f"bench-{uuid.uuid4().hex[:8]}", [TOPIC], processors, **sizing)
+    batch_size = pillow.batching.batch_size
     t0 = time.perf_counter()
     read = pillow.run(forever=False)
     elapsed = time.perf_counter() - t0
@@ -193,7 +195,7 @@ def _throughput_child(
         p.close()
     app.close()
     out.send({"read": read, "seconds": elapsed, "bootstrap": bootstrap, "rss": maxrss_mib,
-              "rows": rows})  # fmt: skip
+              "rows": rows, "batch_size": batch_size})  # fmt: skip
     out.close()
 
 
@@ -210,7 +212,7 @@ def run_child(*args: Any) -> dict[str, Any]:
 
 def bench_throughput(
     pg: TempPostgresCluster, tmp: Path, docs: int, domains: int, sources: Sequence[int],
-    rounds: int, old: Sequence[int], old_docs: int, batch: int,
+    rounds: int, old: Sequence[int], old_docs: int, batch: int | None,
 ) -> None:  # fmt: skip
     log_url = f"sqlite:///{tmp / 'log.db'}"
     docs_url = fill(pg, log_url, docs, domains)
@@ -225,12 +227,13 @@ def bench_throughput(
             results[n].append(res)
             print(
                 f"  round {r + 1}: {n:5d} data sources: {docs / res['seconds']:9,.0f} docs/s  "
-                f"bootstrap {res['bootstrap']:6.2f}s  peak RSS {res['rss']:6.0f} MiB",
+                f"bootstrap {res['bootstrap']:6.2f}s  peak RSS {res['rss']:6.0f} MiB  "
+                f"batch_size {res['batch_size']}",
                 flush=True,
             )
     print(
         f"\nthroughput: {docs:,} documents over {domains} domains, one pillow, "
-        f"batch_size {batch} (medians)"
+        f"batch_size {batch or 'not given'} (medians)"
     )
     base = statistics.median(docs / x["seconds"] for x in results[sources[0]])
     for n in sources:
@@ -382,7 +385,10 @@ def main() -> None:
     parser.add_argument("--old-docs", type=int, default=4000)
     parser.add_argument("--rate", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--batch-size", type=int, default=1000, help="the pillows' batch_size")
+    parser.add_argument(
+        "--batch-size", type=int, default=None,
+        help="the pillows' batch_size (default: none given, the pillow's choice)",
+    )  # fmt: skip
     args = parser.parse_args()
     sources = [int(x) for x in args.sources.split(",")]
     old = [int(x) for x in args.old.split(",") if x]

@@ -59,3 +59,22 @@ def test_an_object_and_its_loose_fields_together_are_refused(app: App) -> None:
         )
     with pytest.raises(TypeError, match="retries must be a RetrySettings"):
         app.constructed_pillow("p", ["case"], NoopProcessor(), retries={"max_batch_retries": 1})
+
+
+class _WantsBig(NoopProcessor):
+    """A processor preferring batches of 4,000 (as a report processor of 800 data sources)."""
+
+    @property
+    def batch_size_hint(self) -> int | None:
+        return 4000
+
+
+def test_given_no_batch_size_a_pillow_takes_what_its_processors_prefer(app: App) -> None:
+    assert app.constructed_pillow("p", ["case"], NoopProcessor()).batching == BatchPolicy()
+    wanted = app.constructed_pillow("q", ["case"], [NoopProcessor(), _WantsBig()])
+    assert wanted.batching == BatchPolicy(4000)
+    assert wanted.buffer.policy.batch_size == 4000
+    # anything said about batching wins over the processors' preference
+    said = app.constructed_pillow("r", ["case"], _WantsBig(), max_wait=0.5)
+    assert said.batching == BatchPolicy(max_wait=0.5)
+    assert app.constructed_pillow("s", ["case"], _WantsBig(), batch_size=7).batching.batch_size == 7

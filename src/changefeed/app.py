@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
+from changefeed.batch_buffer import DEFAULT_BATCHING
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
 from changefeed.db import not_created_yet
@@ -214,11 +215,14 @@ class App:
         `BatchPolicy` (or pass ``batching=``), and ``retry_policy`` (default: the app's),
         ``max_batch_retries``, ``batch_backoff``, ``stale_read_retries``,
         ``stale_read_delay`` its `RetrySettings` (or pass ``retries=``)."""
-        batching = _settings(BatchPolicy, "batching", options)
+        given = "batching" in options or any(f.name in options for f in fields(BatchPolicy))
+        # Nothing said about batching: the pillow takes what its processors prefer.
+        batching = _settings(BatchPolicy, "batching", options) if given else None
         retries = _settings(RetrySettings, "retries", options, retry_policy=self.retry_policy)
         feed_options = dict(feed_options or {})
         feed_options.setdefault("client_id", name)
-        feed_options.setdefault("idle_timeout", min(1.0, batching.max_wait))
+        max_wait = (batching or DEFAULT_BATCHING).max_wait
+        feed_options.setdefault("idle_timeout", min(1.0, max_wait))
         return Pillow(
             name,
             self.change_feed(topics, **feed_options),

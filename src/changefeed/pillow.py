@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from changefeed import gctune
 from changefeed.backends.base import ChangeFeed, ChangeList
@@ -80,13 +80,28 @@ class RetrySettings:
 DEFAULT_RETRIES = RetrySettings()
 
 
+def preferred_batching(processors: Sequence[Processor]) -> BatchPolicy:
+    """The default batching, with the largest `Processor.batch_size_hint` of the processors
+    when it is above the default batch size (a report processor of a thousand data sources
+    writes a statement per table a batch touches: fuller batches share them out)."""
+    hints = [p.batch_size_hint for p in processors if p.batch_size_hint]
+    size = max([DEFAULT_BATCHING.batch_size, *hints])
+    return (
+        DEFAULT_BATCHING
+        if size == DEFAULT_BATCHING.batch_size
+        else replace(DEFAULT_BATCHING, batch_size=size)
+    )
+
+
 class Pillow:
     """A named subscriber: a change feed, processors and a checkpoint.
 
     ``ConstructedPillow`` is the same class, under the name users of pillowtop know.
 
     ``batching`` (`BatchPolicy`) says when the batch in hand is due: full, ``max_wait``
-    passed, or (adaptive, the default) as soon as a read caught up with the log.
+    passed, or (adaptive, the default) as soon as a read caught up with the log. Not given,
+    it is the default, with a larger ``batch_size`` when a processor asks for one
+    (`Processor.batch_size_hint`, `preferred_batching`).
 
     Pipelining (``pipeline``): a reader thread reads and fetches batch N+1 while the main
     thread runs the processors of batch N, so the database's and Python's waits overlap.
@@ -118,7 +133,7 @@ class Pillow:
         checkpoints: CheckpointStore,
         error_queue: ErrorQueue | None = None,
         document_stores: DocumentStoreRegistry | None = None,
-        batching: BatchPolicy = DEFAULT_BATCHING,
+        batching: BatchPolicy | None = None,
         retries: RetrySettings = DEFAULT_RETRIES,
         clock: Clock = SYSTEM_CLOCK,
         reindex_stores: Sequence[DocumentStore] | None = None,
@@ -134,6 +149,8 @@ class Pillow:
         self.checkpoints = checkpoints
         self.error_queue = error_queue or ErrorQueue(checkpoints.engine, clock=clock)
         self.document_stores = document_stores or DocumentStoreRegistry()
+        if batching is None:  # nothing said: the default, or what the processors want
+            batching = preferred_batching(self.processors)
         self.batching = batching
         self.pipeline = pipeline
         """Read and fetch the next batch while this one is processed (None: automatic, see

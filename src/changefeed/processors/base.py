@@ -63,6 +63,15 @@ class Processor(ABC):
     def name(self) -> str:
         return type(self).__name__
 
+    @property
+    def batch_size_hint(self) -> int | None:
+        """The batch size this processor works best at, for a pillow given none: a
+        processor whose cost per batch grows with what the batch spreads over (one statement
+        per table touched) wants fuller batches than the default. None (the default): no
+        preference. An explicit ``batch_size`` always wins; the largest hint above the
+        default is taken."""
+        return None
+
     @abstractmethod
     def process_change(self, change: Change) -> None:
         """Do the work for one change; raise to send it to the error queue."""

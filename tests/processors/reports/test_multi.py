@@ -395,3 +395,14 @@ def test_every_table_failing_like_a_server_down_is_the_database_s_trouble(
     else:  # PostgreSQL tells a missing table apart: each fails alone
         failures = proc.process_changes(batch)
         assert sorted(f.where for f in failures) == ["report:cases-a", "report:cases-b"]
+
+
+def test_the_batch_size_it_asks_for_grows_with_its_data_sources(engine: sa.Engine) -> None:
+    from changefeed.processors.reports.multi import CHANGES_PER_SOURCE, MAX_BATCH_HINT
+
+    few = ReportTablesProcessor([source(d) for d in DOMAINS], engine)
+    assert few.batch_size_hint == CHANGES_PER_SOURCE * len(DOMAINS)  # below the default
+    many = ReportTablesProcessor([source(f"d{i}") for i in range(3000)], engine)
+    assert many.batch_size_hint == MAX_BATCH_HINT
+    few.close()
+    many.close()
