@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from changefeed.change import Change
-from changefeed.db import make_engine
+from changefeed.db import create_tables, make_engine
 from changefeed.errors import bounded
 from changefeed.identifiers import sql_identifier
 from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
@@ -268,7 +268,7 @@ class ReportTableProcessor(BulkProcessor):
         t = self.table
         if sa.inspect(self.engine).has_table(t.name, schema=t.schema):
             return []
-        t.metadata.create_all(self.engine, checkfirst=True)
+        create_tables(self.engine, t.metadata, [t])
         return [f"created shadow table {t.name}"]
 
     def reset(self) -> None:

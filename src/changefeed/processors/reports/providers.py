@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import sqlalchemy as sa
 
-from changefeed.db import make_engine
+from changefeed.db import create_tables, make_engine
 from changefeed.identifiers import sql_identifier
 from changefeed.processors.reports.config import DataSourceConfig, load_data_source
 from changefeed.processors.reports.spec import ReportConfigError
@@ -98,7 +98,7 @@ class SQLDataSourceProvider:
 
     def _create(self) -> None:
         if not self._created:
-            self.table.create(self.engine, checkfirst=True)
+            create_tables(self.engine, self.table.metadata, [self.table])
             self._created = True
 
     def add(self, source: DataSourceInput) -> DataSourceConfig:

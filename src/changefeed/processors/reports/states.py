@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from changefeed.db import upsert
+from changefeed.db import create_tables, upsert
 
 LIVE = "live"
 BACKFILLING = "back-filling"
@@ -101,7 +101,7 @@ class StateStore:
 
     def create(self) -> None:
         if not self._created:
-            _metadata.create_all(self.engine, checkfirst=True)
+            create_tables(self.engine, _metadata)
             self._created = True
 
     def read(self) -> dict[str, SourceState]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from changefeed.db import create_tables
 from changefeed.errors import bounded
 from changefeed.processors.reports.states import SourceCounters
 
@@ -64,7 +65,7 @@ class UsageStore:
 
     def create(self) -> None:
         if not self._created:
-            _metadata.create_all(self.engine, checkfirst=True)
+            create_tables(self.engine, _metadata)
             self._created = True
 
     def add(
