@@ -11,21 +11,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from changefeed.change import Change
+from changefeed.failures import Failure
 
-
-class ChangeFailure(NamedTuple):
-    """A change a bulk processor could not handle; ``retryable=False`` parks it at once."""
-
-    change: Change
-    exception: BaseException
-    retryable: bool = True
-    where: str | None = None
-    """The part of the processor that failed, when it is made of parts (one data source of
-    `ReportTablesProcessor`): queued under this name instead of the processor's, so a retry
-    redoes that part only (`Processor.for_failure`)."""
+ChangeFailure = Failure
+"""A change a bulk processor could not handle: ``ChangeFailure(change, exception,
+retryable=True, where=None)``. The same class as `changefeed.failures.Failure`, so what a
+processor returns is what the error queue stores; ``retryable=False`` parks it at once, and
+``where`` names the part of a processor made of parts that failed (see `Failure`)."""
 
 
 @dataclass(slots=True)
