@@ -9,7 +9,7 @@ from __future__ import annotations
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Protocol
 
@@ -69,6 +69,22 @@ class LogUnavailableError(ConnectionError):
 class TopicInfo:
     name: str
     partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """A topic's partitions and its configuration (`TopicAdmin.describe_topic`)."""
+
+    name: str
+    partitions: int
+    earliest: dict[int, int] = field(default_factory=dict)
+    """Per partition, the earliest offset, when the admin reads offsets (Kafka's does);
+    empty otherwise: a change feed's `earliest_offsets` always has them."""
+    latest: dict[int, int] = field(default_factory=dict)
+    """Per partition, the head, under the same condition as ``earliest``."""
+    config: dict[str, str] = field(default_factory=dict)
+    """The topic's settings that differ from the log's defaults, plus retention; empty for a
+    log whose topics have no settings (the embedded log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +324,16 @@ class TopicAdmin(ABC):
     @abstractmethod
     def add_partitions(self, name: str, total: int) -> None:
         """Grow a topic to ``total`` partitions."""
+
+    def describe_topic(self, name: str) -> TopicDescription:
+        """A topic's partitions and settings (``changefeed topics describe``);
+        `UnknownTopicError` when the log has no such topic. The default, right for a log
+        whose topics have no settings: the partition count `list_topics` gives, no offsets,
+        no settings."""
+        for info in self.list_topics():
+            if info.name == name:
+                return TopicDescription(name, info.partitions)
+        raise UnknownTopicError(f"unknown topic {name!r}")
 
 
 class Backend(ABC):
