@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from changefeed.change import Change
@@ -98,6 +99,87 @@ class Processor(ABC):
         """The document ids present in the output, in chunks, so ``verify`` finds output for
         documents the stores no longer hold (extra). Only meaningful with `verify_output`."""
         return iter(())
+
+    def as_rebuildable(self) -> Rebuildable | None:
+        """This processor as a `Rebuildable` (its output can be rebuilt next to the live one
+        and swapped in), or None: it cannot, the default. ``changefeed rebuild`` and
+        ``reindex --new-index`` leave such a processor alone."""
+        return None
+
+
+class Shadow(ABC):
+    """A new output of a `Rebuildable` processor, filled next to the live one by
+    ``processor`` while the live one keeps serving, then swapped in (`changefeed.rebuild`)."""
+
+    processor: Processor
+    """Writes the new output: a processor like the live one, pointed at it. It shares the
+    live processor's connections: close the live one, not this."""
+    target: str
+    """The table or index filled: named in results, and in the saved progress a resumed
+    rebuild finds."""
+
+    @abstractmethod
+    def swap_in(self) -> None:
+        """Make the filled output the live one in one step: readers see the old output or
+        the new one, never none; the live processor writes the new one from now on."""
+
+    @abstractmethod
+    def abandon(self) -> None:
+        """The fill was interrupted: keep what a resumed rebuild continues
+        (`Rebuildable.resumable`), remove the rest. The live output is untouched."""
+
+
+class Rebuildable(Processor):
+    """A processor whose output can be rebuilt from the document stores next to the live
+    one, then swapped in without downtime (``changefeed rebuild``, ``reindex --new-index``,
+    the rebuild of a changed report definition): a report table, an Elasticsearch index.
+    `changefeed.rebuild` drives it through this contract alone."""
+
+    resumable: bool = False
+    """An interrupted rebuild can resume into the same shadow (a report table named after
+    its definition); when False, a rebuild always starts over into a new one."""
+
+    def as_rebuildable(self) -> Rebuildable:
+        return self
+
+    @abstractmethod
+    def prepare_rebuild(self) -> None:
+        """Get the live output ready for a requested rebuild (its bootstrap), accepting a
+        changed definition that the bootstrap of a running pillow would refuse."""
+
+    @abstractmethod
+    def shadow_output(self) -> Shadow:
+        """A new output next to the live one, empty, or as an interrupted rebuild left it
+        when `resumable`."""
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Hold off this processor's batches for the block: the last replay into the shadow
+        and the swap run under it, so no batch writes the old output after the shadow caught
+        up. The default holds nothing, right for a sink whose swap cannot cut a batch's writes
+        in two (an alias update): what the live processor writes meanwhile into the old
+        output is replayed into the new one after the swap."""
+        return nullcontext()
+
+    @property
+    def pending_rebuild(self) -> str | None:
+        """Why the live output must be rebuilt before it matches this processor's
+        definition, as bootstrap found (a report whose columns changed), or None: nothing
+        pending, the default. A running pillow rebuilds it next to the live output."""
+        return None
+
+    @property
+    def writable_until_rebuilt(self) -> bool:
+        """While a `pending_rebuild` runs next to the pillow, the live output can still be
+        written (with the definition it was built with); when False it is rebuilt before
+        the pillow processes anything. Only asked when a rebuild is pending."""
+        return True
+
+    def output_outdated(self) -> bool:
+        """True when the live output was made for another definition, so writing into it
+        cannot bring it in line and ``changefeed reindex`` builds a new one next to it
+        instead (an Elasticsearch alias pointing at an index of other mappings). Asks the
+        sink; the default, False, for an output whose bootstrap brings it in line."""
+        return False
 
 
 class BulkProcessor(Processor):
