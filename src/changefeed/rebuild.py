@@ -45,11 +45,9 @@ from rich.progress import Progress
 from changefeed.batch import BatchReport, BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
 from changefeed.pillow import Pillow
-from changefeed.processors.base import Processor, Rebuildable
+from changefeed.processors.base import Backfilling, Processor, Rebuildable
 from changefeed.processors.reports import (
     ReportSchemaError,
-    ReportTableProcessor,
-    ReportTablesProcessor,
 )
 from changefeed.reindex import PillowSource, Reindexer, ReindexError
 from changefeed.runner import Runnable, stop_on_signals
@@ -257,6 +255,11 @@ def rebuildable(pillow: Pillow) -> list[Rebuildable]:
     return [r for p in pillow.processors if (r := p.as_rebuildable()) is not None]
 
 
+def backfilling(pillow: Pillow) -> list[Backfilling]:
+    """The processors of a pillow whose parts are back-filled next to it."""
+    return [b for p in pillow.processors if (b := p.as_backfilling()) is not None]
+
+
 def pending_rebuilds(pillow: Pillow) -> list[Rebuildable]:
     """The processors whose bootstrap found a changed definition to rebuild."""
     return [p for p in rebuildable(pillow) if p.pending_rebuild is not None]
@@ -413,7 +416,7 @@ class Backfiller(_NextToPillow):
     def __init__(self, app: PillowSource, pillow: Pillow, idle: float = 1.0) -> None:
         super().__init__(app, pillow, "backfill")
         self.idle = idle
-        self.processors = [p for p in pillow.processors if isinstance(p, ReportTablesProcessor)]
+        self.processors = backfilling(pillow)
         self.errors: list[BaseException] = []
         self._helper: Pillow | None = None
 
@@ -441,8 +444,8 @@ class Backfiller(_NextToPillow):
                 done += self._backfill(processor, member)
         return done
 
-    def _backfill(self, processor: ReportTablesProcessor, member: ReportTableProcessor) -> int:
-        name = member.target.name
+    def _backfill(self, processor: Backfilling, member: Rebuildable) -> int:
+        name = member.name
         finished = False
         try:
             if self._helper is None:
@@ -451,7 +454,7 @@ class Backfiller(_NextToPillow):
                 self._helper,
                 member,
                 chunk_size=processor.backfill_chunk_size,
-                on_progress=lambda n: processor.backfill_progress(name, n),
+                on_progress=lambda n: processor.backfill_progress(member, n),
             )
             if self._stopped.is_set():
                 self._job.stop()
@@ -486,7 +489,7 @@ def _backfilling(
     """Around a bootstrapped pillow's run: its `ReportTablesProcessor`s' back-fills, in the
     background when it runs forever, first otherwise. A pillow split over processes does
     none (they would race): run it once in one process to back-fill."""
-    if split or not any(isinstance(p, ReportTablesProcessor) for p in pillow.processors):
+    if split or not backfilling(pillow):
         yield None
         return
     backfiller = Backfiller(app, pillow)

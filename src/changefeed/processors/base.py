@@ -8,6 +8,7 @@ once, and a replay must not regress data (upsert by id, use external versions).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
@@ -106,6 +107,11 @@ class Processor(ABC):
         ``reindex --new-index`` leave such a processor alone."""
         return None
 
+    def as_backfilling(self) -> Backfilling | None:
+        """This processor as a `Backfilling` one (parts added while it runs are filled
+        next to it), or None: it has no such parts, the default."""
+        return None
+
 
 class Shadow(ABC):
     """A new output of a `Rebuildable` processor, filled next to the live one by
@@ -180,6 +186,41 @@ class Rebuildable(Processor):
         instead (an Elasticsearch alias pointing at an index of other mappings). Asks the
         sink; the default, False, for an output whose bootstrap brings it in line."""
         return False
+
+
+class Backfilling(Processor):
+    """A processor made of parts that can be added or changed while its pillow runs, each
+    filled from the document stores next to the running pillow (a back-fill: a shadow
+    rebuild of the part, a `Rebuildable`) before it goes live: the data sources of
+    `ReportTablesProcessor`. ``changefeed.rebuild.Backfiller`` drives it, in a thread next
+    to the pillow, through this contract alone."""
+
+    backfill_chunk_size: int = 1000
+    """Changes per chunk of a back-fill (its progress is saved after each)."""
+    backfill_wanted: threading.Event
+    """Set while a part waits for its back-fill, so an idle back-filler wakes up."""
+
+    def as_backfilling(self) -> Backfilling:
+        return self
+
+    @abstractmethod
+    def poll(self) -> None:
+        """Pick up the parts added, changed or removed since the last call (cheap when
+        nothing changed: the back-filler calls it between back-fills)."""
+
+    @abstractmethod
+    def pending_backfill(self) -> Rebuildable | None:
+        """A part waiting for its back-fill, claimed (handed out to no one else until
+        `backfill_done`); None when none waits."""
+
+    @abstractmethod
+    def backfill_progress(self, part: Rebuildable, done: int) -> None:
+        """The back-fill of ``part`` went through ``done`` changes."""
+
+    @abstractmethod
+    def backfill_done(self, part: Rebuildable, finished: bool) -> None:
+        """The back-fill of ``part`` ended: live when ``finished`` (and the part was not
+        changed meanwhile); otherwise it is handed out again."""
 
 
 class BulkProcessor(Processor):
