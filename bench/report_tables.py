@@ -41,7 +41,7 @@ import psycopg
 import sqlalchemy as sa
 
 from changefeed.app import App
-from changefeed.backends.base import ChangeFeed
+from changefeed.backends.base import ChangeFeed, FeedOptions
 from changefeed.backends.kafka.consumer import CONSUMER_DEFAULTS
 from changefeed.batch import BatchReport
 from changefeed.change import Change, ChangeMeta
@@ -290,7 +290,7 @@ def hand_loop_kafka(
 
 def hand_loop_feed(app: App, topic: str, dsn: str, batch: int, stages: Stages) -> int:
     """The same loop reading the embedded log through the backend's change feed."""
-    feed = app.change_feed([topic], client_id="hand")
+    feed = app.change_feed([topic], FeedOptions("hand"))
     since = dict.fromkeys(feed.topic_partitions(), 0)
     positions = {tp.partition: 0 for tp in since}
 

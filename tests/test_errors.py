@@ -13,6 +13,7 @@ from changefeed import errors
 from changefeed.backoff import DEPENDENCY_BACKOFF
 from changefeed.change import Change, ChangeMeta
 from changefeed.errors import PARKED, PENDING, ErrorQueue, RetryPolicy
+from changefeed.processors import ChangeFailure
 from changefeed.testing.clock import FakeClock
 from tests._cli import cf, recorder_env
 
@@ -375,3 +376,25 @@ def test_orphaned_entries_are_shown_and_purged(cli_env: dict[str, str]) -> None:
     purged = cf(cli_env, "errors", "purge", "--orphaned")
     assert "1 error purged" in purged.stdout
     assert [r.pillow for r in ErrorQueue(cli_env["CHANGEFEED_STATE"]).list()] == ["recorder"]
+
+
+def test_failures_go_in_as_processors_return_them(queue: ErrorQueue) -> None:
+    """One type from processor to queue: a `ChangeFailure` a processor returned, named
+    after it by `Failure.at`, is what `add_many` stores; a part it named keeps its name,
+    and one not retryable is parked at once, in the same call."""
+    returned = [
+        ChangeFailure(change("a"), fail("refused"), retryable=False),
+        ChangeFailure(change("b"), fail("down"), True, "report:part"),
+    ]
+    queue.add_many("p", [f.at("report:all") for f in returned])
+    rows = [(r.document_id, r.processor, r.status, r.message) for r in queue.list()]
+    assert rows == [
+        ("a", "report:all", PARKED, "refused"),
+        ("b", "report:part", PENDING, "down"),
+    ]
+
+
+def test_a_failure_not_named_is_refused(queue: ErrorQueue) -> None:
+    with pytest.raises(ValueError, match="names where it failed"):
+        queue.add_many("p", [ChangeFailure(change(), fail())])
+    assert queue.list() == []

@@ -14,14 +14,17 @@ import psycopg.errors
 import pytest
 import sqlalchemy.exc
 
+from changefeed.change import Change, ChangeMeta
 from changefeed.failures import (
     DependencyDownError,
     DependencyError,
     DocumentError,
+    Failure,
     InvalidDocumentError,
     StaleReadError,
     is_dependency_failure,
 )
+from changefeed.processors import ChangeFailure
 
 
 class HttpAnswer(Exception):
@@ -156,3 +159,14 @@ def test_a_dependency_down_names_where_and_why() -> None:
     down = DependencyDownError("report table cases", cause)
     assert str(down) == "report table cases: ConnectionRefusedError: connection refused"
     assert (down.where, down.cause) == ("report table cases", cause)
+
+
+def test_one_failure_type_from_processor_to_queue() -> None:
+    """What a processor returns is the runner's type: named after the processor unless it
+    names a part of it already."""
+    assert ChangeFailure is Failure
+    change = Change("t", 0, 0, ChangeMeta("d", "memory", "db"))
+    exc = ValueError("refused")
+    assert ChangeFailure(change, exc).at("proc") == Failure(change, exc, True, "proc")
+    part = ChangeFailure(change, exc, False, "report:a")
+    assert part.at("proc") is part

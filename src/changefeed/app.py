@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from changefeed.backends import Backend, ChangeFeed, Publisher, open_backend
+from changefeed.backends import Backend, ChangeFeed, FeedOptions, Publisher, open_backend
 from changefeed.batch_buffer import DEFAULT_BATCHING
 from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
@@ -154,8 +154,9 @@ class App:
         topic_for = self.router.topic_for
         self.publisher().publish_many((topic_for(m), m) for m in metas)
 
-    def change_feed(self, topics: Sequence[str], **options: Any) -> ChangeFeed:
-        return self.backend.change_feed(topics, **options)
+    def change_feed(self, topics: Sequence[str], options: FeedOptions | None = None) -> ChangeFeed:
+        """A feed on ``topics`` of this app's log (`Backend.open_feed`)."""
+        return self.backend.open_feed(topics, options or FeedOptions())
 
     def watch_replication_slot(self, database_url: str, slot: str) -> None:
         """Report a PostgreSQL CDC slot's lag in ``changefeed status`` (a slot nobody reads
@@ -225,7 +226,7 @@ class App:
         feed_options.setdefault("idle_timeout", min(1.0, max_wait))
         return Pillow(
             name,
-            self.change_feed(topics, **feed_options),
+            self.change_feed(topics, FeedOptions.from_dict(feed_options)),
             processors,
             checkpoints=self.checkpoints,
             error_queue=self.error_queue,

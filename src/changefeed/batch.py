@@ -160,7 +160,7 @@ class BatchRunner:
             ready = [change for change in changes if change.metadata is not None]
             failures.extend(
                 Failure(
-                    change, INVALID_STUB, InvalidChangeError(change.error or "invalid stub"), False
+                    change, InvalidChangeError(change.error or "invalid stub"), False, INVALID_STUB
                 )
                 for change in changes
                 if change.metadata is None
@@ -238,7 +238,7 @@ class BatchRunner:
                     log.error("pillow %s: batch failed %d times, queueing it", self.name, attempt)
                     changes = prepared.changes
                     try:
-                        self.queue(Failure(c, exc.where, exc.cause, True) for c in changes)
+                        self.queue(Failure(c, exc.cause, True, exc.where) for c in changes)
                     except DependencyDownError as queue_down:
                         exc = queue_down  # the error queue is down too: keep backing off
                     else:
@@ -256,7 +256,7 @@ class BatchRunner:
         if not failures:
             return
         unknown: dict[str, int] = {}
-        for change, where, exc, _ in failures:
+        for change, exc, _, where in failures:
             if isinstance(exc, UnknownDocumentStoreError):
                 # A configuration error, not one per document: said once per store and batch.
                 unknown[str(exc)] = unknown.get(str(exc), 0) + 1
@@ -279,11 +279,8 @@ class BatchRunner:
                 n,
                 "change" if n == 1 else "changes",
             )
-        retryable = [(c, w, e) for c, w, e, r in failures if r]
-        final = [(c, w, e) for c, w, e, r in failures if not r]
         try:
-            self.error_queue.add_many(self.name, retryable, policy=self.retry_policy)
-            self.error_queue.add_many(self.name, final, retryable=False, policy=self.retry_policy)
+            self.error_queue.add_many(self.name, failures, policy=self.retry_policy)
         except Exception as exc:
             # The queue's database is a dependency like any other: when it is down, the batch
             # backs off (and its checkpoint waits) instead of the pillow stopping.
@@ -319,16 +316,14 @@ class BatchRunner:
                 for failure in result:
                     if failure.retryable:
                         self._raise_if_dependency(processor, failure.exception)
-                failures.extend(
-                    Failure(f.change, f.where or name, f.exception, f.retryable) for f in result
-                )
+                failures.extend(failure.at(name) for failure in result)
                 return
         errors: list[Failure] = []
         for change in changes:
             try:
                 processor.process_change(change)
             except Exception as exc:  # noqa: BLE001 - one bad change must not stop the pillow
-                errors.append(Failure(change, name, exc, True))
+                errors.append(Failure(change, exc, True, name))
         for failed in errors:
             self._raise_if_dependency(processor, failed.exception)
         failures.extend(errors)
@@ -391,7 +386,7 @@ class BatchRunner:
             for processor in processors:
                 self.run_processor(processor, ready, failures)
         except DependencyDownError as exc:
-            failures.append(Failure(change, exc.where, exc.cause, True))
+            failures.append(Failure(change, exc.cause, True, exc.where))
         if failures:
             # What retrying cannot fix (a refused document, an invalid stub) stays parked.
             retryable = all(f.retryable for f in failures)

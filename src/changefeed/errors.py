@@ -9,7 +9,7 @@ The table, the bounds on what is written to it and its migration are `errors_sch
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,28 +172,31 @@ class ErrorQueue:
     ) -> None:
         """Store a failure; an open entry for the same document and processor is updated
         (newer stub, one more attempt) rather than duplicated."""
-        self.add_many(pillow, [(change, processor, exc)], retryable=retryable, policy=policy)
+        self.add_many(pillow, [Failure(change, exc, retryable, processor)], policy=policy)
 
     def add_many(
         self,
         pillow: str,
-        failures: builtins.list[tuple[Change, str, BaseException]],
+        failures: Iterable[Failure],
         *,
-        retryable: bool = True,
         policy: RetryPolicy | None = None,
     ) -> None:
-        """Store failures in one transaction. An invalid stub already queued (a replay read
-        the same log record again) is left as it is."""
+        """Store failures in one transaction, each named where it failed (`Failure.at`); one
+        not retryable is parked at once. An invalid stub already queued (a replay read the
+        same log record again) is left as it is."""
+        failures = builtins.list(failures)
         if not failures:
             return
+        if any(f.where is None for f in failures):
+            raise ValueError("a queued failure names where it failed (Failure.at)")
         self.create()
         policy = policy or self.policy
         now = self.clock.time()
         t = errors_table
         pillow = bounded(pillow)
         with self.engine.begin() as conn:
-            for change, processor, exc in failures:
-                processor = bounded(processor)
+            for change, exc, retryable, where in failures:
+                processor = bounded(str(where))
                 key = doc_key(change)
                 existing = conn.execute(
                     sa.select(t.c.id, t.c.attempts)

@@ -21,13 +21,24 @@ FETCH = "(fetch)"
 
 
 class Failure(NamedTuple):
-    """One change that failed at ``where`` (a processor name, `FETCH` or `INVALID_STUB`);
-    ``retryable=False`` parks it at once."""
+    """One change that failed, the one type that carries it from where it failed (a
+    processor, the fetch, the stub's decoding) to the error queue; ``retryable=False`` parks
+    it at once.
+
+    ``where`` names what failed: a processor's name, `FETCH`, `INVALID_STUB`, or a part of a
+    processor made of parts (one data source of `ReportTablesProcessor`: a retry then redoes
+    that part only, `Processor.for_failure`). A processor may leave it None: the batch runner
+    names the failure after the processor (`at`) before queuing it. Processors know this type
+    as `changefeed.processors.ChangeFailure`, the same class."""
 
     change: Change
-    where: str
     exception: BaseException
     retryable: bool = True
+    where: str | None = None
+
+    def at(self, where: str) -> Failure:
+        """This failure, named ``where`` unless it names a part already."""
+        return self if self.where else self._replace(where=where)
 
 
 class StaleReadError(RuntimeError):

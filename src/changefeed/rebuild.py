@@ -1,6 +1,10 @@
 """Rebuilds without downtime: fill a new report table or Elasticsearch index next to the live
 one from the document stores, then swap it in atomically.
 
+Any processor that declares `Rebuildable` (processors/base.py) is rebuilt so, through that
+contract alone: `prepare_rebuild`, a `Shadow` (its processor, `swap_in`, `abandon`),
+`holding`, `pending_rebuild`. Report tables and Elasticsearch indexes implement it.
+
 A plain reindex writes over the live output (or, with ``--reset``, empties it first, so
 readers see a partial table for the whole run). Here the live table or index keeps serving
 and keeps being written by the live pillow while a *shadow* is filled, the way reindex
@@ -9,7 +13,7 @@ fills anything (`ShadowReindexer` is a `Reindexer` whose processor writes the sh
 1. the heads of the log are recorded, the stores are read into the shadow, and the catch-up
    pass replays the log from those heads into it (up to the *mark*, the heads when the
    catch-up started);
-2. with the live processor's batches held off (report tables: `ReportTableProcessor.writing`)
+2. with the live processor's batches held off (`Rebuildable.holding`; report tables hold)
    the log from the mark to the head is replayed into the shadow too, and the shadow is
    swapped in: one transaction of renames for a table, one ``update_aliases`` for an index;
 3. the log from the mark is replayed once more, through the live processor into the new
@@ -19,10 +23,10 @@ Every change is in the shadow or comes after the swap, and the live pillow appli
 the new output: none is lost. Replays are harmless (processors fetch the current document,
 report rows are upserted, Elasticsearch writes carry external versions).
 
-A report table whose definition changed (`ReportTableProcessor.migrate` sets
-`rebuild_needed`) is rebuilt so by `changefeed bootstrap`, and by `changefeed run` in a thread
-next to the running pillow (`rebuilding`), which writes the old table with the old definition
-until the swap and the new one with the new definition after it.
+A report table whose definition changed (`ReportTableProcessor.migrate` sets its
+`pending_rebuild`) is rebuilt so by `changefeed bootstrap`, and by `changefeed run` in a
+thread next to the running pillow (`rebuilding`), which writes the old table with the old
+definition until the swap and the new one with the new definition after it.
 """
 
 from __future__ import annotations
@@ -33,31 +37,22 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias, cast
+from typing import Any
 
 from rich.console import Console
 from rich.progress import Progress
 
 from changefeed.batch import BatchReport, BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
-from changefeed.extras import installed
 from changefeed.pillow import Pillow
-from changefeed.processors.base import Processor
+from changefeed.processors.base import Backfilling, Processor, Rebuildable
 from changefeed.processors.reports import (
     ReportSchemaError,
-    ReportTableProcessor,
-    ReportTablesProcessor,
 )
 from changefeed.reindex import PillowSource, Reindexer, ReindexError
 from changefeed.runner import Runnable, stop_on_signals
 
 log = logging.getLogger("changefeed.rebuild")
-
-if TYPE_CHECKING:
-    # Without the elastic extra it cannot be imported, and no pillow can hold one.
-    from changefeed.processors.elastic import ElasticProcessor
-
-    Swappable: TypeAlias = ReportTableProcessor | ElasticProcessor
 
 
 @dataclass(slots=True)
@@ -110,7 +105,7 @@ class ShadowReindexer(Reindexer):
         self.partial = True
         self.processors = [shadow]
         runner = pillow.runner.with_processors([shadow])
-        self._runner = runner if on_progress is None else _Counted(runner, on_progress)
+        self.runner = runner if on_progress is None else _Counted(runner, on_progress)
         self.job = f"{pillow.name}/{live.name}@{target}"
         self.mark: dict[TopicPartition, int] | None = None
         """The heads when the catch-up pass started: the shadow holds every change before."""
@@ -176,7 +171,7 @@ class ShadowRebuild:
     def __init__(
         self,
         pillow: Pillow,
-        live: Swappable,
+        live: Rebuildable,
         *,
         chunk_size: int = 1000,
         show_progress: bool = False,
@@ -201,24 +196,19 @@ class ShadowRebuild:
     def run(self, *, resume: bool | None = None) -> RebuildResult:
         started = time.monotonic()
         live = self.live
-        if isinstance(live, ReportTableProcessor):
-            table = live.shadow()
-            shadow: Processor = table
-            target = table.table.name
-            swap: Callable[[], object] = lambda: live.swap_in(table)  # noqa: E731
-            hold: Any = live.writing
-        else:
+        if not live.resumable:
             if resume:
-                raise ReindexError("a rebuild into a new index cannot resume: start over")
+                raise ReindexError(
+                    f"a rebuild of {live.name} cannot resume (it fills a new output each "
+                    "time): start over"
+                )
             resume = False
-            target = live.new_index()
-            shadow = live.writer_for(target)
-            swap = lambda: live.swap_alias(target)  # noqa: E731
-            hold = _no_hold
+        shadow = live.shadow_output()
+        target = shadow.target
         reindexer = ShadowReindexer(
             self.pillow,
             live,
-            shadow,
+            shadow.processor,
             target,
             self.on_progress,
             chunk_size=self.chunk_size,
@@ -240,15 +230,14 @@ class ShadowRebuild:
             resumed=result.resumed,
         )
         if result.interrupted or reindexer.mark is None:
-            if not isinstance(live, ReportTableProcessor):
-                live.delete_index(target)  # cannot resume: do not leave it behind
+            shadow.abandon()
             outcome.interrupted = True
             outcome.seconds = time.monotonic() - started
             return outcome
         mark = reindexer.mark
-        with hold():
-            read, failed = replay(self.pillow, reindexer._runner, mark, self.chunk_size)
-            swap()
+        with live.holding():
+            read, failed = replay(self.pillow, reindexer.runner, mark, self.chunk_size)
+            shadow.swap_in()
         outcome.caught_up += read
         outcome.failures += failed
         log.info("%s/%s: swapped in %s", self.pillow.name, live.name, target)
@@ -261,28 +250,19 @@ class ShadowRebuild:
         return outcome
 
 
-@contextmanager
-def _no_hold() -> Iterator[None]:
-    yield
-
-
-def swappable(pillow: Pillow) -> list[Swappable]:
+def rebuildable(pillow: Pillow) -> list[Rebuildable]:
     """The processors of a pillow that can be rebuilt next to their live output."""
-    kinds: tuple[type[Processor], ...] = (ReportTableProcessor,)
-    if installed("elasticsearch"):
-        from changefeed.processors.elastic import ElasticProcessor
-
-        kinds += (ElasticProcessor,)
-    return cast("list[Swappable]", [p for p in pillow.processors if isinstance(p, kinds)])
+    return [r for p in pillow.processors if (r := p.as_rebuildable()) is not None]
 
 
-def pending_rebuilds(pillow: Pillow) -> list[ReportTableProcessor]:
-    """Report tables whose bootstrap found a changed definition to rebuild."""
-    return [
-        p
-        for p in pillow.processors
-        if isinstance(p, ReportTableProcessor) and p.rebuild_needed is not None
-    ]
+def backfilling(pillow: Pillow) -> list[Backfilling]:
+    """The processors of a pillow whose parts are back-filled next to it."""
+    return [b for p in pillow.processors if (b := p.as_backfilling()) is not None]
+
+
+def pending_rebuilds(pillow: Pillow) -> list[Rebuildable]:
+    """The processors whose bootstrap found a changed definition to rebuild."""
+    return [p for p in rebuildable(pillow) if p.pending_rebuild is not None]
 
 
 def rebuild(
@@ -302,7 +282,7 @@ def rebuild(
     pillow = app.get_pillow(pillow_name)
     results: list[RebuildResult] = []
     try:
-        chosen = swappable(pillow)
+        chosen = rebuildable(pillow)
         if processors is not None:
             by_name = {p.name: p for p in chosen}
             unknown = [n for n in processors if n not in by_name]
@@ -318,10 +298,7 @@ def rebuild(
                 f"pillow {pillow_name!r} has no report table or Elasticsearch index to rebuild"
             )
         for live in chosen:
-            if isinstance(live, ReportTableProcessor):
-                live.migrate(rebuilding=True)
-            else:
-                live.bootstrap()
+            live.prepare_rebuild()
             job = ShadowRebuild(
                 pillow, live, chunk_size=chunk_size, show_progress=show_progress, console=console
             )
@@ -439,7 +416,7 @@ class Backfiller(_NextToPillow):
     def __init__(self, app: PillowSource, pillow: Pillow, idle: float = 1.0) -> None:
         super().__init__(app, pillow, "backfill")
         self.idle = idle
-        self.processors = [p for p in pillow.processors if isinstance(p, ReportTablesProcessor)]
+        self.processors = backfilling(pillow)
         self.errors: list[BaseException] = []
         self._helper: Pillow | None = None
 
@@ -467,8 +444,8 @@ class Backfiller(_NextToPillow):
                 done += self._backfill(processor, member)
         return done
 
-    def _backfill(self, processor: ReportTablesProcessor, member: ReportTableProcessor) -> int:
-        name = member.target.name
+    def _backfill(self, processor: Backfilling, member: Rebuildable) -> int:
+        name = member.name
         finished = False
         try:
             if self._helper is None:
@@ -477,7 +454,7 @@ class Backfiller(_NextToPillow):
                 self._helper,
                 member,
                 chunk_size=processor.backfill_chunk_size,
-                on_progress=lambda n: processor.backfill_progress(name, n),
+                on_progress=lambda n: processor.backfill_progress(member, n),
             )
             if self._stopped.is_set():
                 self._job.stop()
@@ -512,7 +489,7 @@ def _backfilling(
     """Around a bootstrapped pillow's run: its `ReportTablesProcessor`s' back-fills, in the
     background when it runs forever, first otherwise. A pillow split over processes does
     none (they would race): run it once in one process to back-fill."""
-    if split or not any(isinstance(p, ReportTablesProcessor) for p in pillow.processors):
+    if split or not backfilling(pillow):
         yield None
         return
     backfiller = Backfiller(app, pillow)
@@ -568,13 +545,13 @@ def _rebuilding(
         yield None
         return
     if split:
-        names = ", ".join(p.target.name for p in pending)
+        names = ", ".join(p.name for p in pending)
         raise ReportSchemaError(
-            f"report {names}: definition changed ({pending[0].rebuild_needed}); a pillow "
+            f"{names}: definition changed ({pending[0].pending_rebuild}); a pillow "
             f"split over processes cannot rebuild while it runs: stop it, run `changefeed "
             f"bootstrap {pillow.name}` (rebuilds and swaps), then start it"
         )
-    if not forever or any(p.config is p.target for p in pending):
+    if not forever or not all(p.writable_until_rebuilt for p in pending):
         rebuild_pending(pillow)
         yield None
         return

@@ -126,7 +126,7 @@ class Reindexer:
         self.engine = pillow.checkpoints.engine
         # The pillow's own batch path (fetch, processors, failure policy), for the
         # processors being rebuilt.
-        self._runner = pillow.runner.with_processors(self.processors)
+        self.runner = pillow.runner.with_processors(self.processors)
         self._offset = 0
         self._failures = 0
         self._stop = StopFlag()
@@ -234,7 +234,7 @@ class Reindexer:
                 if state.ordered and not _ascending(previous, changes):
                     state.ordered = False
                 previous = changes[-1].id
-                self._failures += self._runner.process(changes).failures
+                self._failures += self.runner.process(changes).failures
                 documents += len(changes)
                 state.last_id = previous
                 state.position += len(changes)
@@ -300,7 +300,7 @@ class Reindexer:
 
     def _process_log_batch(self, batch: list[Change]) -> None:
         """Changes read from the log, deduplicated as the pillow does (same key)."""
-        self._failures += self._runner.process(latest_per_document(batch)).failures
+        self._failures += self.runner.process(latest_per_document(batch)).failures
 
     def _progress_bar(self) -> Progress:
         return document_progress(self.console, self.show_progress)

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from changefeed.backends import BackendURLError, open_backend
+from changefeed.backends.base import TopicDescription, UnknownTopicError
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import ChangeMeta, TopicPartition
 from changefeed.identifiers import InvalidIdentifierError
@@ -227,3 +228,14 @@ def test_raw_records_keep_their_key_and_exact_bytes(tmp_path: Path) -> None:
     ]
     assert changes[1].raw == value and changes[1].error and "JSON" in changes[1].error
     assert changes[2].error and "data_source_type" in changes[2].error
+
+
+def test_describe_topic_of_a_log_without_settings(tmp_path: Path) -> None:
+    """The declared default of `TopicAdmin.describe_topic`: partitions, no settings."""
+    log = open_backend(f"sqlite:///{tmp_path}/log.db")
+    admin = log.admin()
+    admin.create_topic("form", 2)
+    assert admin.describe_topic("form") == TopicDescription("form", 2)
+    with pytest.raises(UnknownTopicError, match="unknown topic 'case'"):
+        admin.describe_topic("case")
+    log.close()

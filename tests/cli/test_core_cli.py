@@ -62,6 +62,15 @@ def test_bad_input_is_one_line_exit_2(env: dict[str, str], args: list[str], mess
     assert "Traceback" not in result.stderr
 
 
+def test_a_feed_option_the_log_lacks_is_one_line_exit_2(env: dict[str, str]) -> None:
+    """A pillow asking the embedded log for a Kafka consumer group (``feed_options``)."""
+    result = cf({**env, "RECORDER_GROUP": "readers"}, "run", "recorder", "--once")
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines() == [
+        "changefeed: error: feed option 'group_id': not an option of this log (SQLiteLog)"
+    ]
+
+
 def test_run_status_and_checkpoint_commands(env: dict[str, str], tmp_path: Path) -> None:
     publish(env, 30)
     result = cf(env, "run", "recorder", "--once")

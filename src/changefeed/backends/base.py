@@ -6,12 +6,13 @@ suite (tests/backends/conformance.py); nothing above this layer knows which one 
 
 from __future__ import annotations
 
+import inspect
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from operator import attrgetter
-from typing import Protocol
+from typing import Any, Protocol
 
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.wire import WireFormat
@@ -69,6 +70,22 @@ class LogUnavailableError(ConnectionError):
 class TopicInfo:
     name: str
     partitions: int
+
+
+@dataclass(frozen=True, slots=True)
+class TopicDescription:
+    """A topic's partitions and its configuration (`TopicAdmin.describe_topic`)."""
+
+    name: str
+    partitions: int
+    earliest: dict[int, int] = field(default_factory=dict)
+    """Per partition, the earliest offset, when the admin reads offsets (Kafka's does);
+    empty otherwise: a change feed's `earliest_offsets` always has them."""
+    latest: dict[int, int] = field(default_factory=dict)
+    """Per partition, the head, under the same condition as ``earliest``."""
+    config: dict[str, str] = field(default_factory=dict)
+    """The topic's settings that differ from the log's defaults, plus retention; empty for a
+    log whose topics have no settings (the embedded log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,6 +326,71 @@ class TopicAdmin(ABC):
     def add_partitions(self, name: str, total: int) -> None:
         """Grow a topic to ``total`` partitions."""
 
+    def describe_topic(self, name: str) -> TopicDescription:
+        """A topic's partitions and settings (``changefeed topics describe``);
+        `UnknownTopicError` when the log has no such topic. The default, right for a log
+        whose topics have no settings: the partition count `list_topics` gives, no offsets,
+        no settings."""
+        for info in self.list_topics():
+            if info.name == name:
+                return TopicDescription(name, info.partitions)
+        raise UnknownTopicError(f"unknown topic {name!r}")
+
+
+class FeedOptionError(ValueError):
+    """A feed option that no log has, or that this log does not have; one line."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedOptions:
+    """How a change feed reads: one typed value from ``App.constructed_pillow``'s
+    ``feed_options`` (a dict for users) to the backend (`Backend.open_feed`). Every log
+    reads the first three; the others belong to one log, None meaning that log's default,
+    and a log refuses one it does not have."""
+
+    client_id: str = "changefeed"
+    """Names the reader to the log (a pillow's name)."""
+    idle_timeout: float = 1.0
+    """Seconds without a change after which the feed yields None, so a partial batch
+    flushes."""
+    strict: bool = False
+    """Raise `OffsetOutOfRangeError` when retention removed a position, instead of
+    jumping to the earliest offset."""
+    poll_interval: float | None = None
+    """Embedded log: seconds between polls of an idle log."""
+    read_batches: int | None = None
+    """Embedded log: batches read ahead per query."""
+    group_id: str | None = None
+    """Kafka: a consumer group assigns the partitions (the feed's, not the caller's)."""
+    commit_offsets: bool | None = None
+    """Kafka: mirror checkpoints to the group's committed offsets."""
+    batch_rows: int | None = None
+    """Kafka: the most messages one poll returns."""
+    consumer_config: Mapping[str, Any] | None = None
+    """Kafka: librdkafka settings of the consumer."""
+
+    @classmethod
+    def from_dict(cls, options: Mapping[str, Any]) -> FeedOptions:
+        """Options given as a dict (``feed_options={"group_id": ...}``); an unknown key is
+        a `FeedOptionError` naming the known ones."""
+        known = [f.name for f in fields(cls)]
+        unknown = [key for key in options if key not in known]
+        if unknown:
+            raise FeedOptionError(
+                f"unknown feed option {', '.join(map(repr, unknown))} (known: {', '.join(known)})"
+            )
+        return cls(**options)
+
+    def keywords(self) -> dict[str, Any]:
+        """The options as `Backend.change_feed` takes them: the reader's name and idle
+        timeout, and every other one that is set (not its default)."""
+        out: dict[str, Any] = {"client_id": self.client_id, "idle_timeout": self.idle_timeout}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name not in out and value != f.default:
+                out[f.name] = value
+        return out
+
 
 class Backend(ABC):
     """One log: makes publishers, change feeds and gives topic admin."""
@@ -324,6 +406,22 @@ class Backend(ABC):
     def change_feed(
         self, topics: Sequence[str], *, client_id: str = "changefeed", idle_timeout: float = 1.0
     ) -> ChangeFeed: ...
+
+    def open_feed(self, topics: Sequence[str], options: FeedOptions) -> ChangeFeed:
+        """A feed on ``topics`` read as ``options`` say: `change_feed` with the options
+        set as its keywords. One this log's `change_feed` does not take (a Kafka consumer
+        group on the embedded log) is a `FeedOptionError`, not a TypeError."""
+        keywords = options.keywords()
+        taken = inspect.signature(self.change_feed).parameters.values()
+        names = {p.name for p in taken if p.kind is not p.VAR_KEYWORD}
+        takes_any = len(names) < len(taken)
+        missing = [key for key in keywords if key not in names and not takes_any]
+        if missing:
+            raise FeedOptionError(
+                f"feed option {', '.join(map(repr, missing))}: not an option of this log "
+                f"({type(self).__name__})"
+            )
+        return self.change_feed(topics, **keywords)
 
     @abstractmethod
     def admin(self) -> TopicAdmin: ...

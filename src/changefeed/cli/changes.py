@@ -20,7 +20,7 @@ from typing import Any
 import click
 import orjson
 
-from changefeed.backends.base import Backend, ChangeFeed
+from changefeed.backends.base import Backend, ChangeFeed, FeedOptions
 from changefeed.change import Change, TopicPartition
 from changefeed.cli.common import UserError, cli, get_app, user_errors
 from changefeed.cli.output import plural
@@ -245,7 +245,7 @@ def changes_cmd(
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)
     app = get_app(ctx, read_only=True)
-    feed = app.change_feed([topic], client_id="changefeed-changes", idle_timeout=0.5)
+    feed = app.change_feed([topic], FeedOptions("changefeed-changes", idle_timeout=0.5))
     try:
         partitions = feed.topic_partitions()
         if not partitions:

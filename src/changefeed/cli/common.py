@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from changefeed.backends import BackendURLError, LogUnavailableError
+from changefeed.backends import BackendURLError, FeedOptionError, LogUnavailableError
 from changefeed.cli.commands import COMMANDS
 from changefeed.cli.output import human
 from changefeed.extras import MissingExtraError
@@ -59,6 +59,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return (
         ConfigError,
         BackendURLError,
+        FeedOptionError,  # a pillow's feed_options naming an option its log lacks
         InvalidIdentifierError,
         MissingExtraError,
         LogUnavailableError,  # a log URL naming no reachable server: one line naming it

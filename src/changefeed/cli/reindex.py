@@ -10,8 +10,8 @@ from changefeed.cli.common import F, UserError, cli, get_app, user_errors
 from changefeed.cli.output import plural
 from changefeed.pillow import Pillow
 from changefeed.processors.elastic.errors import ElasticBootstrapError
-from changefeed.processors.reports import ReportSchemaError, ReportTableProcessor
-from changefeed.rebuild import rebuild, rebuild_pending, swappable
+from changefeed.processors.reports import ReportSchemaError
+from changefeed.rebuild import rebuild, rebuild_pending, rebuildable
 from changefeed.reindex import ReindexError, ReindexResult, reindex
 
 INTERRUPTED = 130
@@ -130,10 +130,7 @@ def reindex_cmd(
 def _mapping_changed(pillow: Pillow) -> bool:
     """True when an Elasticsearch processor's alias points at an index of other mappings."""
     try:
-        return any(
-            not isinstance(p, ReportTableProcessor) and p.mapping_changed()
-            for p in swappable(pillow)
-        )
+        return any(p.output_outdated() for p in rebuildable(pillow))
     finally:
         for processor in pillow.processors:
             processor.close()

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import click
 import orjson
 
+from changefeed.backends import FeedOptions
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import COPY, MERGE
 from changefeed.cli.checkpoint import checkpoint_group
@@ -158,7 +159,7 @@ def dump_remaining_cmd(ctx: click.Context, pillow: str) -> None:
     }
     if not since:
         return
-    feed = app.change_feed(sorted({tp.topic for tp in since}), client_id="changefeed-dump")
+    feed = app.change_feed(sorted({tp.topic for tp in since}), FeedOptions("changefeed-dump"))
     try:
         for change in feed.iter_changes(since, forever=False):
             if change is None:

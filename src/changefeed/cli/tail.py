@@ -8,7 +8,7 @@ from collections.abc import Callable
 import click
 import orjson
 
-from changefeed.backends import ChangeFeed
+from changefeed.backends import ChangeFeed, FeedOptions
 from changefeed.change import Change, TopicPartition
 from changefeed.cli.changes import change_line, filter_options, key_partitions, make_filter
 from changefeed.cli.common import UserError, cli, get_app, user_errors
@@ -51,7 +51,7 @@ def tail_cmd(
         topic_name(topic)
     f = make_filter(doc_ids, ids_file, doc_type, subtype, domain, since, until)
     app = get_app(ctx, read_only=True)
-    feed = app.change_feed([topic], client_id="changefeed-tail", idle_timeout=0.5)
+    feed = app.change_feed([topic], FeedOptions("changefeed-tail", idle_timeout=0.5))
     partitions = feed.topic_partitions()
     if not partitions:
         feed.close()

@@ -128,8 +128,7 @@ def describe_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         latest = feed.latest_offsets()
     finally:
         feed.close()
-    describe = getattr(admin, "describe_topic", None)
-    settings: dict[str, str] = describe(name).config if describe is not None else {}
+    settings = admin.describe_topic(name).config
     rows = []
     for part in range(count):
         tp = TopicPartition(name, part)

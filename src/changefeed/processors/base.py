@@ -8,24 +8,20 @@ once, and a replay must not regress data (upsert by id, use external versions).
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from changefeed.change import Change
+from changefeed.failures import Failure
 
-
-class ChangeFailure(NamedTuple):
-    """A change a bulk processor could not handle; ``retryable=False`` parks it at once."""
-
-    change: Change
-    exception: BaseException
-    retryable: bool = True
-    where: str | None = None
-    """The part of the processor that failed, when it is made of parts (one data source of
-    `ReportTablesProcessor`): queued under this name instead of the processor's, so a retry
-    redoes that part only (`Processor.for_failure`)."""
+ChangeFailure = Failure
+"""A change a bulk processor could not handle: ``ChangeFailure(change, exception,
+retryable=True, where=None)``. The same class as `changefeed.failures.Failure`, so what a
+processor returns is what the error queue stores; ``retryable=False`` parks it at once, and
+``where`` names the part of a processor made of parts that failed (see `Failure`)."""
 
 
 @dataclass(slots=True)
@@ -104,6 +100,127 @@ class Processor(ABC):
         """The document ids present in the output, in chunks, so ``verify`` finds output for
         documents the stores no longer hold (extra). Only meaningful with `verify_output`."""
         return iter(())
+
+    def as_rebuildable(self) -> Rebuildable | None:
+        """This processor as a `Rebuildable` (its output can be rebuilt next to the live one
+        and swapped in), or None: it cannot, the default. ``changefeed rebuild`` and
+        ``reindex --new-index`` leave such a processor alone."""
+        return None
+
+    def as_backfilling(self) -> Backfilling | None:
+        """This processor as a `Backfilling` one (parts added while it runs are filled
+        next to it), or None: it has no such parts, the default."""
+        return None
+
+
+class Shadow(ABC):
+    """A new output of a `Rebuildable` processor, filled next to the live one by
+    ``processor`` while the live one keeps serving, then swapped in (`changefeed.rebuild`)."""
+
+    processor: Processor
+    """Writes the new output: a processor like the live one, pointed at it. It shares the
+    live processor's connections: close the live one, not this."""
+    target: str
+    """The table or index filled: named in results, and in the saved progress a resumed
+    rebuild finds."""
+
+    @abstractmethod
+    def swap_in(self) -> None:
+        """Make the filled output the live one in one step: readers see the old output or
+        the new one, never none; the live processor writes the new one from now on."""
+
+    @abstractmethod
+    def abandon(self) -> None:
+        """The fill was interrupted: keep what a resumed rebuild continues
+        (`Rebuildable.resumable`), remove the rest. The live output is untouched."""
+
+
+class Rebuildable(Processor):
+    """A processor whose output can be rebuilt from the document stores next to the live
+    one, then swapped in without downtime (``changefeed rebuild``, ``reindex --new-index``,
+    the rebuild of a changed report definition): a report table, an Elasticsearch index.
+    `changefeed.rebuild` drives it through this contract alone."""
+
+    resumable: bool = False
+    """An interrupted rebuild can resume into the same shadow (a report table named after
+    its definition); when False, a rebuild always starts over into a new one."""
+
+    def as_rebuildable(self) -> Rebuildable:
+        return self
+
+    @abstractmethod
+    def prepare_rebuild(self) -> None:
+        """Get the live output ready for a requested rebuild (its bootstrap), accepting a
+        changed definition that the bootstrap of a running pillow would refuse."""
+
+    @abstractmethod
+    def shadow_output(self) -> Shadow:
+        """A new output next to the live one, empty, or as an interrupted rebuild left it
+        when `resumable`."""
+
+    def holding(self) -> AbstractContextManager[None]:
+        """Hold off this processor's batches for the block: the last replay into the shadow
+        and the swap run under it, so no batch writes the old output after the shadow caught
+        up. The default holds nothing, right for a sink whose swap cannot cut a batch's writes
+        in two (an alias update): what the live processor writes meanwhile into the old
+        output is replayed into the new one after the swap."""
+        return nullcontext()
+
+    @property
+    def pending_rebuild(self) -> str | None:
+        """Why the live output must be rebuilt before it matches this processor's
+        definition, as bootstrap found (a report whose columns changed), or None: nothing
+        pending, the default. A running pillow rebuilds it next to the live output."""
+        return None
+
+    @property
+    def writable_until_rebuilt(self) -> bool:
+        """While a `pending_rebuild` runs next to the pillow, the live output can still be
+        written (with the definition it was built with); when False it is rebuilt before
+        the pillow processes anything. Only asked when a rebuild is pending."""
+        return True
+
+    def output_outdated(self) -> bool:
+        """True when the live output was made for another definition, so writing into it
+        cannot bring it in line and ``changefeed reindex`` builds a new one next to it
+        instead (an Elasticsearch alias pointing at an index of other mappings). Asks the
+        sink; the default, False, for an output whose bootstrap brings it in line."""
+        return False
+
+
+class Backfilling(Processor):
+    """A processor made of parts that can be added or changed while its pillow runs, each
+    filled from the document stores next to the running pillow (a back-fill: a shadow
+    rebuild of the part, a `Rebuildable`) before it goes live: the data sources of
+    `ReportTablesProcessor`. ``changefeed.rebuild.Backfiller`` drives it, in a thread next
+    to the pillow, through this contract alone."""
+
+    backfill_chunk_size: int = 1000
+    """Changes per chunk of a back-fill (its progress is saved after each)."""
+    backfill_wanted: threading.Event
+    """Set while a part waits for its back-fill, so an idle back-filler wakes up."""
+
+    def as_backfilling(self) -> Backfilling:
+        return self
+
+    @abstractmethod
+    def poll(self) -> None:
+        """Pick up the parts added, changed or removed since the last call (cheap when
+        nothing changed: the back-filler calls it between back-fills)."""
+
+    @abstractmethod
+    def pending_backfill(self) -> Rebuildable | None:
+        """A part waiting for its back-fill, claimed (handed out to no one else until
+        `backfill_done`); None when none waits."""
+
+    @abstractmethod
+    def backfill_progress(self, part: Rebuildable, done: int) -> None:
+        """The back-fill of ``part`` went through ``done`` changes."""
+
+    @abstractmethod
+    def backfill_done(self, part: Rebuildable, finished: bool) -> None:
+        """The back-fill of ``part`` ended: live when ``finished`` (and the part was not
+        changed meanwhile); otherwise it is handed out again."""
 
 
 class BulkProcessor(Processor):

@@ -33,6 +33,7 @@ from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore, SeqCheckpoint, partition_lag
 from changefeed.couchdb import CouchDatabase
 from changefeed.errors import ErrorQueue
+from changefeed.failures import Failure
 from changefeed.identifiers import object_name
 from changefeed.lifecycle import Health
 from changefeed.sources.couch import CouchChange, CouchChangeFeed, Seq
@@ -106,7 +107,7 @@ class CouchBridgePillow:
         self.read = 0
         """Changes read by this object's runs (all of them, design documents included)."""
         self._batch: dict[str, tuple[str, ChangeMeta]] = {}
-        self._failures: list[tuple[Change, str, BaseException]] = []
+        self._failures: list[Failure] = []
         self._seen = 0
         self._seq: Seq = None
         self._position = 0
@@ -190,7 +191,9 @@ class CouchBridgePillow:
         try:
             meta = self.classifier(change, self.data_source_name)
         except (UnclassifiableDocumentError, ValueError) as exc:
-            self._failures.append((self._error_change(change, str(exc)), CLASSIFY, exc))
+            self._failures.append(
+                Failure(self._error_change(change, str(exc)), exc, False, CLASSIFY)
+            )
             return
         batch = self._batch
         batch.pop(change.id, None)  # only the newest stub per document in a batch
@@ -214,9 +217,9 @@ class CouchBridgePillow:
             self.publisher.flush()
             self.published += len(self._batch)
         if self._failures:
-            for change, _, exc in self._failures:
+            for change, exc, _, _ in self._failures:
                 log.warning("couch bridge %s: cannot classify %s: %s", self.name, change.id, exc)
-            self.error_queue.add_many(self.name, self._failures, retryable=False)
+            self.error_queue.add_many(self.name, self._failures)
             self.unclassifiable += len(self._failures)
         tp = TopicPartition(self.topic, 0)
         moved = self.checkpoints.moved(self.name, {tp: self._position - self._seen})

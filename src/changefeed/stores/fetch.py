@@ -66,13 +66,13 @@ class DocumentFetcher:
             try:
                 store = self.stores.for_change(meta)
             except LookupError as exc:
-                failures.append(Failure(change, FETCH, exc, True))
+                failures.append(Failure(change, exc, True, FETCH))
                 continue
             if meta.document_rev is not None and rev_number(meta.document_rev) is None:
                 bad = InvalidChangeError(
                     f"document_rev {meta.document_rev!r} is not a revision of the form N-hash"
                 )
-                failures.append(Failure(change, INVALID_STUB, bad, False))
+                failures.append(Failure(change, bad, False, INVALID_STUB))
                 continue
             by_store.setdefault(id(store), (store, []))[1].append(change)
         for store, group in by_store.values():
@@ -125,7 +125,7 @@ class DocumentFetcher:
                     change.deleted = False  # the store decides: an upsert of what it holds
                 if doc is None:
                     missing = DocumentNotFoundError(f"document {change.id!r} not found in {where}")
-                    failures.append(Failure(change, FETCH, missing, True))
+                    failures.append(Failure(change, missing, True, FETCH))
                 elif doc is DocumentDeleted:
                     change.deleted = True
                     change.set_document(None)
@@ -135,7 +135,7 @@ class DocumentFetcher:
                         f"document {change.id!r} in {where} is a {type(doc).__name__}, "
                         "not a JSON object"
                     )
-                    failures.append(Failure(change, FETCH, bad, True))
+                    failures.append(Failure(change, bad, True, FETCH))
                 elif is_stale(store, change, doc):
                     stale.append(change)
                 else:
@@ -151,7 +151,7 @@ class DocumentFetcher:
                 f"document {change.id!r} is older than its change "
                 f"(version={meta.version} rev={meta.document_rev})"
             )
-            failures.append(Failure(change, FETCH, error, True))
+            failures.append(Failure(change, error, True, FETCH))
 
 
 def wanted_version(change: Change) -> int | None:

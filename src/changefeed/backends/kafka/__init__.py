@@ -19,8 +19,8 @@ try:  # one check for every module of this package
 except ImportError as exc:
     raise MissingExtraError("kafka", exc) from exc
 
-from changefeed.backends.base import Backend, key_partition
-from changefeed.backends.kafka.admin import KafkaTopicAdmin, TopicDescription
+from changefeed.backends.base import Backend, TopicDescription, key_partition
+from changefeed.backends.kafka.admin import KafkaTopicAdmin
 from changefeed.backends.kafka.config import KafkaConfig, parse_kafka_url
 from changefeed.backends.kafka.feed import KafkaChangeFeed
 from changefeed.backends.kafka.publisher import KafkaPublisher

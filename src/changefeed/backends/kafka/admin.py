@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -27,6 +26,7 @@ from changefeed.backends.base import (
     CreatedTopic,
     LogUnavailableError,
     TopicAdmin,
+    TopicDescription,
     TopicInfo,
     UnknownTopicError,
     partition_count,
@@ -36,18 +36,6 @@ from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
 
 _ALWAYS_SHOWN = frozenset({"retention.ms", "retention.bytes", "cleanup.policy"})
-
-
-@dataclass(frozen=True, slots=True)
-class TopicDescription:
-    """A topic's partitions with their earliest and latest offsets, and its configuration
-    (settings that differ from the broker's defaults, plus retention)."""
-
-    name: str
-    partitions: int
-    earliest: dict[int, int] = field(default_factory=dict)
-    latest: dict[int, int] = field(default_factory=dict)
-    config: dict[str, str] = field(default_factory=dict)
 
 
 def _wait(future: Future[Any], timeout: float) -> Any:

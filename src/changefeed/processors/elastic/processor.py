@@ -19,7 +19,13 @@ from changefeed.change import Change
 from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.errors import bounded
 from changefeed.processors.backoff import Backoff, SinkRetrier
-from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
+from changefeed.processors.base import (
+    BulkProcessor,
+    ChangeFailure,
+    OutputDrift,
+    Rebuildable,
+    Shadow,
+)
 from changefeed.processors.elastic.bulk import (
     BulkOp,
     encode_op,
@@ -50,7 +56,7 @@ from changefeed.processors.elastic.versions import (
 Transform = Callable[[Document], "Document | None"]
 
 
-class ElasticProcessor(BulkProcessor):
+class ElasticProcessor(BulkProcessor, Rebuildable):
     """Indexes changed documents into ``alias`` and deletes deleted ones, in bulk.
 
     ``transform(doc)`` turns a document into what is indexed; returning None deletes the
@@ -195,6 +201,17 @@ class ElasticProcessor(BulkProcessor):
             raise ElasticBootstrapError(f"index {index!r} is behind alias {self.alias!r}")
         self.client.options(ignore_status=404).indices.delete(index=index)
 
+    # -- the rebuild contract (`Rebuildable`): a new index, then the alias swap ------------
+
+    def prepare_rebuild(self) -> None:
+        self.bootstrap()
+
+    def shadow_output(self) -> Shadow:
+        return _NewIndex(self, self.new_index())
+
+    def output_outdated(self) -> bool:
+        return self.mapping_changed()
+
     # -- processing --------------------------------------------------------------------
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
@@ -313,3 +330,19 @@ class ElasticProcessor(BulkProcessor):
         if self._owns_client and self._client is not None:
             self._client.close()
             self._client = None
+
+
+class _NewIndex(Shadow):
+    """A new versioned index being filled for `ElasticProcessor.swap_alias`."""
+
+    def __init__(self, live: ElasticProcessor, index: str) -> None:
+        self.live = live
+        self.target = index
+        self.processor = live.writer_for(index)
+
+    def swap_in(self) -> None:
+        self.live.swap_alias(self.target)
+
+    def abandon(self) -> None:
+        """Deleted: a rebuild cannot resume into it (the next one makes a new index)."""
+        self.live.delete_index(self.target)

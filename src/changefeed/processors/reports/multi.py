@@ -30,7 +30,13 @@ from changefeed.change import Change
 from changefeed.db import make_engine
 from changefeed.errors import bounded
 from changefeed.failures import DocumentError
-from changefeed.processors.base import BulkProcessor, ChangeFailure, Processor
+from changefeed.processors.base import (
+    Backfilling,
+    BulkProcessor,
+    ChangeFailure,
+    Processor,
+    Rebuildable,
+)
 from changefeed.processors.reports.config import DataSourceConfig
 from changefeed.processors.reports.definition import definition_hash, definitions_table
 from changefeed.processors.reports.processor import ReportTableProcessor, create_table
@@ -171,7 +177,7 @@ class _Plan:
         self.domain_rows: defaultdict[str, int] = defaultdict(int)
 
 
-class ReportTablesProcessor(BulkProcessor):
+class ReportTablesProcessor(BulkProcessor, Backfilling):
     """Many report data sources in one processor; see the module docstring.
 
     ``data_sources``: a `DataSourceProvider`, a directory of ``.yaml``/``.yml``/``.json``
@@ -417,7 +423,7 @@ class ReportTablesProcessor(BulkProcessor):
 
     # -- back-fills, run by the runtime (``changefeed.rebuild.Backfiller``) ----------------
 
-    def pending_backfill(self) -> ReportTableProcessor | None:
+    def pending_backfill(self) -> Rebuildable | None:
         """A data source to back-fill (claimed: not handed out again until
         `backfill_done`), as its table's processor for a shadow rebuild; None when none."""
         with self._lock:
@@ -428,21 +434,21 @@ class ReportTablesProcessor(BulkProcessor):
             self.backfill_wanted.clear()
             return None
 
-    def backfill_progress(self, name: str, done: int) -> None:
+    def backfill_progress(self, part: Rebuildable, done: int) -> None:
         """A back-fill went through ``done`` changes (saved, for ``reports list``)."""
-        source = self._sources.get(name)
+        source = self._sources.get(_source_name(part))
         if source is not None and source.state == BACKFILLING:
             source.progress = done
             self.states.save([source.snapshot()])
 
-    def backfill_done(self, member: ReportTableProcessor, finished: bool) -> None:
-        """The back-fill of ``member`` ended: live when ``finished`` and the data source was
+    def backfill_done(self, part: Rebuildable, finished: bool) -> None:
+        """The back-fill of ``part`` ended: live when ``finished`` and the data source was
         not changed meanwhile; else it is handed out again."""
         with self._lock:
-            name = member.target.name
+            name = _source_name(part)
             self._claimed.discard(name)
             source = self._sources.get(name)
-            if source is None or source.member is not member or source.state != BACKFILLING:
+            if source is None or source.member is not part or source.state != BACKFILLING:
                 return
             if finished:
                 source.state = LIVE
@@ -603,3 +609,10 @@ class _OneSource(BulkProcessor):
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         return self.parent.process_for(self.source, changes)
+
+
+def _source_name(part: Rebuildable) -> str:
+    """The data source whose table ``part`` writes (one `pending_backfill` handed out)."""
+    if not isinstance(part, ReportTableProcessor):
+        raise TypeError(f"{part.name} is not a data source's table")
+    return part.target.name

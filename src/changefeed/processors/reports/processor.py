@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,13 @@ from changefeed.change import Change
 from changefeed.db import create_tables, make_engine
 from changefeed.errors import bounded
 from changefeed.identifiers import sql_identifier
-from changefeed.processors.base import BulkProcessor, ChangeFailure, OutputDrift
+from changefeed.processors.base import (
+    BulkProcessor,
+    ChangeFailure,
+    OutputDrift,
+    Rebuildable,
+    Shadow,
+)
 from changefeed.processors.reports.config import (
     SYSTEM_COLUMNS,
     DataSourceConfig,
@@ -75,7 +81,7 @@ class _Plan:
         return self.config is processor.config and self.writer is processor._writer
 
 
-class ReportTableProcessor(BulkProcessor):
+class ReportTableProcessor(BulkProcessor, Rebuildable):
     """A configurable report table (a "data source") fed by a pillow.
 
     One per data source costs a filter per document and a transaction per batch each: a
@@ -316,6 +322,29 @@ class ReportTableProcessor(BulkProcessor):
             self._use(target)
             self.rebuild_needed = None
 
+    # -- the rebuild contract (`Rebuildable`) ----------------------------------------------
+
+    resumable = True  # the shadow table is named after the definition it is filled with
+
+    def prepare_rebuild(self) -> None:
+        self.migrate(rebuilding=True)
+
+    def shadow_output(self) -> Shadow:
+        return _ShadowTable(self, self.shadow())
+
+    def holding(self) -> AbstractContextManager[None]:
+        return self.writing()
+
+    @property
+    def pending_rebuild(self) -> str | None:
+        return None if self.rebuild_needed is None else str(self.rebuild_needed)
+
+    @property
+    def writable_until_rebuilt(self) -> bool:
+        # Written with the stored old definition until the swap; without one (a table that
+        # predates stored definitions) there is nothing to write it with.
+        return self.config is not self.target
+
     def drop_shadow(self) -> None:
         """Drop a shadow table (an abandoned rebuild)."""
         if self.table_name is None:
@@ -403,3 +432,18 @@ def create_table(conn: sa.Connection, config: DataSourceConfig, schema: str | No
 
 def _row_num(row: tuple[Any, ...]) -> Any:
     return row[1]
+
+
+class _ShadowTable(Shadow):
+    """A shadow table being filled for `ReportTableProcessor.swap_in`."""
+
+    def __init__(self, live: ReportTableProcessor, table: ReportTableProcessor) -> None:
+        self.live = live
+        self.processor = self.table = table
+        self.target = table.table.name
+
+    def swap_in(self) -> None:
+        self.live.swap_in(self.table)
+
+    def abandon(self) -> None:
+        """Kept: a rebuild of the same definition resumes into it."""
