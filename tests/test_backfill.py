@@ -235,3 +235,13 @@ def test_enabled_while_stopped_back_fills_what_the_quarantine_skipped(
     assert done.returncode == 0, done.stderr
     assert world.states()["cases-a"] == LIVE
     assert world.rows("report_cases_a") == world.expected("a")
+
+
+def test_a_paced_back_fill_waits_in_proportion_to_its_work() -> None:
+    from changefeed.rebuild import _Pace
+
+    waits: list[float] = []
+    pace = _Pace(0.25, waits.append)  # a quarter of the time: wait three times the work
+    pace.mark -= 0.2  # a step that took 0.2 s
+    pace()
+    assert len(waits) == 1 and 0.6 <= waits[0] < 0.7
