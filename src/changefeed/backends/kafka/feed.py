@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from itertools import compress
 from operator import not_
 from typing import Any
@@ -131,10 +131,12 @@ class KafkaChangeFeed(BatchedChangeFeed):
             heads: dict[TopicPartition, int] = {}
             if not forever and partitions.assigned:
                 heads = partitions.metadata.offsets(partitions.assigned, "latest")
+            consume = partitions.consumer.consume  # this read's consumer, closed or not
             last_activity = monotonic()
             owed = False  # a list went out with caught_up=False and no catch-up told since
             while forever or partitions.uses_consumer_group or partitions.assigned:
-                msgs, rebalanced = self._poll(idle_timeout - (monotonic() - last_activity))
+                wait = idle_timeout - (monotonic() - last_activity)
+                msgs, rebalanced = self._poll(consume, wait)
                 changes, got = yield from self._lists_of(msgs, rebalanced)
                 owed = owed or got
                 at_end = partitions.at_end()
@@ -158,13 +160,14 @@ class KafkaChangeFeed(BatchedChangeFeed):
                     partitions.idle()
                     yield None
 
-    def _poll(self, wait: float) -> tuple[list[Message], bool]:
+    def _poll(
+        self, consume: Callable[[int, float], list[Message]], wait: float
+    ) -> tuple[list[Message], bool]:
         """What is queued, without waiting; if nothing, wait (up to ``wait``) for the first
         message only (``consume(n, t)`` waits for all n or the whole timeout, which at low
         load would hold changes back for up to a second), then take what came with it.
         After a rebalance (True), only messages of partitions still assigned."""
         partitions = self._partitions
-        consume = partitions.consumer.consume
         batch_rows = self.batch_rows
         msgs = consume(batch_rows, 0)
         if not msgs:
