@@ -134,7 +134,9 @@ class KafkaChangeFeed(BatchedChangeFeed):
             consume = partitions.consumer.consume  # this read's consumer, closed or not
             last_activity = monotonic()
             owed = False  # a list went out with caught_up=False and no catch-up told since
-            while forever or partitions.uses_consumer_group or partitions.assigned:
+            # A static catch-up read ends when nothing is assigned; a group may assign later.
+            unbounded = forever or partitions.uses_consumer_group
+            while unbounded or partitions.assigned:
                 wait = idle_timeout - (monotonic() - last_activity)
                 msgs, rebalanced = self._poll(consume, wait)
                 changes, got = yield from self._lists_of(msgs, rebalanced)
