@@ -21,7 +21,7 @@ from changefeed.backends.local.times import first_offset_at
 from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
 
-Batch = tuple[int, int, bytes]
+StoredBatch = tuple[int, int, bytes]
 """A stored batch as read: (base offset, record count, payload)."""
 
 
@@ -31,7 +31,7 @@ class _PartitionRead:
 
     tp: TopicPartition
     pos: int
-    batches: list[Batch]
+    batches: list[StoredBatch]
 
 
 class SQLiteChangeFeed(BatchedChangeFeed):
@@ -118,7 +118,7 @@ class SQLiteChangeFeed(BatchedChangeFeed):
         self._offset_reset(tp, needed, earliest)
         return earliest
 
-    def _read(self, tid: int, partition: int, pos: int) -> tuple[list[Batch], int]:
+    def _read(self, tid: int, partition: int, pos: int) -> tuple[list[StoredBatch], int]:
         """Batches holding offsets from ``pos`` on (the first may start before it) and the
         head, read in one snapshot: a head read separately could run ahead of the batches
         and make a fresh append look like a gap."""
