@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from changefeed.processors.reports.expressions import parse_expression
+from changefeed.processors.reports.expressions import parse_expression, register_expression_type
 from changefeed.processors.reports.filters import parse_filter
 
 DOC: dict[str, Any] = {
@@ -237,3 +237,10 @@ def test_new_types_validate_their_fields(spec: dict[str, Any], path: str, needle
     with pytest.raises(ReportConfigError, match=needle) as info:
         parse(spec, "f")
     assert info.value.path == path
+
+
+def test_the_expression_types_holding_a_filter_come_from_filters() -> None:
+    # filters imports expressions and adds these two; a second registration is refused.
+    for name in ("conditional", "iterator"):
+        with pytest.raises(ValueError, match="already registered"):
+            register_expression_type(name, lambda f: lambda item, root: None)

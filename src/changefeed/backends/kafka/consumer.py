@@ -20,26 +20,30 @@ offset) and while reading (``auto.offset.reset=error``): ``strict`` raises
 `set_offset_reset_handler` and reads on from the earliest offset.
 
 Kept apart from the reading loop (`feed`) because this state changes inside librdkafka's
-callbacks, between two ``consume()`` calls; the loop only looks at it.
+callbacks, between two ``consume()`` calls: `PartitionConsumer` owns it, and the loop asks
+it through a few methods (which partitions are at their end, where the consumer stands,
+whether a rebalance happened since the last look).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from changefeed.backends.base import (
-    BatchedChangeFeed,
     OffsetOutOfRangeError,
+    OffsetResetHandler,
     RebalanceListener,
 )
 from changefeed.backends.kafka.admin import KafkaMetadata
 from changefeed.backends.kafka.config import KafkaConfig
+from changefeed.backends.kafka.messages import EOF, OUT_OF_RANGE, RESET
 from changefeed.change import TopicPartition
 
 log = logging.getLogger("changefeed.kafka")
@@ -69,10 +73,10 @@ with; ``cooperative-sticky`` (URL option ``partition_assignment_strategy``) is s
 and moves fewer partitions on real Kafka."""
 
 
-class KafkaConsumerFeed(BatchedChangeFeed):
+class PartitionConsumer:
     """A feed's Kafka consumer and the partitions it holds: assignment (static or by the
-    consumer group), offsets removed by retention, and offsets mirrored to Kafka.
-    `KafkaChangeFeed` reads through it."""
+    consumer group), the partitions read to their end, offsets removed by retention, and
+    offsets mirrored to Kafka. `KafkaChangeFeed` holds one and reads through it."""
 
     def __init__(
         self,
@@ -85,40 +89,42 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         commit_offsets: bool,
         commit_interval: float,
         consumer_config: Mapping[str, Any] | None,
+        on_offset_reset: OffsetResetHandler,
     ) -> None:
         self.config = config
         self.topics = topics
         self.client_id = client_id
         self.strict = strict
         self.group_id = group_id
-        self._grouped = group_id is not None
-        self._commit_enabled = commit_offsets
         self.commit_interval = commit_interval
+        self.metadata = KafkaMetadata(config, client_id)
+        self._on_offset_reset = on_offset_reset
+        self._commit_enabled = commit_offsets
         self._uncommitted: dict[TopicPartition, int] = {}
         self._last_commit = 0.0
         self._reading = False
-        """Inside `iter_change_batches` (commits outside it are sent at once)."""
+        """Inside a read (`reading`): commits outside one are sent at once."""
         self._consumer_config = dict(consumer_config or {})
-        self._metadata = KafkaMetadata(config, client_id)
         self._consumer: Consumer | None = None
         self._listener: RebalanceListener | None = None
         self._subscribed = False
-        self._assigned: dict[TopicPartition, int] = {}
+        self.assigned: dict[TopicPartition, int] = {}
         """Partitions we read, each with the offset it was (re)assigned at."""
+        self.eof: set[TopicPartition] = set()
+        """Assigned partitions whose last event was end-of-partition."""
         self._rebalanced = False
         self._revoking = False
-        self._eof: set[TopicPartition] = set()
         self._cooperative = False
 
     @property
     def uses_consumer_group(self) -> bool:
         """True with a ``group_id``: Kafka's consumer group decides which partitions we read."""
-        return self._grouped
+        return self.group_id is not None
 
     @property
     def assignment(self) -> list[TopicPartition]:
-        """The partitions this feed reads now (changes on rebalance in group mode)."""
-        return sorted(self._assigned)
+        """The partitions read now (changes on rebalance in group mode)."""
+        return sorted(self.assigned)
 
     # -- the consumer --------------------------------------------------------------------
 
@@ -163,7 +169,7 @@ class KafkaConsumerFeed(BatchedChangeFeed):
             tp,
             earliest,
         )
-        self._offset_reset(tp, needed, earliest)
+        self._on_offset_reset(tp, needed, earliest)
         return earliest
 
     def _checked(self, offsets: Mapping[TopicPartition, int]) -> dict[TopicPartition, int]:
@@ -171,7 +177,7 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         out = dict(offsets)
         if not out:
             return out
-        earliest = self._metadata.offsets(out, "earliest")
+        earliest = self.metadata.offsets(out, "earliest")
         for tp, offset in sorted(out.items()):
             first = earliest.get(tp)
             if first is not None and first >= 0 and offset < first:
@@ -180,7 +186,7 @@ class KafkaConsumerFeed(BatchedChangeFeed):
 
     def _reset_partition(self, tp: TopicPartition, needed: int) -> None:
         """A fetch hit an offset that is gone (read while retention ran): move on."""
-        earliest = self._metadata.offsets([tp], "earliest").get(tp, 0)
+        earliest = self.metadata.offsets([tp], "earliest").get(tp, 0)
         self._reassign({tp: self._out_of_range(tp, needed, earliest)})
 
     def _reassign(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -191,18 +197,18 @@ class KafkaConsumerFeed(BatchedChangeFeed):
             consumer.incremental_assign(ktps)
         except KafkaException:
             # Eager group protocol: only a full assign() is allowed.
-            current = self._positions()
+            current = self.positions()
             current.update(offsets)
             consumer.assign(
                 [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in current.items()]
             )
-        self._assigned.update(offsets)
-        self._eof.difference_update(offsets)
+        self.assigned.update(offsets)
+        self.eof.difference_update(offsets)
 
-    def _positions(self) -> dict[TopicPartition, int]:
+    def positions(self) -> dict[TopicPartition, int]:
         """Next offset to read per assigned partition (where nothing was read yet: the
         offset it was assigned at)."""
-        assigned = self._assigned
+        assigned = self.assigned
         if not assigned:
             return {}
         out = dict(assigned)
@@ -227,9 +233,9 @@ class KafkaConsumerFeed(BatchedChangeFeed):
             consumer.incremental_assign(ktps)
         else:
             consumer.assign(ktps)
-            self._assigned.clear()
-        self._assigned.update(offsets)
-        self._eof.difference_update(tps)
+            self.assigned.clear()
+        self.assigned.update(offsets)
+        self.eof.difference_update(tps)
         self._rebalanced = True
         log.info("kafka: %s assigned %s", self.group_id, ", ".join(map(str, sorted(tps))) or "-")
 
@@ -240,7 +246,7 @@ class KafkaConsumerFeed(BatchedChangeFeed):
             self._revoking = True
             try:
                 self._listener.on_revoke(tps)
-                self._send_commits(synchronous=True)
+                self.send_commits(synchronous=True)
             finally:
                 self._revoking = False
         if self._cooperative:
@@ -248,13 +254,13 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         else:
             consumer.unassign()
         for tp in tps:
-            self._assigned.pop(tp, None)
-            self._eof.discard(tp)
+            self.assigned.pop(tp, None)
+            self.eof.discard(tp)
         self._rebalanced = True
 
     def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Without a listener: Kafka's committed offsets, else the beginning."""
-        with self._metadata.reaching():
+        with self.metadata.reaching():
             found = self.consumer.committed(
                 [KafkaTopicPartition(tp.topic, tp.partition) for tp in tps],
                 timeout=self.config.timeout,
@@ -262,6 +268,11 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         return {
             TopicPartition(k.topic, k.partition): (k.offset if k.offset >= 0 else 0) for k in found
         }
+
+    def take_rebalanced(self) -> bool:
+        """Whether partitions were assigned or revoked since the last call."""
+        rebalanced, self._rebalanced = self._rebalanced, False
+        return rebalanced
 
     # -- committing to Kafka ---------------------------------------------------------------
 
@@ -276,9 +287,9 @@ class KafkaConsumerFeed(BatchedChangeFeed):
             or not self._reading  # e.g. the last batch after a catch-up read ended
             or time.monotonic() - self._last_commit >= self.commit_interval
         ):
-            self._send_commits(synchronous=self._revoking)
+            self.send_commits(synchronous=self._revoking)
 
-    def _send_commits(self, synchronous: bool = False) -> None:
+    def send_commits(self, synchronous: bool = False) -> None:
         """Send the mirrored offsets not yet committed (synchronously when the partitions
         leave right after, so it lands)."""
         offsets, self._uncommitted = self._uncommitted, {}
@@ -294,16 +305,27 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         except KafkaException as exc:
             log.debug("kafka: offset commit not accepted (our checkpoint still holds): %s", exc)
 
-    # -- starting a read -------------------------------------------------------------------
+    # -- reading ---------------------------------------------------------------------------
+
+    @contextmanager
+    def reading(self, since: Mapping[TopicPartition, int]) -> Iterator[None]:
+        """One read: partitions taken (`since` when static; the group's otherwise), and
+        commits batched until it ends."""
+        self._reading = True
+        try:
+            self._start(since)
+            yield
+        finally:
+            self._reading = False
 
     def _start(self, since: Mapping[TopicPartition, int]) -> None:
-        self._eof.clear()
+        self.eof.clear()
         if self.uses_consumer_group:
             if not self._subscribed:
                 # Joining a group asks nothing of the broker that could fail: one metadata
                 # request first, so an unreachable log is an error now rather than a
                 # member that waits for ever (`LogUnavailableError`).
-                self._metadata.partition_counts(self.topics)
+                self.metadata.partition_counts(self.topics)
                 self.consumer.subscribe(
                     list(self.topics),
                     on_assign=self._on_assign,
@@ -316,4 +338,73 @@ class KafkaConsumerFeed(BatchedChangeFeed):
         self.consumer.assign(
             [KafkaTopicPartition(tp.topic, tp.partition, off) for tp, off in offsets.items()]
         )
-        self._assigned = offsets
+        self.assigned = offsets
+
+    def idle(self) -> None:
+        """Nothing came for a while: send the mirrored offsets held back."""
+        if self._uncommitted:
+            self.send_commits()
+
+    def handle_error(self, msg: Message) -> None:
+        """An error event: the end of a partition is noted, an offset removed by retention
+        moves the partition on (or raises when strict), a fatal error raises."""
+        err = msg.error()
+        assert err is not None
+        code = err.code()
+        topic, partition = msg.topic(), msg.partition()
+        if code == EOF and topic is not None and partition is not None:
+            self.eof.add(TopicPartition(topic, partition))
+        elif code in (RESET, OUT_OF_RANGE) and topic is not None and partition is not None:
+            self._reset_partition(TopicPartition(topic, partition), msg.offset() or 0)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("kafka consumer: %s", err.str())
+
+    def note_ends(self, msgs: Iterable[Message], flags: Iterable[KafkaError | None]) -> None:
+        """End-of-partition events and data, in the order consumed: a partition is at its
+        end when its last event in the batch was the end."""
+        eof = self.eof
+        for msg, err in zip(msgs, flags, strict=True):
+            tp = TopicPartition(msg.topic(), msg.partition())  # type: ignore[arg-type]
+            if err is None:
+                eof.discard(tp)
+            else:
+                eof.add(tp)
+
+    def at_end(self) -> bool:
+        """Every partition we read is at its end (its last event was end-of-partition), so
+        the list just read is all the log holds for now (`ChangeList.caught_up`)."""
+        assigned = self.assigned
+        eof = self.eof
+        return bool(assigned) and len(eof) >= len(assigned) and all(tp in eof for tp in assigned)
+
+    def caught_up(self, heads: dict[TopicPartition, int]) -> bool:
+        """Every assigned partition read to the head it had when the read began (or to an
+        end-of-partition event, which also covers non-data records at the end)."""
+        if self.uses_consumer_group and not self.assigned:
+            return False
+        for tp, pos in self.positions().items():
+            if tp in self.eof:
+                continue
+            head = heads.get(tp)
+            if head is None:
+                heads.update(self.metadata.offsets([tp], "latest"))
+                head = heads.get(tp, 0)
+            if pos < head:
+                return False
+        return True
+
+    def close(self) -> None:
+        """Leave the group (revoking partitions through the listener) and disconnect; a
+        later read makes a new consumer."""
+        if self._uncommitted:
+            self.send_commits(synchronous=True)
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.debug("kafka: closing consumer: %s", exc)
+        self._subscribed = False
+        self.assigned = {}

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from changefeed.backends.base import (
     CreatedTopic,
     TopicAdmin,
@@ -11,15 +9,13 @@ from changefeed.backends.base import (
     UnknownTopicError,
     partition_count,
 )
+from changefeed.backends.local.connection import Connector
 from changefeed.backends.local.schema import ensure_topic
 from changefeed.identifiers import topic_name
 
-if TYPE_CHECKING:
-    from changefeed.backends.local.log import SQLiteLog
-
 
 class SQLiteAdmin(TopicAdmin):
-    def __init__(self, log: SQLiteLog) -> None:
+    def __init__(self, log: Connector) -> None:
         self.log = log
 
     def create_topic(self, name: str, partitions: int = 1) -> CreatedTopic:

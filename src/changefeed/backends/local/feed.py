@@ -1,20 +1,37 @@
 """`SQLiteChangeFeed`: reads the embedded log from given positions (static striding; the
-embedded log has no consumer groups), one `ChangeList` per stored batch."""
+embedded log has no consumer groups), one `ChangeList` per stored batch.
+
+The reading loop in named steps: a round reads every partition once (`_round`, each
+partition through `_read_from`, which also steps over offsets removed by retention), its
+batches become lists (`_lists_of`), and an idle feed waits for another connection's commit
+(`_idle`), yielding the sentinel regularly.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 
 from changefeed.backends.base import BatchedChangeFeed, ChangeList, OffsetOutOfRangeError
+from changefeed.backends.local.connection import Connector
 from changefeed.backends.local.records import decode_batch
+from changefeed.backends.local.times import first_offset_at
 from changefeed.change import TopicPartition
 from changefeed.identifiers import topic_name
 
-if TYPE_CHECKING:
-    from changefeed.backends.local.log import SQLiteLog
+StoredBatch = tuple[int, int, bytes]
+"""A stored batch as read: (base offset, record count, payload)."""
+
+
+@dataclass(slots=True)
+class _PartitionRead:
+    """The batches a round read from one partition, the first holding offset ``pos``."""
+
+    tp: TopicPartition
+    pos: int
+    batches: list[StoredBatch]
 
 
 class SQLiteChangeFeed(BatchedChangeFeed):
@@ -26,7 +43,7 @@ class SQLiteChangeFeed(BatchedChangeFeed):
 
     def __init__(
         self,
-        log: SQLiteLog,
+        log: Connector,
         topics: Sequence[str],
         *,
         idle_timeout: float = 1.0,
@@ -86,8 +103,6 @@ class SQLiteChangeFeed(BatchedChangeFeed):
 
     def offsets_for_time(self, when: float) -> dict[TopicPartition, int]:
         """A binary search of the stored batches by publish time (`times.first_offset_at`)."""
-        from changefeed.backends.local.times import first_offset_at
-
         heads = self.latest_offsets()
         with self._lock:
             ids = self._topic_ids()
@@ -103,7 +118,7 @@ class SQLiteChangeFeed(BatchedChangeFeed):
         self._offset_reset(tp, needed, earliest)
         return earliest
 
-    def _read(self, tid: int, partition: int, pos: int) -> tuple[list[tuple[int, int, bytes]], int]:
+    def _read(self, tid: int, partition: int, pos: int) -> tuple[list[StoredBatch], int]:
         """Batches holding offsets from ``pos`` on (the first may start before it) and the
         head, read in one snapshot: a head read separately could run ahead of the batches
         and make a fresh append look like a gap."""
@@ -136,68 +151,94 @@ class SQLiteChangeFeed(BatchedChangeFeed):
         round can say whether the round reached every head (`ChangeList.caught_up`): a
         pillow then processes at once instead of waiting for a full batch."""
         positions = dict(since)
-        conn = self._conn
         last_activity = time.monotonic()
         ids: dict[str, tuple[int, int]] = {}
         while True:
             if len(ids) < len({tp.topic for tp in positions}):
                 with self._lock:
                     ids = self._topic_ids()
-            with self._lock:
-                seen_version = conn.execute("PRAGMA data_version").fetchone()[0]
-            reads: list[tuple[TopicPartition, int, list[tuple[int, int, bytes]]]] = []
-            at_head = True
-            for tp in sorted(positions):
-                info = ids.get(tp.topic)
-                if info is None:
-                    continue
-                tid = info[0]
-                pos = positions[tp]
-                batches, head = self._read(tid, tp.partition, pos)
-                # Skip batches wholly before pos (the one holding pos-1 when pos is a boundary).
-                while batches and batches[0][0] + batches[0][1] <= pos:
-                    batches.pop(0)
-                if not batches:
-                    if pos < head:
-                        # Everything from pos to the head is gone; read on from the head.
-                        positions[tp] = self._out_of_range(tp, pos, head)
-                    continue
-                if batches[0][0] > pos:
-                    pos = positions[tp] = self._out_of_range(tp, pos, batches[0][0])
-                reads.append((tp, pos, batches))
-                end = batches[-1][0] + batches[-1][1]
-                positions[tp] = end
-                if end < head:
-                    at_head = False
+            seen_version = self._data_version()
+            reads, at_head = self._round(positions, ids)
             if reads:
-                last = len(reads) - 1
-                for i, (tp, pos, batches) in enumerate(reads):
-                    topic, part = tp.topic, tp.partition
-                    final = len(batches) - 1
-                    for j, (base, count, payload) in enumerate(batches):
-                        skip = pos - base if pos > base else 0
-                        changes = decode_batch(topic, part, base, payload, skip, {tp: base + count})
-                        changes.caught_up = at_head and i == last and j == final
-                        yield changes
+                yield from self._lists_of(reads, at_head)
                 last_activity = time.monotonic()
                 continue
             if not forever:
                 return
-            # Idle: wait for another connection to commit (checked before each sleep, so a
-            # commit during the round just read is seen at once), yielding the sentinel
-            # regularly.
-            while True:
-                with self._lock:
-                    version = conn.execute("PRAGMA data_version").fetchone()[0]
-                if version != seen_version:
-                    break
-                now = time.monotonic()
-                if now - last_activity >= self.idle_timeout:
-                    last_activity = now
-                    yield None
-                    break
-                time.sleep(self.poll_interval)
+            last_activity = yield from self._idle(seen_version, last_activity)
             ids = {}
+
+    def _data_version(self) -> int:
+        """Changes whenever another connection commits (``PRAGMA data_version``)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+
+    def _round(
+        self, positions: dict[TopicPartition, int], ids: Mapping[str, tuple[int, int]]
+    ) -> tuple[list[_PartitionRead], bool]:
+        """Read every partition once from its position, moving ``positions`` past what was
+        read; returns the reads and whether every partition was read to its head."""
+        reads: list[_PartitionRead] = []
+        at_head = True
+        for tp in sorted(positions):
+            info = ids.get(tp.topic)
+            if info is None:
+                continue
+            read, head = self._read_from(info[0], tp, positions)
+            if read is None:
+                continue
+            reads.append(read)
+            end = read.batches[-1][0] + read.batches[-1][1]
+            positions[tp] = end
+            if end < head:
+                at_head = False
+        return reads, at_head
+
+    def _read_from(
+        self, tid: int, tp: TopicPartition, positions: dict[TopicPartition, int]
+    ) -> tuple[_PartitionRead | None, int]:
+        """The batches of one partition from its position, and its head. A position in
+        front of the first stored batch was removed by retention: reading goes on from
+        there (`_out_of_range`), and ``positions`` says so."""
+        pos = positions[tp]
+        batches, head = self._read(tid, tp.partition, pos)
+        # Skip batches wholly before pos (the one holding pos-1 when pos is a boundary).
+        while batches and batches[0][0] + batches[0][1] <= pos:
+            batches.pop(0)
+        if not batches:
+            if pos < head:
+                # Everything from pos to the head is gone; read on from the head.
+                positions[tp] = self._out_of_range(tp, pos, head)
+            return None, head
+        if batches[0][0] > pos:
+            pos = positions[tp] = self._out_of_range(tp, pos, batches[0][0])
+        return _PartitionRead(tp, pos, batches), head
+
+    @staticmethod
+    def _lists_of(reads: list[_PartitionRead], at_head: bool) -> Iterator[ChangeList]:
+        """One list per batch; the round's last list says whether it reached every head."""
+        last = len(reads) - 1
+        for i, read in enumerate(reads):
+            tp, pos = read.tp, read.pos
+            topic, part = tp.topic, tp.partition
+            final = len(read.batches) - 1
+            for j, (base, count, payload) in enumerate(read.batches):
+                skip = pos - base if pos > base else 0
+                changes = decode_batch(topic, part, base, payload, skip, {tp: base + count})
+                changes.caught_up = at_head and i == last and j == final
+                yield changes
+
+    def _idle(self, seen_version: int, last_activity: float) -> Generator[None, None, float]:
+        """Wait for another connection to commit (checked before each sleep, so a commit
+        during the round just read is seen at once), or yield the sentinel once the feed was
+        idle for ``idle_timeout``. Returns the new time of the last activity."""
+        while self._data_version() == seen_version:
+            now = time.monotonic()
+            if now - last_activity >= self.idle_timeout:
+                yield None
+                return now
+            time.sleep(self.poll_interval)
+        return last_activity
 
     def close(self) -> None:
         with self._lock:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
 
 from changefeed import gctune
 from changefeed.backends.base import Publisher, key_partition
+from changefeed.backends.local.connection import Connector
 from changefeed.backends.local.records import (
     BATCH_FORMAT,
     MAX_BATCH_RECORDS,
@@ -19,9 +19,6 @@ from changefeed.backends.local.schema import ensure_topic
 from changefeed.change import ChangeMeta
 from changefeed.wire import WireFormat, encoder_for, wire_format
 
-if TYPE_CHECKING:
-    from changefeed.backends.local.log import SQLiteLog
-
 
 class SQLitePublisher(Publisher):
     """Appends stubs; a call is one transaction, durable when ``publish_many`` returns.
@@ -31,7 +28,7 @@ class SQLitePublisher(Publisher):
 
     _RETENTION_EVERY = 50_000
 
-    def __init__(self, log: SQLiteLog, *, wire: WireFormat | str | None = None) -> None:
+    def __init__(self, log: Connector, *, wire: WireFormat | str | None = None) -> None:
         self.log = log
         self.wire = log.wire if wire is None else wire_format(wire)
         self._encode = encoder_for(self.wire)

@@ -7,6 +7,11 @@ lookups read (the document, or one element of the list the data source iterates 
 
 Conversions never raise on bad data: a value that does not convert becomes ``None`` (NULL),
 so one odd document cannot stop a report; a wrong *config* is rejected when it is loaded.
+
+Filters read values through expressions, so `filters` imports this module and never the
+reverse: the two expression types that hold a filter (``conditional``, ``iterator``) are
+compiled there and added to the table here with `register_expression_type` (the package
+imports `filters`, so they are known whichever module a caller imports first).
 """
 
 from __future__ import annotations
@@ -215,19 +220,6 @@ def _root_doc(f: Fields) -> Expr:
     return lambda item, root: inner(root, root)
 
 
-def _conditional(f: Fields) -> Expr:
-    from changefeed.processors.reports.filters import parse_filter
-
-    test = parse_filter(f.required("test"), f.path_of("test"))
-    if_true = parse_expression(f.required("expression_if_true"), f.path_of("expression_if_true"))
-    if_false: Expr = (
-        parse_expression(f.optional("expression_if_false"), f.path_of("expression_if_false"))
-        if f.has("expression_if_false")
-        else (lambda item, root: None)
-    )
-    return lambda item, root: if_true(item, root) if test(item, root) else if_false(item, root)
-
-
 def _conversion(convert: Callable[[Any], Any]) -> Callable[[Fields], Expr]:
     def parse(f: Fields) -> Expr:
         return _cast(parse_expression(f.required("expression"), f.path_of("expression")), convert)
@@ -344,20 +336,6 @@ def _dict(f: Fields) -> Expr:
     return lambda item, root: {key: expr(item, root) for key, expr in parts}
 
 
-def _iterator(f: Fields) -> Expr:
-    from changefeed.processors.reports.filters import parse_filter
-
-    specs = f.required("expressions", list)
-    parts = [parse_expression(s, index(f.path_of("expressions"), i)) for i, s in enumerate(specs)]
-    test = parse_filter(f.optional("test"), f.path_of("test")) if f.has("test") else None
-
-    def iterate(item: Any, root: Any) -> list[Any]:
-        values = [expr(item, root) for expr in parts]
-        return values if test is None else [v for v in values if test(v, root)]
-
-    return iterate
-
-
 def _split_string(f: Fields) -> Expr:
     inner = parse_expression(f.required("string_expression"), f.path_of("string_expression"))
     position = (
@@ -399,7 +377,6 @@ _TYPES: dict[str, Callable[[Fields], Expr]] = {
     "property_path": _property_path,
     "constant": _constant,
     "root_doc": _root_doc,
-    "conditional": _conditional,
     "to_int": _conversion(to_int),
     "to_float": _conversion(to_float),
     "to_decimal": _conversion(to_decimal),
@@ -418,12 +395,16 @@ _TYPES: dict[str, Callable[[Fields], Expr]] = {
     "array_index": _array_index,
     "nested": _nested,
     "dict": _dict,
-    "iterator": _iterator,
     "split_string": _split_string,
     "to_list": _to_list,
 }
 
-EXPRESSION_TYPES = tuple(sorted(_TYPES))
+
+def register_expression_type(name: str, parse: Callable[[Fields], Expr]) -> None:
+    """Add an expression type compiled in a module above this one (`filters`)."""
+    if name in _TYPES:
+        raise ValueError(f"expression type {name!r} is already registered")
+    _TYPES[name] = parse
 
 
 def parse_expression(spec: object, path: str) -> Expr:
@@ -438,7 +419,7 @@ def parse_expression(spec: object, path: str) -> Expr:
     except KeyError:
         raise ReportConfigError(
             child(path, "type"),
-            f"unknown expression type {kind!r} (known: {', '.join(EXPRESSION_TYPES)})",
+            f"unknown expression type {kind!r} (known: {', '.join(sorted(_TYPES))})",
         ) from None
     expr = parse(fields)
     fields.done()

@@ -3,6 +3,9 @@
 Compiled like expressions into closures ``f(item, root) -> bool``. Every filter that reads
 a value takes an ``expression`` or, as a shorthand, a ``property_name``. Comparisons between
 values that cannot be ordered (``None``, a string against a number) are simply false.
+
+The expression types that hold a filter (``conditional``, ``iterator``) are compiled here
+and added to `expressions`' table: this module imports `expressions`, never the reverse.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from changefeed.processors.reports.expressions import Expr, parse_expression, property_name
+from changefeed.processors.reports.expressions import (
+    Expr,
+    parse_expression,
+    property_name,
+    register_expression_type,
+)
 from changefeed.processors.reports.spec import Fields, ReportConfigError, child, index
 
 Filter = Callable[[Any, Any], bool]
@@ -237,3 +245,33 @@ def parse_filter(spec: object, path: str) -> Filter:
     compiled = parse(fields)
     fields.done()
     return compiled
+
+
+# -- expressions that hold a filter --------------------------------------------------------
+
+
+def _conditional(f: Fields) -> Expr:
+    test = parse_filter(f.required("test"), f.path_of("test"))
+    if_true = parse_expression(f.required("expression_if_true"), f.path_of("expression_if_true"))
+    if_false: Expr = (
+        parse_expression(f.optional("expression_if_false"), f.path_of("expression_if_false"))
+        if f.has("expression_if_false")
+        else (lambda item, root: None)
+    )
+    return lambda item, root: if_true(item, root) if test(item, root) else if_false(item, root)
+
+
+def _iterator(f: Fields) -> Expr:
+    specs = f.required("expressions", list)
+    parts = [parse_expression(s, index(f.path_of("expressions"), i)) for i, s in enumerate(specs)]
+    test = parse_filter(f.optional("test"), f.path_of("test")) if f.has("test") else None
+
+    def iterate(item: Any, root: Any) -> list[Any]:
+        values = [expr(item, root) for expr in parts]
+        return values if test is None else [v for v in values if test(v, root)]
+
+    return iterate
+
+
+register_expression_type("conditional", _conditional)
+register_expression_type("iterator", _iterator)
