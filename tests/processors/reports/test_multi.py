@@ -406,3 +406,30 @@ def test_the_batch_size_it_asks_for_grows_with_its_data_sources(engine: sa.Engin
     assert many.batch_size_hint == MAX_BATCH_HINT
     few.close()
     many.close()
+
+
+def test_documents_its_expressions_refuse_do_not_quarantine_a_data_source(
+    proc: ReportTablesProcessor, engine: sa.Engine
+) -> None:
+    config = proc._sources["cases-a"].member.config
+    for method in ("rows", "row_tuples"):
+        real = getattr(config, method)
+
+        def refusing(doc_id: str, document: dict[str, Any], real: Any = real) -> Any:
+            if doc_id.startswith("bad"):
+                raise ValueError("this document's values cannot make a row")
+            return real(doc_id, document)
+
+        object.__setattr__(config, method, refusing)
+    for batch in range(proc.quarantine_after + 1):  # one bad document among good ones
+        failures = proc.process_changes(
+            [change(f"bad{batch}", case("a")), change(f"good{batch}", case("a"))]
+        )
+        assert [f.change.id for f in failures] == [f"bad{batch}"]
+        assert not failures[0].retryable and failures[0].where == "report:cases-a"
+    states = {s.name: s.state for s in proc.data_source_states()}
+    assert states["cases-a"] == "live"
+    for batch in range(proc.quarantine_after):  # every document it gets fails
+        proc.process_changes([change(f"bad-only{batch}", case("a"))])
+    states = {s.name: s.state for s in proc.data_source_states()}
+    assert states["cases-a"] == "quarantined"

@@ -553,7 +553,10 @@ class ReportTablesProcessor(BulkProcessor, Backfilling):
                 counters.rows_written += len(part.rows)
                 counters.rows_deleted += len(part.gone)
                 source.failing = 0
-            elif error is not None or part.failures:
+            else:
+                # Its table failed, or every document it got did: the data source's own
+                # trouble. A document its expressions refuse among others that work is that
+                # document's (queued alone, above), no reason to stop the data source.
                 source.failing += 1
                 if source.failing >= self.quarantine_after and source.state != QUARANTINED:
                     reason = str(error or part.failures[-1].exception).splitlines()
