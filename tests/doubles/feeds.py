@@ -72,25 +72,27 @@ class ScriptedFeed(ChangeFeed):
             return
         for item in self.script:
             self.lists_taken += 1
-            if item is None or self._acted_on(item):
-                if item is None:
-                    yield None
-                continue
-            changes = self._unread(since, [item] if isinstance(item, Change) else item)
-            if changes:
+            changes = self._play(item, since)
+            if changes is None:
+                yield None
+            elif changes:
                 yield ChangeList(changes)
 
     def iter_changes(
         self, since: Mapping[TopicPartition, int], forever: bool = False
     ) -> Iterator[Change | None]:
         for item in self.script:
-            if item is None:
+            changes = self._play(item, since)
+            if changes is None:
                 yield None
-            elif not self._acted_on(item):
-                yield from self._unread(since, [item] if isinstance(item, Change) else item)
+            else:
+                yield from changes
 
-    def _acted_on(self, item: ScriptItem) -> bool:
-        """Play a pause, an error or a reset; False for changes and sentinels."""
+    def _play(self, item: ScriptItem, since: Mapping[TopicPartition, int]) -> list[Change] | None:
+        """The changes `item` hands over from ``since`` on (``None`` for an idle sentinel);
+        a pause, an error or a reset is played and hands over nothing."""
+        if item is None:
+            return None
         if isinstance(item, float):
             self.clock.advance(item)
         elif isinstance(item, BaseException):
@@ -98,12 +100,9 @@ class ScriptedFeed(ChangeFeed):
         elif isinstance(item, OffsetReset):
             self._offset_reset(TopicPartition(TOPIC, 0), item.needed, item.earliest)
         else:
-            return False
-        return True
-
-    @staticmethod
-    def _unread(since: Mapping[TopicPartition, int], changes: Sequence[Change]) -> list[Change]:
-        return [c for c in changes if c.offset >= since.get(c.topic_partition, 0)]
+            changes = [item] if isinstance(item, Change) else item
+            return [c for c in changes if c.offset >= since.get(c.topic_partition, 0)]
+        return []
 
     def latest_offsets(self) -> dict[TopicPartition, int]:
         return {}

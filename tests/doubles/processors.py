@@ -78,7 +78,9 @@ class RecordingProcessor(BulkProcessor):
         failures, batch = [], []
         for change in changes:
             if change.id in self.fail or (self.fails_when and self.fails_when(change)):
-                failures.append(ChangeFailure(change, ValueError(self.message.format(id=change.id))))
+                failures.append(
+                    ChangeFailure(change, ValueError(self.message.format(id=change.id)))
+                )
             else:
                 batch.append(self.record(change))
         with self._lock:

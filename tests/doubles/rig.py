@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from changefeed.backends.base import ChangeFeed
 from changefeed.backends.local import SQLiteLog
@@ -18,12 +18,14 @@ from changefeed.processors.base import Processor
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.registry import DocumentStoreRegistry
 from changefeed.testing.clock import FakeClock
-
 from tests.doubles.feeds import TOPIC
 
+S = TypeVar("S", bound=MemoryDocumentStore)
 
-class PillowRig:
-    """Documents saved through the rig go to ``store`` and their stubs (``memory``/store
+
+class PillowRig(Generic[S]):
+    """Documents saved through the rig go to ``store`` (of a type `S` of the test's own, such
+    as one that counts fetches) and their stubs (``memory``/store
     name, with ``doc_type`` and ``domain``) to ``topic``. ``with_store=False`` registers no
     store, so every fetch fails. Pillows are named ``name``, batch by ``batching`` (the
     pillow's default when None), are bootstrapped when built if ``bootstrap``, and run on
@@ -38,7 +40,7 @@ class PillowRig:
         partitions: int = 1,
         doc_type: str | None = None,
         domain: str | None = None,
-        store: MemoryDocumentStore | None = None,
+        store: S,
         with_store: bool = True,
         state_url: str | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -59,16 +61,18 @@ class PillowRig:
         self.clock = FakeClock()
         self.errors = ErrorQueue(self.checkpoints.engine, retry_policy, clock=self.clock)
         self.stores = DocumentStoreRegistry()
-        self.store = store if store is not None else MemoryDocumentStore("docs")
+        self.store = store
         if with_store:
             self.stores.register(self.store)
 
     @classmethod
-    def cases(cls, tmp_path: Path, name: str, **options: Any) -> PillowRig:
+    def cases(cls, tmp_path: Path, name: str, **options: Any) -> CaseRig:
         """The rig of the processor tests: ``case`` documents in store ``cases``, published
         to topic ``case``; pillows bootstrapped (indexes, tables) when built."""
-        options.setdefault("store", MemoryDocumentStore("cases"))
-        return cls(tmp_path, name, topic="case", doc_type="case", bootstrap=True, **options)
+        store = MemoryDocumentStore("cases")
+        return PillowRig(
+            tmp_path, name, topic="case", doc_type="case", store=store, bootstrap=True, **options
+        )
 
     def save(self, doc_id: str, data: dict[str, Any], store: str | None = None) -> int:
         """Save a document and publish its change; returns its version."""
@@ -153,3 +157,7 @@ class PillowRig:
         found = self.stores.get("memory", name)
         assert isinstance(found, MemoryDocumentStore)
         return found
+
+
+CaseRig = PillowRig[MemoryDocumentStore]
+"""The rig `PillowRig.cases` builds."""
