@@ -23,7 +23,8 @@ class OffsetReset:
 
 
 ScriptItem = Change | Sequence[Change] | None | float | BaseException | OffsetReset
-"""A change; a list of changes handed over together; ``None``, an idle sentinel; a float, a
+"""A change; a list of changes handed over together (a `ChangeList` as it is, when none of
+it is before ``since``); ``None``, an idle sentinel; a float, a
 pause in seconds (it advances the feed's clock, so nobody sleeps); an exception, raised; an
 `OffsetReset`."""
 
@@ -75,6 +76,8 @@ class ScriptedFeed(ChangeFeed):
             changes = self._play(item, since)
             if changes is None:
                 yield None
+            elif isinstance(item, ChangeList) and len(changes) == len(item):
+                yield item  # as given: where the feed stands, caught up, even empty
             elif changes:
                 yield ChangeList(changes)
 
