@@ -74,10 +74,13 @@ class PillowRig(Generic[S]):
             tmp_path, name, topic="case", doc_type="case", store=store, bootstrap=True, **options
         )
 
-    def save(self, doc_id: str, data: dict[str, Any], store: str | None = None) -> int:
-        """Save a document and publish its change; returns its version."""
+    def save(
+        self, doc_id: str, data: dict[str, Any] | None = None, store: str | None = None
+    ) -> int:
+        """Save a document (``{"n": 1}`` when the test does not care which) and publish its
+        change; returns its version."""
         target = self._store(store)
-        version = target.save(doc_id, data)
+        version = target.save(doc_id, {"n": 1} if data is None else data)
         self.publish(self.stub(doc_id, version, source=target.data_source_name))
         return version
 
