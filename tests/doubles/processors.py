@@ -49,6 +49,7 @@ class RecordingProcessor(BulkProcessor):
         self.hook = hook
         self.down = 0
         self.batches: list[list[Any]] = []
+        self._ids: list[str] = []
         self._lock = threading.Lock()
 
     @property
@@ -63,8 +64,15 @@ class RecordingProcessor(BulkProcessor):
 
     @property
     def ids(self) -> list[str]:
-        """The ids processed, in order (when ``record`` keeps the id first or alone)."""
-        return [item[0] if isinstance(item, tuple) else item for item in self.seen]
+        """The ids of the changes recorded, in order, whatever ``record`` keeps."""
+        with self._lock:
+            return list(self._ids)
+
+    def clear(self) -> None:
+        """Forget what was recorded (batch numbers start again from 1)."""
+        with self._lock:
+            self.batches.clear()
+            self._ids.clear()
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         if self.hook is not None:
@@ -75,14 +83,15 @@ class RecordingProcessor(BulkProcessor):
         for change in changes:
             if change.id in self.bad:
                 raise KeyError(f"no field 'owner' in {change.id}")
-        failures, batch = [], []
+        failures, done = [], []
         for change in changes:
             if change.id in self.fail or (self.fails_when and self.fails_when(change)):
-                failures.append(
-                    ChangeFailure(change, ValueError(self.message.format(id=change.id)))
-                )
+                error = ValueError(self.message.format(id=change.id))
+                failures.append(ChangeFailure(change, error))
             else:
-                batch.append(self.record(change))
+                done.append(change)
+        batch = [self.record(change) for change in done]
         with self._lock:
             self.batches.append(batch)
+            self._ids.extend(change.id for change in done)
         return failures
