@@ -17,7 +17,7 @@ from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow
 from changefeed.wire import encode_hq, message_key
-from tests.doubles.processors import RecordingProcessor
+from tests.doubles.processors import RecordingProcessor, change_stub
 from tests.test_wire import EXPECTED, fields_of, golden_lines, hq_wrap
 
 IDLE = 0.2
@@ -79,7 +79,7 @@ def test_hq_stubs_through_a_pillow_none_to_the_error_queue(
     append_raw(backend, topic, golden_records())
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
     feed = backend.change_feed([topic], idle_timeout=IDLE)
-    proc = RecordingProcessor("Collect", record=lambda c: c.metadata, needs_documents=False)
+    proc = RecordingProcessor("Collect", record=change_stub, needs_documents=False)
     pillow = Pillow(f"hq-{uuid.uuid4().hex[:6]}", feed, proc, checkpoints=checkpoints)
     try:
         pillow.run(forever=False)

@@ -8,13 +8,18 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from changefeed.change import Change
+from changefeed.change import Change, ChangeMeta
 from changefeed.processors import BulkProcessor, ChangeFailure
 
 
 def change_id(change: Change) -> Any:
     """What a recording processor keeps by default: the document id."""
     return change.id
+
+
+def change_stub(change: Change) -> ChangeMeta | None:
+    """What a test of stub decoding keeps: the stub each change was read from."""
+    return change.metadata
 
 
 class RecordingProcessor(BulkProcessor):

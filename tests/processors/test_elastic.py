@@ -15,7 +15,6 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from changefeed.errors import PARKED, PENDING
-from changefeed.pillow import Pillow
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
 from changefeed.stores.memory import MemoryDocumentStore
@@ -341,16 +340,9 @@ def test_missing_alias_waits_for_bootstrap_instead_of_creating_an_index(
     rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(elasticsearch_url, es_alias)
-    pillow = Pillow(
-        "es-cases",
-        rig.log.change_feed(["case"], idle_timeout=0.05),
-        proc,
-        checkpoints=rig.checkpoints,
-        error_queue=rig.errors,
-        document_stores=rig.stores,
-        # While the pillow backs off, an operator runs `changefeed bootstrap`.
-        clock=FakeClock(on_sleep=lambda _s: proc.bootstrap()),
-    )
+    rig.bootstrap = False
+    # While the pillow backs off, an operator runs `changefeed bootstrap`.
+    pillow = rig.pillow(proc, clock=FakeClock(on_sleep=lambda _s: proc.bootstrap()))
     for i in range(3):
         rig.save(f"c{i}", {"name": str(i), "count": i})
     pillow.run(forever=False)
