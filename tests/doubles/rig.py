@@ -25,9 +25,9 @@ S = TypeVar("S", bound=MemoryDocumentStore)
 
 class PillowRig(Generic[S]):
     """Documents saved through the rig go to ``store`` (of a type `S` of the test's own, such
-    as one that counts fetches) and their stubs (``memory``/store
-    name, with ``doc_type`` and ``domain``) to ``topic``. ``with_store=False`` registers no
-    store, so every fetch fails. Pillows are named ``name``, batch by ``batching`` (the
+    as one that counts fetches) and their stubs (``memory``/store name, with ``doc_type``
+    and ``domain``) to ``topic``. ``with_store=False`` registers no store, so every fetch
+    fails. Pillows are named ``name``, batch by ``batching`` (the
     pillow's default when None), are bootstrapped when built if ``bootstrap``, and run on
     ``clock``, which the error queue shares."""
 
@@ -65,8 +65,8 @@ class PillowRig(Generic[S]):
         if with_store:
             self.stores.register(self.store)
 
-    @classmethod
-    def cases(cls, tmp_path: Path, name: str, **options: Any) -> CaseRig:
+    @staticmethod
+    def cases(tmp_path: Path, name: str, **options: Any) -> CaseRig:
         """The rig of the processor tests: ``case`` documents in store ``cases``, published
         to topic ``case``; pillows bootstrapped (indexes, tables) when built."""
         store = MemoryDocumentStore("cases")
@@ -132,10 +132,10 @@ class PillowRig(Generic[S]):
         options.setdefault("clock", self.clock)
         pillow = Pillow(
             name or self.name,
-            feed or self.feed(),
+            self.feed() if feed is None else feed,
             processors,
             checkpoints=self.checkpoints,
-            error_queue=error_queue or self.errors,
+            error_queue=self.errors if error_queue is None else error_queue,
             document_stores=self.stores,
             **options,
         )
