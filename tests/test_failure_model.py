@@ -16,111 +16,54 @@ import sys
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from changefeed.backends.local import SQLiteLog
 from changefeed.change import Change, ChangeMeta
-from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import NAME_CHARS, PARKED, ErrorQueue, RetryPolicy
 from changefeed.failures import INVALID_STUB, DependencyDownError
-from changefeed.pillow import BatchPolicy, Pillow, RetrySettings
-from changefeed.processors import BulkProcessor, ChangeFailure, Processor
+from changefeed.pillow import BatchPolicy, RetrySettings
+from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.stores.memory import MemoryDocumentStore
-from changefeed.stores.registry import DocumentStoreRegistry
 from changefeed.stores.sql import SQLDocumentStore
-from changefeed.testing.clock import FakeClock
+from tests.doubles.processors import RecordingProcessor
+from tests.doubles.rig import PillowRig
 
 TOPIC = "docs"
 
 
-class Recorder(BulkProcessor):
-    """Records what it processed; raises ``KeyError`` for the whole bulk call when a bad
-    document is in it (the pillow must then isolate), ``ConnectionError`` while ``down``."""
-
-    def __init__(self, name: str = "recorder", bad: Sequence[str] = ()) -> None:
-        self._name = name
-        self.bad = set(bad)
-        self.down = 0
-        self.seen: list[tuple[str, bool, int]] = []
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        if self.down:
-            self.down -= 1
-            raise ConnectionError("sink refused the connection")
-        for change in changes:
-            if change.id in self.bad:
-                raise KeyError(f"no field 'owner' in {change.id}")
-        for change in changes:
-            assert change.metadata is not None
-            self.seen.append((change.id, change.deleted, change.metadata.attempts))
-        return []
-
-    @property
-    def processed(self) -> list[str]:
-        return [doc_id for doc_id, deleted, _ in self.seen if not deleted]
+def seen_with_attempts(change: Change) -> tuple[str, bool, int]:
+    assert change.metadata is not None
+    return change.id, change.deleted, change.metadata.attempts
 
 
-class Env:
-    """A log, one memory document store, and state on the given database."""
+def make_recorder(bad: Sequence[str] = ()) -> RecordingProcessor:
+    """Records (id, deleted, attempts); raises ``KeyError`` for the whole bulk call when a
+    bad document is in it (the pillow must then isolate), ``ConnectionError`` while
+    ``down``."""
+    return RecordingProcessor("recorder", record=seen_with_attempts, bad=bad)
 
-    def __init__(self, tmp_path: Path, state_url: str) -> None:
-        self.log = SQLiteLog(tmp_path / "log.db")
-        self.log.admin().create_topic(TOPIC, 1)
-        self.checkpoints = CheckpointStore(state_url)
-        self.errors = ErrorQueue(self.checkpoints.engine, RetryPolicy(base_delay=10))
-        self.store = MemoryDocumentStore("docs")
-        self.stores = DocumentStoreRegistry()
-        self.stores.register(self.store)
-        self.publisher = self.log.publisher()
-        self.clock = FakeClock()
-        """The pillows' time: their backoff sleeps are recorded, not slept."""
-        self.published = 0
 
-    def save(self, doc_id: str, data: dict[str, Any] | None = None) -> None:
-        version = self.store.save(doc_id, data or {"n": 1})
-        self.publish(ChangeMeta(doc_id, "memory", "docs", version=version))
+def processed(recorder: RecordingProcessor) -> list[str]:
+    """The live documents a recorder processed."""
+    return [doc_id for doc_id, deleted, _ in recorder.seen if not deleted]
 
-    def delete(self, doc_id: str) -> int:
-        version = self.store.delete(doc_id)
-        self.publish(ChangeMeta(doc_id, "memory", "docs", version=version, is_deletion=True))
-        return version
 
-    def publish(self, meta: ChangeMeta) -> None:
-        self.publisher.publish(TOPIC, meta)
-        self.published += 1
+Env = PillowRig[MemoryDocumentStore]
+"""A log, one memory document store, and state on the given database."""
 
-    def raw(self, key: str, value: bytes) -> None:
-        self.publisher.append_raw([(TOPIC, key, value)])
-        self.published += 1
 
-    def pillow(
-        self,
-        processors: Processor | Sequence[Processor],
-        error_queue: ErrorQueue | None = None,
-        batch_size: int = 500,
-        **options: Any,
-    ) -> Pillow:
-        return Pillow(
-            "fault-pillow",
-            self.log.change_feed([TOPIC], idle_timeout=0.1),
-            processors,
-            checkpoints=self.checkpoints,
-            error_queue=error_queue or self.errors,
-            document_stores=self.stores,
-            batching=BatchPolicy(batch_size, max_wait=60.0),
-            clock=self.clock,
-            **options,
-        )
-
-    def checkpoint(self) -> int:
-        return sum(self.checkpoints.get("fault-pillow").values())
+def make_env(tmp_path: Path, state_url: str) -> Env:
+    return PillowRig(
+        tmp_path,
+        "fault-pillow",
+        topic=TOPIC,
+        store=MemoryDocumentStore("docs"),
+        state_url=state_url,
+        retry_policy=RetryPolicy(base_delay=10),
+        batching=BatchPolicy(500, max_wait=60.0),
+    )
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -129,32 +72,12 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
         url = f"sqlite:///{tmp_path}/state.db"
     else:
         url = request.getfixturevalue("pg_url")
-    e = Env(tmp_path, url)
+    e = make_env(tmp_path, url)
     yield e
-    e.publisher.close()
+    e.close()
 
 
 # -- item 1: inputs the error queue must store ------------------------------------------
-
-
-class Failing(Processor):
-    """Fails every change whose id starts with ``bad`` with ``message``."""
-
-    needs_documents = False
-
-    def __init__(self, name: str = "failing", message: str = "bad document") -> None:
-        self._name = name
-        self.message = message
-        self.ok: list[str] = []
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def process_change(self, change: Change) -> None:
-        if change.id.startswith("bad"):
-            raise ValueError(self.message)
-        self.ok.append(change.id)
 
 
 INPUTS = {
@@ -172,20 +95,22 @@ def test_unstorable_input_is_queued_and_the_pillow_goes_on(env: Env, case: str) 
     env.save("before")
     INPUTS[case](env)
     env.save("after")
-    failing = Failing(
-        name="report:" + "x" * 200 if case == "long-processor-name" else "failing",
+    failing = RecordingProcessor(  # fails every change whose id starts with "bad"
+        "report:" + "x" * 200 if case == "long-processor-name" else "failing",
+        needs_documents=False,
+        fails_when=lambda change: change.id.startswith("bad"),
         message="refused \x00 here" if case == "nul-in-message" else "bad document",
     )
-    recorder = Recorder()
+    recorder = make_recorder()
     pillow = env.pillow([recorder, failing])
     pillow.run(forever=False)
-    assert env.checkpoint() == env.published  # the checkpoint moved past everything
-    assert "before" in recorder.processed and "after" in recorder.processed
+    assert env.position() == env.published  # the checkpoint moved past everything
+    assert "before" in processed(recorder) and "after" in processed(recorder)
     (entry,) = env.errors.list()
     assert len(entry.processor) <= NAME_CHARS and "\x00" not in entry.message
     assert env.clock.sleeps == []
     # A second run (a restart) neither crashes nor adds the entry again.
-    env.pillow([Recorder(), failing]).run(forever=False)
+    env.pillow([make_recorder(), failing]).run(forever=False)
     assert len(env.errors.list()) == 1
 
 
@@ -200,16 +125,16 @@ def test_bad_documents_are_queued_alone_without_backoff(env: Env, bad_count: int
         env.save(doc_id)
         if i < bad_count:
             env.save(bad[i])
-    recorder = Recorder(bad=bad)
+    recorder = make_recorder(bad=bad)
     env.pillow(recorder).run(forever=False)
     assert env.clock.sleeps == []  # no batch backoff
-    assert sorted(recorder.processed) == sorted(good)  # in the same run
+    assert sorted(processed(recorder)) == sorted(good)  # in the same run
     entries = env.errors.list(limit=1000)
     assert sorted(e.document_id for e in entries) == sorted(bad)  # once each
     for entry in entries:
         assert entry.document_id in entry.message  # its own message
         assert entry.error_type == "builtins.KeyError"
-    assert env.checkpoint() == env.published
+    assert env.position() == env.published
 
 
 def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
@@ -230,7 +155,7 @@ def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
         "filter": {"type": "exists", "property_name": "n"},
         "columns": [{"name": "n", "type": "integer"}],
     }
-    env = Env(tmp_path, f"sqlite:///{tmp_path}/state.db")
+    env = make_env(tmp_path, f"sqlite:///{tmp_path}/state.db")
     report = ReportTableProcessor(spec, pg_url)
     report.bootstrap()
     try:
@@ -241,7 +166,7 @@ def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
         env.save("good-4", {"n": 4})
         # Batches of two: the two bad documents make a batch of their own, which every
         # change of fails alike (what used to freeze the pillow for five minutes).
-        env.pillow(report, batch_size=2).run(forever=False)
+        env.pillow(report, batching=BatchPolicy(2, max_wait=60.0)).run(forever=False)
         assert env.clock.sleeps == []  # not taken for an outage
         entries = env.errors.list()
         assert sorted(e.document_id for e in entries) == ["bad-0", "bad-1"]
@@ -251,24 +176,24 @@ def test_values_too_large_for_a_postgres_report_column_are_queued_alone(
             rows = conn.execute(sa.text(f"SELECT n FROM {table} ORDER BY n")).scalars().all()
         engine.dispose()
         assert rows == [0, 1, 2, 3, 4]
-        assert env.checkpoint() == env.published
+        assert env.position() == env.published
     finally:
         report.reset()
         report.close()
-        env.publisher.close()
+        env.close()
 
 
 @pytest.mark.parametrize("batch_size", [1, 500])
 def test_sink_outage_backs_off_and_loses_nothing(env: Env, batch_size: int) -> None:
     for i in range(5):
         env.save(f"doc-{i}")
-    recorder = Recorder()
+    recorder = make_recorder()
     recorder.down = 3
-    env.pillow(recorder, batch_size=batch_size).run(forever=False)
+    env.pillow(recorder, batching=BatchPolicy(batch_size, max_wait=60.0)).run(forever=False)
     assert len(env.clock.sleeps) == 3 and env.clock.sleeps == sorted(env.clock.sleeps)
     assert env.errors.list() == []
-    assert sorted(recorder.processed) == [f"doc-{i}" for i in range(5)]
-    assert env.checkpoint() == 5
+    assert sorted(processed(recorder)) == [f"doc-{i}" for i in range(5)]
+    assert env.position() == 5
 
 
 # -- item 5: documents that are not JSON objects -----------------------------------------
@@ -280,11 +205,11 @@ def test_non_object_document_is_queued_with_a_reason(env: Env, value: object) ->
     env.store._docs["odd"] = value  # type: ignore[assignment] - a store returning junk
     env.save("fine")
     env.store._docs["odd"] = value  # type: ignore[assignment]
-    recorder = Recorder()
+    recorder = make_recorder()
     env.pillow(recorder).run(forever=False)
     (entry,) = env.errors.list()
     assert entry.document_id == "odd" and "not a JSON object" in entry.message
-    assert recorder.processed == ["fine"]
+    assert processed(recorder) == ["fine"]
     assert env.clock.sleeps == []
 
 
@@ -295,10 +220,10 @@ def test_late_deletion_of_a_recreated_document_is_skipped(env: Env) -> None:
     env.save("doc")
     env.delete("doc")
     env.save("doc", {"n": 2})  # re-created: the store now holds a newer live version
-    recorder = Recorder()
-    env.pillow(recorder, batch_size=1).run(forever=False)
+    recorder = make_recorder()
+    env.pillow(recorder, batching=BatchPolicy(1, max_wait=60.0)).run(forever=False)
     assert ("doc", True, 0) not in recorder.seen  # the live document was never deleted
-    assert recorder.processed[-1] == "doc"
+    assert processed(recorder)[-1] == "doc"
     assert env.errors.list() == []
 
 
@@ -307,7 +232,7 @@ def test_late_deletion_of_a_recreated_document_is_skipped(env: Env) -> None:
 
 def test_a_retried_change_carries_its_attempts(env: Env) -> None:
     env.save("bad-1")
-    recorder = Recorder(bad=["bad-1"])
+    recorder = make_recorder(bad=["bad-1"])
     pillow = env.pillow(recorder)
     pillow.run(forever=False)
     (entry,) = env.errors.list()
@@ -320,7 +245,7 @@ def test_a_retried_change_carries_its_attempts(env: Env) -> None:
 def test_retry_by_id_retries_exactly_that_entry_and_counts_failures(env: Env) -> None:
     for doc_id in ("bad-1", "bad-2"):
         env.save(doc_id)
-    recorder = Recorder(bad=["bad-1", "bad-2"])
+    recorder = make_recorder(bad=["bad-1", "bad-2"])
     pillow = env.pillow(recorder)
     pillow.run(forever=False)
     first, second = env.errors.list()
@@ -367,12 +292,12 @@ def test_replay_does_not_duplicate_invalid_stubs(env: Env) -> None:
     env.raw("junk-key", b"{not json")
     env.raw("", b"\xff\xfe")
     env.save("good")
-    env.pillow(Recorder()).run(forever=False)
+    env.pillow(make_recorder()).run(forever=False)
     assert len(env.errors.list()) == 2
     env.checkpoints.set(
         "fault-pillow", {tp: 0 for tp in env.checkpoints.get("fault-pillow")}, reason="replay"
     )
-    env.pillow(Recorder()).run(forever=False)
+    env.pillow(make_recorder()).run(forever=False)
     entries = env.errors.list()
     assert len(entries) == 2
     assert {e.processor for e in entries} == {INVALID_STUB}
@@ -388,12 +313,12 @@ def test_error_queue_down_backs_off_instead_of_crashing(env: Env) -> None:
     env.save("bad-1")
     env.save("good")
     dead = ErrorQueue("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
-    recorder = Recorder(bad=["bad-1"])
+    recorder = make_recorder(bad=["bad-1"])
     pillow = env.pillow(recorder, error_queue=dead, retries=RetrySettings(max_batch_retries=None))
     env.clock.on_sleep = lambda _s: pillow.stop() if len(env.clock.sleeps) == 3 else None
     pillow.run(forever=False)
     assert env.clock.sleeps == sorted(env.clock.sleeps) and len(env.clock.sleeps) == 3
-    assert env.checkpoint() == 0  # nothing skipped: the batch is replayed later
+    assert env.position() == 0  # nothing skipped: the batch is replayed later
     health = pillow.health()
     assert "error queue" in str(health.error)
 

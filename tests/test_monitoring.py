@@ -9,7 +9,7 @@ import json
 import re
 import urllib.request
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from changefeed import BulkProcessor, Change, ChangeFailure, ChangeMeta
+from changefeed import ChangeMeta, NoopProcessor
 from changefeed.metrics import PillowMetrics, StatusCollector, serve
 from changefeed.sources.postgres_cdc import create_slot, drop_slot
 from tests.apps.report_pillow import PILLOW, make_app, run_with_a_broken_source
@@ -65,13 +65,6 @@ def alert_exprs() -> list[str]:
     return [r["expr"] for g in rules["groups"] for r in g["rules"]]
 
 
-class Nothing(BulkProcessor):
-    needs_documents = False
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        return []
-
-
 @pytest.fixture
 def slot(pg_dsn: str) -> Iterator[str]:
     name = f"s_{uuid.uuid4().hex[:12]}"
@@ -88,7 +81,7 @@ def scraped(tmp_path: Path, pg_dsn: str, slot: str, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("REPORT_APP_DB", f"sqlite:///{tmp_path}/reports.db")
     app = make_app()
     run_with_a_broken_source(app)
-    app.add_pillow("mon", lambda a: a.constructed_pillow("mon", ["records"], Nothing()))
+    app.add_pillow("mon", lambda a: a.constructed_pillow("mon", ["records"], NoopProcessor()))
     app.watch_replication_slot(pg_dsn, slot)
     with app.backend.publisher() as pub:
         pub.publish_many(("records", ChangeMeta(f"d{i}", "memory", "docs")) for i in range(20))

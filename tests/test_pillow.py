@@ -12,17 +12,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from changefeed.backends.base import ChangeFeed
 from changefeed.backends.local import SQLiteLog
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
-from changefeed.errors import FETCH, INVALID_STUB, PARKED, PENDING, ErrorQueue, RetryPolicy
+from changefeed.errors import FETCH, INVALID_STUB, PARKED, PENDING, RetryPolicy
 from changefeed.pillow import (
     BatchPolicy,
     BatchReport,
@@ -32,13 +31,14 @@ from changefeed.pillow import (
     RetrySettings,
     stride,
 )
-from changefeed.processors import BulkProcessor, ChangeFailure, FunctionProcessor, Processor
-from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
+from changefeed.processors import FunctionProcessor
+from changefeed.stores import MemoryDocumentStore
 from changefeed.stores.base import Fetched
-from changefeed.testing.clock import FakeClock
+from tests.doubles.feeds import TOPIC, ScriptedFeed, ScriptItem, stub_change
+from tests.doubles.processors import RecordingProcessor
+from tests.doubles.rig import PillowRig
 
 ROOT = Path(__file__).resolve().parent.parent
-TOPIC = "events"
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -67,38 +67,6 @@ class CountingStore(MemoryDocumentStore):
         return found
 
 
-class Collect(BulkProcessor):
-    """Records (id, document) per batch; fails ids in ``fail``; can crash or block."""
-
-    def __init__(self, name: str = "collect", needs_documents: bool = True) -> None:
-        self._name = name
-        self.needs_documents = needs_documents
-        self.batches: list[list[tuple[str, dict[str, Any] | None]]] = []
-        self.fail: set[str] = set()
-        self.crash_on_batch: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    @property
-    def ids(self) -> list[str]:
-        return [doc_id for batch in self.batches for doc_id, _ in batch]
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        if self.crash_on_batch == len(self.batches) + 1:
-            raise Crash("process killed mid-batch")
-        failures = []
-        batch = []
-        for c in changes:
-            if c.id in self.fail:
-                failures.append(ChangeFailure(c, ValueError(f"cannot handle {c.id}")))
-            else:
-                batch.append((c.id, c.document if self.needs_documents else None))
-        self.batches.append(batch)
-        return failures
-
-
 class Crash(BaseException):
     """Stands in for the process dying: not an Exception, so nothing may swallow it."""
 
@@ -115,89 +83,44 @@ class Reports(PillowListener):
         self.down.append(delay)
 
 
-class Env:
-    """A log, a state database and document stores in a temp dir."""
+Env = PillowRig[CountingStore]
+"""A log, a state database and a counting document store in a temp dir."""
 
-    def __init__(self, tmp_path: Path, partitions: int = 1) -> None:
-        self.log = SQLiteLog(tmp_path / "log.db")
-        self.log.admin().create_topic(TOPIC, partitions)
-        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
-        self.clock = FakeClock()
-        """The pillow's and the error queue's time; the pillow's backoff sleeps move it."""
-        self.errors = ErrorQueue(
-            self.checkpoints.engine, RetryPolicy(base_delay=10, max_attempts=3), clock=self.clock
-        )
-        self.stores = DocumentStoreRegistry()
-        self.docs = CountingStore("docs")
-        self.stores.register(self.docs)
-        self.publisher = self.log.publisher()
 
-    def change(self, doc_id: str, data: dict[str, Any] | None = None, store: str = "docs") -> None:
-        """Save (or delete, with data None) a document and publish its change."""
-        target = self.docs if store == "docs" else self.stores.get("memory", store)
-        assert isinstance(target, MemoryDocumentStore)
-        version = target.delete(doc_id) if data is None else target.save(doc_id, data)
-        self.publisher.publish(
-            TOPIC,
-            ChangeMeta(doc_id, "memory", store, version=version, is_deletion=data is None),
-        )
-
-    def pillow(
-        self, processors: Processor | Sequence[Processor], batch_size: int = 100, **options: Any
-    ) -> Pillow:
-        return Pillow(
-            "test-pillow",
-            self.log.change_feed([TOPIC], idle_timeout=0.1),
-            processors,
-            checkpoints=self.checkpoints,
-            error_queue=self.errors,
-            document_stores=self.stores,
-            batching=BatchPolicy(batch_size, max_wait=5.0),
-            clock=self.clock,
-            **options,
-        )
-
-    def checkpoint(self) -> dict[TopicPartition, int]:
-        return self.checkpoints.get("test-pillow")
+def make_env(tmp_path: Path, partitions: int = 1) -> Env:
+    return PillowRig(
+        tmp_path,
+        partitions=partitions,
+        store=CountingStore("docs"),
+        retry_policy=RetryPolicy(base_delay=10, max_attempts=3),
+        batching=BatchPolicy(100, max_wait=5.0),
+    )
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
+    e = make_env(tmp_path)
     yield e
-    e.publisher.close()
+    e.close()
 
 
-class ScriptedFeed(ChangeFeed):
-    """Yields a script of changes, idle sentinels (None) and pauses (floats, in seconds:
-    they advance ``clock``, which the pillow under test is given, so nobody sleeps)."""
+def collector(name: str = "collect", needs_documents: bool = True) -> RecordingProcessor:
+    """Records (id, document) per batch; fails ids put in its ``fail``."""
 
-    def __init__(self, script: Sequence[Change | None | float]) -> None:
-        self.topics = (TOPIC,)
-        self.script = script
-        self.clock = FakeClock()
+    def record(change: Change) -> tuple[str, dict[str, Any] | None]:
+        return change.id, change.document if needs_documents else None
 
-    def topic_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(TOPIC, 0)]
-
-    def iter_changes(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[Change | None]:
-        for item in self.script:
-            if isinstance(item, float):
-                self.clock.advance(item)
-            else:
-                yield item
-
-    def latest_offsets(self) -> dict[TopicPartition, int]:
-        return {TopicPartition(TOPIC, 0): len(self.script)}
-
-    def earliest_offsets(self) -> dict[TopicPartition, int]:
-        return {TopicPartition(TOPIC, 0): 0}
+    return RecordingProcessor(name, record=record, needs_documents=needs_documents)
 
 
-def stub_change(offset: int, doc_id: str | None = None) -> Change:
-    return Change(TOPIC, 0, offset, ChangeMeta(doc_id or f"d{offset}", "memory", "docs"))
+def crash_at(batch: int) -> Callable[[int], None]:
+    """A hook that kills the process (`Crash`) when batch number ``batch`` starts."""
+
+    def hook(n: int) -> None:
+        if n == batch:
+            raise Crash("process killed mid-batch")
+
+    return hook
 
 
 # -- batching -----------------------------------------------------------------------------
@@ -205,9 +128,9 @@ def stub_change(offset: int, doc_id: str | None = None) -> Change:
 
 def test_batches_by_size(env: Env) -> None:
     for i in range(25):
-        env.change(f"d{i}", {"i": i})
-    proc = Collect()
-    pillow = env.pillow(proc, batch_size=10)
+        env.save(f"d{i}", {"i": i})
+    proc = collector()
+    pillow = env.pillow(proc, batching=BatchPolicy(10, max_wait=5.0))
     reports = Reports()
     pillow.listeners.append(reports)
     assert pillow.run(forever=False) == 25
@@ -221,7 +144,7 @@ def test_batches_by_size(env: Env) -> None:
 
 
 def test_partial_batch_flushes_after_max_wait(tmp_path: Path) -> None:
-    proc = Collect(needs_documents=False)
+    proc = collector(needs_documents=False)
     # d0 arrives, then nothing for longer than max_wait; d1 arrives and the batch is due.
     feed = ScriptedFeed([stub_change(0), 0.3, stub_change(1), stub_change(2)])
     pillow = Pillow(
@@ -237,7 +160,7 @@ def test_partial_batch_flushes_after_max_wait(tmp_path: Path) -> None:
 
 
 def test_idle_sentinel_flushes_partial_batch(tmp_path: Path) -> None:
-    proc = Collect(needs_documents=False)
+    proc = collector(needs_documents=False)
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/s.db")
     feed = ScriptedFeed([stub_change(0), stub_change(1), None, None, stub_change(2)])
     pillow = Pillow(
@@ -249,13 +172,13 @@ def test_idle_sentinel_flushes_partial_batch(tmp_path: Path) -> None:
 
 
 def test_dedupe_keeps_last_change_per_document(env: Env) -> None:
-    env.change("a", {"n": 1})
-    env.change("b", {"n": 1})
-    env.change("a", {"n": 2})
-    env.change("c", {"n": 1})
-    env.change("a", None)
-    env.change("b", {"n": 2})
-    proc = Collect()
+    env.save("a", {"n": 1})
+    env.save("b", {"n": 1})
+    env.save("a", {"n": 2})
+    env.save("c", {"n": 1})
+    env.delete("a")
+    env.save("b", {"n": 2})
+    proc = collector()
     seen_versions: list[tuple[str, int | None]] = []
     spy = FunctionProcessor(
         lambda c: seen_versions.append((c.id, c.metadata.version if c.metadata else None)),
@@ -278,12 +201,12 @@ def test_dedupe_keeps_a_newer_change_over_a_late_stub_of_its_document(env: Env) 
     at version 1: processed in order, the update is a stale read (queued, retried later),
     and so it is when deduplicated. The late deletion does not take its place (it would be
     applied, being newer than the store, and the update would be lost)."""
-    env.docs.save("a", {"n": 1})
+    env.store.save("a", {"n": 1})
     env.publisher.publish(TOPIC, ChangeMeta("a", "memory", "docs", version=3))
     env.publisher.publish(TOPIC, ChangeMeta("a", "memory", "docs", version=2, is_deletion=True))
     env.publisher.publish(TOPIC, ChangeMeta("b", "memory", "docs"))  # versionless: the last
     env.publisher.publish(TOPIC, ChangeMeta("b", "memory", "docs", is_deletion=True))
-    proc = Collect()
+    proc = collector()
     env.pillow(proc).run(forever=False)
     assert proc.batches == [[("b", None)]]  # b: unknown to the store, its deletion stands
     (entry,) = env.errors.list()
@@ -294,12 +217,12 @@ def test_dedupe_keeps_a_newer_change_over_a_late_stub_of_its_document(env: Env) 
 def test_dedupe_tells_stores_apart(env: Env) -> None:
     """The same id in two stores is two documents: both changes are processed."""
     env.stores.register(MemoryDocumentStore("docs", data_source_type="sql"))
-    env.change("same-id", {"from": "memory"})
+    env.save("same-id", {"from": "memory"})
     sql_store = env.stores.get("sql", "docs")
     assert isinstance(sql_store, MemoryDocumentStore)
     version = sql_store.save("same-id", {"from": "sql"})
     env.publisher.publish(TOPIC, ChangeMeta("same-id", "sql", "docs", version=version))
-    proc = Collect()
+    proc = collector()
     env.pillow(proc).run(forever=False)
     assert sorted(doc["from"] for _, doc in proc.batches[0] if doc) == ["memory", "sql"]
 
@@ -308,18 +231,18 @@ def test_documents_fetched_once_per_store_for_all_processors(env: Env) -> None:
     other = env.stores.register(CountingStore("other"))
     assert isinstance(other, CountingStore)
     for i in range(6):
-        env.change(f"d{i}", {"i": i})
-        env.change(f"o{i}", {"i": i}, store="other")
-    env.change("gone", None)
-    bulk = Collect("bulk")
+        env.save(f"d{i}", {"i": i})
+        env.save(f"o{i}", {"i": i}, store="other")
+    env.delete("gone")
+    bulk = collector("bulk")
     per_change: list[tuple[str, Any]] = []
     single = FunctionProcessor(lambda c: per_change.append((c.id, c.document)), name="single")
-    stubs_only = Collect("stubs", needs_documents=False)
+    stubs_only = collector("stubs", needs_documents=False)
     env.pillow([bulk, single, stubs_only]).run(forever=False)
     # One bulk call per store; the deletion's stub is checked in it too (a late deletion of
     # a re-created document must not be applied).
-    assert len(env.docs.fetches) == 1
-    assert sorted(env.docs.fetches[0]) == sorted([f"d{i}" for i in range(6)] + ["gone"])
+    assert len(env.store.fetches) == 1
+    assert sorted(env.store.fetches[0]) == sorted([f"d{i}" for i in range(6)] + ["gone"])
     assert len(other.fetches) == 1 and len(other.fetches[0]) == 6
     assert len(bulk.ids) == len(per_change) == len(stubs_only.ids) == 13
     assert dict(per_change)["o4"] == {"_id": "o4", "_version": 1, "i": 4}
@@ -327,10 +250,10 @@ def test_documents_fetched_once_per_store_for_all_processors(env: Env) -> None:
 
 
 def test_no_fetch_when_no_processor_needs_documents(env: Env) -> None:
-    env.change("a", {"n": 1})
-    proc = Collect(needs_documents=False)
+    env.save("a", {"n": 1})
+    proc = collector(needs_documents=False)
     env.pillow(proc).run(forever=False)
-    assert env.docs.fetches == [] and proc.ids == ["a"]
+    assert env.store.fetches == [] and proc.ids == ["a"]
 
 
 # -- checkpoints and crashes ------------------------------------------------------------------
@@ -338,31 +261,33 @@ def test_no_fetch_when_no_processor_needs_documents(env: Env) -> None:
 
 def test_checkpoint_only_after_every_processor_finished(env: Env) -> None:
     for i in range(25):
-        env.change(f"d{i}", {"i": i})
-    first, second = Collect("first"), Collect("second")
-    second.crash_on_batch = 2
-    pillow = env.pillow([first, second], batch_size=10)
+        env.save(f"d{i}", {"i": i})
+    first, second = collector("first"), collector("second")
+    second.hook = crash_at(2)
+    pillow = env.pillow([first, second], batching=BatchPolicy(10, max_wait=5.0))
     with pytest.raises(Crash):
         pillow.run(forever=False)
     # The first processor finished batch 2, the second died in it: checkpoint at batch 1.
     assert len(first.batches) == 2 and len(second.batches) == 1
     assert env.checkpoint() == {TopicPartition(TOPIC, 0): 10}
     # A restart replays batch 2 and goes on.
-    again = Collect("second")
-    env.pillow([Collect("first"), again], batch_size=10).run(forever=False)
+    again = collector("second")
+    env.pillow([collector("first"), again], batching=BatchPolicy(10, max_wait=5.0)).run(
+        forever=False
+    )
     assert again.ids == [f"d{i}" for i in range(10, 25)]
     assert env.checkpoint() == {TopicPartition(TOPIC, 0): 25}
 
 
 def test_checkpoints_resume_and_per_partition(tmp_path: Path) -> None:
-    env = Env(tmp_path, partitions=3)
+    env = make_env(tmp_path, partitions=3)
     for i in range(30):
-        env.change(f"d{i}", {"i": i})
-    env.pillow(Collect()).run(forever=False)
+        env.save(f"d{i}", {"i": i})
+    env.pillow(collector()).run(forever=False)
     heads = env.log.change_feed([TOPIC]).latest_offsets()
     assert env.checkpoint() == heads and len(heads) == 3
-    env.change("late", {"n": 1})
-    proc = Collect()
+    env.save("late", {"n": 1})
+    proc = collector()
     env.pillow(proc).run(forever=False)
     assert proc.ids == ["late"]
 
@@ -371,29 +296,29 @@ def test_checkpoints_resume_and_per_partition(tmp_path: Path) -> None:
 
 
 def test_stale_read_is_retried_and_never_processed_with_old_data(env: Env) -> None:
-    env.change("a", {"n": 1})
-    env.docs.old["a"] = env.docs.get_documents(["a"])["a"]  # type: ignore[assignment]
-    env.change("a", {"n": 2})  # stub says version 2
-    env.change("b", {"n": 1})
-    env.docs.stale_for["a"] = 1  # the first fetch returns version 1 (a lagging replica)
-    proc = Collect()
-    env.docs.fetches.clear()
+    env.save("a", {"n": 1})
+    env.store.old["a"] = env.store.get_documents(["a"])["a"]  # type: ignore[assignment]
+    env.save("a", {"n": 2})  # stub says version 2
+    env.save("b", {"n": 1})
+    env.store.stale_for["a"] = 1  # the first fetch returns version 1 (a lagging replica)
+    proc = collector()
+    env.store.fetches.clear()
     env.pillow(proc).run(forever=False)
     processed_a = [doc for batch in proc.batches for doc_id, doc in batch if doc_id == "a"]
     assert processed_a == [{"_id": "a", "_version": 2, "n": 2}]  # never version 1
     assert sorted(proc.ids) == ["a", "b"]
-    assert env.docs.fetches[1:] == [["a"]]  # only the stale document is read again
+    assert env.store.fetches[1:] == [["a"]]  # only the stale document is read again
     assert env.clock.sleeps == [0.05]  # one re-read, after the injected sleep
     assert env.errors.list() == []
 
 
 def test_persistent_stale_read_goes_to_error_queue(env: Env) -> None:
-    env.change("a", {"n": 1})
-    env.docs.old["a"] = env.docs.get_documents(["a"])["a"]  # type: ignore[assignment]
-    env.change("a", {"n": 2})
-    env.change("b", {"n": 1})
-    env.docs.stale_for["a"] = 100
-    proc = Collect()
+    env.save("a", {"n": 1})
+    env.store.old["a"] = env.store.get_documents(["a"])["a"]  # type: ignore[assignment]
+    env.save("a", {"n": 2})
+    env.save("b", {"n": 1})
+    env.store.stale_for["a"] = 100
+    proc = collector()
     env.pillow(proc).run(forever=False)
     assert proc.ids == ["b"]
     (err,) = env.errors.list()
@@ -407,8 +332,8 @@ def test_persistent_stale_read_goes_to_error_queue(env: Env) -> None:
 
 def test_failing_change_goes_to_queue_while_others_proceed(env: Env) -> None:
     for doc_id in ("a", "bad", "c"):
-        env.change(doc_id, {"x": 1})
-    proc = Collect("indexer")
+        env.save(doc_id, {"x": 1})
+    proc = collector("indexer")
     proc.fail = {"bad"}
     per_change_fail = FunctionProcessor(
         lambda c: (_ for _ in ()).throw(KeyError("nope")) if c.id == "c" else None, name="cache"
@@ -425,7 +350,7 @@ def test_failing_change_goes_to_queue_while_others_proceed(env: Env) -> None:
 
 def test_whole_batch_failing_backs_off_and_retries(env: Env) -> None:
     for i in range(5):
-        env.change(f"d{i}", {"i": i})
+        env.save(f"d{i}", {"i": i})
     calls = []
 
     def flaky(change: Change) -> None:
@@ -447,9 +372,9 @@ def test_whole_batch_failing_backs_off_and_retries(env: Env) -> None:
 
 def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> None:
     for i in range(3):
-        env.change(f"d{i}", {"i": i})
-    env.docs.down = True
-    proc = Collect()
+        env.save(f"d{i}", {"i": i})
+    env.store.down = True
+    proc = collector()
     env.pillow(proc, retries=RetrySettings(max_batch_retries=2)).run(forever=False)
     assert env.clock.sleeps == [1.0, 2.0]
     assert proc.ids == []
@@ -460,8 +385,8 @@ def test_store_down_backs_off_then_queues_after_max_batch_retries(env: Env) -> N
 
 
 def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
-    env.change("a", {"n": 1})
-    env.change("b", {"n": 1})
+    env.save("a", {"n": 1})
+    env.save("b", {"n": 1})
 
     def unreachable(change: Change) -> None:
         raise ConnectionError("sink unreachable")
@@ -475,12 +400,12 @@ def test_stop_during_backoff_leaves_batch_for_replay(env: Env) -> None:
 
 
 def test_bad_stubs_go_to_queue_and_pillow_continues(env: Env) -> None:
-    env.change("good1", {"n": 1})
+    env.save("good1", {"n": 1})
     env.publisher.append_raw([(TOPIC, "k-json", b"{oops")])
     env.publisher.append_raw([(TOPIC, "k-fields", b'{"document_id": "x", "v": 1}')])
     env.publisher.publish(TOPIC, ChangeMeta("orphan", "memory", "nowhere"))
-    env.change("good2", {"n": 1})
-    proc = Collect()
+    env.save("good2", {"n": 1})
+    proc = collector()
     env.pillow(proc).run(forever=False)
     assert proc.ids == ["good1", "good2"]
     errors = {e.document_id: e for e in env.errors.list()}
@@ -498,9 +423,9 @@ def test_bad_stubs_go_to_queue_and_pillow_continues(env: Env) -> None:
 
 
 def test_retry_errors_backoff_then_park_then_operator_retry(env: Env) -> None:
-    env.change("a", {"n": 1})
-    env.change("bad", {"n": 1})
-    proc = Collect()
+    env.save("a", {"n": 1})
+    env.save("bad", {"n": 1})
+    proc = collector()
     proc.fail = {"bad"}
     pillow = env.pillow(proc)
     pillow.run(forever=False)
@@ -518,7 +443,7 @@ def test_retry_errors_backoff_then_park_then_operator_retry(env: Env) -> None:
     env.clock.now = 99999.0
     assert pillow.retry_errors() == (0, 0)
     # The operator fixes the cause and retries parked changes: processed with current data.
-    env.docs.save("bad", {"n": 2})
+    env.store.save("bad", {"n": 2})
     proc.fail.clear()
     assert env.errors.make_due("test-pillow", parked_only=True) == 1
     assert pillow.retry_errors() == (1, 0)
@@ -528,7 +453,7 @@ def test_retry_errors_backoff_then_park_then_operator_retry(env: Env) -> None:
 
 def test_retry_of_invalid_stub_stays_failed(env: Env) -> None:
     env.publisher.append_raw([(TOPIC, "k", b"nope")])
-    pillow = env.pillow(Collect())
+    pillow = env.pillow(collector())
     pillow.run(forever=False)
     env.errors.make_due()
     assert pillow.retry_errors() == (0, 1)
@@ -542,17 +467,16 @@ def test_retry_of_invalid_stub_stays_failed(env: Env) -> None:
 
 def test_stop_from_another_thread_after_current_batch(env: Env) -> None:
     for i in range(30):
-        env.change(f"d{i}", {"i": i})
+        env.save(f"d{i}", {"i": i})
     started, go = threading.Event(), threading.Event()
 
-    class Blocking(Collect):
-        def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-            started.set()
-            assert go.wait(10)
-            return super().process_changes(changes)
+    def block(n: int) -> None:
+        started.set()
+        assert go.wait(10)
 
-    proc = Blocking()
-    pillow = env.pillow(proc, batch_size=10)
+    proc = collector()
+    proc.hook = block
+    pillow = env.pillow(proc, batching=BatchPolicy(10, max_wait=5.0))
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(pillow.run(forever=True)))
     thread.start()
@@ -569,14 +493,10 @@ class GroupFeed(ScriptedFeed):
     """A scripted feed in a consumer group: records its rebalance listener and whether, and
     with which listener still set, the pillow left the group."""
 
-    def __init__(self, script: Sequence[Change | None | float]) -> None:
-        super().__init__(script)
+    def __init__(self, script: Sequence[ScriptItem]) -> None:
+        super().__init__(script, grouped=True)
         self.listener: object = None
         self.left_with: list[object] = []
-
-    @property
-    def uses_consumer_group(self) -> bool:
-        return True
 
     def set_rebalance_listener(self, listener: object) -> None:
         self.listener = listener
@@ -590,7 +510,7 @@ def test_a_group_pillow_leaves_its_group_however_it_stops(tmp_path: Path, ending
     """Returning, being stopped and an exception all leave the group once, with the
     listener detached first: leaving must not process the unfinished batch."""
     feed = GroupFeed([stub_change(0), stub_change(1), None, stub_change(2), None])
-    proc = Collect(needs_documents=False)
+    proc = collector(needs_documents=False)
     pillow = Pillow(
         "p",
         feed,
@@ -603,7 +523,7 @@ def test_a_group_pillow_leaves_its_group_however_it_stops(tmp_path: Path, ending
             type("StopAfterFirst", (PillowListener,), {"on_batch": lambda self, p, r: p.stop()})()
         )
     if ending == "crashed":
-        proc.crash_on_batch = 1
+        proc.hook = crash_at(1)
         with pytest.raises(Crash):
             pillow.run(forever=True)
     else:
@@ -614,8 +534,8 @@ def test_a_group_pillow_leaves_its_group_however_it_stops(tmp_path: Path, ending
 
 
 def test_stop_while_idle(env: Env) -> None:
-    env.change("a", {"n": 1})
-    proc = Collect()
+    env.save("a", {"n": 1})
+    proc = collector()
     pillow = env.pillow(proc)
     pillow.listeners.append(
         type(
@@ -637,7 +557,7 @@ def test_stop_while_idle(env: Env) -> None:
 
 def test_topic_created_after_start_is_read(tmp_path: Path) -> None:
     log = SQLiteLog(tmp_path / "log.db")
-    proc = Collect(needs_documents=False)
+    proc = collector(needs_documents=False)
     pillow = Pillow(
         "p",
         log.change_feed(["late"], idle_timeout=0.05),

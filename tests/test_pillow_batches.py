@@ -3,96 +3,48 @@ the Kafka feed does): same batches, dedupe, checkpoints and stopping as change b
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from changefeed.backends.base import ChangeFeed, ChangeList
+from changefeed.backends.base import ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import ErrorQueue
 from changefeed.pillow import BatchPolicy, BatchReport, Pillow, PillowListener
-from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.testing.clock import FakeClock
-
-TOPIC = "events"
+from tests.doubles.feeds import TOPIC, ScriptedFeed, stub_change
+from tests.doubles.processors import RecordingProcessor
 
 Script = Sequence[list[Change] | None]
 
 
-class ListFeed(ChangeFeed):
-    """Yields a script of lists of changes and idle sentinels; ``batched=False`` offers only
-    ``iter_changes`` (the same changes one by one), for comparison."""
-
-    def __init__(self, script: Script, batched: bool = True) -> None:
-        self.topics = (TOPIC,)
-        self.script = script
-        self.lists_taken = 0
-        self.batched = batched
-
-    def topic_partitions(self) -> list[TopicPartition]:
-        return [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
-
-    def iter_change_batches(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[ChangeList | None]:
-        if not self.batched:  # the contract's default: one list per change
-            yield from super().iter_change_batches(since, forever)
-            return
-        for item in self.script:
-            self.lists_taken += 1
-            yield item if item is None or isinstance(item, ChangeList) else ChangeList(item)
-
-    def iter_changes(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[Change | None]:
-        for item in self.script:
-            if item is None:
-                yield None
-            else:
-                yield from item
-
-    def latest_offsets(self) -> dict[TopicPartition, int]:
-        return {}
-
-    def earliest_offsets(self) -> dict[TopicPartition, int]:
-        return {}
+def recorder() -> RecordingProcessor:
+    """Records each batch as (id, partition, offset)."""
+    return RecordingProcessor(
+        "record", record=lambda c: (c.id, c.partition, c.offset), needs_documents=False
+    )
 
 
-class Record(BulkProcessor):
-    """Records each batch as (id, partition, offset); can stop the pillow after a batch."""
-
-    needs_documents = False
-
-    def __init__(self) -> None:
-        self.batches: list[list[tuple[str, int, int]]] = []
-        self.stop_after: tuple[Pillow, int] | None = None
-
-    @property
-    def name(self) -> str:
-        return "record"
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        self.batches.append([(c.id, c.partition, c.offset) for c in changes])
-        if self.stop_after is not None and len(self.batches) == self.stop_after[1]:
-            self.stop_after[0].stop()
-        return []
+def stop_after(pillow: Pillow, batch: int) -> Callable[[int], None]:
+    """A hook that stops ``pillow`` during batch number ``batch``."""
+    return lambda n: pillow.stop() if n == batch else None
 
 
 def change(partition: int, offset: int, doc_id: str) -> Change:
-    return Change.decoded(TOPIC, partition, offset, ChangeMeta(doc_id, "memory", "docs"))
+    return stub_change(offset, doc_id, partition)
 
 
 def run(
     tmp_path: Path, script: Script, *, batched: bool = True, batch_size: int = 3, stop: int = 0
-) -> tuple[Record, dict[TopicPartition, int], int, ListFeed]:
-    proc = Record()
+) -> tuple[RecordingProcessor, dict[TopicPartition, int], int, ScriptedFeed]:
+    proc = recorder()
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state-{batched}-{stop}.db")
-    feed = ListFeed(script, batched)
+    feed = ScriptedFeed(script, partitions=2, batched=batched)
     pillow = Pillow(
         "p", feed, proc, checkpoints=checkpoints, batching=BatchPolicy(batch_size, max_wait=60)
     )
     if stop:
-        proc.stop_after = (pillow, stop)
+        proc.hook = stop_after(pillow, stop)
     total = pillow.run(forever=True)
     return proc, checkpoints.get("p"), total, feed
 
@@ -170,7 +122,11 @@ def test_where_the_feed_stands_is_the_checkpoint_once_its_whole_list_is_in(
             seen.append(dict(report.checkpoint))
 
     pillow = Pillow(
-        "p", ListFeed([listed]), Record(), checkpoints=checkpoints, batching=BatchPolicy(3)
+        "p",
+        ScriptedFeed([listed], partitions=2),
+        recorder(),
+        checkpoints=checkpoints,
+        batching=BatchPolicy(3),
     )
     pillow.listeners.append(Watch())
     assert pillow.run(forever=True) == 4
@@ -188,14 +144,14 @@ def test_decoded_builds_the_same_change_as_the_constructor() -> None:
 
 def run_adaptive(
     tmp_path: Path, lists: Sequence[ChangeList], *, adaptive: bool = True
-) -> tuple[Record, list[int]]:
+) -> tuple[RecordingProcessor, list[int]]:
     """Run a pillow (batch size 100, a clock that never moves, so ``max_wait`` never
     elapses) over ``lists``; returns the processor and, for each list after the first, how
     many batches had been processed when the pillow asked for it."""
-    proc = Record()
+    proc = recorder()
     asked: list[int] = []
 
-    class Feed(ListFeed):
+    class Feed(ScriptedFeed):
         def iter_change_batches(
             self, since: Mapping[TopicPartition, int], forever: bool = False
         ) -> Iterator[ChangeList | None]:

@@ -9,14 +9,13 @@ waits until the reader fetched batch N+1, then checks what must (not) have happe
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from changefeed.backends.base import ChangeFeed, ChangeList
-from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.change import Change, TopicPartition
 from changefeed.checkpoints import RETENTION, CheckpointStore
 from changefeed.pillow import (
     PIPELINE_ENV,
@@ -26,12 +25,13 @@ from changefeed.pillow import (
     Pillow,
     PillowListener,
 )
-from changefeed.processors import BulkProcessor, ChangeFailure
-from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
+from changefeed.processors import ChangeFailure
+from changefeed.stores import MemoryDocumentStore
 from changefeed.stores.base import Fetched
-from changefeed.testing.clock import FakeClock
+from tests.doubles.feeds import TOPIC, OffsetReset, ScriptedFeed, ScriptItem, stub_change
+from tests.doubles.processors import RecordingProcessor
+from tests.doubles.rig import PillowRig
 
-TOPIC = "events"
 TP = TopicPartition(TOPIC, 0)
 WAIT = 30.0
 """A guard against a deadlock, never a measure of speed: events are set within
@@ -41,61 +41,14 @@ milliseconds."""
 BATCHES = [["a", "b"], ["a", "c"], ["d", "a"]]
 
 
-def change(offset: int, doc_id: str) -> Change:
-    return Change.decoded(TOPIC, 0, offset, ChangeMeta(doc_id, "memory", "docs"))
-
-
-def script(batches: Sequence[Sequence[str]] = BATCHES) -> list[list[Change] | str]:
-    out: list[list[Change] | str] = []
+def script(batches: Sequence[Sequence[str]] = BATCHES) -> list[ScriptItem]:
+    """One list per batch, offsets counting on from 0."""
+    out: list[ScriptItem] = []
     offset = 0
     for ids in batches:
-        out.append([change(offset + i, doc_id) for i, doc_id in enumerate(ids)])
+        out.append([stub_change(offset + i, doc_id) for i, doc_id in enumerate(ids)])
         offset += len(ids)
     return out
-
-
-class ScriptFeed(ChangeFeed):
-    """One list per script item, from ``since`` on; ``"raise"`` raises, ``"reset:N:E"``
-    reports a jump past retention (needed N, earliest E) as a feed does while reading."""
-
-    def __init__(self, items: Sequence[list[Change] | str], grouped: bool = False) -> None:
-        self.topics = (TOPIC,)
-        self.items = items
-        self.grouped = grouped
-
-    @property
-    def uses_consumer_group(self) -> bool:
-        return self.grouped
-
-    def topic_partitions(self) -> list[TopicPartition]:
-        return [TP]
-
-    def iter_change_batches(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[ChangeList | None]:
-        start = since.get(TP, 0)
-        for item in self.items:
-            if item == "raise":
-                raise RuntimeError("the feed broke")
-            if isinstance(item, str):
-                _, needed, earliest = item.split(":")
-                self._offset_reset(TP, int(needed), int(earliest))
-                continue
-            changes = [c for c in item if c.offset >= start]
-            if changes:
-                yield ChangeList(changes)
-
-    def iter_changes(
-        self, since: Mapping[TopicPartition, int], forever: bool = False
-    ) -> Iterator[Change | None]:
-        for batch in self.iter_change_batches(since, forever):
-            yield from batch or ()
-
-    def latest_offsets(self) -> dict[TopicPartition, int]:
-        return {}
-
-    def earliest_offsets(self) -> dict[TopicPartition, int]:
-        return {}
 
 
 class Store(MemoryDocumentStore):
@@ -125,22 +78,16 @@ class Store(MemoryDocumentStore):
             self.fetched[k].set()
 
 
-class Apply(BulkProcessor):
-    """Records what happened, in order, and runs ``hook(batch number)`` first."""
-
-    needs_documents = True
+class Apply(RecordingProcessor):
+    """Records the ids of each batch and what happened, in order; runs ``hook(batch
+    number)`` first."""
 
     def __init__(self, checkpoints: CheckpointStore) -> None:
+        super().__init__("apply")
         self.checkpoints = checkpoints
         self.events: list[tuple[str, int]] = []
-        self.batches: list[list[str]] = []
         self.checkpoint_seen: list[dict[TopicPartition, int]] = []
         self.threads: set[str] = set()
-        self.hook: Callable[[int], None] = lambda n: None
-
-    @property
-    def name(self) -> str:
-        return "apply"
 
     def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
         n = len(self.batches) + 1
@@ -148,38 +95,24 @@ class Apply(BulkProcessor):
         self.checkpoint_seen.append(self.checkpoints.get("p"))
         self.threads.add(threading.current_thread().name)
         assert all(c.document is not None for c in changes)
-        self.hook(n)
-        self.batches.append([c.id for c in changes])
+        failures = super().process_changes(changes)
         self.events.append(("end", n))
-        return []
+        return failures
 
 
-class Rig:
-    def __init__(self, tmp_path: Path, items: Sequence[list[Change] | str] | None = None) -> None:
-        self.store = Store()
-        self.registry = DocumentStoreRegistry()
-        self.registry.register(self.store)
-        self.checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
+class Rig(PillowRig[Store]):
+    """A pipelined pillow ``p`` (batches of two) on a scripted feed of ``items``, the
+    gated `Store` and an `Apply` processor; ``subject`` is the pillow under test."""
+
+    def __init__(self, tmp_path: Path, items: Sequence[ScriptItem] | None = None) -> None:
+        super().__init__(tmp_path, "p", store=Store(), batching=BatchPolicy(2, max_wait=60))
         self.items = items if items is not None else script()
-        self.clock = FakeClock()
-        self.processor = Apply(self.checkpoints)
-        self.pillow = self.make()
+        self.processor: Apply = Apply(self.checkpoints)
+        self.subject = self.make()
 
-    def make(self, **kwargs: Any) -> Pillow:
-        options: dict[str, Any] = {
-            "batching": BatchPolicy(2, max_wait=60),
-            "clock": self.clock,
-            "pipeline": True,
-        }
-        options.update(kwargs)
-        return Pillow(
-            "p",
-            ScriptFeed(self.items),
-            self.processor,
-            checkpoints=self.checkpoints,
-            document_stores=self.registry,
-            **options,
-        )
+    def make(self, **options: Any) -> Pillow:
+        options.setdefault("pipeline", True)
+        return self.pillow(self.processor, feed=ScriptedFeed(self.items), **options)
 
     def wait_fetch(self, k: int) -> None:
         assert self.store.fetched[k].wait(WAIT), f"fetch {k} never happened"
@@ -200,7 +133,7 @@ def test_next_batch_is_fetched_during_this_one_and_processed_after_it(tmp_path: 
         assert rig.checkpoints.get("p") == ({TP: 2 * (n - 1)} if n > 1 else {})
 
     rig.processor.hook = hook
-    total = rig.pillow.run(forever=False)
+    total = rig.subject.run(forever=False)
 
     # Returned once everything read was applied and checkpointed.
     assert total == 6
@@ -224,8 +157,8 @@ def test_listeners_run_on_the_main_thread_after_each_checkpoint(tmp_path: Path) 
             stored = rig.checkpoints.get("p")
             seen.append((threading.current_thread().name, report.checkpoint, stored))
 
-    rig.pillow.listeners.append(Listen())
-    rig.pillow.run(forever=False)
+    rig.subject.listeners.append(Listen())
+    rig.subject.run(forever=False)
     main = threading.current_thread().name
     assert seen == [(main, {TP: 2}, {TP: 2}), (main, {TP: 4}, {TP: 4}), (main, {TP: 6}, {TP: 6})]
 
@@ -251,8 +184,8 @@ def test_a_store_down_while_fetching_the_next_batch_fails_that_batch_in_its_turn
             downs.append((error.where, rig.checkpoints.get("p"), len(rig.processor.batches)))
 
     rig.processor.hook = hook
-    rig.pillow.listeners.append(Listen())
-    assert rig.pillow.run(forever=False) == 6
+    rig.subject.listeners.append(Listen())
+    assert rig.subject.run(forever=False) == 6
 
     # Batch 1 was not affected: applied and checkpointed before batch 2 failed.
     assert downs == [("(fetch) memory/docs", {TP: 2}, 1)]
@@ -275,10 +208,10 @@ def test_stop_finishes_the_batch_in_hand_and_drops_the_one_read_ahead(tmp_path: 
     def hook(n: int) -> None:
         if n == 1:
             rig.wait_fetch(2)  # batch 2 is read and fetched ...
-            rig.pillow.stop()  # ... when the pillow is asked to stop
+            rig.subject.stop()  # ... when the pillow is asked to stop
 
     rig.processor.hook = hook
-    rig.pillow.run(forever=True)
+    rig.subject.run(forever=True)
     assert rig.processor.batches == [BATCHES[0]]
     assert rig.checkpoints.get("p") == {TP: 2}, "batch 1 finished and checkpointed"
     assert len(rig.store.fetches) == 2
@@ -292,9 +225,9 @@ def test_stop_finishes_the_batch_in_hand_and_drops_the_one_read_ahead(tmp_path: 
 
 
 def test_an_error_in_the_reader_is_raised_by_run(tmp_path: Path) -> None:
-    rig = Rig(tmp_path, [*script(), "raise"])
+    rig = Rig(tmp_path, [*script(), RuntimeError("the feed broke")])
     with pytest.raises(RuntimeError, match="the feed broke"):
-        rig.pillow.run(forever=True)
+        rig.subject.run(forever=True)
     # Everything handed over before the error was applied and checkpointed.
     assert rig.processor.batches == BATCHES
     assert rig.checkpoints.get("p") == {TP: 6}
@@ -303,7 +236,7 @@ def test_an_error_in_the_reader_is_raised_by_run(tmp_path: Path) -> None:
 
 def test_retention_jumps_are_recorded_by_the_main_thread_in_batch_order(tmp_path: Path) -> None:
     items = script()
-    rig = Rig(tmp_path, [items[0], "reset:2:4", items[2]])
+    rig = Rig(tmp_path, [items[0], OffsetReset(needed=2, earliest=4), items[2]])
     writes: list[tuple[str, str, dict[TopicPartition, int]]] = []
     commit, set_ = rig.checkpoints.commit, rig.checkpoints.set
 
@@ -317,7 +250,7 @@ def test_retention_jumps_are_recorded_by_the_main_thread_in_batch_order(tmp_path
 
     rig.checkpoints.commit = recorded_commit  # type: ignore[method-assign]
     rig.checkpoints.set = recorded_set  # type: ignore[method-assign]
-    rig.pillow.run(forever=False)
+    rig.subject.run(forever=False)
     main = threading.current_thread().name
     assert writes == [
         ("commit", main, {TP: 2}),
@@ -336,7 +269,9 @@ def test_pipelining_is_chosen_when_it_helps(
     def pillow(needs_documents: bool, grouped: bool = False, **kw: Any) -> Pillow:
         proc = Apply(rig.checkpoints)
         proc.needs_documents = needs_documents
-        return Pillow("q", ScriptFeed([], grouped), proc, checkpoints=rig.checkpoints, **kw)
+        return Pillow(
+            "q", ScriptedFeed([], grouped=grouped), proc, checkpoints=rig.checkpoints, **kw
+        )
 
     # Automatic: on when documents are fetched (fetching overlaps processing), off for
     # stub-only processors.
@@ -398,9 +333,9 @@ def test_a_processor_prepares_each_batch_ahead_on_the_reader_thread(
 ) -> None:
     rig = Rig(tmp_path)
     rig.processor = Prepared(rig.checkpoints)
-    rig.pillow = rig.make(pipeline=pipelined)
+    rig.subject = rig.make(pipeline=pipelined)
 
-    assert rig.pillow.run(forever=False) == 6
+    assert rig.subject.run(forever=False) == 6
 
     assert rig.processor.batches == BATCHES
     assert rig.processor.got == BATCHES  # what was prepared for each batch, with it
@@ -415,22 +350,22 @@ def test_a_batch_that_could_not_be_prepared_is_processed_as_usual(tmp_path: Path
     rig = Rig(tmp_path)
     rig.processor = Prepared(rig.checkpoints)
     rig.processor.fail_prepare = True
-    rig.pillow = rig.make()
+    rig.subject = rig.make()
 
-    assert rig.pillow.run(forever=False) == 6
+    assert rig.subject.run(forever=False) == 6
 
     assert rig.processor.batches == BATCHES
     assert rig.processor.got == [None, None, None]
-    assert rig.pillow.error_queue.list("p") == []
+    assert rig.subject.error_queue.list("p") == []
 
 
 def test_nothing_is_prepared_for_a_batch_whose_fetch_failed(tmp_path: Path) -> None:
     rig = Rig(tmp_path)
     rig.processor = Prepared(rig.checkpoints)
     rig.store.down = {2}  # the second fetch fails: that batch backs off and is fetched again
-    rig.pillow = rig.make()
+    rig.subject = rig.make()
 
-    assert rig.pillow.run(forever=False) == 6
+    assert rig.subject.run(forever=False) == 6
 
     assert rig.processor.batches == BATCHES
     assert rig.processor.got == BATCHES

@@ -6,7 +6,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from changefeed.app import App
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.pillow import Pillow
-from changefeed.processors.base import BulkProcessor, ChangeFailure
+from changefeed.processors.base import ChangeFailure
 from changefeed.processors.reports import ReportTableProcessor
 from changefeed.reindex import ReindexError, reindex
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.stores.sql import SQLDocumentStore
+from tests.doubles.processors import RecordingProcessor
 
 SPEC: dict[str, Any] = {
     "name": "people",
@@ -30,24 +31,6 @@ SPEC: dict[str, Any] = {
 }
 
 
-class Spy(BulkProcessor):
-    """Records the ids it saw; runs a hook per batch (to interrupt or to write mid-reindex)."""
-
-    needs_documents = True
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-        self.batches = 0
-        self.hook: Callable[[int], None] | None = None
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        self.batches += 1
-        if self.hook is not None:
-            self.hook(self.batches)
-        self.seen.extend(c.id for c in changes)
-        return []
-
-
 class Env:
     def __init__(self, tmp_path: Path, store: Any = None, reports_url: str | None = None) -> None:
         self.app = App(f"sqlite:///{tmp_path / 'log.db'}", f"sqlite:///{tmp_path / 'state.db'}")
@@ -55,7 +38,7 @@ class Env:
         self.store = store if store is not None else MemoryDocumentStore("people")
         self.app.document_stores.register(self.store)
         self.reports_url = reports_url or f"sqlite:///{tmp_path / 'reports.db'}"
-        self.spy = Spy()
+        self.spy = RecordingProcessor("Spy")  # records the ids it saw; a hook per batch
         self.app.add_pillow("people", self.make_pillow)
 
     def make_pillow(self, app: App) -> Pillow:
@@ -140,7 +123,7 @@ def test_interrupted_reindex_resumes_after_the_last_finished_chunk(env: Env) -> 
     first_run = list(env.spy.seen)
     assert first_run == [f"p{i:04d}" for i in range(200)]
     env.spy.hook = None
-    env.spy.seen.clear()
+    env.spy.clear()
     env.save("p0000", {"name": "changed", "age": 99}, publish=True)  # written while interrupted
     result = reindex(env.app, "people", chunk_size=100, resume=True)
     assert result.resumed and result.documents == 800 and result.caught_up == 1
@@ -213,7 +196,7 @@ def test_partial_rebuild_resets_and_keeps_the_checkpoint(env: Env) -> None:
     assert len(env.table()) == 20
     for i in range(5):
         env.store.delete(f"p{i:04d}")  # deleted without a stub: only a reset notices
-    env.spy.seen.clear()
+    env.spy.clear()
     result = reindex(env.app, "people", processors=["report:people"], reset=True)
     assert result.job == "people/report:people" and result.documents == 15
     assert env.spy.seen == []  # the other processor was left alone
@@ -226,7 +209,9 @@ def test_partial_rebuild_resets_and_keeps_the_checkpoint(env: Env) -> None:
 
 def test_reindex_needs_stores(tmp_path: Path) -> None:
     app = App(f"sqlite:///{tmp_path / 'log.db'}", f"sqlite:///{tmp_path / 'state.db'}")
-    app.add_pillow("bare", lambda a: a.constructed_pillow("bare", ["t"], [Spy()]))
+    app.add_pillow(
+        "bare", lambda a: a.constructed_pillow("bare", ["t"], [RecordingProcessor("Spy")])
+    )
     with pytest.raises(ReindexError, match="no document stores to reindex from"):
         reindex(app, "bare")
     app.close()
@@ -268,7 +253,7 @@ def test_stop_finishes_the_chunk_in_hand_then_resume_reads_the_rest(
     assert env.spy.seen == [f"p{i:04d}" for i in range(300)]
     assert len(env.table()) == 300
     env.spy.hook = None
-    env.spy.seen.clear()
+    env.spy.clear()
     resumed = reindex(env.app, "people", chunk_size=100, resume=True, pipeline=pipeline)
     assert resumed.resumed and not resumed.interrupted and resumed.documents == 700
     assert env.spy.seen == [f"p{i:04d}" for i in range(300, 1000)]
@@ -310,7 +295,7 @@ def test_processor_failures_are_queued_and_the_reindex_goes_on(env: Env) -> None
     for i in range(250):
         env.save(f"p{i:04d}", {"name": f"n{i}", "age": i}, publish=False)
 
-    class Picky(Spy):
+    class Picky(RecordingProcessor):
         def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
             super().process_changes(changes)
             return [
@@ -350,7 +335,7 @@ def test_a_store_listing_ids_out_of_order_is_read_again_on_resume(
     with pytest.raises(KeyboardInterrupt):
         reindex(env.app, "people", chunk_size=100)
     env.spy.hook = None
-    env.spy.seen.clear()
+    env.spy.clear()
     result = reindex(env.app, "people", chunk_size=100, resume=True)
     assert result.resumed and result.documents == 300
     assert sorted(env.spy.seen) == [f"p{i:04d}" for i in range(300)]

@@ -21,8 +21,8 @@ from changefeed.backends.base import ChangeList
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import BatchPolicy, Pillow
-from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.stores import DocumentStoreRegistry, MemoryDocumentStore
+from tests.doubles.processors import RecordingProcessor
 
 IDLE = 0.2
 
@@ -340,21 +340,20 @@ def test_retention_removed_offsets_strict_raises(backend: Backend) -> None:
 # -- a pillow end to end ------------------------------------------------------------------
 
 
-class Collect(BulkProcessor):
-    """Records what it processed; fails documents marked ``fail``."""
+def id_and_version(change: Change) -> tuple[str, int | None]:
+    doc = change.document
+    return change.id, None if doc is None else doc["_version"]
 
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, int | None]] = []
 
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        failures = []
-        for c in changes:
-            doc = c.document
-            if doc is not None and doc.get("fail"):
-                failures.append(ChangeFailure(c, ValueError("marked to fail")))
-            else:
-                self.seen.append((c.id, None if doc is None else doc["_version"]))
-        return failures
+def marked_to_fail(change: Change) -> bool:
+    return bool(change.document and change.document.get("fail"))
+
+
+def collector() -> RecordingProcessor:
+    """Records (id, version) of what it processed; fails documents marked ``fail``."""
+    return RecordingProcessor(
+        "Collect", record=id_and_version, fails_when=marked_to_fail, message="marked to fail"
+    )
 
 
 def test_pillow_end_to_end_with_checkpoints(backend: Backend, tmp_path: Path) -> None:
@@ -365,8 +364,8 @@ def test_pillow_end_to_end_with_checkpoints(backend: Backend, tmp_path: Path) ->
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
     name = f"p-{uuid.uuid4().hex[:8]}"
 
-    def run_pillow() -> Collect:
-        proc = Collect()
+    def run_pillow() -> RecordingProcessor:
+        proc = collector()
         feed = open_feed(backend, [topic])
         pillow = Pillow(
             name,
@@ -398,7 +397,7 @@ def test_pillow_end_to_end_with_checkpoints(backend: Backend, tmp_path: Path) ->
     assert [v for doc_id, v in first.seen if doc_id == "d5"][-1] is None
     feed = open_feed(backend, [topic])
     assert checkpoints.get(name) == feed.latest_offsets()
-    (err,) = Pillow(name, feed, Collect(), checkpoints=checkpoints).error_queue.list(name)
+    (err,) = Pillow(name, feed, collector(), checkpoints=checkpoints).error_queue.list(name)
     feed.close()
     assert err.document_id == "d13" and "marked to fail" in err.message
 

@@ -16,8 +16,8 @@ from changefeed.backends import Backend
 from changefeed.change import Change, ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow
-from changefeed.processors import BulkProcessor, ChangeFailure
 from changefeed.wire import encode_hq, message_key
+from tests.doubles.processors import RecordingProcessor, change_stub
 from tests.test_wire import EXPECTED, fields_of, golden_lines, hq_wrap
 
 IDLE = 0.2
@@ -55,19 +55,6 @@ def new_topic(backend: Backend, partitions: int = 1) -> str:
     return topic
 
 
-class Collect(BulkProcessor):
-    """Keeps the stubs it was given; needs no documents (no HQ stores here)."""
-
-    needs_documents = False
-
-    def __init__(self) -> None:
-        self.seen: list[ChangeMeta] = []
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        self.seen.extend(c.metadata for c in changes if c.metadata is not None)
-        return []
-
-
 def golden_records() -> list[tuple[bytes, bytes]]:
     return [
         (str(expected["document_id"]).encode(), raw)
@@ -92,7 +79,7 @@ def test_hq_stubs_through_a_pillow_none_to_the_error_queue(
     append_raw(backend, topic, golden_records())
     checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
     feed = backend.change_feed([topic], idle_timeout=IDLE)
-    proc = Collect()
+    proc = RecordingProcessor("Collect", record=change_stub, needs_documents=False)
     pillow = Pillow(f"hq-{uuid.uuid4().hex[:6]}", feed, proc, checkpoints=checkpoints)
     try:
         pillow.run(forever=False)

@@ -22,34 +22,25 @@ from confluent_kafka.admin import AdminClient
 from changefeed.app import App
 from changefeed.backends import BackendURLError, OffsetOutOfRangeError, PublishError, open_backend
 from changefeed.backends.kafka import KafkaBackend, parse_kafka_url
-from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.change import ChangeMeta, TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.errors import INVALID_STUB
 from changefeed.pillow import BatchPolicy, Pillow
-from changefeed.processors import BulkProcessor, ChangeFailure
+from changefeed.processors import BulkProcessor
 from changefeed.status import pillow_status
+from tests.doubles.processors import RecordingProcessor
 from tests.harness._util import free_port
 
 IDLE = 0.2
 
 
-class Recorder(BulkProcessor):
+def recorder() -> RecordingProcessor:
     """Remembers every change it processed, as (topic, partition, offset, id)."""
-
-    needs_documents = False
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[str, int, int, str]] = []
-        self._lock = threading.Lock()
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        with self._lock:
-            self.seen.extend((c.topic, c.partition, c.offset, c.id) for c in changes)
-        return []
-
-    def ids(self) -> set[str]:
-        with self._lock:
-            return {s[3] for s in self.seen}
+    return RecordingProcessor(
+        "Recorder",
+        record=lambda c: (c.topic, c.partition, c.offset, c.id),
+        needs_documents=False,
+    )
 
 
 def stub(doc_id: str, **kw: Any) -> ChangeMeta:
@@ -94,7 +85,7 @@ def make_pillow(
     return Pillow(
         name,
         feed,
-        processor or Recorder(),
+        processor or recorder(),
         checkpoints=checkpoints,
         batching=BatchPolicy(50, max_wait=0.3),
     )
@@ -244,11 +235,11 @@ def test_pillow_checkpoints_per_partition_and_resumes_after_restart(
     # A new process (new pillow, new feed) starts at the checkpoints: only new changes.
     with backend.publisher() as pub:
         pub.publish_many([(t1, stub(f"n{i}")) for i in range(30)])
-    processor = Recorder()
+    processor = recorder()
     second = make_pillow(backend, [t1, t2], checkpoints, name, processor)
     assert second.run(forever=False) == 30
     second.change_feed.close()
-    assert processor.ids() == {f"n{i}" for i in range(30)}
+    assert set(processor.ids) == {f"n{i}" for i in range(30)}
     assert sum(checkpoints.get(name).values()) == 150
 
 
@@ -284,7 +275,7 @@ def test_forever_flushes_partial_batches_on_idle(
     topic = unique("idle")
     backend.admin().create_topic(topic, 2)
     name = unique("pillow")
-    processor = Recorder()
+    processor = recorder()
     pillow = make_pillow(backend, [topic], checkpoints, name, processor)
     thread = threading.Thread(target=pillow.run, kwargs={"forever": True})
     thread.start()
@@ -296,7 +287,7 @@ def test_forever_flushes_partial_batches_on_idle(
         pillow.stop()
         thread.join(30)
         pillow.change_feed.close()
-    assert processor.ids() == {f"d{i}" for i in range(7)}
+    assert set(processor.ids) == {f"d{i}" for i in range(7)}
 
 
 def test_poison_message_goes_to_the_error_queue(
@@ -313,11 +304,11 @@ def test_poison_message_goes_to_the_error_queue(
     with backend.publisher() as pub:
         pub.publish(topic, stub("after"))
     name = unique("pillow")
-    processor = Recorder()
+    processor = recorder()
     pillow = make_pillow(backend, [topic], checkpoints, name, processor)
     assert pillow.run(forever=False) == 4
     pillow.change_feed.close()
-    assert processor.ids() == {"before", "after"}
+    assert set(processor.ids) == {"before", "after"}
     assert checkpoints.get(name) == {TopicPartition(topic, 0): 4}
     errors = {e.document_id: e for e in pillow.error_queue.list(name)}
     assert set(errors) == {"bad-doc", "empty"}
@@ -353,7 +344,7 @@ def test_retention_default_mode_jumps_to_earliest_and_records_it(
     assert isinstance(backend, KafkaBackend)
     topic, earliest = _truncated(backend)
     name = unique("pillow")
-    processor = Recorder()
+    processor = recorder()
     pillow = app.constructed_pillow(
         name, [topic], processor, feed_options={"idle_timeout": IDLE}, max_wait=0.3
     )

@@ -27,7 +27,9 @@ from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow, stride
 from tests._cli import ROOT, recorder_env
-from tests.backends.test_kafka import Recorder, make_pillow, stub, unique, wait_until
+from tests.backends.test_kafka import make_pillow, stub, unique, wait_until
+from tests.backends.test_kafka import recorder as make_recorder
+from tests.doubles.processors import RecordingProcessor
 from tests.harness.kafka import KafkaBroker
 
 pytestmark = pytest.mark.slow  # server-heavy end to end; `pytest -m "not slow"` skips it
@@ -77,7 +79,7 @@ class Running:
         assert self.error is None, self.error
 
 
-def processed(recorders: Iterable[Recorder]) -> Counter[tuple[str, int, int]]:
+def processed(recorders: Iterable[RecordingProcessor]) -> Counter[tuple[str, int, int]]:
     return Counter((t, p, o) for r in recorders for t, p, o, _ in r.seen)
 
 
@@ -95,8 +97,8 @@ def all_offsets(backend: KafkaBackend, topics: Sequence[str]) -> set[tuple[str, 
 
 def group_pillow(
     backend: KafkaBackend, topics: Sequence[str], checkpoints: CheckpointStore, name: str, **kw: Any
-) -> tuple[Pillow, Recorder]:
-    recorder = Recorder()
+) -> tuple[Pillow, RecordingProcessor]:
+    recorder = make_recorder()
     pillow = make_pillow(
         backend, topics, checkpoints, name, recorder, group_id=name, consumer_config=GROUP_CONSUMER
     )
@@ -112,7 +114,7 @@ def test_static_striding_splits_partitions_between_two_processes(
     publish(backend, t1, [f"a{i}" for i in range(150)])
     publish(backend, t2, [f"b{i}" for i in range(100)])
     name = unique("pillow")
-    recorders = [Recorder(), Recorder()]
+    recorders = [make_recorder(), make_recorder()]
     pillows = [make_pillow(backend, [t1, t2], checkpoints, name, r) for r in recorders]
     threads = [
         threading.Thread(
@@ -247,7 +249,7 @@ def test_broker_restart_mid_run_loses_nothing(
     topic = unique("restart")
     backend.admin().create_topic(topic, 2)
     name = unique("pillow")
-    recorder = Recorder()
+    recorder = make_recorder()
     running = Running(make_pillow(backend, [topic], checkpoints, name, recorder))
     publisher = backend.publisher()
     try:
@@ -259,4 +261,6 @@ def test_broker_restart_mid_run_loses_nothing(
     finally:
         publisher.close()
         running.stop()
-    assert recorder.ids() == {f"before{i}" for i in range(100)} | {f"after{i}" for i in range(100)}
+    assert set(recorder.ids) == {f"before{i}" for i in range(100)} | {
+        f"after{i}" for i in range(100)
+    }

@@ -20,7 +20,8 @@ from changefeed.change import ChangeMeta
 from changefeed.checkpoints import CheckpointStore
 from changefeed.pillow import Pillow
 from changefeed.wire import InvalidWireFormatError, WireFormat
-from tests.backends.test_hq_stubs import Collect, read_all
+from tests.backends.test_hq_stubs import read_all
+from tests.doubles.processors import RecordingProcessor, change_stub
 from tests.test_wire import hq_wrap
 
 
@@ -194,7 +195,7 @@ def test_a_pillow_reads_what_an_hq_publisher_wrote(backend_url: str, tmp_path: P
         publish_all(backend, topic, metas)
         checkpoints = CheckpointStore(f"sqlite:///{tmp_path}/state.db")
         feed = backend.change_feed([topic], idle_timeout=0.2)
-        proc = Collect()
+        proc = RecordingProcessor("Collect", record=change_stub, needs_documents=False)
         pillow = Pillow(f"hq-{uuid.uuid4().hex[:6]}", feed, proc, checkpoints=checkpoints)
         try:
             pillow.run(forever=False)

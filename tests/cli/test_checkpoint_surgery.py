@@ -13,34 +13,30 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from changefeed import App, BulkProcessor, Change, ChangeFailure, ChangeMeta
+from changefeed import App, ChangeMeta
 from changefeed.backends import open_backend
 from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from tests._cli import cf
+from tests.doubles.processors import RecordingProcessor
 
 ROOT = Path(__file__).resolve().parents[2]
 
 APP_SOURCE = """
 import os
 
-from changefeed import App, BulkProcessor
+from changefeed import App, NoopProcessor
 
 TOPIC = os.environ["SURGERY_TOPIC"]
 
-class Nothing(BulkProcessor):
-    needs_documents = False
-    def process_changes(self, changes):
-        return []
-
 app = App()
 for _name in ("alpha", "beta", "gamma"):
-    app.add_pillow(_name, lambda a, n=_name: a.constructed_pillow(n, [TOPIC], Nothing()))
+    app.add_pillow(_name, lambda a, n=_name: a.constructed_pillow(n, [TOPIC], NoopProcessor()))
 """
 
 
@@ -208,18 +204,6 @@ def test_status_flags_a_rewind(env: dict[str, str], app: App) -> None:
     assert "REWIND" in r.stdout, r.stdout + r.stderr
 
 
-class Recording(BulkProcessor):
-    needs_documents = False
-
-    def __init__(self) -> None:
-        self.seen: list[tuple[int, int]] = []
-
-    def process_changes(self, changes: Sequence[Change]) -> list[ChangeFailure]:
-        self.seen.extend((c.partition, c.offset) for c in changes)
-        time.sleep(0.01)
-        return []
-
-
 def wait_for(check: object, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not check():  # type: ignore[operator]
@@ -238,7 +222,12 @@ def test_reset_on_a_running_pillow_is_replayed(
     P0, P1 = parts(env)
     topic = env["SURGERY_TOPIC"]
     heads = publish(app, topic, 50)
-    recording = Recording()
+    recording = RecordingProcessor(
+        "Recording",
+        record=lambda c: (c.partition, c.offset),
+        needs_documents=False,
+        hook=lambda _batch: time.sleep(0.01),  # paced, so the test acts mid-run
+    )
     pillow = app.constructed_pillow("alpha", [topic], recording, batch_size=5, max_wait=0.05)
     assert not pillow.change_feed.uses_consumer_group
     thread = threading.Thread(target=pillow.run, kwargs={"forever": True}, daemon=True)

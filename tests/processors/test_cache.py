@@ -14,13 +14,13 @@ from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.cache import CacheInvalidationProcessor, KeyTemplate
 from changefeed.testing.clock import FakeClock
+from tests.doubles.rig import CaseRig, PillowRig
 from tests.harness.redis import RedisServer
-from tests.processors._rig import Rig
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path, "cache-cases", domain="acme")
+def rig(tmp_path: Path) -> Iterator[CaseRig]:
+    rig = PillowRig.cases(tmp_path, "cache-cases", domain="acme")
     yield rig
     rig.close()
 
@@ -33,7 +33,9 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def test_deletes_the_keys_of_changed_documents(rig: Rig, r: redis.Redis, redis_url: str) -> None:
+def test_deletes_the_keys_of_changed_documents(
+    rig: CaseRig, r: redis.Redis, redis_url: str
+) -> None:
     r.mset({"case:c1": "x", "case:c2": "x", "case:c3": "x", "domain:acme:cases": "x"})
     r.mset({"domain:other:cases": "x", "keep": "x"})
     proc = CacheInvalidationProcessor(redis_url, ["case:{document_id}", "domain:{domain}:cases"])
@@ -46,7 +48,7 @@ def test_deletes_the_keys_of_changed_documents(rig: Rig, r: redis.Redis, redis_u
     proc.close()
 
 
-def test_document_fields_in_templates(rig: Rig, r: redis.Redis, redis_url: str) -> None:
+def test_document_fields_in_templates(rig: CaseRig, r: redis.Redis, redis_url: str) -> None:
     r.mset({"owner:u1:cases": "x", "owner:u2:cases": "x", "team:t9": "x", "case:c1": "x"})
     proc = CacheInvalidationProcessor(
         redis_url, ["owner:{doc.owner}:cases", "team:{doc.meta.team}", "case:{document_id}"]
@@ -60,7 +62,7 @@ def test_document_fields_in_templates(rig: Rig, r: redis.Redis, redis_url: str) 
 
 
 def test_refresh_writes_new_values_and_deletes_on_none(
-    rig: Rig, r: redis.Redis, redis_url: str
+    rig: CaseRig, r: redis.Redis, redis_url: str
 ) -> None:
     def refresh(key: str, change: Change) -> str | None:
         doc = change.document
@@ -80,7 +82,7 @@ def test_refresh_writes_new_values_and_deletes_on_none(
 
 
 def test_refresh_failure_of_one_change_goes_to_the_error_queue(
-    rig: Rig, r: redis.Redis, redis_url: str
+    rig: CaseRig, r: redis.Redis, redis_url: str
 ) -> None:
     def refresh(key: str, change: Change) -> str:
         if change.id == "bad":
@@ -111,7 +113,9 @@ def test_bad_templates_are_refused(template: str, message: str) -> None:
         KeyTemplate(template)
 
 
-def test_redis_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
+def test_redis_down_makes_the_pillow_back_off_instead_of_parking(
+    rig: CaseRig, tmp_path: Path
+) -> None:
     server = RedisServer().start()
     try:
         proc_clock = FakeClock()
@@ -145,7 +149,7 @@ def test_redis_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_p
         server.close()
 
 
-def test_redis_cluster_keys_on_every_node(rig: Rig, redis_cluster_url: str) -> None:
+def test_redis_cluster_keys_on_every_node(rig: CaseRig, redis_cluster_url: str) -> None:
     """On Redis Cluster a batch's keys live on different nodes: deleted key by key, in one
     pipeline (a multi-key DEL across slots is refused)."""
     cluster = redis.RedisCluster.from_url(redis_cluster_url, decode_responses=True)

@@ -15,20 +15,19 @@ import pytest
 from elasticsearch import Elasticsearch
 
 from changefeed.errors import PARKED, PENDING
-from changefeed.pillow import Pillow
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.elastic import ElasticProcessor, document_version, index_name
 from changefeed.stores.memory import MemoryDocumentStore
 from changefeed.testing.clock import FakeClock
+from tests.doubles.rig import CaseRig, PillowRig
 from tests.harness.elasticsearch import NoidaElasticsearch
-from tests.processors._rig import Rig
 
 MAPPINGS = {"properties": {"name": {"type": "keyword"}, "count": {"type": "integer"}}}
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path, "es-cases")
+def rig(tmp_path: Path) -> Iterator[CaseRig]:
+    rig = PillowRig.cases(tmp_path, "es-cases")
     yield rig
     rig.close()
 
@@ -46,7 +45,7 @@ def source(es: Elasticsearch, alias: str, doc_id: str) -> dict[str, Any] | None:
 
 
 def test_indexes_and_deletes_by_id(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(elasticsearch_url, es_alias)
     for i in range(5):
@@ -66,7 +65,7 @@ def test_indexes_and_deletes_by_id(
 
 
 def test_stale_and_replayed_changes_never_overwrite_newer_data(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     # A lagging replica still holds version 1 of the document the primary has at version 2.
     replica = rig.stores.register(MemoryDocumentStore("replica"))
@@ -78,8 +77,8 @@ def test_stale_and_replayed_changes_never_overwrite_newer_data(
     pillow = rig.pillow(proc)
     pillow.run(forever=False)
 
-    rig.publish("c1", 1, source="replica")  # a late change of the older version
-    rig.publish("c1", 1, deleted=True)  # a late deletion, older than what is indexed
+    rig.publish(rig.stub("c1", 1, source="replica"))  # a late change of the older version
+    rig.publish(rig.stub("c1", 1, deleted=True))  # a late deletion, older than what is indexed
     assert pillow.run(forever=False) == 2
 
     # Replay the whole log from the start: every write is older or equal, so a no-op.
@@ -95,7 +94,7 @@ def test_stale_and_replayed_changes_never_overwrite_newer_data(
 
 
 def test_bulk_partial_failure_goes_to_error_queue_while_the_rest_index(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(elasticsearch_url, es_alias)
     rig.save("good1", {"name": "a", "count": 1})
@@ -120,7 +119,7 @@ def test_bulk_partial_failure_goes_to_error_queue_while_the_rest_index(
 
 
 def test_transform_hook_shapes_documents_and_none_deletes(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     def transform(doc: dict[str, Any]) -> dict[str, Any] | None:
         if doc.get("closed"):
@@ -141,7 +140,7 @@ def test_transform_hook_shapes_documents_and_none_deletes(
 
 
 def test_version_from_the_document(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(
         elasticsearch_url, es_alias, version=document_version(lambda doc: doc.get("server_version"))
@@ -192,7 +191,9 @@ def test_bad_names_and_an_index_in_place_of_the_alias_are_refused(
         processor(elasticsearch_url, es_alias).bootstrap()
 
 
-def test_server_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
+def test_server_down_makes_the_pillow_back_off_instead_of_parking(
+    rig: CaseRig, tmp_path: Path
+) -> None:
     (tmp_path / "es").mkdir()
     server = NoidaElasticsearch(data_dir=tmp_path / "es").start()
     try:
@@ -300,7 +301,7 @@ def overloaded(elasticsearch_url: str) -> Iterator[Callable[..., Overloaded]]:
 
 
 def test_429s_are_retried_with_backoff(
-    rig: Rig,
+    rig: CaseRig,
     es: Elasticsearch,
     elasticsearch_url: str,
     es_alias: str,
@@ -322,7 +323,7 @@ def test_429s_are_retried_with_backoff(
 
 
 def test_persistent_429s_hand_over_to_the_pillow_backoff(
-    rig: Rig, elasticsearch_url: str, es_alias: str, overloaded: Callable[..., Overloaded]
+    rig: CaseRig, elasticsearch_url: str, es_alias: str, overloaded: Callable[..., Overloaded]
 ) -> None:
     processor(elasticsearch_url, es_alias).bootstrap()
     proxy = overloaded(whole=3)
@@ -336,19 +337,12 @@ def test_persistent_429s_hand_over_to_the_pillow_backoff(
 
 
 def test_missing_alias_waits_for_bootstrap_instead_of_creating_an_index(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(elasticsearch_url, es_alias)
-    pillow = Pillow(
-        "es-cases",
-        rig.log.change_feed(["case"], idle_timeout=0.05),
-        proc,
-        checkpoints=rig.checkpoints,
-        error_queue=rig.errors,
-        document_stores=rig.stores,
-        # While the pillow backs off, an operator runs `changefeed bootstrap`.
-        clock=FakeClock(on_sleep=lambda _s: proc.bootstrap()),
-    )
+    rig.bootstrap = False
+    # While the pillow backs off, an operator runs `changefeed bootstrap`.
+    pillow = rig.pillow(proc, clock=FakeClock(on_sleep=lambda _s: proc.bootstrap()))
     for i in range(3):
         rig.save(f"c{i}", {"name": str(i), "count": i})
     pillow.run(forever=False)

@@ -11,19 +11,19 @@ from elasticsearch import Elasticsearch
 
 from changefeed.errors import PARKED
 from changefeed.processors.elastic import document_version
-from tests.processors._rig import Rig
+from tests.doubles.rig import CaseRig, PillowRig
 from tests.processors.test_elastic import processor, source
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path, "es-versions")
+def rig(tmp_path: Path) -> Iterator[CaseRig]:
+    rig = PillowRig.cases(tmp_path, "es-versions")
     yield rig
     rig.close()
 
 
 def test_out_of_range_versions_are_document_errors_never_sent(
-    rig: Rig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
+    rig: CaseRig, es: Elasticsearch, elasticsearch_url: str, es_alias: str
 ) -> None:
     proc = processor(
         elasticsearch_url, es_alias, version=document_version(lambda doc: doc.get("v"))

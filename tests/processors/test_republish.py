@@ -15,7 +15,7 @@ from changefeed.errors import PARKED, PENDING
 from changefeed.processors.backoff import Backoff
 from changefeed.processors.republish import RepublishProcessor
 from changefeed.testing.clock import FakeClock
-from tests.processors._rig import Rig
+from tests.doubles.rig import CaseRig, PillowRig
 
 
 def read_all(log: SQLiteLog, topic: str) -> list[ChangeMeta]:
@@ -27,8 +27,8 @@ def read_all(log: SQLiteLog, topic: str) -> list[ChangeMeta]:
 
 
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path, "republish", with_store=False)
+def rig(tmp_path: Path) -> Iterator[CaseRig]:
+    rig = PillowRig.cases(tmp_path, "republish", with_store=False)
     yield rig
     rig.close()
 
@@ -51,7 +51,7 @@ def stubs() -> list[ChangeMeta]:
     ] + [ChangeMeta("c9", "sql", "cases", "case", is_deletion=True, document_rev="3-abc")]
 
 
-def test_republishes_to_another_log_keeping_every_stub_field(rig: Rig, tmp_path: Path) -> None:
+def test_republishes_to_another_log_keeping_every_stub_field(rig: CaseRig, tmp_path: Path) -> None:
     rig.publisher.publish_many(("case", m) for m in stubs())
     target = SQLiteLog(tmp_path / "target.db")
     with target.publisher() as out:
@@ -73,7 +73,7 @@ def test_republishes_to_another_log_keeping_every_stub_field(rig: Rig, tmp_path:
     target.close()
 
 
-def test_republishes_to_another_topic_with_a_filter(rig: Rig) -> None:
+def test_republishes_to_another_topic_with_a_filter(rig: CaseRig) -> None:
     rig.publisher.publish_many(("case", m) for m in stubs())
     proc = RepublishProcessor(
         rig.log.publisher(), "case-deletions", filter=lambda change: change.deleted
@@ -83,7 +83,7 @@ def test_republishes_to_another_topic_with_a_filter(rig: Rig) -> None:
     assert only.document_id == "c9" and only.is_deletion and only.document_rev == "3-abc"
 
 
-def test_topic_function_routes_and_skips(rig: Rig) -> None:
+def test_topic_function_routes_and_skips(rig: CaseRig) -> None:
     rig.publisher.publish_many(("case", m) for m in stubs())
     proc = RepublishProcessor(
         rig.log.publisher(),
@@ -113,7 +113,9 @@ class FlakyPublisher(Publisher):
         self.inner.publish_many(items)
 
 
-def test_target_down_makes_the_pillow_back_off_instead_of_parking(rig: Rig, tmp_path: Path) -> None:
+def test_target_down_makes_the_pillow_back_off_instead_of_parking(
+    rig: CaseRig, tmp_path: Path
+) -> None:
     rig.publisher.publish_many(("case", m) for m in stubs())
     target = SQLiteLog(tmp_path / "target.db")
     proc_clock = FakeClock()
