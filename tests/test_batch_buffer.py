@@ -4,13 +4,12 @@ time is a `FakeClock`."""
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from changefeed.backends.base import ChangeList
 from changefeed.batch_buffer import BatchBuffer, BatchPolicy, Cut
 from changefeed.change import Change, ChangeMeta, TopicPartition
+from changefeed.lifecycle import StopFlag
 from changefeed.testing.clock import FakeClock
 
 TP = TopicPartition("events", 0)
@@ -45,7 +44,7 @@ def rig(policy: BatchPolicy, go_on: bool = True) -> tuple[BatchBuffer, Flushes, 
     return buffer, Flushes(buffer, go_on), clock
 
 
-NOT_STOPPING = threading.Event()
+NOT_STOPPING = StopFlag()
 
 
 def test_a_list_larger_than_the_batch_is_cut_in_full_batches() -> None:
@@ -97,7 +96,7 @@ def test_max_wait_counts_from_the_first_change_of_the_batch() -> None:
 
 def test_stopping_flushes_and_stops_reading() -> None:
     buffer, flush, _ = rig(BatchPolicy(batch_size=100, max_wait=60))
-    stop = threading.Event()
+    stop = StopFlag()
     stop.set()
     assert buffer.add(ChangeList(changes(0, 2)), flush, stop) == (2, True)
     assert flush.ids() == [["d0", "d1"]]

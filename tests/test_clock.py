@@ -5,11 +5,12 @@ from __future__ import annotations
 import threading
 
 from changefeed.clock import SYSTEM_CLOCK
+from changefeed.lifecycle import StopFlag
 from changefeed.testing.clock import FakeClock
 
 
 def test_the_system_clock_sleep_ends_when_woken_from_another_thread() -> None:
-    wake = threading.Event()
+    wake = StopFlag()
     woke: list[bool] = []
 
     def sleeper() -> None:
@@ -29,7 +30,7 @@ def test_the_fake_clock_moves_only_when_slept_or_advanced() -> None:
     assert clock.time() == clock.monotonic() == 50.0
     clock.sleep(2.5)
     clock.advance(1.0)
-    clock.sleep(0.5, threading.Event())
+    clock.sleep(0.5, StopFlag())
     assert clock.sleeps == [2.5, 0.5]
     assert during == [52.5, 54.0], "on_sleep runs after time moved"
     assert clock.time() == clock.monotonic() == 54.0

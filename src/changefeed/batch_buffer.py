@@ -18,6 +18,7 @@ from changefeed.backends.base import ChangeList, next_offsets_of
 from changefeed.batch import PreparedBatch, latest_per_document
 from changefeed.change import Change, TopicPartition
 from changefeed.clock import Clock
+from changefeed.lifecycle import StopFlag
 
 __all__ = ["DEFAULT_BATCHING", "BatchBuffer", "BatchPolicy", "Cut", "OffsetReset"]
 
@@ -86,7 +87,7 @@ class BatchBuffer:
         """Retention jumps seen by a pipelined reader, for the main thread to record."""
 
     def add(
-        self, changes: ChangeList, flush: Callable[[], bool], stop: threading.Event
+        self, changes: ChangeList, flush: Callable[[], bool], stop: StopFlag
     ) -> tuple[int, bool]:
         """Add a feed's list, calling ``flush`` whenever the batch is full, ``max_wait``
         passed, the feed caught up with the log, or ``stop`` is set. Returns (changes

@@ -8,9 +8,10 @@ really waits. Wall time (`Clock.time`) is what is stored (checkpoints, the error
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Protocol
+
+from changefeed.lifecycle import StopFlag
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
 
@@ -26,7 +27,7 @@ class Clock(Protocol):
         """Seconds from an arbitrary start, never going back (for intervals)."""
         ...
 
-    def sleep(self, seconds: float, wake: threading.Event | None = None) -> None:
+    def sleep(self, seconds: float, wake: StopFlag | None = None) -> None:
         """Wait ``seconds``, or less when ``wake`` is set meanwhile (a stop request)."""
         ...
 
@@ -42,11 +43,11 @@ class SystemClock:
     def monotonic(self) -> float:
         return time.monotonic()
 
-    def sleep(self, seconds: float, wake: threading.Event | None = None) -> None:
+    def sleep(self, seconds: float, wake: StopFlag | None = None) -> None:
         if wake is None:
             time.sleep(seconds)
         else:
-            wake.wait(seconds)
+            wake.sleep(seconds)
 
 
 SYSTEM_CLOCK: Clock = SystemClock()

@@ -23,10 +23,8 @@ from changefeed.errors_schema import (
     ID_CHARS,
     NAME_CHARS,
     RECORD_COLUMNS,
-    STUB_BYTES,
     TEXT_CHARS,
     TOPIC_CHARS,
-    TYPE_CHARS,
     bounded,
     doc_key,
     error_type_name,
@@ -36,42 +34,24 @@ from changefeed.errors_schema import (
     message_of,
     metadata,
     migrate,
-    storable,
     stub_of,
     traceback_of,
 )
-from changefeed.failures import (
-    FETCH,
-    INVALID_STUB,
-    DependencyDownError,
-    Failure,
-    StaleReadError,
-)
+from changefeed.failures import FETCH, INVALID_STUB, Failure
 
-# Re-exported: the failure types live with the queue, and the table's names were
-# importable from here before `errors_schema` existed.
+# FETCH, INVALID_STUB, NAME_CHARS, TEXT_CHARS and bounded are re-exported: tests import them
+# from the queue's module.
 __all__ = [
     "FETCH",
-    "ID_CHARS",
     "INVALID_STUB",
     "NAME_CHARS",
     "PARKED",
     "PENDING",
-    "STUB_BYTES",
     "TEXT_CHARS",
-    "TOPIC_CHARS",
-    "TYPE_CHARS",
-    "DependencyDownError",
     "ErrorQueue",
     "ErrorRecord",
-    "Failure",
     "RetryPolicy",
-    "StaleReadError",
     "bounded",
-    "doc_key",
-    "errors_table",
-    "metadata",
-    "storable",
 ]
 
 PENDING = "pending"

@@ -129,8 +129,8 @@ def stub_of(change: Change) -> bytes:
     if change.metadata is not None:
         try:
             return change.metadata.encode()
-        except (UnicodeEncodeError, TypeError, ValueError):
-            # e.g. a lone surrogate in an id: JSON can still escape it.
+        except (TypeError, ValueError):
+            # e.g. a lone surrogate in an id (a UnicodeEncodeError): JSON can still escape it.
             return json.dumps(change.metadata.to_dict(), default=str).encode()
     return (change.raw or b"")[:STUB_BYTES]
 

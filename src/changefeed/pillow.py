@@ -21,15 +21,16 @@ from changefeed.backends.base import ChangeFeed, ChangeList
 from changefeed.backoff import DEPENDENCY_BACKOFF, Backoff
 from changefeed.batch import BatchReport, BatchRunner
 from changefeed.batch_buffer import DEFAULT_BATCHING, BatchBuffer, BatchPolicy, Cut
-from changefeed.change import Change, TopicPartition
+from changefeed.change import TopicPartition
 from changefeed.checkpoints import CheckpointStore
 from changefeed.clock import SYSTEM_CLOCK, Clock
 from changefeed.errors import ErrorQueue, RetryPolicy
 from changefeed.failures import DependencyDownError
 from changefeed.identifiers import object_name
+from changefeed.lifecycle import Health, StopFlag
 from changefeed.pipeline import Pipeline
 from changefeed.processors.base import Processor
-from changefeed.runner import Health, stride
+from changefeed.runner import stride
 from changefeed.stores.base import DocumentStore
 from changefeed.stores.fetch import DocumentFetcher
 from changefeed.stores.registry import DocumentStoreRegistry
@@ -166,7 +167,7 @@ class Pillow:
         """The stores `changefeed reindex` rebuilds this pillow's output from (None: every
         store registered in ``document_stores``)."""
         self.listeners: list[PillowListener] = []
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self.fetcher = DocumentFetcher(
             self.document_stores,
             stale_read_retries=retries.stale_read_retries,
@@ -311,7 +312,7 @@ class Pillow:
         self,
         lists: Iterator[ChangeList | None],
         restart_check: Callable[[], bool] | None = None,
-        stop: threading.Event | None = None,
+        stop: StopFlag | None = None,
         emit: Callable[[], bool] | None = None,
     ) -> int:
         """Fill the batch in hand from the feed's lists (``None`` means the feed is idle) and
@@ -501,11 +502,6 @@ class Pillow:
         )
 
     # -- one batch, and the error queue (see `BatchRunner`) ----------------------------
-
-    def process_batch(self, changes: Sequence[Change]) -> BatchReport:
-        """Fetch documents once, run every processor, queue failures. Raises
-        `DependencyDownError` when the batch failed as a whole."""
-        return self.runner.process(changes)
 
     def retry_errors(self, limit: int = 500, now: float | None = None) -> tuple[int, int]:
         """Re-process due error-queue entries. Returns (succeeded, failed again)."""

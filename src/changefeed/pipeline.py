@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from changefeed.lifecycle import StopFlag
+
 log = logging.getLogger("changefeed.pillow")
 
 T = TypeVar("T")
@@ -37,7 +39,7 @@ class Pipeline(Generic[T]):
         self._ended = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
-        self.stopping = threading.Event()
+        self.stopping = StopFlag()
         """Set when the reader should stop: it then drops what it holds (replayed later,
         since no checkpoint covers it)."""
         self.result = 0

@@ -44,6 +44,7 @@ from rich.progress import Progress
 
 from changefeed.batch import BatchReport, BatchRunner, latest_per_document
 from changefeed.change import Change, TopicPartition
+from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.base import Backfilling, Processor, Rebuildable
 from changefeed.processors.reports import (
@@ -184,7 +185,7 @@ class ShadowRebuild:
         self.chunk_size = chunk_size
         self.show_progress = show_progress
         self.console = console
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._reindexer: ShadowReindexer | None = None
 
     def stop(self) -> None:
@@ -341,7 +342,7 @@ class _NextToPillow:
         self.pillow = pillow
         self.results: list[RebuildResult] = []
         self._job: ShadowRebuild | None = None
-        self._stopped = threading.Event()
+        self._stopped = StopFlag()
         self._thread = threading.Thread(
             target=self._run, name=f"changefeed-{kind}-{pillow.name}", daemon=True
         )
@@ -455,7 +456,7 @@ class Backfiller(_NextToPillow):
                 if not self.run_pending(paced=True):
                     waiting = [p.backfill_wanted for p in self.processors]
                     if not any(w.is_set() for w in waiting):
-                        self._stopped.wait(self.idle)
+                        self._stopped.sleep(self.idle)
         finally:
             self._close_helper()
 
@@ -474,7 +475,7 @@ class Backfiller(_NextToPillow):
     def _backfill(self, processor: Backfilling, member: Rebuildable, paced: bool) -> int:
         name = member.name
         finished = False
-        pace = _Pace(self.share, self._stopped.wait) if paced and self.share < 1 else None
+        pace = _Pace(self.share, self._stopped.sleep) if paced and self.share < 1 else None
 
         def progress(n: int) -> None:
             processor.backfill_progress(member, n)
@@ -499,7 +500,7 @@ class Backfiller(_NextToPillow):
         except Exception as exc:  # noqa: BLE001 - reported; tried again after a pause
             self.errors.append(exc)
             log.error("%s: back-fill of %s failed: %s", self.pillow.name, name, exc)
-            self._stopped.wait(self.idle * 5)
+            self._stopped.sleep(self.idle * 5)
         finally:
             processor.backfill_done(member, finished)
         return int(finished)

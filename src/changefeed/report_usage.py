@@ -13,6 +13,7 @@ import logging
 import threading
 from types import TracebackType
 
+from changefeed.lifecycle import StopFlag
 from changefeed.pillow import Pillow
 from changefeed.processors.reports import ReportStats, ReportTablesProcessor, SourceCounters
 from changefeed.processors.reports.usage import UsageStore
@@ -65,7 +66,7 @@ class ReportUsageRecorder:
             for p in pillow.processors
             if isinstance(p, ReportTablesProcessor)
         ]
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._thread: threading.Thread | None = None
 
     def flush(self) -> None:
@@ -99,7 +100,7 @@ class ReportUsageRecorder:
         self.flush()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.sleep(self.interval):
             self.flush()
 
     def __enter__(self) -> ReportUsageRecorder:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from changefeed.runner import ErrorRetrier, Health, Runnable, StopFlag
+from changefeed.lifecycle import Health, StopFlag
+from changefeed.runner import ErrorRetrier, Runnable
 
 log = logging.getLogger("changefeed.retry_runner")
 

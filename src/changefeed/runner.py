@@ -17,13 +17,11 @@ from types import FrameType
 from typing import Protocol, runtime_checkable
 
 from changefeed.change import TopicPartition
-from changefeed.lifecycle import Health, StopFlag
+from changefeed.lifecycle import Health
 
 __all__ = [
-    "Health",
     "NotScalableError",
     "Runnable",
-    "StopFlag",
     "ErrorRetrier",
     "check_split",
     "run_runnable",

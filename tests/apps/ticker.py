@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 
 from changefeed import App
+from changefeed.lifecycle import Health, StopFlag
 from changefeed.processors.base import NoopProcessor
-from changefeed.runner import Health, StopFlag
 
 
 class Ticker:

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from changefeed.app import NO_APP
+from changefeed.app import NO_APP, App
 from changefeed.batch import BatchReport
 from changefeed.cli.common import UserError, cli, get_app, get_runnable, user_errors
 from changefeed.cli.output import escape, human, is_terminal, plural, size, when
@@ -126,7 +126,6 @@ def run_cmd(
     if all_pillows or len(pillow_names) > 1:
         if once or num_processes != 1:
             raise UserError("--once and --num-processes apply to one runnable, not to --all")
-
         code = run_supervised(
             ctx,
             pillow_names,
@@ -141,63 +140,101 @@ def run_cmd(
         raise UserError("run takes a pillow name (or several, or --all for every pillow)")
     app = get_app(ctx)
     runnable = get_runnable(app, pillow_names[0])
-    if isinstance(runnable, Pillow):
-        if metrics_port is not None or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-            from changefeed.metrics import PillowMetrics, StatusCollector, serve
-
-            metrics = PillowMetrics().attach(runnable)
-            if metrics_port is not None:
-                metrics.registry.register(StatusCollector(app, [runnable.name]))
-                try:
-                    serve(metrics.registry, metrics_port, metrics_host, token=metrics_token)
-                except OSError as exc:
-                    raise UserError(
-                        f"cannot listen on {metrics_host}:{metrics_port}: {exc}"
-                    ) from None
-    elif metrics_port is not None:
-        raise UserError(f"--metrics-port applies to pillows; {runnable.name!r} is not one")
+    _serve_metrics(app, runnable, metrics_port, metrics_host, metrics_token)
     with user_errors(NotScalableError):
         check_split(num_processes, process_number, runnable.scalable)
-    progress: _Progress | None = None
-    if isinstance(runnable, Pillow):
-        saved = app.checkpoints.get(runnable.name)
-        click.echo(_start_line(saved, runnable, num_processes, process_number, once), err=True)
-        progress = _Progress(live=is_terminal())
-        runnable.listeners.append(progress)
-    else:
-        until = "until caught up" if once else "(Ctrl-C to stop)"
-        click.echo(f"{escape(runnable.name)}: running {until}", err=True)
+    progress = _announce(app, runnable, num_processes, process_number, once)
     started = time.monotonic()
     try:
-        # A report table whose definition changed is rebuilt next to the running pillow;
-        # where its report tables spend their time is recorded for `status` and metrics.
-        with (
-            user_errors(*REBUILD_ERRORS),
-            rebuilding(
-                app,
-                runnable,
-                forever=not once,
-                num_processes=num_processes,
-                bootstrap=not no_bootstrap,
-            ),
-            ReportUsageRecorder(runnable) if isinstance(runnable, Pillow) else nullcontext(),
-        ):
-            total = run_runnable(
-                runnable,
-                forever=not once,
-                num_processes=num_processes,
-                process_number=process_number,
-                bootstrap=not no_bootstrap,
-            )
+        total = _run_alone(
+            app,
+            runnable,
+            forever=not once,
+            num_processes=num_processes,
+            process_number=process_number,
+            bootstrap=not no_bootstrap,
+        )
     finally:
         if progress is not None:
             progress.clear()
-    elapsed = time.monotonic() - started
-    done = f"{escape(runnable.name)}: {plural(total, 'change')} read in {elapsed:.1f}s"
+    click.echo(_done_line(runnable.name, total, time.monotonic() - started, progress), err=True)
+
+
+def _serve_metrics(
+    app: App, runnable: Runnable, port: int | None, host: str, token: str | None
+) -> None:
+    """A pillow's metrics: served on ``port``, or written for a supervisor that serves them
+    (``PROMETHEUS_MULTIPROC_DIR`` set). Other runnables have none."""
+    if not isinstance(runnable, Pillow):
+        if port is not None:
+            raise UserError(f"--metrics-port applies to pillows; {runnable.name!r} is not one")
+        return
+    if port is None and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from changefeed.metrics import PillowMetrics, StatusCollector, serve
+
+    metrics = PillowMetrics().attach(runnable)
+    if port is None:
+        return
+    metrics.registry.register(StatusCollector(app, [runnable.name]))
+    try:
+        serve(metrics.registry, port, host, token=token)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc}") from None
+
+
+def _announce(
+    app: App, runnable: Runnable, num_processes: int, process_number: int, once: bool
+) -> _Progress | None:
+    """Say what starts; for a pillow, also count its batches (a live line on a terminal)
+    and return the counter."""
+    if not isinstance(runnable, Pillow):
+        until = "until caught up" if once else "(Ctrl-C to stop)"
+        click.echo(f"{escape(runnable.name)}: running {until}", err=True)
+        return None
+    saved = app.checkpoints.get(runnable.name)
+    click.echo(_start_line(saved, runnable, num_processes, process_number, once), err=True)
+    progress = _Progress(live=is_terminal())
+    runnable.listeners.append(progress)
+    return progress
+
+
+def _run_alone(
+    app: App,
+    runnable: Runnable,
+    *,
+    forever: bool,
+    num_processes: int,
+    process_number: int,
+    bootstrap: bool,
+) -> int:
+    """Run ``runnable`` in this process until stopped (or caught up); the changes read.
+
+    A report table whose definition changed is rebuilt next to the running pillow; where
+    its report tables spend their time is recorded for `status` and metrics."""
+    with (
+        user_errors(*REBUILD_ERRORS),
+        rebuilding(
+            app, runnable, forever=forever, num_processes=num_processes, bootstrap=bootstrap
+        ),
+        ReportUsageRecorder(runnable) if isinstance(runnable, Pillow) else nullcontext(),
+    ):
+        return run_runnable(
+            runnable,
+            forever=forever,
+            num_processes=num_processes,
+            process_number=process_number,
+            bootstrap=bootstrap,
+        )
+
+
+def _done_line(name: str, total: int, elapsed: float, progress: _Progress | None) -> str:
+    """The stop line: what was read and, for a pillow, what became of it."""
+    done = f"{escape(name)}: {plural(total, 'change')} read in {elapsed:.1f}s"
     if progress is not None:
         # Read is not done: with Elasticsearch down, 3 read can be 0 processed, 3 queued.
         done += f": {progress.processed} processed, {progress.queued} queued as errors"
-    click.echo(done, err=True)
+    return done
 
 
 def _start_line(

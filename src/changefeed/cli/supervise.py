@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import click
 
@@ -21,6 +23,10 @@ from changefeed.cli.common import (
 from changefeed.cli.output import escape
 from changefeed.cli.params import LIMIT
 from changefeed.runner import run_runnable, stop_on_signals
+
+if TYPE_CHECKING:
+    from changefeed.app import App
+    from changefeed.supervisor import Supervisor
 
 
 def global_args(ctx: click.Context) -> list[str]:
@@ -66,74 +72,131 @@ def run_supervised(
     SIGTERM/SIGINT; with ``metrics_port``, serve its health and metrics (behind
     ``metrics_token`` when given)."""
     from changefeed.backoff import Backoff
-    from changefeed.supervisor import RESTART_BACKOFF, Supervisor, pillow_children, serve_health
+    from changefeed.supervisor import RESTART_BACKOFF, Supervisor, pillow_children
 
-    if metrics_port is not None:  # the metrics need the web extra; nothing else here does
-        from changefeed.metrics import MULTIPROC_ENV, StatusCollector, multiprocess_registry
-
-        check_metrics_access(metrics_host, metrics_token)
+    if metrics_port is not None:
+        _check_metrics(metrics_host, metrics_token)
     app = get_app(ctx)
+    names = _names_to_supervise(app, pillow_names, all_pillows)
+    pillows = [name for name in names if name in app.pillow_names]
+    children = pillow_children(
+        pillows,
+        runnables=[name for name in names if name not in app.pillow_names],
+        global_args=global_args(ctx),
+        run_args=run_args,
+        retry_runner=retry_runner,
+        retry_interval=retry_interval,
+    )
+    with _metrics_dir(metrics_port is not None) as metrics_dir:
+        supervisor = Supervisor(
+            children,
+            app=app,
+            backoff=Backoff(base=backoff_base, factor=RESTART_BACKOFF.factor, cap=backoff_max),
+            stuck_after=stuck_after,
+            restart_stuck=restart_stuck,
+            stop_timeout=stop_timeout,
+            env=_child_env(metrics_dir),
+            on_exit=_mark_dead if metrics_dir else None,
+        )
+        with (
+            _serving_health(
+                supervisor,
+                app,
+                pillows,
+                metrics_dir,
+                port=metrics_port,
+                host=metrics_host,
+                token=metrics_token,
+            ),
+            stop_on_signals(supervisor.stop, "supervisor"),
+        ):
+            code = supervisor.run()
+    click.echo(f"supervisor: stopped {len(children)} children", err=True)
+    return code
+
+
+def _check_metrics(host: str, token: str | None) -> None:
+    """Fail before any child starts when metrics cannot be served: they need the web extra
+    (nothing else here does) and, off loopback, a token."""
+    import changefeed.metrics  # noqa: F401 - one line (MissingExtraError) without the extra
+
+    check_metrics_access(host, token)
+
+
+def _names_to_supervise(app: App, pillow_names: Sequence[str], all_pillows: bool) -> list[str]:
+    """The runnables to start, each once; an unknown name fails here, before any child
+    starts."""
     if all_pillows and pillow_names:
         raise UserError("give pillow names or --all, not both")
     names = app.runnable_names if all_pillows else list(dict.fromkeys(pillow_names))
     if not names:
         raise UserError("no pillows to run (name some, or use --all with an app that defines some)")
     for name in names:
-        get_runnable(app, name)  # unknown names fail here, before any child starts
-    pillows = [name for name in names if name in app.pillow_names]
-    others = [name for name in names if name not in app.pillow_names]
-    children = pillow_children(
-        pillows,
-        runnables=others,
-        global_args=global_args(ctx),
-        run_args=run_args,
-        retry_runner=retry_runner,
-        retry_interval=retry_interval,
-    )
-    env = dict(os.environ)
-    metrics_dir = None
-    if metrics_port is not None:
-        metrics_dir = tempfile.mkdtemp(prefix="changefeed-metrics-")
-        env[MULTIPROC_ENV] = metrics_dir
-    supervisor = Supervisor(
-        children,
-        app=app,
-        backoff=Backoff(base=backoff_base, factor=RESTART_BACKOFF.factor, cap=backoff_max),
-        stuck_after=stuck_after,
-        restart_stuck=restart_stuck,
-        stop_timeout=stop_timeout,
-        env=env,
-        on_exit=_mark_dead if metrics_dir else None,
-    )
-    server = None
+        get_runnable(app, name)
+    return names
+
+
+@contextmanager
+def _metrics_dir(wanted: bool) -> Iterator[str | None]:
+    """A folder where the children write their metrics (prometheus' multiprocess mode),
+    removed when the supervisor ends; None without metrics."""
+    if not wanted:
+        yield None
+        return
+    path = tempfile.mkdtemp(prefix="changefeed-metrics-")
     try:
-        if metrics_port is not None:
-            assert metrics_dir is not None
-            registry = multiprocess_registry(metrics_dir)
-            registry.register(StatusCollector(app, pillows))
-            try:
-                server = serve_health(
-                    supervisor, metrics_port, metrics_host, registry, token=metrics_token
-                )
-            except OSError as exc:
-                raise UserError(f"cannot listen on {metrics_host}:{metrics_port}: {exc}") from None
-            shown = f"[{metrics_host}]" if ":" in metrics_host else metrics_host
-            hint = " (send Authorization: Bearer TOKEN or ?token=TOKEN)" if metrics_token else ""
-            click.echo(
-                f"metrics and health on http://{escape(shown)}:{server.server_port}/metrics "
-                f"and /healthz{hint}",
-                err=True,
-            )
-        with stop_on_signals(supervisor.stop, "supervisor"):
-            code = supervisor.run()
+        yield path
     finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    click.echo(f"supervisor: stopped {len(children)} children", err=True)
-    return code
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _child_env(metrics_dir: str | None) -> dict[str, str]:
+    """This process's environment, plus where to write metrics when they are served."""
+    env = dict(os.environ)
+    if metrics_dir is not None:
+        from changefeed.metrics import MULTIPROC_ENV
+
+        env[MULTIPROC_ENV] = metrics_dir
+    return env
+
+
+@contextmanager
+def _serving_health(
+    supervisor: Supervisor,
+    app: App,
+    pillows: Sequence[str],
+    metrics_dir: str | None,
+    *,
+    port: int | None,
+    host: str,
+    token: str | None,
+) -> Iterator[None]:
+    """Serve the supervisor's /healthz and the children's /metrics on ``port`` (nothing
+    when None) while the block runs."""
+    if port is None or metrics_dir is None:
+        yield
+        return
+    from changefeed.metrics import StatusCollector, multiprocess_registry
+    from changefeed.supervisor import serve_health
+
+    registry = multiprocess_registry(metrics_dir)
+    registry.register(StatusCollector(app, pillows))
+    try:
+        server = serve_health(supervisor, port, host, registry, token=token)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host}:{port}: {exc}") from None
+    shown = f"[{host}]" if ":" in host else host
+    hint = " (send Authorization: Bearer TOKEN or ?token=TOKEN)" if token else ""
+    click.echo(
+        f"metrics and health on http://{escape(shown)}:{server.server_port}/metrics "
+        f"and /healthz{hint}",
+        err=True,
+    )
+    try:
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _mark_dead(child: object) -> None:

@@ -190,7 +190,7 @@ class CouchBridgePillow:
             return
         try:
             meta = self.classifier(change, self.data_source_name)
-        except (UnclassifiableDocumentError, ValueError) as exc:
+        except ValueError as exc:  # UnclassifiableDocumentError is one
             self._failures.append(
                 Failure(self._error_change(change, str(exc)), exc, False, CLASSIFY)
             )
@@ -262,7 +262,7 @@ class CouchBridgePillow:
                 )
                 try:
                     meta = self.classifier(change, self.data_source_name)
-                except (UnclassifiableDocumentError, ValueError) as exc:
+                except ValueError as exc:  # UnclassifiableDocumentError is one
                     self.error_queue.record_failure(record, exc, retryable=False)
                     failed += 1
                     continue

@@ -14,7 +14,6 @@ the last change of a document in a batch stands for all of them.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +27,7 @@ from changefeed.failures import (
     InvalidDocumentError,
     StaleReadError,
 )
+from changefeed.lifecycle import StopFlag
 from changefeed.stores.base import DocumentDeleted, DocumentNotFoundError, DocumentStore, rev_number
 from changefeed.stores.registry import DocumentStoreRegistry
 
@@ -42,7 +42,7 @@ class DocumentFetcher:
         stale_read_retries: int = 2,
         stale_read_delay: float = 0.05,
         clock: Clock = SYSTEM_CLOCK,
-        wake: threading.Event | None = None,
+        wake: StopFlag | None = None,
     ) -> None:
         self.stores = stores
         self.stale_read_retries = stale_read_retries

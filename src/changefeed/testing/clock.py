@@ -7,8 +7,9 @@ how fast the machine is.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
+
+from changefeed.lifecycle import StopFlag
 
 __all__ = ["FakeClock"]
 
@@ -36,7 +37,7 @@ class FakeClock:
         """Move time on without recording a sleep (time passing while work was done)."""
         self.now += seconds
 
-    def sleep(self, seconds: float, wake: threading.Event | None = None) -> None:
+    def sleep(self, seconds: float, wake: StopFlag | None = None) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
         if self.on_sleep is not None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from changefeed.backends.base import Backend, ChangeFeed
 from changefeed.change import Change, TopicPartition
+from changefeed.lifecycle import StopFlag
 from changefeed.status import redacted
 
 log = logging.getLogger("changefeed.web.live")
@@ -72,7 +73,7 @@ class LiveChanges:
         self.refresh_topics = refresh_topics
         self._subs: set[Subscription] = set()
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._thread: threading.Thread | None = None
         self.ready = threading.Event()
         """Set once the reader is positioned at the head (changes published after it show)."""
@@ -146,7 +147,7 @@ class LiveChanges:
                 if not topics:
                     self.ready.set()
                     first = False
-                    self._stop.wait(self.refresh_topics)
+                    self._stop.sleep(self.refresh_topics)
                     continue
                 feed = self.backend.change_feed(
                     topics, client_id="changefeed-dashboard", idle_timeout=self.idle_timeout
@@ -158,7 +159,7 @@ class LiveChanges:
                 first = False
             except Exception as exc:  # noqa: BLE001 - keep the stream alive across log hiccups
                 log.warning("live changes: %s: %s; retrying", type(exc).__name__, exc)
-                self._stop.wait(1.0)
+                self._stop.sleep(1.0)
 
     def _follow(
         self,

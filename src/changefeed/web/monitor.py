@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from changefeed.lifecycle import StopFlag
 from changefeed.status import PillowStatus, pillow_status, redacted
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class PillowMonitor:
         self._history = history
         self._errors: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = StopFlag()
         self._thread: threading.Thread | None = None
 
     def pillow(self, name: str) -> Pillow:
@@ -87,7 +88,7 @@ class PillowMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             self.sample()
-            self._stop.wait(self.interval)
+            self._stop.sleep(self.interval)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Latest status of every pillow with its throughput series."""
