@@ -106,6 +106,23 @@ def create_tables(
                 time.sleep(0.05 * (attempt + 1))
 
 
+class TablesOf:
+    """A store over ``metadata``'s tables in a database the user names, created on first
+    use (`create`, race-safe as `create_tables`), once per store: subclasses set
+    ``metadata`` and call `create` before they read or write."""
+
+    metadata: sa.MetaData
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self._created = False
+
+    def create(self) -> None:
+        if not self._created:
+            create_tables(self.engine, self.metadata)
+            self._created = True
+
+
 def upsert(
     conn: sa.Connection, table: sa.Table, values: list[dict[str, Any]], keys: list[str]
 ) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from changefeed.db import create_tables, upsert
+from changefeed.db import TablesOf, upsert
 
 LIVE = "live"
 BACKFILLING = "back-filling"
@@ -92,17 +92,10 @@ class SourceState:
         }
 
 
-class StateStore:
+class StateStore(TablesOf):
     """The data source states and the reload generation in a reports database."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self._created = False
-
-    def create(self) -> None:
-        if not self._created:
-            create_tables(self.engine, _metadata)
-            self._created = True
+    metadata = _metadata
 
     def read(self) -> dict[str, SourceState]:
         self.create()

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from changefeed.db import create_tables
+from changefeed.db import TablesOf
 from changefeed.errors import bounded
 from changefeed.processors.reports.states import SourceCounters
 
@@ -56,17 +56,10 @@ class Usage:
         return sorted(self.domain_seconds.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
-class UsageStore:
+class UsageStore(TablesOf):
     """The usage table of one reports database."""
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self._created = False
-
-    def create(self) -> None:
-        if not self._created:
-            create_tables(self.engine, _metadata)
-            self._created = True
+    metadata = _metadata
 
     def add(
         self,
