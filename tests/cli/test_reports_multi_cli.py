@@ -156,3 +156,23 @@ def test_list_check_names_data_sources_in_no_selection_or_several(
     ]
     monkeypatch.delenv("MULTI_SPLIT")
     assert run(capsys, "reports", "list", "--check")[0] == 0
+
+
+def test_a_data_source_row_that_does_not_validate_is_listed_and_checked(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(capsys, "reports", "add", str(workdir / "a.json"))
+    run(capsys, "reports", "add", str(workdir / "b.json"))
+    provider = SQLDataSourceProvider(f"sqlite:///{workdir / 'reports.db'}")
+    with provider.engine.begin() as conn:  # edited by hand: no columns
+        t = provider.table
+        conn.execute(t.update().where(t.c.name == "b").values(spec='{"name": "b"}'))
+    provider.close()
+    code, out, err = run(capsys, "bootstrap", "reports")  # the others are not held back
+    assert code == 0, err
+    code, out, _ = run(capsys, "reports", "list")
+    assert code == 0 and "a\tpillow=reports" in out
+    assert "changefeed_data_sources[b]\tpillow=reports\tskipped: " in out
+    assert "table: required field is missing" in out
+    code, _, err = run(capsys, "reports", "list", "--check")
+    assert code == 1 and "changefeed_data_sources[b]: invalid (" in err

@@ -55,9 +55,11 @@ def check_exposure(
 
 def _user_error_types() -> tuple[type[BaseException], ...]:
     from changefeed.app import ConfigError
+    from changefeed.processors.reports.spec import ReportConfigError
 
     return (
         ConfigError,
+        ReportConfigError,  # a report data source an app builds that does not validate
         BackendURLError,
         FeedOptionError,  # a pillow's feed_options naming an option its log lacks
         InvalidIdentifierError,

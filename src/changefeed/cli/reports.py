@@ -62,7 +62,9 @@ def reports_group() -> None:
 @reports_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per data source.")
 @click.option(
-    "--check", is_flag=True, help="Exit 1 naming data sources in no selection or in several."
+    "--check",
+    is_flag=True,
+    help="Exit 1 naming data sources in no selection or in several, or that do not validate.",
 )
 @click.pass_context
 def list_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
@@ -93,13 +95,23 @@ def list_cmd(ctx: click.Context, as_json: bool, check: bool) -> None:
                     entry.update(pillow=pillow, table=config.table)
                     entry["columns"] = [f"{c.name}:{c.type}" for c in config.columns]
                     entries.append(entry)
+                for where, message in multi.invalid_data_sources().items():
+                    entries.append(
+                        {"name": where, "pillow": pillow, "state": "invalid", "reason": message}
+                    )
             problems = _selection_problems(multis) if check else []
+            if check:
+                problems += [f"{e['name']}: invalid ({e['reason']})" for e in entries
+                             if e.get("state") == "invalid"]  # fmt: skip
     finally:
         for _, multi in multis:
             multi.close()
     for entry in entries:
         if as_json:
             click.echo(json.dumps(entry, sort_keys=True))
+            continue
+        if entry.get("state") == "invalid":
+            click.echo(f"{entry['name']}\tpillow={entry['pillow']}\tskipped: {entry['reason']}")
             continue
         extra = ""
         if "state" in entry:

@@ -357,12 +357,10 @@ def test_a_broken_table_alone_in_its_batch_is_its_failure_not_a_server_down(
     assert "report_cases_a" in str(failures[0].exception)
 
 
-def test_a_bad_edit_keeps_the_data_sources_but_a_bad_start_refuses(
+def test_a_bad_definition_is_skipped_and_holds_no_other_back(
     tmp_path: Path, engine: sa.Engine
 ) -> None:
     import json
-
-    from changefeed.processors.reports import ReportConfigError
 
     folder = tmp_path / "sources"
     folder.mkdir()
@@ -370,12 +368,14 @@ def test_a_bad_edit_keeps_the_data_sources_but_a_bad_start_refuses(
     p = ReportTablesProcessor(folder, engine, poll_interval=3600)
     p.bootstrap()
     (folder / "b.json").write_text(json.dumps({**source("b"), "colour": "red"}))
-    (action,) = p.refresh()
-    assert action.startswith("not refreshed: b.json: colour: unknown field")
+    assert p.refresh() == []  # b skipped, a unchanged
+    assert "b.json: colour: unknown field" in p.invalid_data_sources()["b.json"]
     assert p.process_changes([change("1", case("a"))]) == []
     assert table_rows(engine, "report_cases_a") == [("1", "ann", 30)]
-    with pytest.raises(ReportConfigError, match="b.json: colour"):
-        ReportTablesProcessor(folder, engine).bootstrap()
+    fresh = ReportTablesProcessor(folder, engine)  # a start is not refused either
+    fresh.bootstrap()
+    assert [s.name for s in fresh.data_source_states()] == ["cases-a"]
+    fresh.close()
     p.close()
 
 

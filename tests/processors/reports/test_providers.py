@@ -16,7 +16,7 @@ from changefeed.processors.reports import (
     ReportConfigError,
     SQLDataSourceProvider,
 )
-from changefeed.processors.reports.providers import as_provider
+from changefeed.processors.reports.providers import ChecksDataSources, as_provider
 
 
 def spec(name: str, **extra: Any) -> dict[str, Any]:
@@ -38,12 +38,36 @@ def test_a_directory_is_read_again_and_only_changed_files_are_parsed(tmp_path: P
     assert [c.name for c in provider.get_data_sources()] == ["b"]
 
 
-def test_a_bad_file_names_itself(tmp_path: Path) -> None:
+def test_a_bad_file_is_skipped_and_names_itself(tmp_path: Path) -> None:
+    # One broken definition among many must not stop the others: skipped, and said.
     (tmp_path / "bad.json").write_text(json.dumps(spec("bad", colour="red")))
-    with pytest.raises(ReportConfigError, match="bad.json: colour: unknown field"):
-        DirectoryProvider(tmp_path).get_data_sources()
+    (tmp_path / "good.json").write_text(json.dumps(spec("good")))
+    provider = DirectoryProvider(tmp_path)
+    assert isinstance(provider, ChecksDataSources)
+    assert [c.name for c in provider.get_data_sources()] == ["good"]
+    (message,) = provider.invalid_data_sources().values()
+    assert "bad.json: colour: unknown field" in message
+    (tmp_path / "bad.json").write_text(json.dumps(spec("bad")))  # fixed
+    assert [c.name for c in provider.get_data_sources()] == ["bad", "good"]
+    assert provider.invalid_data_sources() == {}
+    (tmp_path / "bad.json").write_text(json.dumps(spec("bad", table="x y")))  # broken again
+    kept = provider.get_data_sources()  # the last good definition stays, the error is said
+    assert [(c.name, c.table) for c in kept] == [("bad", "report_bad"), ("good", "report_good")]
+    assert "bad.json: table" in provider.invalid_data_sources()["bad.json"]
     with pytest.raises(ReportConfigError, match="is not a directory"):
         DirectoryProvider(tmp_path / "bad.json")
+
+
+def test_a_row_that_does_not_validate_is_skipped(db_url: str) -> None:
+    provider = SQLDataSourceProvider(db_url)
+    provider.add(spec("a"))
+    provider.add(spec("b"))
+    with provider.engine.begin() as conn:  # edited by hand, or by another version
+        t = provider.table
+        conn.execute(t.update().where(t.c.name == "b").values(spec='{"name": "b"}'))
+    assert [c.name for c in provider.get_data_sources()] == ["a"]
+    assert list(provider.invalid_data_sources()) == ["changefeed_data_sources[b]"]
+    provider.close()
 
 
 def test_a_list_of_configs_dicts_and_files(tmp_path: Path) -> None:

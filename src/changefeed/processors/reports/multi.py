@@ -41,6 +41,7 @@ from changefeed.processors.reports.config import DataSourceConfig
 from changefeed.processors.reports.definition import definition_hash, definitions_table
 from changefeed.processors.reports.processor import ReportTableProcessor, create_table
 from changefeed.processors.reports.providers import (
+    ChecksDataSources,
     DataSourceInput,
     DataSourceProvider,
     as_provider,
@@ -241,6 +242,13 @@ class ReportTablesProcessor(BulkProcessor, Backfilling):
         except Exception:  # noqa: BLE001 - the provider's trouble shows at bootstrap
             return None
         return min(MAX_BATCH_HINT, CHANGES_PER_SOURCE * count) or None
+
+    def invalid_data_sources(self) -> dict[str, str]:
+        """The data sources its provider skipped because they do not validate (by file or
+        row, with the error); empty for a provider that fails instead (`ChecksDataSources`)."""
+        if isinstance(self.provider, ChecksDataSources):
+            return self.provider.invalid_data_sources()
+        return {}
 
     def selected(self) -> list[DataSourceConfig]:
         """The provider's data sources this processor takes (its selection)."""

@@ -10,6 +10,7 @@ so every format those accept works through every provider.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,12 +28,41 @@ DataSourceInput = DataSourceConfig | Mapping[str, Any] | str | Path
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
+log = logging.getLogger("changefeed.reports")
+
 
 @runtime_checkable
 class DataSourceProvider(Protocol):
     """Gives the current data sources; called again on every refresh."""
 
     def get_data_sources(self) -> list[DataSourceConfig]: ...
+
+
+@runtime_checkable
+class ChecksDataSources(Protocol):
+    """A provider that skips the data sources it cannot parse (a file or row that does not
+    validate) instead of failing them all, and says which: one broken definition among a
+    thousand must not stop the others (``changefeed reports list`` shows them)."""
+
+    def invalid_data_sources(self) -> dict[str, str]:
+        """Per file or row skipped at the last read, why (the one-line validation error)."""
+        ...
+
+
+class _Skips:
+    """Keeps the data sources a provider skipped, logging each once when it turns bad."""
+
+    def __init__(self) -> None:
+        self._invalid: dict[str, str] = {}
+
+    def invalid_data_sources(self) -> dict[str, str]:
+        return dict(self._invalid)
+
+    def _record(self, invalid: dict[str, str]) -> None:
+        for where, message in invalid.items():
+            if self._invalid.get(where) != message:
+                log.error("reports: data source %s skipped: %s", where, message)
+        self._invalid = invalid
 
 
 def parse_data_source(source: DataSourceInput) -> DataSourceConfig:
@@ -54,11 +84,14 @@ class ListProvider:
         return list(self._configs)
 
 
-class DirectoryProvider:
+class DirectoryProvider(_Skips):
     """The ``.yaml``, ``.yml`` and ``.json`` files of a folder (not its subfolders); a file
-    is parsed again only when its size or modification time changed."""
+    is parsed again only when its size or modification time changed. One that does not
+    validate is said (`invalid_data_sources`) and keeps its last good definition, or is
+    skipped when it never had one."""
 
     def __init__(self, path: str | Path) -> None:
+        super().__init__()
         self.path = Path(path)
         if not self.path.is_dir():
             raise ReportConfigError("", f"{self.path} is not a directory")
@@ -66,25 +99,37 @@ class DirectoryProvider:
 
     def get_data_sources(self) -> list[DataSourceConfig]:
         found: dict[Path, tuple[tuple[int, int], DataSourceConfig]] = {}
+        invalid: dict[str, str] = {}
         for file in sorted(self.path.iterdir()):
             if file.suffix.lower() not in SUFFIXES or not file.is_file():
                 continue
             stat = file.stat()
             key = (stat.st_mtime_ns, stat.st_size)
             cached = self._cache.get(file)
-            found[file] = cached if cached and cached[0] == key else (key, load_data_source(file))
+            if cached is None or cached[0] != key:
+                try:
+                    cached = (key, load_data_source(file))
+                except ReportConfigError as exc:
+                    invalid[file.name] = str(exc)
+                    if cached is None:
+                        continue  # never valid: skipped; else its last good definition stays
+            found[file] = cached
         self._cache = found
+        self._record(invalid)
         return [config for _, config in found.values()]
 
 
 DATA_SOURCES_TABLE = "changefeed_data_sources"
 
 
-class SQLDataSourceProvider:
+class SQLDataSourceProvider(_Skips):
     """Data sources kept as rows (name, spec as JSON) of a table of a database, usually the
-    reports database; `add` and `remove` edit them (``changefeed reports add/remove``)."""
+    reports database; `add` and `remove` edit them (``changefeed reports add/remove``). A
+    row that does not validate (edited by hand, or written by another version) is said
+    (`invalid_data_sources`) and keeps its last good definition, or is skipped."""
 
     def __init__(self, url_or_engine: sa.Engine | str, table: str = DATA_SOURCES_TABLE) -> None:
+        super().__init__()
         self.engine = make_engine(url_or_engine)
         self.table = sa.Table(
             sql_identifier(table, "table name"),
@@ -124,15 +169,22 @@ class SQLDataSourceProvider:
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(t.c.name, t.c.spec).order_by(t.c.name)).all()
         cache: dict[str, tuple[str, DataSourceConfig]] = {}
+        invalid: dict[str, str] = {}
         for name, spec in rows:
             cached = self._cache.get(name)
             if cached is None or cached[0] != spec:
+                where = f"{t.name}[{name}]"
                 try:
                     cached = (spec, DataSourceConfig.from_dict(json.loads(spec)))
                 except ReportConfigError as exc:
-                    raise exc.in_source(f"{t.name}[{name}]") from None
+                    invalid[where] = str(exc.in_source(where))
+                except ValueError as exc:  # not JSON
+                    invalid[where] = f"{where}: not valid JSON: {exc}"
+                if cached is None:
+                    continue  # never valid: skipped; else its last good definition stays
             cache[name] = cached
         self._cache = cache
+        self._record(invalid)
         return [config for _, config in cache.values()]
 
     def close(self) -> None:
