@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -57,6 +58,25 @@ class _Skips:
 
     def invalid_data_sources(self) -> dict[str, str]:
         return dict(self._invalid)
+
+    def _fresh(
+        self,
+        where: str,
+        key: Hashable,
+        cached: tuple[Any, DataSourceConfig] | None,
+        parse: Callable[[], DataSourceConfig],
+        invalid: dict[str, str],
+    ) -> tuple[Any, DataSourceConfig] | None:
+        """``cached`` while its ``key`` is current, else parsed again; one that no longer
+        validates keeps its last good definition (None: it never had one) and its error
+        goes into ``invalid`` under ``where``."""
+        if cached is not None and cached[0] == key:
+            return cached
+        try:
+            return key, parse()
+        except ReportConfigError as exc:
+            invalid[where] = str(exc)
+            return cached
 
     def _record(self, invalid: dict[str, str]) -> None:
         for where, message in invalid.items():
@@ -105,15 +125,11 @@ class DirectoryProvider(_Skips):
                 continue
             stat = file.stat()
             key = (stat.st_mtime_ns, stat.st_size)
-            cached = self._cache.get(file)
-            if cached is None or cached[0] != key:
-                try:
-                    cached = (key, load_data_source(file))
-                except ReportConfigError as exc:
-                    invalid[file.name] = str(exc)
-                    if cached is None:
-                        continue  # never valid: skipped; else its last good definition stays
-            found[file] = cached
+            fresh = self._fresh(
+                file.name, key, self._cache.get(file), partial(load_data_source, file), invalid
+            )
+            if fresh is not None:
+                found[file] = fresh
         self._cache = found
         self._record(invalid)
         return [config for _, config in found.values()]
@@ -171,24 +187,31 @@ class SQLDataSourceProvider(_Skips):
         cache: dict[str, tuple[str, DataSourceConfig]] = {}
         invalid: dict[str, str] = {}
         for name, spec in rows:
-            cached = self._cache.get(name)
-            if cached is None or cached[0] != spec:
-                where = f"{t.name}[{name}]"
-                try:
-                    cached = (spec, DataSourceConfig.from_dict(json.loads(spec)))
-                except ReportConfigError as exc:
-                    invalid[where] = str(exc.in_source(where))
-                except ValueError as exc:  # not JSON
-                    invalid[where] = f"{where}: not valid JSON: {exc}"
-                if cached is None:
-                    continue  # never valid: skipped; else its last good definition stays
-            cache[name] = cached
+            where = f"{t.name}[{name}]"
+            fresh = self._fresh(
+                where, spec, self._cache.get(name), partial(_from_row, where, spec), invalid
+            )
+            if fresh is not None:
+                cache[name] = fresh
         self._cache = cache
         self._record(invalid)
         return [config for _, config in cache.values()]
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _from_row(where: str, spec: str) -> DataSourceConfig:
+    """A table row's data source; every way it is wrong is a `ReportConfigError` naming
+    the row."""
+    try:
+        data = json.loads(spec)
+    except ValueError as exc:
+        raise ReportConfigError("", f"not valid JSON: {exc}", where) from None
+    try:
+        return DataSourceConfig.from_dict(data)
+    except ReportConfigError as exc:
+        raise exc.in_source(where) from None
 
 
 def as_provider(
