@@ -85,13 +85,9 @@ def preferred_batching(processors: Sequence[Processor]) -> BatchPolicy:
     """The default batching, with the largest `Processor.batch_size_hint` of the processors
     when it is above the default batch size (a report processor of a thousand data sources
     writes a statement per table a batch touches: fuller batches share them out)."""
-    hints = [p.batch_size_hint for p in processors if p.batch_size_hint]
-    size = max([DEFAULT_BATCHING.batch_size, *hints])
-    return (
-        DEFAULT_BATCHING
-        if size == DEFAULT_BATCHING.batch_size
-        else replace(DEFAULT_BATCHING, batch_size=size)
-    )
+    # Each hint read once: a report processor's reads its data sources when none are loaded.
+    hints = [hint for p in processors if (hint := p.batch_size_hint)]
+    return replace(DEFAULT_BATCHING, batch_size=max([DEFAULT_BATCHING.batch_size, *hints]))
 
 
 class Pillow:

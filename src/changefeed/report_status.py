@@ -117,8 +117,9 @@ class NotQuarantinedError(ValueError):
 def enable_data_source(pillow: Pillow, name: str) -> None:
     """Lift the quarantine of data source ``name`` of ``pillow`` as ``changefeed reports
     enable`` does: its stored state becomes back-filling and a reload is requested, so the
-    pillow back-fills what it skipped, now if it runs, else when it starts. `KeyError` when the pillow has no such data
-    source, `NotQuarantinedError` when it is not quarantined."""
+    pillow back-fills what it skipped, now if it runs, else when it starts. `KeyError`
+    when the pillow has no such data source, `NotQuarantinedError` when it is not
+    quarantined."""
     for processor in pillow.processors:
         if not isinstance(processor, ReportTablesProcessor):
             continue
